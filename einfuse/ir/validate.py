@@ -1,0 +1,112 @@
+"""Structural validation of cascades; every error names the Einsum and the rank or tensor at fault."""
+
+from __future__ import annotations
+
+import difflib
+
+import sympy
+
+from einfuse.errors import ValidationError
+from einfuse.ir.cascade import Cascade
+from einfuse.ir.einsum import Einsum
+from einfuse.ir.expr import Access
+from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def validate(c: Cascade) -> Cascade:
+    """Raise :class:`ValidationError` if ``c`` is not a well-formed cascade; return it otherwise."""
+    if not c.einsums:
+        raise ValidationError(f"cascade {c.name} has no Einsums")
+    for t in list(c.inputs) + list(c.outputs):
+        if t not in c.tensors:
+            raise ValidationError(f"cascade {c.name}: declared tensor {t} has no declaration")
+    for t in c.tensors.values():
+        for r in t.ranks:
+            if r not in c.ranks:
+                raise ValidationError(
+                    f"tensor {t.name}: unknown rank {r}{_suggest(r, list(c.ranks))}")
+        for r in t.iterative:
+            if r not in t.ranks:
+                raise ValidationError(f"tensor {t.name}: iterative rank {r} is not one of its ranks")
+    produced = {e.output.tensor for e in c.einsums}
+    for t in c.inputs:
+        if t in produced:
+            raise ValidationError(f"Einsum {t}: writes input tensor {t}")
+    for t in c.outputs:
+        if t not in produced:
+            raise ValidationError(f"cascade {c.name}: output {t} is never computed by an Einsum")
+    ivars = c.index_vars()
+    for e in c.einsums:
+        _check_einsum(c, e, ivars)
+    _check_cycles(c)
+    return c
+
+
+def _check_access(c: Cascade, e: Einsum, a: Access, ivars: dict, is_output: bool) -> None:
+    if a.tensor not in c.tensors:
+        where = "writes" if is_output else "reads"
+        raise ValidationError(
+            f"Einsum {e.name}: {where} undefined tensor {a.tensor}{_suggest(a.tensor, list(c.tensors))}")
+    t = c.tensors[a.tensor]
+    if len(a.indices) != len(t.ranks):
+        raise ValidationError(
+            f"Einsum {e.name}: {a.tensor} has {len(t.ranks)} ranks [{','.join(t.ranks)}] "
+            f"but is indexed with {len(a.indices)} [{','.join(map(str, a.indices))}]")
+    for pos, (idx, rank) in enumerate(zip(a.indices, t.ranks)):
+        if isinstance(idx, sympy.Symbol) and idx in ivars and ivars[idx].name != rank:
+            if not _compatible_rank(c, ivars[idx].name, rank):
+                raise ValidationError(
+                    f"Einsum {e.name}: rank mismatch in {a.tensor}: position {pos} is rank {rank} "
+                    f"but is indexed by {idx} (rank {ivars[idx].name})")
+        if rank in t.iterative and is_output and not _is_iterative_write(idx, ivars, rank):
+            raise ValidationError(
+                f"Einsum {e.name}: iterative rank {rank} of {a.tensor} must be written at "
+                f"{rank.lower()}+1 or at a constant, not at {idx}")
+
+
+def _compatible_rank(c: Cascade, used: str, declared: str) -> bool:
+    """Two ranks are interchangeable in an index when they have the same extent (e.g. M and P in
+    self-attention tensors indexed by either); otherwise the index must name the declared rank."""
+    return sympy.simplify(c.ranks[used].extent - c.ranks[declared].extent) == 0
+
+
+def _is_iterative_write(idx: sympy.Expr, ivars: dict, rank: str) -> bool:
+    if not idx.free_symbols & set(ivars):
+        return True  # initialisation at a constant
+    own = [s for s in idx.free_symbols if s in ivars and ivars[s].name == rank]
+    return len(own) == 1 and sympy.simplify(idx - own[0] - 1) == 0
+
+
+def _check_einsum(c: Cascade, e: Einsum, ivars: dict) -> None:
+    _check_access(c, e, e.output, ivars, True)
+    for a in e.operands():
+        _check_access(c, e, a, ivars, False)
+    known_sizes = {s for r in c.ranks.values() for s in r.extent.free_symbols}
+    known_sizes |= {sympy.Symbol(n, integer=True, positive=True) for n in c.params}
+    known_sizes |= {sympy.Symbol(r, integer=True, positive=True) for r in c.ranks}
+    for s in e.all_symbols():
+        if s in ivars or s in (BATCH_INDEX, HEAD_INDEX) or s.name in ("B", "H"):
+            continue
+        if s.name[0].isupper() and (s in known_sizes or s.name in c.params):
+            continue
+        if s.name[0].isupper():
+            raise ValidationError(
+                f"Einsum {e.name}: unknown size or parameter {s.name}; declare it as a rank or a param")
+        names = [str(v) for v in ivars] + ["b", "h"]
+        raise ValidationError(f"Einsum {e.name}: unknown rank index {s.name}{_suggest(s.name, names)}")
+    reduced = c.reduced_vars(e)
+    if reduced and e.reduce is None:
+        raise ValidationError(
+            f"Einsum {e.name}: ranks {', '.join(map(str, reduced))} are missing from the output but the "
+            "Einsum declares no reduction")
+
+
+def _check_cycles(c: Cascade) -> None:
+    from einfuse.ir.schedule import schedule
+
+    schedule(c)
