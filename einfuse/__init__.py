@@ -1,0 +1,15 @@
+"""einfuse: declare an attention variant once as an Einsum cascade; get a fused GPU kernel and a
+cycle-level estimate of the same variant on a spatial-array accelerator."""
+
+from einfuse.errors import EinfuseError
+from einfuse.frontends import BUILTINS, attention, linear_attention, load_spec
+from einfuse.ir import Cascade, format_cascade, parse_cascade
+from einfuse.ir.expr import exp, log, maximum, minimum, reciprocal, relu, sigmoid, tanh, where
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUILTINS", "Cascade", "EinfuseError", "attention", "exp", "format_cascade", "linear_attention",
+    "load_spec", "log", "maximum", "minimum", "parse_cascade", "reciprocal", "relu", "sigmoid", "tanh",
+    "where",
+]

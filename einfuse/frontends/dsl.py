@@ -1,0 +1,217 @@
+"""The attention DSL: declare a variant with plain Python functions of indices, get a cascade.
+
+The common case is one call, as with FlexAttention::
+
+    import einfuse as ef
+    spec = ef.attention(score_mod=lambda s, b, h, q, kv: s + 0.5 * (kv - q),
+                        mask_mod=lambda b, h, q, kv: q >= kv)
+
+``score_mod(score, b, h, q_idx, kv_idx)`` and ``mask_mod(b, h, q_idx, kv_idx)`` are traced once with
+symbolic arguments: indices are sympy symbols (so ``q >= kv`` is a predicate and ``kv - q`` an index
+expression) and ``score`` is an IR expression (use ``ef.tanh``, ``ef.exp``, ``ef.where`` ... on it).
+The result is the naive 3-pass softmax cascade of the FuseMax paper, with the mask as the
+iteration-space constraint of the score Einsum; passes lower it from there.
+
+Index conventions of every built-in: queries ``Q[P,E]``, keys ``K[M,E]``, values ``V[M,F]``, output
+``O[P,F]`` (the usual ``(B, H, N, D)`` layouts), ``p`` the query index and ``m`` the key index.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable
+
+import sympy
+
+from einfuse.errors import SpecError
+from einfuse.ir.cascade import Cascade
+from einfuse.ir.einsum import Einsum
+from einfuse.ir.expr import Access, Const, Expr, as_expr, binary, unary
+from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, Rank, index_symbol, size_symbol
+from einfuse.ir.tensor import Tensor
+from einfuse.ir.validate import validate
+
+ScoreMod = Callable[..., object]
+MaskMod = Callable[..., object]
+
+p, m, e, f = (index_symbol(n) for n in "pmef")
+P, M, E, F = (size_symbol(n) for n in "PMEF")
+b, h = BATCH_INDEX, HEAD_INDEX
+
+
+def acc(tensor: str, *indices: sympy.Expr) -> Access:
+    return Access(tensor, tuple(indices))
+
+
+class CascadeBuilder:
+    """Accumulates ranks, tensors and Einsums; ``build()`` validates and returns the cascade."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ranks: dict[str, Rank] = {}
+        self.tensors: dict[str, Tensor] = {}
+        self.einsums: list[Einsum] = []
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.params: dict[str, float] = {}
+        self.attrs: dict[str, object] = {}
+
+    def rank(self, *names: str) -> "CascadeBuilder":
+        for n in names:
+            self.ranks.setdefault(n, Rank.of(n))
+        return self
+
+    def input(self, name: str, *ranks: str, dtype: str = "f32") -> Access:
+        self.rank(*ranks)
+        self.tensors[name] = Tensor(name, ranks, dtype)
+        self.inputs.append(name)
+        return acc(name, *(index_symbol(r) for r in ranks))
+
+    def tensor(self, name: str, *ranks: str, output: bool = False) -> None:
+        self.rank(*ranks)
+        self.tensors[name] = Tensor(name, ranks)
+        if output:
+            self.outputs.append(name)
+
+    def einsum(self, name: str, ranks: tuple[str, ...], expr: Expr, reduce: str | None = "sum",
+               where: sympy.Basic | None = None, comment: str = "", output: bool = False) -> Access:
+        """Declare tensor ``name[ranks]`` and the Einsum computing it; returns an access to it."""
+        if name not in self.tensors:
+            self.tensor(name, *ranks, output=output)
+        out = acc(name, *(index_symbol(r) for r in ranks))
+        self.einsums.append(Einsum(out, expr, reduce, where, comment))
+        return out
+
+    def build(self) -> Cascade:
+        c = Cascade(self.name, dict(self.ranks), dict(self.tensors), tuple(self.einsums),
+                    tuple(self.inputs), tuple(self.outputs), (), dict(self.params), dict(self.attrs))
+        # Einsums that reduce over nothing carry no reduction (canonical form, as the parser reads it)
+        einsums = tuple(
+            ev if c.reduced_vars(ev) else Einsum(ev.output, ev.expr, None, ev.where, ev.comment)
+            for ev in c.einsums)
+        return validate(c.with_einsums(einsums))
+
+
+def _call_user(fn: Callable[..., object], kind: str, args: tuple) -> object:
+    try:
+        n = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        n = len(args)
+    if n != len(args):
+        names = "(score, b, h, q_idx, kv_idx)" if kind == "score_mod" else "(b, h, q_idx, kv_idx)"
+        raise SpecError(f"{kind} must take {len(args)} arguments {names}; it takes {n}")
+    try:
+        return fn(*args)
+    except SpecError:
+        raise
+    except Exception as exc:
+        raise SpecError(f"{kind} could not be traced symbolically: {type(exc).__name__}: {exc}. "
+                        "Use einfuse functions (ef.exp, ef.tanh, ef.where) instead of torch/math ones") from None
+
+
+def trace_mask(mask_mod: MaskMod | None) -> sympy.Basic | None:
+    """The iteration-space constraint of a mask_mod (None for no mask)."""
+    if mask_mod is None:
+        return None
+    pred = _call_user(mask_mod, "mask_mod", (b, h, p, m))
+    if isinstance(pred, bool):
+        pred = sympy.true if pred else sympy.false
+    if not isinstance(pred, sympy.Basic) or not (pred.is_Relational or isinstance(pred, sympy.logic.boolalg.Boolean)):
+        raise SpecError(f"mask_mod must return a predicate such as q_idx >= kv_idx, got {pred!r}")
+    if pred is sympy.false:
+        raise SpecError("mask_mod masks every element (it is always False)")
+    return None if pred is sympy.true else pred
+
+
+def trace_score(score_mod: ScoreMod | None, score: Expr) -> Expr:
+    if score_mod is None:
+        return score
+    out = _call_user(score_mod, "score_mod", (score, b, h, p, m))
+    try:
+        return as_expr(out)
+    except TypeError as exc:
+        raise SpecError(f"score_mod returned something that is not a score: {exc}") from None
+
+
+def _qk_einsums(cb: CascadeBuilder, scale: float | None, score_mod: ScoreMod | None,
+                mask_mod: MaskMod | None, q: str = "Q", k: str = "K") -> Access:
+    """Score Einsums ``QK[m,p] = Q[p,e]*K[m,e]*scale : mask`` and, with a score_mod, ``S[m,p]``."""
+    qa, ka = cb.input(q, "P", "E"), cb.input(k, "M", "E")
+    where = trace_mask(mask_mod)
+    prod: Expr = binary("mul", qa, ka)
+    if scale is not None and scale != 1.0:
+        prod = binary("mul", prod, Const(scale))
+    qk = cb.einsum("QK", ("M", "P"), prod, where=where, comment="scores")
+    modded = trace_score(score_mod, qk)
+    if modded == qk:
+        return qk
+    return cb.einsum("S", ("M", "P"), modded, reduce=None, comment="score_mod")
+
+
+def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
+              mask_mod: MaskMod | None = None, scale: float | None = None,
+              normalization: str = "softmax", head_dim: int | None = None,
+              bias: float | None = None) -> Cascade:
+    """Softmax (or sigmoid) attention as the naive 3-pass cascade.
+
+    ``scale`` defaults to ``1/sqrt(head_dim)`` when ``head_dim`` is given, else it is left to the
+    caller (``None`` = 1, the score is used as is). ``normalization="sigmoid"`` gives sigmoid
+    attention ``sigmoid(score + bias) @ V`` (FlashSigmoid), which needs no reduction over keys.
+    """
+    if scale is None and head_dim is not None:
+        scale = 1.0 / math.sqrt(head_dim)
+    cb = CascadeBuilder(name)
+    cb.attrs["family"] = normalization
+    score = _qk_einsums(cb, scale, score_mod, mask_mod)
+    va = cb.input("V", "M", "F")
+    if normalization == "softmax":
+        gm = cb.einsum("GM", ("P",), score, reduce="max", comment="pass 1: global max")
+        sn = cb.einsum("SN", ("M", "P"), unary("exp", binary("sub", score, gm)), reduce=None,
+                       comment="pass 2: numerator")
+        sd = cb.einsum("SD", ("P",), sn, comment="denominator")
+        a = cb.einsum("A", ("M", "P"), binary("div", sn, sd), reduce=None, comment="pass 3: normalise")
+        cb.einsum("O", ("P", "F"), binary("mul", a, va), output=True)
+    elif normalization == "sigmoid":
+        arg = score if not bias else binary("add", score, Const(bias))
+        a = cb.einsum("A", ("M", "P"), unary("sigmoid", arg), reduce=None)
+        cb.einsum("O", ("P", "F"), binary("mul", a, va), output=True)
+    else:
+        raise SpecError(f"normalization {normalization!r} is not one of softmax, sigmoid")
+    return cb.build()
+
+
+FEATURE_MAPS = ("identity", "elu1", "relu", "exp")
+
+
+def linear_attention(name: str = "linear", *, feature_map: str = "identity", causal: bool = True,
+                     decay: bool | str = False, normalize: bool = False,
+                     mask_mod: MaskMod | None = None) -> Cascade:
+    """Linear attention ``O = (phi(Q) phi(K)^T [* decay] [masked]) V``, optionally normalised.
+
+    ``decay=True`` uses Lightning Attention's per-head rate ``s_h = 2**(-8(h+1)/H)`` and multiplies
+    each score by ``exp(-s_h (p - m))``. Written quadratically here; the lightning split pass
+    rewrites it into intra-block and inter-block (running KV state) parts.
+    """
+    if feature_map not in FEATURE_MAPS:
+        raise SpecError(f"feature_map {feature_map!r} is not one of {', '.join(FEATURE_MAPS)}")
+    cb = CascadeBuilder(name)
+    cb.attrs["family"] = "linear"
+    qa, ka = cb.input("Q", "P", "E"), cb.input("K", "M", "E")
+    va = cb.input("V", "M", "F")
+    if feature_map != "identity":
+        qa = cb.einsum("FQ", ("P", "E"), unary(feature_map, qa), reduce=None, comment="feature map")
+        ka = cb.einsum("FK", ("M", "E"), unary(feature_map, ka), reduce=None)
+    where = trace_mask(mask_mod) if mask_mod is not None else (m <= p if causal else None)
+    score = cb.einsum("QK", ("M", "P"), binary("mul", qa, ka), where=where, comment="scores")
+    if decay:
+        rate = sympy.Integer(2) ** (-8 * (h + 1) / size_symbol("H"))
+        score = cb.einsum("A", ("M", "P"), binary("mul", score, as_expr(sympy.exp(-rate * (p - m)))),
+                          reduce=None, comment="decay")
+    if normalize:
+        den = cb.einsum("SD", ("P",), score, comment="normaliser")
+        num = cb.einsum("NV", ("P", "F"), binary("mul", score, va))
+        cb.einsum("O", ("P", "F"), binary("div", num, den), reduce=None, output=True)
+    else:
+        cb.einsum("O", ("P", "F"), binary("mul", score, va), output=True)
+    return cb.build()
