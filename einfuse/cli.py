@@ -1,0 +1,190 @@
+"""The ``einfuse`` command line.
+
+SPEC everywhere is a built-in name with options (``na2d:kernel=7,dilation=2``), a ``.py`` file that
+defines ``cascade``, or a text file in the cascade syntax. Bad input prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+import click
+import numpy as np
+
+from einfuse.commands import COMMAND_MODULES
+from einfuse.errors import EinfuseError, SpecError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="einfuse")
+def cli() -> None:
+    """einfuse: attention variants as Einsum cascades -> fused GPU kernels and accelerator estimates."""
+
+
+@cli.command("list")
+def list_cmd() -> None:
+    """List the built-in variants and their options."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from einfuse.frontends import BUILTINS
+
+    table = Table(title="built-in variants (use as SPEC, e.g. sliding_window:window=128)")
+    table.add_column("name", style="bold")
+    table.add_column("what it is")
+    table.add_column("options (defaults)")
+    for name, b in sorted(BUILTINS.items()):
+        opts = ", ".join(f"{k}={_fmt_default(v)}" for k, v in b.options().items())
+        table.add_row(name, b.summary, opts)
+    Console(width=140).print(table)
+
+
+def _fmt_default(v: object) -> str:
+    if isinstance(v, tuple):
+        return "x".join(map(str, v))
+    return str(v)
+
+
+@cli.command()
+@click.argument("spec")
+@click.option("--dot", is_flag=True, help="print Graphviz source of the dataflow graph instead")
+def show(spec: str, dot: bool) -> None:
+    """Print the cascade of SPEC in text form."""
+    from einfuse.frontends import load_spec
+    from einfuse.ir.printer import format_cascade, to_dot
+
+    c = load_spec(spec)
+    click.echo(to_dot(c) if dot else format_cascade(c), nl=False)
+
+
+@cli.command()
+@click.argument("spec")
+def check(spec: str) -> None:
+    """Validate SPEC, round-trip its text form and run it once on small random inputs."""
+    from einfuse.codegen.reference import run_cascade
+    from einfuse.frontends import load_spec
+    from einfuse.ir.parser import parse_cascade
+    from einfuse.ir.printer import format_cascade
+
+    c = load_spec(spec)
+    text = format_cascade(c)
+    if format_cascade(parse_cascade(text)) != text:
+        raise SpecError(f"{c.name}: text form does not round-trip (please report this)")
+    inputs, sizes = random_inputs(c, 1, 2, 19, 16, None, {}, seed=0)
+    out = run_cascade(c, inputs, sizes)
+    bad = [k for k, v in out.items() if not np.isfinite(v).all()]
+    if bad:
+        raise SpecError(f"{c.name}: output {bad[0]} has non-finite values on random inputs")
+    click.echo(f"ok: {c.name}: {len(c.einsums)} Einsums, inputs {', '.join(c.inputs)}, "
+               f"outputs {', '.join(c.outputs)}; text form round-trips; reference run finite")
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        parts = [int(x) for x in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise SpecError(f"--shape {text!r}: expected B,H,N,D integers") from None
+    if len(parts) != 4 or min(parts) < 1:
+        raise SpecError(f"--shape {text!r}: expected four positive integers B,H,N,D")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def parse_sizes(items: tuple[str, ...]) -> dict[str, int]:
+    sizes = {}
+    for item in items:
+        k, eq, v = item.partition("=")
+        if not eq or not v.strip().isdigit():
+            raise SpecError(f"--size {item!r}: expected NAME=INTEGER, e.g. --size N=16")
+        sizes[k.strip()] = int(v)
+    return sizes
+
+
+def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: dict[str, int],
+                  seed: int, kv_heads: int | None = None):
+    """Random float64 inputs for a cascade: P = N queries, M = kv_len (or N) keys, E = F = D."""
+    import sympy
+
+    sizes = {"P": N, "M": kv_len or N, "E": D, "F": D}
+    sizes.update({k: int(v) for k, v in c.params.items() if float(v).is_integer()})
+    sizes.update(extra)
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for name in c.inputs:
+        shape = []
+        for r in c.tensors[name].ranks:
+            ext = c.ranks[r].extent.subs({sympy.Symbol(k, integer=True, positive=True): v
+                                          for k, v in sizes.items()})
+            if ext.free_symbols:
+                raise SpecError(f"input {name}: size of rank {r} unknown; give it with --size {r}=...")
+            shape.append(int(ext))
+        heads = kv_heads if (kv_heads and name != "Q" and "M" in c.tensors[name].ranks) else H
+        inputs[name] = rng.standard_normal((B, heads, *shape))
+    return inputs, {k: v for k, v in sizes.items()}
+
+
+@cli.command()
+@click.argument("spec")
+@click.option("--shape", default="1,2,64,32", show_default=True, help="B,H,N,D")
+@click.option("--kv-len", type=int, default=None, help="key/value length (cross-attention); default N")
+@click.option("--kv-heads", type=int, default=None, help="K/V heads (GQA/MQA); default H")
+@click.option("--size", "sizes", multiple=True, help="extra size NAME=VALUE (e.g. N=16 agent tokens)")
+@click.option("--seed", type=int, default=0, show_default=True)
+def run(spec: str, shape: str, kv_len: int | None, kv_heads: int | None, sizes: tuple[str, ...],
+        seed: int) -> None:
+    """Run SPEC with the float64 reference executor on random inputs and summarise the outputs."""
+    from einfuse.codegen.reference import run_cascade
+    from einfuse.frontends import load_spec
+
+    c = load_spec(spec)
+    B, H, N, D = parse_shape(shape)
+    if kv_heads is not None and (kv_heads < 1 or H % kv_heads):
+        raise SpecError(f"--kv-heads {kv_heads} must divide the {H} query heads")
+    inputs, sz = random_inputs(c, B, H, N, D, kv_len, parse_sizes(sizes), seed, kv_heads)
+    t0 = time.perf_counter()
+    out = run_cascade(c, inputs, sz)
+    dt = time.perf_counter() - t0
+    click.echo(f"{c.name}: reference (float64) in {dt * 1e3:.1f} ms")
+    for name, arr in out.items():
+        zero_rows = int(np.all(arr == 0, axis=-1).sum()) if arr.ndim > 2 else 0
+        click.echo(f"  {name}{list(arr.shape)}: mean {arr.mean():+.6f} std {arr.std():.6f} "
+                   f"|max| {np.abs(arr).max():.6f} nan {int(np.isnan(arr).sum())} all-zero rows {zero_rows}")
+
+
+def _register_command_modules() -> None:
+    for name in COMMAND_MODULES:
+        modname = f"einfuse.commands.{name}"
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                continue  # that command is not built yet
+            raise
+        module.register(cli)
+
+
+_register_command_modules()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: EinfuseError -> one line on stderr, exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="einfuse", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except EinfuseError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
