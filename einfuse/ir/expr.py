@@ -161,7 +161,8 @@ def as_expr(value: ExprLike) -> Expr:
     if isinstance(value, (int, float)):
         return Const(float(value))
     if isinstance(value, sympy.Basic):
-        if isinstance(value, (sympy.logic.boolalg.Boolean, sympy.core.relational.Relational)):
+        if value.is_Relational or isinstance(value, (sympy.logic.boolalg.BooleanFunction,
+                                                     sympy.logic.boolalg.BooleanAtom)):
             raise TypeError(f"predicate {value} used as a value; use where(cond, a, b)")
         return _index_or_const(sympy.sympify(value))
     raise TypeError(f"cannot use {type(value).__name__} {value!r} in an einfuse expression")
@@ -179,9 +180,9 @@ def _as_sympy(e: Expr) -> sympy.Expr | None:
     """The sympy form of a constant or index value (None for anything else)."""
     if isinstance(e, IndexValue):
         return e.expr
-    if isinstance(e, Const) and math.isfinite(e.value):
-        v = e.value
-        return sympy.Integer(int(v)) if v.is_integer() else sympy.Float(v)
+    if isinstance(e, Const) and math.isfinite(e.value) and e.value.is_integer():
+        # only integers fold: a sympy Float would print with fewer digits than the float holds
+        return sympy.Integer(int(e.value))
     return None
 
 
@@ -195,10 +196,13 @@ def binary(op: str, left: Expr, right: Expr) -> Expr:
             folded = a / b if b != 0 else (math.copysign(math.inf, a) if a else math.nan)
         else:
             folded = {"add": a + b, "sub": a - b, "mul": a * b, "max": max(a, b), "min": min(a, b)}[op]
-        return Const(folded)
+        if not math.isnan(folded):  # inf - inf stays an expression: NaN constants compare unequal
+            return Const(folded)
     ls, rs = _as_sympy(left), _as_sympy(right)
     if ls is not None and rs is not None and op in _SYMPY_BINARY:
-        return _index_or_const(sympy.sympify(_SYMPY_BINARY[op](ls, rs)))
+        folded_index = sympy.sympify(_SYMPY_BINARY[op](ls, rs))
+        if not folded_index.has(sympy.nan, sympy.zoo):  # x/0 stays an expression
+            return _index_or_const(folded_index)
     return Binary(op, left, right)
 
 
