@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import sympy
 
@@ -57,7 +57,7 @@ class CascadeBuilder:
         self.params: dict[str, float] = {}
         self.attrs: dict[str, object] = {}
 
-    def rank(self, *names: str) -> "CascadeBuilder":
+    def rank(self, *names: str) -> CascadeBuilder:
         for n in names:
             self.ranks.setdefault(n, Rank.of(n))
         return self
@@ -146,22 +146,28 @@ def _qk_einsums(cb: CascadeBuilder, scale: float | None, score_mod: ScoreMod | N
     modded = trace_score(score_mod, qk)
     if modded == qk:
         return qk
-    return cb.einsum("S", ("M", "P"), modded, reduce=None, comment="score_mod")
+    # the mask constrains the modified score too: "+" of an absent score and a present index term
+    # would otherwise make masked points present again (ALiBi under a causal mask)
+    return cb.einsum("S", ("M", "P"), modded, reduce=None, where=where, comment="score_mod")
 
 
 def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
               mask_mod: MaskMod | None = None, scale: float | None = None,
               normalization: str = "softmax", head_dim: int | None = None,
-              bias: float | None = None) -> Cascade:
+              bias: float | None = None, params: Mapping[str, float] | None = None) -> Cascade:
     """Softmax (or sigmoid) attention as the naive 3-pass cascade.
 
     ``scale`` defaults to ``1/sqrt(head_dim)`` when ``head_dim`` is given, else it is left to the
     caller (``None`` = 1, the score is used as is). ``normalization="sigmoid"`` gives sigmoid
     attention ``sigmoid(score + bias) @ V`` (FlashSigmoid), which needs no reduction over keys.
+    ``params`` declares named sizes (upper case, with default values) that the mask or score may
+    mention, e.g. the grid sizes of neighbourhood attention; they stay symbolic in the cascade and
+    can be overridden at run time (``run_cascade(..., sizes=...)``).
     """
     if scale is None and head_dim is not None:
         scale = 1.0 / math.sqrt(head_dim)
     cb = CascadeBuilder(name)
+    cb.params.update(params or {})
     cb.attrs["family"] = normalization
     score = _qk_einsums(cb, scale, score_mod, mask_mod)
     va = cb.input("V", "M", "F")
@@ -174,7 +180,9 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
         cb.einsum("O", ("P", "F"), binary("mul", a, va), output=True)
     elif normalization == "sigmoid":
         arg = score if not bias else binary("add", score, Const(bias))
-        a = cb.einsum("A", ("M", "P"), unary("sigmoid", arg), reduce=None)
+        # the bias is present everywhere, so `score + bias` would unmask masked points: keep the mask
+        mask = next(ev.where for ev in cb.einsums if ev.name == "QK")
+        a = cb.einsum("A", ("M", "P"), unary("sigmoid", arg), reduce=None, where=mask)
         cb.einsum("O", ("P", "F"), binary("mul", a, va), output=True)
     else:
         raise SpecError(f"normalization {normalization!r} is not one of softmax, sigmoid")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import sympy
 
@@ -43,23 +43,33 @@ def builtin(name: str) -> Callable[[Callable[..., Cascade]], Callable[..., Casca
     return register
 
 
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 def _convert(name: str, key: str, text: str, default: object) -> object:
+    """Convert an option's text to the type of its default; tuples are per-axis values ``7x5``
+    (or ``7/5``), of booleans when the default holds booleans (``causal=1x0``, ``true/false``)."""
     try:
         if isinstance(default, bool):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
+            return _parse_bool(text)
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float) or default is None:
             return float(text) if default is not None or _is_number(text) else text
         if isinstance(default, tuple):
-            return tuple(int(x) for x in text.replace("x", "/").split("/"))
+            items = text.replace("x", "/").split("/")
+            if default and all(isinstance(v, bool) for v in default):
+                return tuple(_parse_bool(x) for x in items)
+            return tuple(int(x) for x in items)
         return text
     except ValueError:
-        raise SpecError(f"{name}: option {key}={text!r} is not a valid {type(default).__name__}") from None
+        kind = "per-axis tuple such as 7x5" if isinstance(default, tuple) else type(default).__name__
+        raise SpecError(f"{name}: option {key}={text!r} is not a valid {kind}") from None
 
 
 def _is_number(text: str) -> bool:
@@ -116,6 +126,11 @@ def load_builtin(spec: str) -> Cascade:
 # ---- softmax family ----------------------------------------------------------------------------
 
 def _scale(head_dim: int, scale: float) -> float | None:
+    """The score scale: ``scale`` if set, else ``1/sqrt(head_dim)`` if set, else None (unscaled)."""
+    if head_dim < 0:
+        raise SpecError(f"option head_dim must be >= 0 (0 = not given), got {head_dim}")
+    if not math.isfinite(scale) or scale < 0:
+        raise SpecError(f"option scale must be a finite number > 0 (0 = 1/sqrt(head_dim)), got {scale}")
     if scale:
         return scale
     return 1.0 / math.sqrt(head_dim) if head_dim else None
@@ -146,12 +161,12 @@ def gqa(head_dim: int = 0, scale: float = 0.0, causal: bool = False) -> Cascade:
 def sliding_window(window: int = 256, causal: bool = True, head_dim: int = 0, scale: float = 0.0) -> Cascade:
     """Sliding-window attention: |p - m| < window (and m <= p when causal)."""
     if window < 1:
-        raise SpecError(f"window must be >= 1, got {window}")
+        raise SpecError(f"option window must be >= 1, got {window}")
     w = sympy.Integer(window)
     if causal:
-        mask = lambda b_, h_, q, kv: (kv <= q) & (q - kv < w)  # noqa: E731
+        mask = lambda b_, h_, q, kv: (kv <= q) & (q - kv < w)
     else:
-        mask = lambda b_, h_, q, kv: sympy.Abs(q - kv) < w  # noqa: E731
+        mask = lambda b_, h_, q, kv: sympy.Abs(q - kv) < w
     return dsl.attention("sliding_window", mask_mod=mask, scale=_scale(head_dim, scale))
 
 
@@ -171,8 +186,8 @@ def alibi(causal: bool = True, head_dim: int = 0, scale: float = 0.0) -> Cascade
 @builtin("softcap")
 def softcap(cap: float = 30.0, causal: bool = False, head_dim: int = 0, scale: float = 0.0) -> Cascade:
     """tanh soft-capping of scores: cap * tanh(score / cap) (Gemma 2)."""
-    if cap <= 0:
-        raise SpecError(f"cap must be > 0, got {cap}")
+    if not math.isfinite(cap) or cap <= 0:
+        raise SpecError(f"option cap must be a finite number > 0, got {cap}")
     mask = (lambda b_, h_, q, kv: q >= kv) if causal else None
     return dsl.attention("softcap", score_mod=lambda s, b_, h_, q, kv: cap * tanh(s / cap),
                          mask_mod=mask, scale=_scale(head_dim, scale))
@@ -183,6 +198,8 @@ def softcap(cap: float = 30.0, causal: bool = False, head_dim: int = 0, scale: f
 @builtin("sigmoid")
 def sigmoid(bias: float = 0.0, causal: bool = False, head_dim: int = 0, scale: float = 0.0) -> Cascade:
     """Sigmoid attention: sigmoid(score + bias) @ V, no normalisation (FlashSigmoid)."""
+    if not math.isfinite(bias):
+        raise SpecError(f"option bias must be finite, got {bias}")
     mask = (lambda b_, h_, q, kv: q >= kv) if causal else None
     return dsl.attention("sigmoid", mask_mod=mask, scale=_scale(head_dim, scale),
                          normalization="sigmoid", bias=bias)
@@ -200,4 +217,7 @@ def lightning(feature_map: str = "identity") -> Cascade:
     return dsl.linear_attention("lightning", feature_map=feature_map, causal=True, decay=True)
 
 
-__all__ = ["BUILTINS", "Builtin", "builtin", "load_builtin", "parse_spec", "alibi_slope", "h", "m", "p"]
+__all__ = ["BUILTINS", "Builtin", "alibi_slope", "builtin", "h", "load_builtin", "m", "p", "parse_spec"]
+
+# the rest of the library registers itself on import (kept last: those modules import this one)
+from einfuse.frontends import composite, neighborhood, sparse
