@@ -1,0 +1,130 @@
+"""Triton back end for linear attention (``linear``, ``lightning`` and DSL ``linear_attention``).
+
+``build_linear(cascade, **options)`` analyses the cascade (:mod:`linear_analysis`), prints the
+chunked kernels (:mod:`linear_kernels`) and returns a :class:`LinearKernel`, a callable
+``fn(q, k, v) -> o`` on ``(B, H, N, D)`` tensors (K/V may carry fewer heads: GQA). The generated
+source is kept on the callable (``fn.source``) so that ``einfuse compile`` can write it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from einfuse.codegen.triton.linear_analysis import LinearPlan, analyse_linear
+from einfuse.codegen.triton.linear_emit import load_module
+from einfuse.codegen.triton.linear_kernels import linear_source
+from einfuse.errors import CodegenError
+from einfuse.ir.cascade import Cascade
+
+# options every Triton builder may be handed by the dispatcher and that this one does not use
+_IGNORED = {"autotune", "device", "dtype"}
+
+
+@dataclass(frozen=True)
+class LinearOptions:
+    """Tuning knobs of the two linear kernels (all powers of two).
+
+    ``chunk``: positions per chunk (the intra/inter split); ``block_k``/``block_v``: key/value
+    feature blocks of the state kernel (more blocks = more parallel programs over one sequence);
+    ``block_o``: value-feature block of the output kernel (0 = the whole value width);
+    ``state_dtype``: ``"input"`` stores chunk states in the inputs' dtype (as fla does), ``"fp32"``
+    keeps them in float32 (more exact, twice the state traffic).
+    """
+
+    chunk: int = 64
+    block_k: int = 64
+    block_v: int = 64
+    block_o: int = 0
+    state_dtype: str = "input"
+    num_warps_states: int = 4
+    num_warps_output: int = 4
+    num_stages_states: int = 2
+    num_stages_output: int = 2
+
+    @staticmethod
+    def of(options: dict[str, Any]) -> LinearOptions:
+        valid = set(LinearOptions.__dataclass_fields__)
+        bad = set(options) - valid - _IGNORED
+        if bad:
+            raise CodegenError(f"unknown linear-attention option(s) {', '.join(sorted(bad))}; "
+                               f"valid: {', '.join(sorted(valid))}")
+        opts = LinearOptions(**{k: v for k, v in options.items() if k in valid})
+        for name in ("chunk", "block_k", "block_v"):
+            val = getattr(opts, name)
+            if val < 16 or val & (val - 1):
+                raise CodegenError(f"option {name}={val} must be a power of two >= 16")
+        if opts.state_dtype not in ("input", "fp32"):
+            raise CodegenError(f"option state_dtype={opts.state_dtype!r} must be 'input' or 'fp32'")
+        return opts
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    p = lo
+    while p < n:
+        p *= 2
+    return p
+
+
+@dataclass(frozen=True)
+class LinearKernel:
+    """A compiled linear-attention variant: call it as ``fn(q, k, v)``."""
+
+    plan: LinearPlan
+    options: LinearOptions
+    source: str
+    module: ModuleType = field(repr=False)
+
+    def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+        import torch
+        import triton
+
+        if runtime:
+            raise CodegenError(f"{self.plan.name}: unexpected runtime argument(s) {', '.join(runtime)}")
+        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+            raise CodegenError("q, k, v must be (B, H, N, D) tensors")
+        B, H, N, D = q.shape
+        Hkv, DV = k.shape[1], v.shape[-1]
+        if k.shape[0] != B or k.shape[2] != N or k.shape[3] != D or v.shape[:3] != k.shape[:3]:
+            raise CodegenError(f"shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)} do not match")
+        if H % Hkv:
+            raise CodegenError(f"{Hkv} key/value heads do not divide {H} query heads")
+        o = torch.empty((B, H, N, DV), device=q.device, dtype=q.dtype)
+        opt = self.options
+        chunk = opt.chunk
+        nt = triton.cdiv(N, chunk) if self.plan.causal else 1
+        sdt = torch.float32 if opt.state_dtype == "fp32" or q.dtype == torch.float32 else q.dtype
+        states = torch.empty((B * H, nt, D, DV), device=q.device, dtype=sdt)
+        zs = torch.empty((B * H, nt, D), device=q.device, dtype=torch.float32) if self.plan.normalize \
+            else states
+        bk = min(opt.block_k, _pow2(D))
+        bv = min(opt.block_v, _pow2(DV))
+        grid_s = (triton.cdiv(D, bk) * triton.cdiv(DV, bv), B * H)
+        self.module.linear_states[grid_s](
+            k, v, states, zs, *k.stride(), *v.stride(), H, Hkv, N, nt, D, DV,
+            CHUNK=chunk, BK=bk, BV=bv, num_warps=opt.num_warps_states, num_stages=opt.num_stages_states)
+        bd = _pow2(D)
+        bo = _pow2(DV) if opt.block_o == 0 else min(opt.block_o, _pow2(DV))
+        grid_o = (triton.cdiv(N, chunk), triton.cdiv(DV, bo), B * H)
+        self.module.linear_output[grid_o](
+            q, k, v, states, zs, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+            H, Hkv, N, nt, D, DV, float(self.plan.scale),
+            CHUNK=chunk, BD=bd, BV=bo, num_warps=opt.num_warps_output, num_stages=opt.num_stages_output)
+        return o
+
+
+def build_linear(cascade: Cascade, **options: Any) -> LinearKernel:
+    """Generate and load the chunked Triton kernels of a linear-attention cascade.
+
+    Options: see :class:`LinearOptions`. Raises :class:`CodegenError` for cascades the chunked
+    schedule cannot run exactly (non-causal masks, decays that are not multiplicative in p - m).
+    """
+    opts = LinearOptions.of(dict(options))
+    plan = analyse_linear(cascade)
+    source = linear_source(plan)
+    module = load_module(source, f"linear_{plan.name}")
+    return LinearKernel(plan, opts, source, module)
+
+
+__all__ = ["LinearKernel", "LinearOptions", "build_linear"]
