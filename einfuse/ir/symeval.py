@@ -48,13 +48,17 @@ def _ev(e: sympy.Basic, env: Mapping[sympy.Symbol, object]) -> object:
     if isinstance(e, sympy.Add):
         return functools.reduce(np.add, (_ev(a, env) for a in e.args))
     if isinstance(e, sympy.Mul):
-        coeff, rest = e.as_coeff_Mul()
-        if coeff == 1 or rest == e:
-            return functools.reduce(np.multiply, (_ev(a, env) for a in e.args))
-        val = _ev(rest, env)
-        if isinstance(coeff, sympy.Rational) and not isinstance(coeff, sympy.Integer):
-            return (np.float64(coeff.p) * val) / np.float64(coeff.q)
-        return _ev(coeff, env) * val
+        # numerator and denominator separately, divided last: p/X and p/49 are exact when divisible
+        num: object = np.float64(1.0)
+        den: object = np.float64(1.0)
+        for a in e.args:
+            if isinstance(a, sympy.Pow) and a.exp.is_Integer and a.exp < 0:
+                den = den * _ev(a.base ** (-a.exp), env)
+            elif isinstance(a, sympy.Rational) and not isinstance(a, sympy.Integer):
+                num, den = num * np.float64(a.p), den * np.float64(a.q)
+            else:
+                num = num * _ev(a, env)
+        return num / den
     if isinstance(e, sympy.Pow):
         return np.power(np.asarray(_ev(e.base, env), dtype=np.float64), _ev(e.exp, env))
     if isinstance(e, sympy.floor):
