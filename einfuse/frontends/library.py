@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import sympy
 
@@ -220,4 +220,4 @@ def lightning(feature_map: str = "identity") -> Cascade:
 __all__ = ["BUILTINS", "Builtin", "alibi_slope", "builtin", "h", "load_builtin", "m", "p", "parse_spec"]
 
 # the rest of the library registers itself on import (kept last: those modules import this one)
-from einfuse.frontends import composite, neighborhood, sparse
+from einfuse.frontends import composite, neighborhood, sparse  # noqa: F401  (register built-ins)

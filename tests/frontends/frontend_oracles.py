@@ -72,18 +72,22 @@ def natten_axis_keys(c: int, L: int, kernel: int, dilation: int, stride: int, ca
     return [group + dilation * j for j in range(lo, hi + 1)]
 
 
+def natten_keys(shape, kernel, dilation, stride, causal, query: int) -> list[int]:
+    """Flat indices of the keys that flat query ``query`` sees on the row-major flattened grid."""
+    n = len(shape)
+    strides = [math.prod(shape[i + 1:]) for i in range(n)]
+    qc = [(query // strides[i]) % shape[i] for i in range(n)]
+    per_axis = [natten_axis_keys(qc[i], shape[i], kernel[i], dilation[i], stride[i], causal[i])
+                for i in range(n)]
+    return [sum(c * s for c, s in zip(kc, strides)) for kc in itertools.product(*per_axis)]
+
+
 def natten_mask(shape, kernel, dilation, stride, causal) -> np.ndarray:
     """Dense (N, N) visibility of the row-major flattened grid, one query at a time."""
-    n = len(shape)
     N = math.prod(shape)
     mask = np.zeros((N, N), dtype=bool)
-    strides = [math.prod(shape[i + 1:]) for i in range(n)]
-    for qc in itertools.product(*(range(L) for L in shape)):
-        per_axis = [natten_axis_keys(qc[i], shape[i], kernel[i], dilation[i], stride[i], causal[i])
-                    for i in range(n)]
-        qi = sum(c * s for c, s in zip(qc, strides))
-        for kc in itertools.product(*per_axis):
-            mask[qi, sum(c * s for c, s in zip(kc, strides))] = True
+    for q in range(N):
+        mask[q, natten_keys(shape, kernel, dilation, stride, causal, q)] = True
     return mask
 
 
@@ -127,5 +131,5 @@ def taylor_linear(q, k, v, scale: float) -> torch.Tensor:
 
 __all__ = [
     "elu1", "expand_kv", "index_grids", "lightning_decay", "linear_attention", "masked_softmax_attention",
-    "natten_axis_keys", "natten_mask", "sdpa", "taylor_linear",
+    "natten_axis_keys", "natten_keys", "natten_mask", "sdpa", "taylor_linear",
 ]

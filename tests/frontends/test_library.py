@@ -286,8 +286,8 @@ BAD_SPECS = [
     ("duo:sink=-1", "option sink must be >= 0"),
     ("based:window=0", "based: option window must be >= 1"),
     ("agent:head_dim=x", "head_dim='x' is not a valid int"),
-    ("na2d:shape=8x8,kernel=5,dilation=2", "kernel*dilation must be <= shape on every axis; axis 0 has "
-                                           "kernel 5 * dilation 2 = 10 > shape 8"),
+    ("na2d:shape=8x8,kernel=5,dilation=2",
+     "kernel*dilation must be <= shape on every axis; axis 0 has kernel 5 * dilation 2 = 10 > shape 8"),
     ("na2d:kernel=7,stride=8", "stride must be <= kernel"),
     ("na2d:kernel=3x3x3", "option kernel has 3 values but the layout has 2 axes"),
     ("na3d:shape=8x8", "option shape has 2 values but the layout has 3 axes"),

@@ -118,5 +118,7 @@ def test_masks_are_pure_index_predicates() -> None:
 
 
 def test_grid_widths_whose_reciprocal_rounds_down() -> None:
-    c = na2d(shape=(7, 49), kernel=3)
-    check((7, 49), (3, 3), (1, 1), (1, 1), (False, False), c)
+    """49 * (1/49) < 1 in floats: flat-to-grid division must stay exact (2-D width, 3-D plane 7*7)."""
+    check((7, 49), (3, 3), (1, 1), (1, 1), (False, False), na2d(shape=(7, 49), kernel=3))
+    check((4, 7, 7), (3, 3, 3), (1, 2, 1), (1, 1, 2), (False, True, False),
+          na3d(shape=(4, 7, 7), kernel=3, dilation=(1, 2, 1), stride=(1, 1, 2), causal=(False, True, False)))
