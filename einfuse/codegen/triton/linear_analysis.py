@@ -62,11 +62,13 @@ def product_factors(e: Expr) -> list[Expr]:
     return [e]
 
 
-def inline_elementwise(c: Cascade, e: Expr, stop: set[str]) -> Expr:
+def inline_elementwise(c: Cascade, e: Expr, stop: set[str],
+                       wheres: list[sympy.Basic] | None = None) -> Expr:
     """Replace reads of intermediates produced by non-reducing Einsums with their definitions.
 
     Reads of tensors in ``stop`` (and of inputs or reducing Einsums' outputs) are left in place.
-    An inlined Einsum's constraint is rejected: it would remove points, which inlining cannot say.
+    An inlined Einsum's constraint removes points; it is appended to ``wheres`` (the caller ANDs it
+    into the mask), or refused when the caller passes no list.
     """
     def repl(a: Access) -> Expr:
         if a.tensor in stop or a.tensor in c.inputs:
@@ -77,10 +79,12 @@ def inline_elementwise(c: Cascade, e: Expr, stop: set[str]) -> Expr:
         ev = c.einsums[prods[0]]
         if c.reduced_vars(ev):
             return a
-        if ev.where is not None:
-            raise CodegenError(f"Einsum {ev.name} has a constraint; only the score Einsum may carry one")
         mapping = {o: i for o, i in zip(ev.output.indices, a.indices)}
-        return inline_elementwise(c, substitute(ev.expr, mapping), stop)
+        if ev.where is not None:
+            if wheres is None:
+                raise CodegenError(f"Einsum {ev.name} has a constraint; only the score Einsum may carry one")
+            wheres.append(ev.where.subs(mapping))
+        return inline_elementwise(c, substitute(ev.expr, mapping), stop, wheres)
     return map_accesses(e, repl)
 
 

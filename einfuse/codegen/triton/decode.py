@@ -1,0 +1,156 @@
+"""Triton back end for decoding: softmax attention of a few queries over a long KV cache.
+
+``build_decode(cascade, **options)`` analyses a softmax cascade (:mod:`decode_analysis`), prints the
+split-KV kernels (:mod:`decode_kernels`) and returns a :class:`DecodeKernel`, called as
+``fn(q, k, v, **sizes)`` on ``(B, H, Nq, D)`` queries and ``(B, Hkv, Nk, D)`` keys/values. It is
+meant for ``Nq <= 16``; larger query counts work but waste the split-KV schedule.
+
+Why split the keys: with one query a head there are only ``B * Hkv`` (batch, KV head) pairs, far
+fewer than the GPU has multiprocessors, so each pair's keys are split across ``n_splits`` programs
+and their partial softmax states merged by a second, tiny kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from einfuse.codegen.triton.decode_analysis import DecodePlan, analyse_decode
+from einfuse.codegen.triton.decode_kernels import decode_source
+from einfuse.codegen.triton.linear_emit import load_module
+from einfuse.errors import CodegenError
+from einfuse.ir.cascade import Cascade
+
+_IGNORED = {"autotune", "device", "dtype"}
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Tuning knobs. ``splits``: key ranges per (batch, KV head), 0 = chosen from the GPU's
+    multiprocessor count (about ``programs_per_sm`` programs per multiprocessor); ``block_n``: keys
+    per loop step; ``block_rows``: most query rows (group heads x queries) per program."""
+
+    splits: int = 0
+    programs_per_sm: int = 4
+    block_n: int = 64
+    block_rows: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @staticmethod
+    def of(options: dict[str, Any]) -> DecodeOptions:
+        valid = set(DecodeOptions.__dataclass_fields__)
+        bad = set(options) - valid - _IGNORED
+        if bad:
+            raise CodegenError(f"unknown decode option(s) {', '.join(sorted(bad))}; "
+                               f"valid: {', '.join(sorted(valid))}")
+        opts = DecodeOptions(**{k: v for k, v in options.items() if k in valid})
+        for name in ("block_n", "block_rows"):
+            val = getattr(opts, name)
+            if val < 16 or val & (val - 1):
+                raise CodegenError(f"option {name}={val} must be a power of two >= 16")
+        if opts.splits < 0:
+            raise CodegenError(f"option splits={opts.splits} must be >= 0 (0 = automatic)")
+        return opts
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    p = lo
+    while p < n:
+        p *= 2
+    return p
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _sm_count(device: Any) -> int:
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter: a few splits, so tests exercise the combine
+
+
+@dataclass(frozen=True)
+class DecodeKernel:
+    """A compiled decode variant: ``fn(q, k, v, splits=None, **sizes)``."""
+
+    plan: DecodePlan
+    options: DecodeOptions
+    source: str
+    module: ModuleType = field(repr=False)
+
+    def split_plan(self, B: int, Hkv: int, row_blocks: int, NK: int, device: Any,
+                   splits: int | None = None) -> tuple[int, int]:
+        """(n_splits, keys per split), the latter a multiple of ``block_n``."""
+        bn = self.options.block_n
+        want = splits or self.options.splits
+        if not want:
+            target = _sm_count(device) * self.options.programs_per_sm
+            want = _cdiv(target, B * Hkv * row_blocks)
+        want = max(1, min(want, _cdiv(NK, bn)))
+        split_len = _cdiv(_cdiv(NK, want), bn) * bn
+        return _cdiv(NK, split_len), split_len
+
+    def _sizes(self, B: int, H: int, NQ: int, NK: int, D: int, DV: int, given: dict[str, Any]) -> list[int]:
+        known: dict[str, float] = {**self.plan.params, "B": B, "H": H, "P": NQ, "M": NK, "E": D, "F": DV}
+        known.update(given)
+        out = []
+        for s in self.plan.sizes:
+            if s not in known:
+                raise CodegenError(f"{self.plan.name}: size {s} is needed at run time; pass {s}=...")
+            out.append(int(known[s]))
+        return out
+
+    def __call__(self, q: Any, k: Any, v: Any, splits: int | None = None, **sizes: Any) -> Any:
+        import torch
+
+        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+            raise CodegenError("q, k, v must be (B, H, N, D) tensors")
+        B, H, NQ, D = q.shape
+        Hkv, NK, DV = k.shape[1], k.shape[2], v.shape[-1]
+        if k.shape[0] != B or k.shape[3] != D or v.shape[:3] != k.shape[:3]:
+            raise CodegenError(f"shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)} do not match")
+        if H % Hkv:
+            raise CodegenError(f"{Hkv} key/value heads do not divide {H} query heads")
+        unknown = set(sizes) - set(self.plan.sizes) - set(self.plan.params)
+        if unknown:
+            raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
+        size_args = self._sizes(B, H, NQ, NK, D, DV, sizes)
+        group_rows = (H // Hkv) * NQ
+        rows = min(self.options.block_rows, _pow2(group_rows))
+        row_blocks = _cdiv(group_rows, rows)
+        n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, q.device, splits)
+        dev = q.device
+        mws = torch.empty((B * H * NQ * n_splits,), device=dev, dtype=torch.float32)
+        lws = torch.empty_like(mws)
+        ows = torch.empty((B * H * NQ * n_splits, DV), device=dev, dtype=torch.float32)
+        o = torch.empty((B, H, NQ, DV), device=dev, dtype=q.dtype)
+        self.module.decode_partial[(B * Hkv, n_splits, row_blocks)](
+            q, k, v, mws, lws, ows, *q.stride(), *k.stride(), *v.stride(),
+            NQ, NK, H, Hkv, D, DV, split_len, n_splits, float(self.plan.scale), *size_args,
+            ROWS=rows, BLOCK_N=self.options.block_n, BD=_pow2(D), BDV=_pow2(DV),
+            num_warps=self.options.num_warps, num_stages=self.options.num_stages)
+        self.module.decode_combine[(B * H * NQ,)](
+            mws, lws, ows, o, *o.stride(), H, NQ, DV, n_splits,
+            BS=_pow2(n_splits, 2), BDV=_pow2(DV), num_warps=4)
+        return o
+
+
+def build_decode(cascade: Cascade, **options: Any) -> DecodeKernel:
+    """Generate and load the split-KV decode kernels of a softmax cascade.
+
+    Options: see :class:`DecodeOptions`. Raises :class:`CodegenError` for cascades that are not a
+    softmax over keys of a ``Q.K`` score (sigmoid and linear attention have their own back ends).
+    """
+    opts = DecodeOptions.of(dict(options))
+    plan = analyse_decode(cascade)
+    source = decode_source(plan)
+    module = load_module(source, f"decode_{plan.name}")
+    return DecodeKernel(plan, opts, source, module)
+
+
+__all__ = ["DecodeKernel", "DecodeOptions", "build_decode"]
