@@ -1,0 +1,213 @@
+"""Print sympy index expressions and predicates as Triton expressions.
+
+Mask predicates (``p >= m``, ``Abs(floor(p/96) - floor(m/96)) <= 6``) and index-valued score terms
+(ALiBi's ``2**(-8(h+1)/H) * (m - p)``) are sympy in the IR; the kernel needs them as Triton code over
+the tile's index vectors. Integer arithmetic must stay exact, and Triton's ``//`` and ``%`` truncate
+toward zero like C, so ``floor`` and ``Mod`` get explicit floor semantics unless sympy can prove the
+operands non-negative (the common case: ``p``, ``m``, ``h`` are non-negative indices).
+
+Each printed sub-expression carries a kind (``int``, ``float``, ``bool``) so that integer division
+is only used where sympy's division is exact-integer, and float literals appear only where the
+value really is fractional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import sympy
+from sympy.core.relational import Relational
+
+from einfuse.errors import CodegenError
+
+_REL_OPS = {
+    sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
+    sympy.GreaterThan: ">=", sympy.Equality: "==", sympy.Unequality: "!=",
+}
+
+
+@dataclass(frozen=True)
+class Printed:
+    """A Triton expression string and its value kind (int, float or bool)."""
+
+    code: str
+    kind: str
+
+
+class IndexPrinter:
+    """Prints sympy expressions with symbols replaced by Triton names.
+
+    ``names`` maps each sympy symbol to the Triton expression holding it (``p`` -> ``qi``, ``H`` ->
+    ``H``); a symbol missing from ``names`` is an error naming the symbol, because silently treating
+    it as 0 would produce a wrong kernel.
+    """
+
+    def __init__(self, names: Mapping[sympy.Symbol, str], context: str = "expression") -> None:
+        self.names = dict(names)
+        self.context = context
+
+    # ---- entry points ----------------------------------------------------------------------------
+    def value(self, e: sympy.Basic) -> str:
+        """A numeric expression (int or float)."""
+        return self._p(sympy.sympify(e)).code
+
+    def float_value(self, e: sympy.Basic) -> str:
+        """A numeric expression forced to float32 (for use in score arithmetic)."""
+        out = self._p(sympy.sympify(e))
+        return out.code if out.kind == "float" else f"({out.code}).to(tl.float32)"
+
+    def predicate(self, e: sympy.Basic) -> str:
+        out = self._p(sympy.sympify(e))
+        if out.kind != "bool":
+            raise CodegenError(f"{self.context}: {e} is not a predicate")
+        return out.code
+
+    # ---- recursive printer -------------------------------------------------------------------
+    def _p(self, e: sympy.Basic) -> Printed:
+        if e is sympy.true:
+            return Printed("True", "bool")
+        if e is sympy.false:
+            return Printed("False", "bool")
+        if isinstance(e, sympy.Symbol):
+            if e not in self.names:
+                raise CodegenError(f"{self.context}: symbol {e} has no value in the kernel "
+                                   f"(known: {', '.join(sorted(map(str, self.names)))})")
+            return Printed(self.names[e], "int" if e.is_integer is not False else "float")
+        if isinstance(e, sympy.Integer):
+            return Printed(str(int(e)), "int")
+        if e.is_Number:
+            if e in (sympy.oo, -sympy.oo):
+                return Printed("float('inf')" if e == sympy.oo else "float('-inf')", "float")
+            return Printed(repr(float(e)), "float")
+        if isinstance(e, sympy.Add):
+            parts = [self._p(a) for a in _ordered_args(e)]
+            kind = "int" if all(p.kind == "int" for p in parts) else "float"
+            code = parts[0].code
+            for p, a in zip(parts[1:], _ordered_args(e)[1:]):
+                if a.could_extract_minus_sign() and isinstance(a, sympy.Mul):
+                    code += f" - {self._p(-a).code}"
+                else:
+                    code += f" + {p.code}"
+            return Printed(f"({code})", kind)
+        if isinstance(e, sympy.Mul):
+            return self._mul(e)
+        if isinstance(e, sympy.Pow):
+            return self._pow(e)
+        if isinstance(e, sympy.floor):
+            return self._floor(e.args[0])
+        if isinstance(e, sympy.ceiling):
+            return Printed(f"(-{self._floor(-e.args[0]).code})", "int")
+        if isinstance(e, sympy.Mod):
+            return self._mod(e.args[0], e.args[1])
+        if isinstance(e, sympy.Abs):
+            a = self._p(e.args[0])
+            return Printed(f"tl.abs({a.code})", a.kind)
+        if isinstance(e, (sympy.Max, sympy.Min)):
+            fn = "tl.maximum" if isinstance(e, sympy.Max) else "tl.minimum"
+            parts = [self._p(a) for a in e.args]
+            kind = "int" if all(p.kind == "int" for p in parts) else "float"
+            code = parts[0].code
+            for p in parts[1:]:
+                code = f"{fn}({code}, {p.code})"
+            return Printed(code, kind)
+        if isinstance(e, sympy.exp):
+            return Printed(f"tl.exp({self.float_value(e.args[0])})", "float")
+        if isinstance(e, sympy.log):
+            return Printed(f"tl.log({self.float_value(e.args[0])})", "float")
+        if isinstance(e, Relational):
+            lhs, rhs = self._p(e.lhs), self._p(e.rhs)
+            return Printed(f"({lhs.code} {_REL_OPS[type(e)]} {rhs.code})", "bool")
+        if isinstance(e, (sympy.And, sympy.Or)):
+            op = " & " if isinstance(e, sympy.And) else " | "
+            return Printed("(" + op.join(self.predicate(a) for a in e.args) + ")", "bool")
+        if isinstance(e, sympy.Not):
+            return Printed(f"({self.predicate(e.args[0])} == 0)", "bool")
+        if isinstance(e, sympy.Piecewise):
+            code = None
+            for val, cond in reversed(e.args):
+                v = self.float_value(val)
+                code = v if code is None else f"tl.where({self.predicate(cond)}, {v}, {code})"
+            return Printed(code or "0.0", "float")
+        raise CodegenError(f"{self.context}: cannot print {e} ({type(e).__name__}) as Triton code")
+
+    def _mul(self, e: sympy.Mul) -> Printed:
+        coeff, rest = e.as_coeff_Mul()
+        if coeff == -1:
+            inner = self._p(rest)
+            return Printed(f"(-{inner.code})", inner.kind)
+        if coeff != 1 and isinstance(coeff, sympy.Rational) and not isinstance(coeff, sympy.Integer):
+            inner = self._p(rest)
+            num = f"{inner.code} * {coeff.p}" if coeff.p != 1 else inner.code
+            # a fraction of an integer is a float: compute num / den in float (exact for small ints)
+            return Printed(f"({num} / {float(coeff.q)!r})", "float")
+        parts = [self._p(a) for a in e.args]
+        kind = "int" if all(p.kind == "int" for p in parts) else "float"
+        return Printed("(" + " * ".join(p.code for p in parts) + ")", kind)
+
+    def _pow(self, e: sympy.Pow) -> Printed:
+        base, ex = e.args
+        if isinstance(ex, sympy.Integer) and 0 < int(ex) <= 4:
+            b = self._p(base)
+            return Printed("(" + " * ".join([b.code] * int(ex)) + ")", b.kind)
+        if isinstance(ex, sympy.Integer) and -4 <= int(ex) < 0:
+            b = self.float_value(base)
+            return Printed("(1.0 / (" + " * ".join([b] * -int(ex)) + "))", "float")
+        if ex == sympy.Rational(1, 2):
+            return Printed(f"tl.sqrt({self.float_value(base)})", "float")
+        if base == 2:
+            return Printed(f"tl.exp2({self.float_value(ex)})", "float")
+        if base.is_number and float(base) > 0:
+            import math
+
+            return Printed(f"tl.exp2({self.float_value(ex)} * {math.log2(float(base))!r})", "float")
+        return Printed(f"tl.exp2({self.float_value(ex)} * tl.log2({self.float_value(base)}))", "float")
+
+    def _floor(self, arg: sympy.Expr) -> Printed:
+        num, den = sympy.fraction(sympy.together(arg))
+        if den.is_Integer and int(den) > 0 and num.is_integer:
+            n = self._p(sympy.expand(num))
+            if n.kind == "int":
+                if int(den) == 1:
+                    return n
+                if num.is_nonnegative:
+                    return Printed(f"({n.code} // {int(den)})", "int")
+                return Printed(f"_floordiv({n.code}, {int(den)})", "int")
+        a = self._p(arg)
+        if a.kind == "int":
+            return a
+        return Printed(f"tl.floor({a.code}).to(tl.int32)", "int")
+
+    def _mod(self, a: sympy.Expr, c: sympy.Expr) -> Printed:
+        pa, pc = self._p(a), self._p(c)
+        if pa.kind != "int" or pc.kind != "int":
+            fa, fc = self.float_value(a), self.float_value(c)
+            return Printed(f"({fa} - {fc} * tl.floor({fa} / {fc}))", "float")
+        if a.is_nonnegative and c.is_positive:
+            return Printed(f"({pa.code} % {pc.code})", "int")
+        return Printed(f"_floormod({pa.code}, {pc.code})", "int")
+
+
+def _ordered_args(e: sympy.Add) -> list[sympy.Expr]:
+    """Terms of a sum with the positive ones first, so ``m - p`` prints as ``m - p``, not ``-p + m``."""
+    args = list(e.as_ordered_terms())
+    pos = [a for a in args if not a.could_extract_minus_sign()]
+    neg = [a for a in args if a.could_extract_minus_sign()]
+    return pos + neg if pos else args
+
+
+# Helpers the printed code may call; emitted once into every generated module that needs them.
+HELPERS = '''
+@triton.jit
+def _floordiv(a, d):
+    """floor(a / d) for a positive divisor d (Triton's // truncates toward zero)."""
+    q = a // d
+    return tl.where((a % d != 0) & (a < 0), q - 1, q)
+
+
+@triton.jit
+def _floormod(a, d):
+    """a - d * floor(a / d): the non-negative remainder for a positive divisor d."""
+    r = a % d
+    return tl.where(r < 0, r + d, r)
+'''

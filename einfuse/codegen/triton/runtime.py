@@ -1,0 +1,284 @@
+"""Launching a generated softmax/sigmoid kernel: input checks, configuration, block tables, grid.
+
+:class:`AttentionKernel` is what ``einfuse.compile`` returns for softmax-family cascades (wrapped in
+the torch custom op). It owns the generated modules (one per tile order), the block tables cached
+per (sizes, tiles, device), and the configuration choice (explicit, autotuned, or heuristic).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from einfuse.codegen import autotune
+from einfuse.codegen.autotune import KernelConfig
+from einfuse.codegen.triton.analysis import AttentionPlan, analyze
+from einfuse.codegen.triton.blocks import BlockTables, build_tables, dense_tables
+from einfuse.codegen.triton.emit import KERNEL_NAME, emit_module
+from einfuse.codegen.triton.loader import load_module
+from einfuse.codegen.triton.tile_order import FLAT, TileOrder
+from einfuse.errors import CodegenError
+from einfuse.ir.cascade import Cascade
+
+_DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
+MAX_HEAD_DIM = 256
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Per-call knobs (all optional): a fixed configuration, autotuning, numerics."""
+
+    block_m: int | None = None
+    block_n: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+    autotune: bool = False
+    fast_math: bool | None = None
+    precision: str | None = None
+    tile_order: str = "auto"
+
+    @staticmethod
+    def from_kwargs(kwargs: dict[str, Any]) -> LaunchOptions:
+        known = set(LaunchOptions.__dataclass_fields__)
+        bad = sorted(set(kwargs) - known)
+        if bad:
+            raise CodegenError(f"unknown option {', '.join(bad)}; valid options: {', '.join(sorted(known))}")
+        opts = LaunchOptions(**kwargs)
+        if opts.precision not in (None, "ieee", "tf32"):
+            raise CodegenError(f"option precision={opts.precision!r}: use 'ieee' or 'tf32'")
+        if opts.tile_order not in ("auto", "flat", "box"):
+            raise CodegenError(f"option tile_order={opts.tile_order!r}: use 'auto', 'flat' or 'box'")
+        for name in ("block_m", "block_n"):
+            v = getattr(opts, name)
+            if v is not None and (v < 16 or v & (v - 1)):
+                raise CodegenError(f"option {name}={v}: must be a power of two >= 16")
+        return opts
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, 1 << (max(n, 1) - 1).bit_length())
+
+
+def check_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, int, int, int, int, str]:
+    """Validate q, k, v; returns (B, H, Hkv, N_q, N_kv, D, dtype name). Errors say what to change."""
+    import torch
+
+    from einfuse.codegen.autotune import interpreter_active
+
+    for t, nm in ((q, "q"), (k, "k"), (v, "v")):
+        if not isinstance(t, torch.Tensor):
+            raise CodegenError(f"{name}: {nm} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise CodegenError(f"{name}: {nm} must have shape (B, H, N, D); got {tuple(t.shape)}")
+    if not (q.device == k.device == v.device):
+        raise CodegenError(f"{name}: q, k, v are on different devices ({q.device}, {k.device}, {v.device})")
+    if q.device.type != "cuda" and not interpreter_active():
+        raise CodegenError(f"{name}: tensors are on {q.device}; Triton kernels need CUDA tensors "
+                           "(or TRITON_INTERPRET=1 to run them on the CPU for testing)")
+    dt = _DTYPES.get(str(q.dtype))
+    if dt is None:
+        raise CodegenError(f"{name}: dtype {q.dtype} is not supported; use bfloat16, float16 or float32")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise CodegenError(f"{name}: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one")
+    B, H, Nq, D = q.shape
+    Bk, Hkv, Nkv, Dk = k.shape
+    if Bk != B or v.shape[0] != B:
+        raise CodegenError(f"{name}: batch sizes differ: q {B}, k {Bk}, v {v.shape[0]}")
+    if v.shape[1] != Hkv or v.shape[2] != Nkv:
+        raise CodegenError(f"{name}: k {tuple(k.shape)} and v {tuple(v.shape)} must share heads and length")
+    if Hkv < 1 or H % Hkv:
+        raise CodegenError(f"{name}: K/V heads ({Hkv}) must divide query heads ({H}) for grouped-query attention")
+    if Dk != D:
+        raise CodegenError(f"{name}: q head dim {D} differs from k head dim {Dk}")
+    for dim, what in ((D, "q/k head dim"), (v.shape[3], "v head dim")):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise CodegenError(f"{name}: {what} {dim} is outside 1..{MAX_HEAD_DIM}")
+    if min(B, H, Nq, Nkv) < 1:
+        raise CodegenError(f"{name}: empty input (B={B}, H={H}, N_q={Nq}, N_kv={Nkv})")
+    for t, nm in ((q, "q"), (k, "k"), (v, "v")):
+        if t.stride(-1) != 1:
+            raise CodegenError(f"{name}: {nm} must be contiguous in its last (head) dimension; "
+                               f"its strides are {tuple(t.stride())} (call .contiguous())")
+    return B, H, Hkv, Nq, Nkv, D, dt
+
+
+@dataclass
+class AttentionKernel:
+    """A compiled softmax/sigmoid-family attention: ``kernel(q, k, v) -> out`` on (B, H, N, D) tensors."""
+
+    cascade: Cascade
+    plan: AttentionPlan
+    sizes: dict[str, int]
+    lowering: str
+    defaults: LaunchOptions = field(default_factory=LaunchOptions)
+    grid_hint: tuple[int, ...] | None = None
+    _modules: dict = field(default_factory=dict)
+    _tables: dict = field(default_factory=dict)
+    _configs: dict = field(default_factory=dict)
+    last_config: KernelConfig | None = None
+    last_tables: BlockTables | None = None
+
+    @staticmethod
+    def build(cascade: Cascade, lowering: str, sizes: dict[str, int] | None = None,
+              grid_hint: tuple[int, ...] | None = None, **options: Any) -> AttentionKernel:
+        plan = analyze(cascade)
+        bound = {k: int(v) for k, v in cascade.params.items() if float(v).is_integer()}
+        bound.update({k: int(v) for k, v in (sizes or {}).items()})
+        kern = AttentionKernel(cascade, plan, bound, lowering, LaunchOptions.from_kwargs(options),
+                               grid_hint)
+        kern.source(FLAT)  # generate (and import) now: errors surface at compile time
+        return kern
+
+    # ---- code -----------------------------------------------------------------------------------
+    def source(self, order: TileOrder = FLAT) -> str:
+        return self.module(order).__source__
+
+    def module(self, order: TileOrder):
+        if order not in self._modules:
+            from einfuse.ir.printer import format_cascade
+
+            text = emit_module(self.plan, self.sizes, order, order, format_cascade(self.cascade),
+                               self.lowering)
+            mod = load_module(text, self.plan.name)
+            mod.__source__ = text
+            _KERNELS[mod.__name__] = self
+            self._modules[order] = mod
+        return self._modules[order]
+
+    def order_for(self, n_q: int, n_kv: int, opts: LaunchOptions) -> TileOrder:
+        grid = self.grid_hint
+        fits = grid is not None and math.prod(grid) == n_q == n_kv
+        if opts.tile_order == "box":
+            if not fits:
+                raise CodegenError(f"{self.plan.name}: tile_order='box' needs a token grid whose size "
+                                   f"equals the query and key lengths (grid {grid}, N_q={n_q}, N_kv={n_kv})")
+            return TileOrder(tuple(grid))
+        if opts.tile_order == "auto" and fits:
+            return TileOrder(tuple(grid))
+        return FLAT
+
+    # ---- launch ---------------------------------------------------------------------------------
+    def __call__(self, q: Any, k: Any, v: Any, **options: Any) -> Any:
+        import torch
+
+        opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
+        B, H, _, Nq, Nkv, _, _ = check_inputs(self.plan.name, q, k, v)
+        Dv = v.shape[3]
+        order = self.order_for(Nq, Nkv, opts)
+        cfg = self.config(q, k, v, order, opts)
+        out = torch.empty((B, H, Nq, Dv), dtype=q.dtype, device=q.device)
+        self._launch(q, k, v, out, cfg, order, opts)
+        return out
+
+    def _launch(self, q, k, v, out, cfg: KernelConfig, order: TileOrder, opts: LaunchOptions) -> None:
+        import torch
+
+        B, H, Nq, D = q.shape
+        Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+        tables = self.tables(Nq, Nkv, H, B, cfg, order, q.device)
+        self.last_config, self.last_tables = cfg, tables
+        kernel = getattr(self.module(order), KERNEL_NAME)
+        interp = q.device.type != "cuda"
+        fast = opts.fast_math if opts.fast_math is not None else (not interp and q.dtype != torch.float32)
+        precision = opts.precision or "ieee"
+        bq, bk = order.box(cfg.block_m), order.box(cfg.block_n)
+        dummy = tables.full_num if not tables.dense else torch.zeros(1, dtype=torch.int32, device=q.device)
+        grid = (order.num_tiles(Nq, cfg.block_m), B * H)
+        kernel[grid](
+            q, k, v, out,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            *tables.kernel_args(dummy),
+            Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=_pow2(D), HEAD_DV=Dv,
+            BLOCK_DV=_pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
+            PART_CONTIG=tables.part_contig, BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1],
+            BK2=bk[2], FAST_MATH=fast, DOT_PRECISION=precision,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+
+    def tables(self, n_q: int, n_kv: int, heads: int, batch: int, cfg: KernelConfig, order: TileOrder,
+               device: Any) -> BlockTables:
+        key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, order, str(device))
+        if key not in self._tables:
+            if self.plan.mask is None and order.is_flat:
+                t = dense_tables(n_kv, cfg.block_n, masked=False)
+            else:
+                sizes = {**self.sizes, "P": n_q, "M": n_kv, "H": heads, "B": batch}
+                mask = self.plan.mask if self.plan.mask is not None else _always()
+                t = build_tables(self.cascade, mask, sizes, n_q, n_kv, heads, cfg.block_m, cfg.block_n,
+                                 order, order, device)
+            self._tables[key] = t
+        return self._tables[key]
+
+    def config(self, q, k, v, order: TileOrder, opts: LaunchOptions) -> KernelConfig:
+        B, H, Nq, D = q.shape
+        Hkv, Nkv = k.shape[1], k.shape[2]
+        dt = _DTYPES[str(q.dtype)]
+        interp = q.device.type != "cuda"
+        base = autotune.heuristic(max(D, v.shape[3]), dt, Nq, Nkv, interp, boxed=not order.is_flat)
+        fixed = [opts.block_m, opts.block_n, opts.num_warps, opts.num_stages]
+        if any(x is not None for x in fixed) or interp:
+            return KernelConfig(opts.block_m or base.block_m, opts.block_n or base.block_n,
+                                opts.num_warps or base.num_warps, opts.num_stages or base.num_stages)
+        klass = autotune.shape_class(dt, D, v.shape[3], Nq, Nkv, H // Hkv)
+        key = f"{self.variant_key(order)}|{klass}|{autotune.device_key(q.device)}"
+        if key in self._configs:
+            return self._configs[key]
+        cache = autotune.TuneCache()
+        cfg = cache.get(key)
+        if cfg is None and opts.autotune:
+            import torch
+
+            out = torch.empty((B, H, Nq, v.shape[3]), dtype=q.dtype, device=q.device)
+
+            def make_run(c: KernelConfig):
+                return lambda: self._launch(q, k, v, out, c, order, opts)
+
+            cfg = autotune.tune(make_run, autotune.candidates(max(D, v.shape[3]), dt, not order.is_flat),
+                                key, cache)
+        cfg = cfg or base
+        self._configs[key] = cfg
+        return cfg
+
+    def variant_key(self, order: TileOrder) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.source(order).encode()).hexdigest()[:16]
+
+
+def _non_default(opts: LaunchOptions) -> dict[str, Any]:
+    base = LaunchOptions()
+    return {k: getattr(opts, k) for k in LaunchOptions.__dataclass_fields__ if getattr(opts, k) != getattr(base, k)}
+
+
+def _always():
+    import sympy
+
+    return sympy.true
+
+
+_KERNELS: dict[str, AttentionKernel] = {}
+
+
+def launcher_for_module(module_name: str) -> AttentionKernel:
+    """The kernel object for a generated module (rebuilt from the module's own constants when the
+    module was written by ``einfuse compile`` and imported on its own)."""
+    if module_name in _KERNELS:
+        return _KERNELS[module_name]
+    from einfuse.ir.parser import parse_cascade
+
+    mod = sys.modules[module_name]
+    cascade = parse_cascade(mod.CASCADE_TEXT)
+    grid = tuple(mod.Q_GRID) or None
+    kern = AttentionKernel(cascade, analyze(cascade), dict(mod.SIZES), mod.LOWERING, grid_hint=grid)
+    order = TileOrder(tuple(mod.Q_GRID))
+    with open(mod.__file__, encoding="utf-8") as fh:
+        mod.__source__ = fh.read()
+    kern._modules[order] = mod
+    if grid is None:
+        kern._modules[FLAT] = mod
+    _KERNELS[module_name] = kern
+    return kern
