@@ -1,6 +1,7 @@
 """einfuse: declare an attention variant once as an Einsum cascade; get a fused GPU kernel and a
 cycle-level estimate of the same variant on a spatial-array accelerator."""
 
+from einfuse.codegen.compile import compile as compile  # einfuse.compile(spec, **options)
 from einfuse.errors import EinfuseError
 from einfuse.frontends import BUILTINS, attention, linear_attention, load_spec
 from einfuse.ir import Cascade, format_cascade, parse_cascade
