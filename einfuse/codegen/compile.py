@@ -113,6 +113,8 @@ def _family(c: Cascade) -> str:
 
 def lower_for_triton(c: Cascade, tile: int = 64) -> tuple[Cascade, str]:
     """The cascade the generator reads, and a one-line description of how it was lowered."""
+    if c.attrs.get("lowered") == "online_softmax" or any(t.iterative for t in c.tensors.values()):
+        return c, "already in one-pass form (running max, sum and output over key tiles)"
     try:
         from einfuse.passes.fusion import fuse_online_softmax
     except ImportError:

@@ -315,5 +315,5 @@ def attention(q, k, v, **options):
     """Run this kernel on (B, H, N, D) tensors; options as for einfuse.compile (block_m, ...)."""
     from einfuse.codegen.triton.runtime import launcher_for_module
 
-    return launcher_for_module(__name__)(q, k, v, **options)
+    return launcher_for_module(__name__, globals())(q, k, v, **options)
 '''

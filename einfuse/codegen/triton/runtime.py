@@ -263,22 +263,25 @@ def _always():
 _KERNELS: dict[str, AttentionKernel] = {}
 
 
-def launcher_for_module(module_name: str) -> AttentionKernel:
-    """The kernel object for a generated module (rebuilt from the module's own constants when the
-    module was written by ``einfuse compile`` and imported on its own)."""
+def launcher_for_module(module_name: str, namespace: dict[str, Any] | None = None) -> AttentionKernel:
+    """The kernel object of a generated module: the one ``einfuse.compile`` made, or one rebuilt
+    from the module's own constants when the file written by ``einfuse compile`` is imported alone."""
     if module_name in _KERNELS:
         return _KERNELS[module_name]
+    from types import SimpleNamespace
+
     from einfuse.ir.parser import parse_cascade
 
-    mod = sys.modules[module_name]
-    cascade = parse_cascade(mod.CASCADE_TEXT)
-    grid = tuple(mod.Q_GRID) or None
-    kern = AttentionKernel(cascade, analyze(cascade), dict(mod.SIZES), mod.LOWERING, grid_hint=grid)
-    order = TileOrder(tuple(mod.Q_GRID))
-    with open(mod.__file__, encoding="utf-8") as fh:
+    ns = namespace if namespace is not None else vars(sys.modules[module_name])
+    key = ns.get("__file__") or module_name
+    if key in _KERNELS:
+        return _KERNELS[key]
+    cascade = parse_cascade(ns["CASCADE_TEXT"])
+    grid = tuple(ns["Q_GRID"]) or None
+    kern = AttentionKernel(cascade, analyze(cascade), dict(ns["SIZES"]), ns["LOWERING"], grid_hint=grid)
+    mod = SimpleNamespace(**ns)
+    with open(ns["__file__"], encoding="utf-8") as fh:
         mod.__source__ = fh.read()
-    kern._modules[order] = mod
-    if grid is None:
-        kern._modules[FLAT] = mod
-    _KERNELS[module_name] = kern
+    kern._modules[TileOrder(tuple(ns["Q_GRID"]))] = mod
+    _KERNELS[key] = kern
     return kern

@@ -9,7 +9,8 @@ milliseconds. Arithmetic is float64 with rational coefficients divided last, lik
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 
 import sympy
 from sympy.core.relational import Relational
@@ -17,61 +18,70 @@ from sympy.core.relational import Relational
 
 def evaluate(expr: sympy.Basic, env: Mapping[sympy.Symbol, object]):
     """Evaluate ``expr`` with symbols bound to torch tensors or numbers; broadcasting applies."""
-    return _ev(sympy.sympify(expr), env)
+    return compile_expr(expr)(env)
 
 
-def _ev(e: sympy.Basic, env: Mapping[sympy.Symbol, object]):
+def compile_expr(expr: sympy.Basic) -> Callable[[Mapping[sympy.Symbol, object]], object]:
+    """A closure of torch operations computing ``expr`` from an environment of symbol values.
+
+    The sympy tree is walked once, here; the closure does torch arithmetic only, so it can run
+    inside traced code (FlexAttention's score_mod/mask_mod under torch.compile).
+    """
+    return _c(sympy.sympify(expr))
+
+
+def _c(e: sympy.Basic):
     import torch
 
     if isinstance(e, sympy.Symbol):
-        if e not in env:
-            raise KeyError(e)
-        return env[e]
-    if e is sympy.true:
-        return True
-    if e is sympy.false:
-        return False
+        def sym(env, e=e):
+            if e not in env:
+                raise KeyError(e)
+            return env[e]
+        return sym
+    if e is sympy.true or e is sympy.false:
+        val = e is sympy.true
+        return lambda env: val
     if isinstance(e, sympy.Integer):
-        return float(int(e))
+        ival = float(int(e))
+        return lambda env: ival
     if isinstance(e, sympy.Rational):
-        return float(e.p) / float(e.q)
+        rval = float(e.p) / float(e.q)
+        return lambda env: rval
     if e.is_Number:
-        return float(e)
+        nval = float(e)
+        return lambda env: nval
+    args = [_c(a) for a in e.args]
     if isinstance(e, sympy.Add):
-        return functools.reduce(lambda a, b: a + b, (_ev(a, env) for a in e.args))
+        return lambda env: functools.reduce(lambda a, b: a + b, (f(env) for f in args))
     if isinstance(e, sympy.Mul):
         coeff, rest = e.as_coeff_Mul()
         if isinstance(coeff, sympy.Rational) and not isinstance(coeff, sympy.Integer) and rest != e:
-            return (_ev(rest, env) * float(coeff.p)) / float(coeff.q)
-        return functools.reduce(lambda a, b: a * b, (_ev(a, env) for a in e.args))
+            num, den, frest = float(coeff.p), float(coeff.q), _c(rest)
+            return lambda env: (frest(env) * num) / den  # rational coefficients divide last: exact
+        return lambda env: functools.reduce(lambda a, b: a * b, (f(env) for f in args))
     if isinstance(e, sympy.Pow):
-        return _t(_ev(e.base, env)) ** _ev(e.exp, env)
-    if isinstance(e, sympy.floor):
-        return torch.floor(_t(_ev(e.args[0], env)))
-    if isinstance(e, sympy.ceiling):
-        return torch.ceil(_t(_ev(e.args[0], env)))
+        return lambda env: _t(args[0](env)) ** args[1](env)
+    unary = {sympy.floor: torch.floor, sympy.ceiling: torch.ceil, sympy.Abs: torch.abs,
+             sympy.exp: torch.exp, sympy.log: torch.log}
+    for cls, fn in unary.items():
+        if isinstance(e, cls):
+            return lambda env, fn=fn: fn(_t(args[0](env)))
     if isinstance(e, sympy.Mod):
-        return torch.remainder(_t(_ev(e.args[0], env)), _ev(e.args[1], env))
-    if isinstance(e, sympy.Abs):
-        return torch.abs(_t(_ev(e.args[0], env)))
+        return lambda env: torch.remainder(_t(args[0](env)), args[1](env))
     if isinstance(e, (sympy.Max, sympy.Min)):
-        fn = torch.maximum if isinstance(e, sympy.Max) else torch.minimum
-        return functools.reduce(lambda a, b: fn(_t(a), _t(b)), (_ev(a, env) for a in e.args))
-    if isinstance(e, sympy.exp):
-        return torch.exp(_t(_ev(e.args[0], env)))
-    if isinstance(e, sympy.log):
-        return torch.log(_t(_ev(e.args[0], env)))
+        fn2 = torch.maximum if isinstance(e, sympy.Max) else torch.minimum
+        return lambda env: functools.reduce(lambda a, b: fn2(_t(a), _t(b)), (f(env) for f in args))
     if isinstance(e, Relational):
-        a, b = _ev(e.lhs, env), _ev(e.rhs, env)
-        return {sympy.StrictLessThan: lambda: a < b, sympy.LessThan: lambda: a <= b,
-                sympy.StrictGreaterThan: lambda: a > b, sympy.GreaterThan: lambda: a >= b,
-                sympy.Equality: lambda: _t(a) == b, sympy.Unequality: lambda: _t(a) != b}[type(e)]()
+        op = {sympy.StrictLessThan: operator.lt, sympy.LessThan: operator.le, sympy.StrictGreaterThan: operator.gt,
+              sympy.GreaterThan: operator.ge, sympy.Equality: operator.eq, sympy.Unequality: operator.ne}[type(e)]
+        return lambda env: op(_t(args[0](env)), args[1](env))
     if isinstance(e, sympy.And):
-        return functools.reduce(lambda a, b: a & b, (_ev(a, env) for a in e.args))
+        return lambda env: functools.reduce(lambda a, b: a & b, (f(env) for f in args))
     if isinstance(e, sympy.Or):
-        return functools.reduce(lambda a, b: a | b, (_ev(a, env) for a in e.args))
+        return lambda env: functools.reduce(lambda a, b: a | b, (f(env) for f in args))
     if isinstance(e, sympy.Not):
-        return ~_t(_ev(e.args[0], env))
+        return lambda env: ~_t(args[0](env))
     raise TypeError(f"cannot evaluate {e} ({type(e).__name__}) on tensors")
 
 

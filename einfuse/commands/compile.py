@@ -1,0 +1,67 @@
+"""``einfuse compile SPEC --target triton -o kernel.py``: write the generated kernel and its launcher.
+
+The written module is self-contained apart from einfuse's runtime helpers: it holds the Triton
+kernel (each Einsum of the lowered cascade as a comment above its code), the cascade text, and
+``attention(q, k, v)``, which builds block tables and launches the kernel.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+def _parse_sizes(items: tuple[str, ...]) -> dict[str, int]:
+    from einfuse.cli import parse_sizes
+
+    return parse_sizes(items)
+
+
+def kernel_source(spec: str, sizes: dict[str, int], tile_order: str) -> str:
+    """Source of the module ``einfuse compile`` writes for SPEC."""
+    import einfuse
+    from einfuse.codegen.triton.runtime import AttentionKernel
+    from einfuse.codegen.triton.tile_order import FLAT, TileOrder
+
+    compiled = einfuse.compile(spec, sizes=sizes, torch_op=False)
+    kern = compiled.kernel
+    if isinstance(kern, AttentionKernel):
+        grid = kern.grid_hint
+        if tile_order == "box" and not grid:
+            from einfuse.errors import CodegenError
+
+            raise CodegenError(f"{compiled.name}: --tile-order box needs a token grid (neighbourhood specs)")
+        order = TileOrder(tuple(grid)) if grid and tile_order != "flat" else FLAT
+        return kern.source(order)
+    from einfuse.ir.printer import format_cascade
+
+    # another generator (linear attention): its source plus a launcher that rebuilds it from the cascade
+    return (compiled.source.rstrip() + "\n\n\nCASCADE_TEXT = r\"\"\"\n" + format_cascade(compiled.cascade)
+            + "\"\"\"\n\n\ndef attention(q, k, v, **runtime):\n"
+            + "    \"\"\"Run the variant on (B, H, N, D) tensors (rebuilt from CASCADE_TEXT by einfuse).\"\"\"\n"
+            + "    import einfuse\n\n"
+            + "    return einfuse.compile(einfuse.parse_cascade(CASCADE_TEXT), torch_op=False)(q, k, v, **runtime)\n")
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("compile")
+    @click.argument("spec")
+    @click.option("--target", type=click.Choice(["triton"]), default="triton", show_default=True,
+                  help="code generator")
+    @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+                  help="write the kernel module to this file (default: print it)")
+    @click.option("--size", "sizes", multiple=True, help="bind a cascade param, NAME=VALUE (e.g. X1=64)")
+    @click.option("--tile-order", type=click.Choice(["auto", "flat", "box"]), default="auto",
+                  show_default=True, help="tiles as contiguous runs or boxes of the token grid")
+    def compile_cmd(spec: str, target: str, output: str | None, sizes: tuple[str, ...], tile_order: str) -> None:
+        """Generate the kernel for SPEC (with a launcher, attention(q, k, v))."""
+        source = kernel_source(spec, _parse_sizes(sizes), tile_order)
+        if output is None:
+            click.echo(source, nl=False)
+            return
+        from pathlib import Path
+
+        from einfuse.codegen.triton.loader import write_atomic
+
+        write_atomic(Path(output), source)
+        click.echo(f"wrote {output} ({len(source.splitlines())} lines, target {target}); "
+                   f"import it and call attention(q, k, v)")
