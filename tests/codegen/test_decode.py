@@ -18,6 +18,7 @@ from einfuse.codegen.triton.decode import build_decode
 from einfuse.errors import CodegenError
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 2e-5 if DEVICE == "cpu" else 3e-3  # the GPU runs float32 dots as tf32
 
 
 def _run(spec: str, B: int, H: int, Hkv: int, NQ: int, NK: int, D: int, DV: int, seed: int,
@@ -49,19 +50,19 @@ def _rel(out: np.ndarray, ref: np.ndarray) -> float:
 def test_decode_variants_match_reference(spec: str, H: int, Hkv: int, NQ: int, NK: int, D: int,
                                          splits: int | None) -> None:
     out, ref = _run(spec, 2, H, Hkv, NQ, NK, D, D + 8, seed=NK, splits=splits, block_n=16)
-    assert _rel(out, ref) < 2e-5
+    assert _rel(out, ref) < TOL
 
 
 def test_many_rows_use_several_row_blocks() -> None:
     out, ref = _run("decode:causal=true", 1, 4, 2, 9, 50, 16, 16, seed=2, splits=2, block_n=16, block_rows=16)
-    assert _rel(out, ref) < 2e-5
+    assert _rel(out, ref) < TOL
 
 
 def test_fully_masked_queries_give_zero_and_large_logits_stay_finite() -> None:
     # 9 queries aligned to the end of 5 keys: queries 0..3 see no key at all
     out, ref = _run("decode:causal=true", 1, 2, 1, 9, 5, 16, 16, seed=3, splits=2, block_n=16, qscale=40.0)
     assert np.all(out[:, :, :4] == 0.0) and np.all(ref[:, :, :4] == 0.0)
-    assert _rel(out, ref) < 2e-5
+    assert _rel(out, ref) < TOL
 
 
 def test_split_plan_covers_keys_with_block_multiples() -> None:

@@ -18,6 +18,7 @@ from einfuse.codegen.triton.linear import build_linear
 from einfuse.errors import CodegenError
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 2e-5 if DEVICE == "cpu" else 3e-3  # the GPU runs float32 dots as tf32
 
 
 def _rel_err(out: torch.Tensor, ref: np.ndarray) -> float:
@@ -27,7 +28,7 @@ def _rel_err(out: torch.Tensor, ref: np.ndarray) -> float:
 
 
 def _check(cascade: einfuse.Cascade, B: int, H: int, Hkv: int, N: int, D: int, DV: int,
-           seed: int, tol: float = 2e-5, **options: object) -> None:
+           seed: int, tol: float | None = None, **options: object) -> None:
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, N, D, generator=gen)
     k = torch.randn(B, Hkv, N, D, generator=gen)
@@ -36,7 +37,7 @@ def _check(cascade: einfuse.Cascade, B: int, H: int, Hkv: int, N: int, D: int, D
     out = fn(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE))
     assert out.shape == (B, H, N, DV)
     ref = run_cascade(cascade, {"Q": q, "K": k, "V": v})["O"]
-    assert _rel_err(out, ref) < tol
+    assert _rel_err(out, ref) < (tol or TOL)
 
 
 @pytest.mark.parametrize("spec,N,D,chunk", [

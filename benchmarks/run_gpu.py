@@ -1,0 +1,213 @@
+"""One call runs the whole GPU benchmark: every variant, einfuse beside the systems a user would pick.
+
+    python benchmarks/run_gpu.py                 # all cases -> benchmarks/results/<device>.{json,md}
+    python benchmarks/run_gpu.py --only lightning,decode_gqa --rep 50
+
+Each row is timed with ``triton.testing.do_bench`` (median) after a check of its output against the
+float64 reference of the same cascade (benchmarks/bench_reference.py) on a slice of heads and
+queries. A system that fails to import, refuses the variant or computes something else gets a row
+with an ``error`` (and no speed claim). With ``$OUT`` set (the device machine) the results and a log
+are also written there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_cases import Case, select
+from bench_peers import NATIVE_BTHD, PEERS, Unsupported, peer_versions
+from bench_reference import reference, visible_pairs
+from bench_report import write_reports
+
+import einfuse
+
+REL_TOL = 2e-2  # bf16 operands: 1e-3..1e-2 is normal; above 2e-2 the row is marked wrong
+
+
+def make_einfuse(case: Case, options: dict[str, Any]) -> tuple[Any, str]:
+    """einfuse's kernel for the case: through ``einfuse.compile`` when it exists, else the builder."""
+    cascade = einfuse.load_spec(case.spec)
+    family = cascade.attrs.get("family")
+    compile_error = None
+    if hasattr(einfuse, "compile"):
+        try:
+            return einfuse.compile(case.spec, **options), "einfuse.compile"
+        except Exception as exc:  # noqa: BLE001 - recorded, then the direct builder is tried
+            compile_error = f"{type(exc).__name__}: {exc}"
+    if family == "linear":
+        from einfuse.codegen.triton.linear import build_linear
+
+        return build_linear(cascade, **options), "build_linear" + (f" (compile: {compile_error})"
+                                                                   if compile_error else "")
+    if cascade.attrs.get("decode"):
+        from einfuse.codegen.triton.decode import build_decode
+
+        return build_decode(cascade, **options), "build_decode" + (f" (compile: {compile_error})"
+                                                                   if compile_error else "")
+    raise NotImplementedError(compile_error or "not implemented (einfuse.compile missing)")
+
+
+def _inputs(case: Case, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    shape_q = (case.B, case.H, case.NQ, case.D)
+    shape_kv = (case.B, case.Hkv, case.NK, case.D)
+    mk = lambda s: torch.randn(s, generator=gen, device="cuda", dtype=torch.bfloat16)
+    return mk(shape_q), mk(shape_kv), mk(shape_kv)
+
+
+def _slice(case: Case) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Batch, heads and queries checked: first/last head, first/last queries and a spread between."""
+    heads = torch.tensor(sorted({0, case.H // 2, case.H - 1}), device="cuda")
+    n = case.NQ
+    picks = set(range(min(n, 8))) | set(range(max(0, n - 32), n)) | set(range(0, n, max(1, n // 64)))
+    return case.B - 1, heads, torch.tensor(sorted(picks), device="cuda")
+
+
+def _prep(case: Case, cascade: einfuse.Cascade) -> dict[str, Any]:
+    prep: dict[str, Any] = {}
+    if case.variant == "lightning":
+        from einfuse.codegen.triton.linear_analysis import DIST, analyse_linear
+        from einfuse.ir.ranks import HEAD_EXTENT, HEAD_INDEX
+        from einfuse.ir.symeval import evaluate
+
+        plan = analyse_linear(cascade)
+        import numpy as np
+
+        g1 = evaluate(plan.decay, {DIST: np.float64(1), HEAD_INDEX: np.arange(case.H, dtype=np.float64),
+                                   HEAD_EXTENT: np.float64(case.H)}) * np.ones(case.H)
+        prep["rates"] = torch.tensor(-np.log(g1), device="cuda", dtype=torch.float32)
+    if case.variant == "sigmoid_causal":
+        prep["causal_mask"] = torch.ones(case.NQ, case.NK, device="cuda", dtype=torch.bool).triu(1)
+    return prep
+
+
+def _metric(case: Case, ms: float, pairs: int) -> dict[str, float]:
+    if case.metric == "mtok_s":
+        return {"mtok_s": case.B * case.NQ / (ms * 1e-3) / 1e6}
+    if case.metric == "tb_s":
+        kv_bytes = 2 * case.B * case.Hkv * case.NK * case.D * 2
+        return {"tb_s": kv_bytes / (ms * 1e-3) / 1e12}
+    return {"tflops": 4.0 * case.B * case.H * pairs * case.D / (ms * 1e-3) / 1e12}
+
+
+def run_case(case: Case, systems: list[str], device: str, rep: int, warmup: int,
+             einfuse_options: dict[str, Any], log: Any) -> list[dict[str, Any]]:
+    import triton
+
+    cascade = einfuse.load_spec(case.spec)
+    q, k, v = _inputs(case, seed=hash(case.variant) % 10000)
+    b, heads, qidx = _slice(case)
+    t0 = time.time()
+    ref = reference(cascade, q, k, v, b, heads, qidx)
+    pairs = visible_pairs(cascade, case.NQ, case.NK) if case.metric == "tflops" else 0
+    prep = _prep(case, cascade)
+    print(f"[{case.variant}] reference + mask count {time.time() - t0:.1f}s", file=log, flush=True)
+    rows = []
+    for system in systems:
+        row: dict[str, Any] = {"device": device, "variant": case.variant, "shape": case.shape,
+                               "system": system, "spec": case.spec, "owner": case.owner}
+        t0 = time.time()
+        try:
+            if system == "einfuse-triton":
+                fn, via = make_einfuse(case, einfuse_options.get(case.variant, {}))
+                to_native = lambda *x: x
+                row["via"] = via
+            else:
+                fn, to_native = PEERS[system](case, prep)
+            args = to_native(q, k, v)
+            out = fn(*args)
+            if isinstance(out, tuple):
+                out = out[0]
+            if system in NATIVE_BTHD:
+                out = out.transpose(1, 2)
+            torch.cuda.synchronize()
+            got = out[b][heads][:, qidx].double()
+            if not torch.isfinite(got).all():
+                raise ValueError("non-finite output")
+            rel = float(torch.linalg.norm(got - ref) / torch.linalg.norm(ref))
+            row["rel_err"] = rel
+            if rel > REL_TOL:
+                row["error"] = f"wrong result: rel_err {rel:.3g} > {REL_TOL}"
+            del out, got
+            ms = triton.testing.do_bench(lambda fn=fn, args=args: fn(*args), warmup=warmup, rep=rep,
+                                         return_mode="median")
+            row["ms"] = ms
+            row.update(_metric(case, ms, pairs))
+        except Unsupported as exc:
+            row["error"] = f"unsupported: {exc}"
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            traceback.print_exc(file=log)
+        row["seconds"] = round(time.time() - t0, 1)
+        rows.append(row)
+        print(json.dumps(row), file=log, flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
+
+
+def device_info() -> dict[str, Any]:
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "device": torch.cuda.get_device_name(0), "sms": props.multi_processor_count,
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
+        "peers": peer_versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "einfuse_commit": os.environ.get("EINFUSE_COMMIT", ""),
+    }
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help="comma-separated case variants (default: all)")
+    ap.add_argument("--systems", help="comma-separated systems (default: einfuse-triton + the case's peers)")
+    ap.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")
+    ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up time, ms")
+    ap.add_argument("--results-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--name", help="results file stem (default: the device name)")
+    ap.add_argument("--einfuse-options", default="{}", help='JSON {"variant": {option: value}}')
+    args = ap.parse_args(argv)
+    info = device_info()
+    out_dir = os.environ.get("OUT")
+    log = open(os.path.join(out_dir, "bench.log"), "a") if out_dir else sys.stderr  # noqa: SIM115
+    print(json.dumps(info), file=log, flush=True)
+    opts = json.loads(args.einfuse_options)
+    rows: list[dict[str, Any]] = []
+    for case in select(args.only):
+        systems = ["einfuse-triton", *case.peers]
+        if args.systems:
+            systems = [s for s in args.systems.split(",") if s in systems]
+        rows += run_case(case, systems, info["device"], args.rep, args.warmup, opts, log)
+    stem = args.name or slug(info["device"])
+    dirs = [args.results_dir] + ([out_dir] if out_dir else [])
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+        write_reports(rows, info, select(args.only), os.path.join(d, stem))
+    with open(os.path.join(dirs[-1], stem + ".md")) as fh:
+        print(fh.read())
+    return 0 if all(math.isfinite(r.get("ms", 0.0)) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
