@@ -52,8 +52,11 @@ class CompiledAttention:
 
     def run(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         """Launch directly (no custom op): decode kernel for short query blocks, else the main one."""
-        if self.family == "softmax" and self.decode and getattr(q, "dim", lambda: 0)() == 4 \
-                and q.shape[2] <= DECODE_MAX_QUERIES:
+        if self.family != "linear":
+            from einfuse.codegen.triton.runtime import check_inputs
+
+            check_inputs(self.name, q, k, v)  # the same clear errors whichever kernel runs
+        if self.family == "softmax" and self.decode and q.shape[2] <= DECODE_MAX_QUERIES:
             dec = self.decode_kernel()
             if dec is not None:
                 return dec(q, k, v, **runtime)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import sympy
 
 from einfuse.codegen.triton.tile_order import TileOrder
@@ -45,6 +46,13 @@ class BlockTables:
     head_dependent: bool = False
     visited_fraction: float = 1.0
     method: str = "dense"
+
+    def cost(self, block_n: int, partial_weight: float = 1.25) -> float:
+        """Key positions visited per query tile, partial tiles weighted for their mask arithmetic."""
+        if self.dense:
+            return float(self.n_k_tiles * block_n)
+        nq = self.full_num.numel()
+        return float(self.full_num.sum() + partial_weight * self.part_num.sum()) * block_n / max(nq, 1)
 
     def kernel_args(self, dummy: object) -> tuple:
         """Pointers and strides in the kernel's order; the head strides are 0 when the mask does not
@@ -74,14 +82,16 @@ def build_tables(cascade, mask: sympy.Basic, sizes: dict[str, int], n_q: int, n_
         return dense_tables(n_kv, block_n, masked=True)  # batch-dependent masks: no skipping
     head_dep = HEAD_INDEX in mask.free_symbols
     kinds, method = None, "dense-check"
-    if q_order.is_flat and k_order.is_flat:
-        kinds = _classify_with_pass(cascade, sizes, block_m, block_n, heads if head_dep else 1)
+    if q_order.is_flat and k_order.is_flat and cascade is not None:
+        kinds = _classify_with_pass(cascade, mask, sizes, block_m, block_n, heads if head_dep else 1)
         method = "classify_tiles"
     if kinds is None:
         kinds = _classify_dense(mask, sizes, n_q, n_kv, heads if head_dep else 1, block_m, block_n,
                                 q_order, k_order, device)
         method = "dense-check"
-    kinds = torch.as_tensor(kinds, dtype=torch.int8).to(device)
+    if not isinstance(kinds, torch.Tensor):
+        kinds = torch.as_tensor(np.array(kinds))  # a copy: the pass's cached maps are read-only
+    kinds = kinds.to(device=device, dtype=torch.int8)
     if n_kv % block_n and k_order.is_flat:  # a ragged last key tile must take the bounds-checked path
         last = kinds[..., -1]
         kinds[..., -1] = torch.where(last == FULL, torch.full_like(last, PARTIAL), last)
@@ -106,23 +116,25 @@ def _pack(sel):
     return counts.contiguous(), idx, contig
 
 
-def _classify_with_pass(cascade, sizes: dict[str, int], block_m: int, block_n: int, heads: int):
-    """Tile kinds from the block-sparsity pass, or None when it is not available for this cascade."""
+def _classify_with_pass(cascade, mask: sympy.Basic, sizes: dict[str, int], block_m: int, block_n: int,
+                        heads: int):
+    """Tile kinds from the block-sparsity pass, or None when it is not available for this cascade or
+    classifies another constraint than the kernel's mask (then the dense check decides)."""
     try:
-        from einfuse.passes.block_sparsity import classify_tiles
+        from einfuse.passes.block_sparsity import classify_tiles, score_constraint
     except ImportError:
         return None
     from einfuse.errors import EinfuseError
 
     try:
+        if score_constraint(cascade) != mask:
+            return None
         tm = classify_tiles(cascade, dict(sizes), block_m, block_n)
     except (EinfuseError, NotImplementedError):
         return None
     kinds = tm.kinds
     if kinds.shape[0] != heads:
         if kinds.shape[0] == 1:
-            import numpy as np
-
             kinds = np.broadcast_to(kinds, (heads,) + kinds.shape[1:])
         else:
             return None

@@ -148,7 +148,8 @@ def _tile_fn(plan: AttentionPlan, roles, softmax: bool, fast_max: bool, guard_fu
 def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N_Q, N_KV, H,
           MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
           HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr,
-          BK2: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr):
+          BK2: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr,
+          UPCAST: tl.constexpr):
     """One key tile j; MASKED tiles bounds-check keys and evaluate the mask, full tiles do neither."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -162,6 +163,8 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
         k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_D, other=0.0)
     else:
         k = tl.load(k_ptrs)
+    if UPCAST:  # (CPU interpreter only: its bf16 tl.dot is wrong, so multiply in fp32)
+        k = k.to(tl.float32)
 '''
     score_c = _comment(roles, "score")
     body = f'''{score_c}    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
@@ -222,6 +225,8 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
         v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DV, other=0.0)
     else:
         v = tl.load(v_ptrs)
+    if UPCAST:
+        v = v.to(tl.float32)
 '''
     body += load_v + f"{pv_c}    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)\n" + ret
     return head + body
@@ -249,7 +254,7 @@ def {KERNEL_NAME}(
     HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, TABLES: tl.constexpr,
     FULL_CONTIG: tl.constexpr, PART_CONTIG: tl.constexpr, BQ0: tl.constexpr, BQ1: tl.constexpr,
     BQ2: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr,
-    FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One program per (query tile, batch x head): walk FULL then PARTIAL key tiles, then store."""
     t = tl.program_id(0)
@@ -265,6 +270,8 @@ def {KERNEL_NAME}(
     q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh \\
         + qpos[:, None] * stride_qn + offs_d[None, :]
     q = tl.load(q_ptrs, mask=qvalid[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
     K_head = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     V_head = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
 {init_c}    m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)
@@ -293,7 +300,7 @@ def {KERNEL_NAME}(
             j = j_full + i
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn,
                               N_Q, N_KV, H, False, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
-                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION)
+                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST)
     # PARTIAL key tiles: bounds and mask predicate evaluated per pair
     for i in range(0, n_part):
         if TABLES and not PART_CONTIG:
@@ -302,7 +309,7 @@ def {KERNEL_NAME}(
             j = j_part + i
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn,
                               N_Q, N_KV, H, True, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
-                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION)
+                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST)
 {finish}    o_ptrs = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh \\
         + qpos[:, None] * stride_on + offs_dv[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=qvalid[:, None] & (offs_dv[None, :] < HEAD_DV))

@@ -116,7 +116,8 @@ class IndexPrinter:
         if isinstance(e, sympy.log):
             return Printed(f"tl.log({self.float_value(e.args[0])})", "float")
         if isinstance(e, Relational):
-            lhs, rhs = self._p(e.lhs), self._p(e.rhs)
+            lhs_e, rhs_e = _clear_denominators(e)
+            lhs, rhs = self._p(lhs_e), self._p(rhs_e)
             return Printed(f"({lhs.code} {_REL_OPS[type(e)]} {rhs.code})", "bool")
         if isinstance(e, (sympy.And, sympy.Or)):
             op = " & " if isinstance(e, sympy.And) else " | "
@@ -186,6 +187,21 @@ class IndexPrinter:
         if a.is_nonnegative and c.is_positive:
             return Printed(f"({pa.code} % {pc.code})", "int")
         return Printed(f"_floormod({pa.code}, {pc.code})", "int")
+
+
+def _clear_denominators(e: Relational) -> tuple[sympy.Expr, sympy.Expr]:
+    """``m/96 >= k`` -> ``m >= 96*k``: sympy rewrites ``floor(m/96) >= k`` into the former, and a
+    float division on the GPU could put an exact multiple on the wrong side of the bound."""
+    diff = e.lhs - e.rhs
+    if diff.is_number:
+        return e.lhs, e.rhs
+    num, den = sympy.fraction(sympy.together(diff))
+    if den == 1 or not den.is_positive:
+        return e.lhs, e.rhs
+    terms = sympy.Add.make_args(sympy.expand(num))
+    pos = sympy.Add(*[t for t in terms if not t.could_extract_minus_sign()])
+    neg = -sympy.Add(*[t for t in terms if t.could_extract_minus_sign()])
+    return pos, neg
 
 
 def _ordered_args(e: sympy.Add) -> list[sympy.Expr]:

@@ -147,7 +147,11 @@ class AttentionKernel:
             self._modules[order] = mod
         return self._modules[order]
 
-    def order_for(self, n_q: int, n_kv: int, opts: LaunchOptions) -> TileOrder:
+    def order_for(self, q: Any, k: Any, opts: LaunchOptions) -> TileOrder:
+        """Contiguous tiles, or boxes of the token grid when the spec has one: with 'auto', the order
+        whose block tables visit fewer key positions per query tile (at the heuristic tile sizes)."""
+        B, H, n_q, D = q.shape
+        n_kv = k.shape[2]
         grid = self.grid_hint
         fits = grid is not None and math.prod(grid) == n_q == n_kv
         if opts.tile_order == "box":
@@ -155,18 +159,24 @@ class AttentionKernel:
                 raise CodegenError(f"{self.plan.name}: tile_order='box' needs a token grid whose size "
                                    f"equals the query and key lengths (grid {grid}, N_q={n_q}, N_kv={n_kv})")
             return TileOrder(tuple(grid))
-        if opts.tile_order == "auto" and fits:
-            return TileOrder(tuple(grid))
-        return FLAT
+        if opts.tile_order != "auto" or not fits:
+            return FLAT
+        key = ("order", n_q, n_kv, H, str(q.device))
+        if key not in self._configs:
+            box = TileOrder(tuple(grid))
+            cfg = autotune.heuristic(D, _DTYPES[str(q.dtype)], n_q, n_kv, q.device.type != "cuda", boxed=True)
+            costs = {o: self.tables(n_q, n_kv, H, B, cfg, o, q.device).cost(cfg.block_n) for o in (FLAT, box)}
+            self._configs[key] = min(costs, key=costs.get)
+        return self._configs[key]
 
     # ---- launch ---------------------------------------------------------------------------------
     def __call__(self, q: Any, k: Any, v: Any, **options: Any) -> Any:
         import torch
 
         opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
-        B, H, _, Nq, Nkv, _, _ = check_inputs(self.plan.name, q, k, v)
+        B, H, _, Nq, _, _, _ = check_inputs(self.plan.name, q, k, v)
         Dv = v.shape[3]
-        order = self.order_for(Nq, Nkv, opts)
+        order = self.order_for(q, k, opts)
         cfg = self.config(q, k, v, order, opts)
         out = torch.empty((B, H, Nq, Dv), dtype=q.dtype, device=q.device)
         self._launch(q, k, v, out, cfg, order, opts)
@@ -196,6 +206,7 @@ class AttentionKernel:
             BLOCK_DV=_pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
             PART_CONTIG=tables.part_contig, BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1],
             BK2=bk[2], FAST_MATH=fast, DOT_PRECISION=precision,
+            UPCAST=interp and q.dtype == torch.bfloat16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
