@@ -47,14 +47,15 @@ def _check(out: torch.Tensor, ref: torch.Tensor, b: int, heads: torch.Tensor, qi
     return float(torch.linalg.norm(got - ref) / torch.linalg.norm(ref))
 
 
-def sweep(variant: str, configs: list[dict[str, Any]], build: Any, rep: int, results: list) -> None:
+def sweep(variant: str, configs: list[dict[str, Any]], build: Any, rep: int, results: list,
+          skip: tuple[str, ...] = ()) -> None:
     case = select(variant)[0]
     cascade = einfuse.load_spec(case.spec)
     q, k, v = _inputs(case, 7)
     b, heads, qidx = _slice(case)
     ref = reference(cascade, q, k, v, b, heads, qidx)
     prep = _prep(case, cascade)
-    for peer in case.peers:
+    for peer in (p for p in case.peers if p not in skip):
         t0 = time.time()
         try:
             fn, to_native = PEERS[peer](case, prep)
@@ -99,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="lightning,decode_gqa")
+    ap.add_argument("--skip", default="", help="comma-separated peers not to time")
     args = ap.parse_args()
     rep = 30 if args.quick else 60
     info = device_info()
@@ -107,16 +109,16 @@ def main() -> None:
     print(json.dumps(results[0]), flush=True)
     only = args.only.split(",")
     if "lightning" in only:
-        lin = [{"chunk": c, "block_k": bk, "block_v": bk, "num_warps_output": w, "num_stages_states": st}
-               for c, bk, w, st in itertools.product((64, 128), (64, 32), (4, 8), (2, 3))
-               if not (c == 128 and w == 4)]
-        lin.append({"chunk": 64, "block_k": 64, "block_v": 64, "state_dtype": "fp32"})
-        sweep("lightning", lin, build_linear, rep, results)
+        lin = [{"chunk": 64, "state_chunk": sc, "num_stages_states": st, "num_stages_output": so}
+               for sc, st, so in itertools.product((64, 128, 256), (2, 3, 4), (2, 3))]
+        lin += [{"chunk": 64, "state_chunk": 128, "block_k": 32, "block_v": 32, "num_stages_states": 3},
+                {"chunk": 64, "state_chunk": 128, "block_k": 128, "block_v": 64, "num_stages_states": 3,
+                 "num_warps_states": 8}]
+        sweep("lightning", lin, build_linear, rep, results, tuple(args.skip.split(",")))
     if "decode_gqa" in only:
-        dec = [{"splits": s, "block_n": bn, "num_stages": st, "num_warps": w}
-               for s, bn, st, w in itertools.product((8, 16, 32), (64, 128), (2, 3, 4), (4,))]
-        dec += [{"splits": 16, "block_n": 64, "num_stages": 3, "num_warps": 8}, {"splits": 0}]
-        sweep("decode_gqa", dec, build_decode, rep, results)
+        dec = [{}, {"splits": 16, "block_n": 128, "num_stages": 3}, {"splits": 8, "block_n": 128, "num_stages": 3},
+               {"splits": 16, "block_n": 64, "num_stages": 4}]
+        sweep("decode_gqa", dec, build_decode, rep, results, tuple(args.skip.split(",")))
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "tune.json"), "w") as fh:

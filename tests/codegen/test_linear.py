@@ -59,6 +59,15 @@ def test_lightning_with_gqa_and_split_output_block() -> None:
            chunk=16, block_k=16, block_v=16, block_o=16)
 
 
+@pytest.mark.parametrize("spec", ["lightning", "linear:normalize=true"])
+def test_states_stored_every_few_chunks(spec: str) -> None:
+    """state_chunk > chunk: queries also read earlier key blocks of their state chunk directly."""
+    _check(einfuse.load_spec(spec), B=1, H=2, Hkv=1, N=70, D=24, DV=16, seed=6,
+           chunk=16, state_chunk=32, block_k=16, block_v=16)
+    _check(einfuse.load_spec(spec), B=1, H=2, Hkv=2, N=45, D=16, DV=16, seed=7,
+           chunk=16, state_chunk=64, block_k=16, block_v=16)
+
+
 def test_lightning_fp32_states_and_single_chunk() -> None:
     _check(einfuse.load_spec("lightning"), B=1, H=2, Hkv=2, N=13, D=16, DV=16, seed=4,
            chunk=16, block_k=16, block_v=16, state_dtype="fp32")
@@ -104,6 +113,8 @@ def test_non_causal_mask_and_wrong_family_and_bad_option_are_refused() -> None:
         build_linear(einfuse.load_spec("lightning"), chunkk=32)
     with pytest.raises(CodegenError, match="power of two"):
         build_linear(einfuse.load_spec("lightning"), chunk=48)
+    with pytest.raises(CodegenError, match="multiple"):
+        build_linear(einfuse.load_spec("lightning"), chunk=64, state_chunk=32)
 
 
 def test_generated_source_names_the_cascade_einsums() -> None:

@@ -32,8 +32,8 @@ class DecodeOptions:
     per loop step; ``block_rows``: most query rows (group heads x queries) per program."""
 
     splits: int = 0
-    programs_per_sm: int = 4
-    block_n: int = 64
+    programs_per_sm: int = 8
+    block_n: int = 128
     block_rows: int = 64
     num_warps: int = 4
     num_stages: int = 3

@@ -26,7 +26,9 @@ _IGNORED = {"autotune", "device", "dtype"}
 class LinearOptions:
     """Tuning knobs of the two linear kernels (all powers of two).
 
-    ``chunk``: positions per chunk (the intra/inter split); ``block_k``/``block_v``: key/value
+    ``chunk``: query/key block of the quadratic (intra-chunk) part; ``state_chunk``: positions
+    between stored states (a multiple of ``chunk``; 0 = ``chunk``): larger means fewer state bytes
+    written and read, and more intra-chunk work; ``block_k``/``block_v``: key/value
     feature blocks of the state kernel (more blocks = more parallel programs over one sequence);
     ``block_o``: value-feature block of the output kernel (0 = the whole value width);
     ``state_dtype``: ``"input"`` stores chunk states in the inputs' dtype (as fla does), ``"fp32"``
@@ -34,6 +36,7 @@ class LinearOptions:
     """
 
     chunk: int = 64
+    state_chunk: int = 0
     block_k: int = 64
     block_v: int = 64
     block_o: int = 0
@@ -55,6 +58,10 @@ class LinearOptions:
             val = getattr(opts, name)
             if val < 16 or val & (val - 1):
                 raise CodegenError(f"option {name}={val} must be a power of two >= 16")
+        if opts.state_chunk and (opts.state_chunk < opts.chunk or opts.state_chunk % opts.chunk
+                                 or opts.state_chunk & (opts.state_chunk - 1)):
+            raise CodegenError(f"option state_chunk={opts.state_chunk} must be a power-of-two multiple "
+                               f"of chunk={opts.chunk}")
         if opts.state_dtype not in ("input", "fp32"):
             raise CodegenError(f"option state_dtype={opts.state_dtype!r} must be 'input' or 'fp32'")
         return opts
@@ -93,7 +100,8 @@ class LinearKernel:
         o = torch.empty((B, H, N, DV), device=q.device, dtype=q.dtype)
         opt = self.options
         chunk = opt.chunk
-        nt = triton.cdiv(N, chunk) if self.plan.causal else 1
+        schunk = opt.state_chunk or chunk
+        nt = triton.cdiv(N, schunk) if self.plan.causal else 1
         sdt = torch.float32 if opt.state_dtype == "fp32" or q.dtype == torch.float32 else q.dtype
         states = torch.empty((B * H, nt, D, DV), device=q.device, dtype=sdt)
         zs = torch.empty((B * H, nt, D), device=q.device, dtype=torch.float32) if self.plan.normalize \
@@ -103,14 +111,14 @@ class LinearKernel:
         grid_s = (triton.cdiv(D, bk) * triton.cdiv(DV, bv), B * H)
         self.module.linear_states[grid_s](
             k, v, states, zs, *k.stride(), *v.stride(), H, Hkv, N, nt, D, DV,
-            CHUNK=chunk, BK=bk, BV=bv, num_warps=opt.num_warps_states, num_stages=opt.num_stages_states)
+            CHUNK=schunk, BK=bk, BV=bv, num_warps=opt.num_warps_states, num_stages=opt.num_stages_states)
         bd = _pow2(D)
         bo = _pow2(DV) if opt.block_o == 0 else min(opt.block_o, _pow2(DV))
         grid_o = (triton.cdiv(N, chunk), triton.cdiv(DV, bo), B * H)
         self.module.linear_output[grid_o](
             q, k, v, states, zs, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
             H, Hkv, N, nt, D, DV, float(self.plan.scale),
-            CHUNK=chunk, BD=bd, BV=bo, num_warps=opt.num_warps_output, num_stages=opt.num_stages_output)
+            CHUNK=chunk, SCHUNK=schunk, BD=bd, BV=bo, num_warps=opt.num_warps_output, num_stages=opt.num_stages_output)
         return o
 
 

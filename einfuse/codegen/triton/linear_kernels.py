@@ -145,7 +145,8 @@ def _output_kernel(plan: LinearPlan) -> str:
         "def linear_output(Q, K, V, S, Z, O, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d,",
         "                  sv_b, sv_h, sv_n, sv_d, so_b, so_h, so_n, so_d,",
         "                  H, HKV, N, NT, D, DV, scale,",
-        "                  CHUNK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):",
+        "                  CHUNK: tl.constexpr, SCHUNK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):",
+        "    # queries of block c (CHUNK positions); states are stored every SCHUNK positions",
         "    c = tl.program_id(0)",
         "    vb = tl.program_id(1)",
         "    bh = tl.program_id(2)",
@@ -165,30 +166,49 @@ def _output_kernel(plan: LinearPlan) -> str:
         "    fq = tl.where(p_ok[:, None] & e_ok[None, :], phi_q(q.to(tl.float32)), 0.0) * scale",
     ]
     if plan.causal:
-        lines += [
-            "    # intra-chunk part: the masked quadratic form over this chunk's keys (m = p range)",
-            "    m = p",
-            "    k = tl.load(K + b.to(tl.int64) * sk_b + hkv * sk_h + m[:, None] * sk_n + offs_e[None, :] * sk_d,",
-            "                mask=p_ok[:, None] & e_ok[None, :], other=0.0)",
-            "    fk = tl.where(p_ok[:, None] & e_ok[None, :], phi_k(k.to(tl.float32)), 0.0)",
-            "    qk = tl.dot(fq.to(dt), tl.trans(fk.to(dt)))",
+        load_kv = [
+            "k = tl.load(K + b.to(tl.int64) * sk_b + hkv * sk_h + m[:, None] * sk_n + offs_e[None, :] * sk_d,",
+            "            mask=m_ok[:, None] & e_ok[None, :], other=0.0)",
+            "fk = tl.where(m_ok[:, None] & e_ok[None, :], phi_k(k.to(tl.float32)), 0.0)",
+            "qk = tl.dot(fq.to(dt), tl.trans(fk.to(dt)))",
         ]
         if dec:
-            lines += [
-                "    # A[m,p] = QK[m,p] * g(p - m)",
-                "    qk = qk * decay(tl.maximum(p[:, None] - m[None, :], 0), h, H)",
-            ]
+            load_kv += ["# A[m,p] = QK[m,p] * g(p - m)",
+                        "qk = qk * decay(tl.maximum(p[:, None] - m[None, :], 0), h, H)"]
+        load_v = [
+            "v = tl.load(V + b.to(tl.int64) * sv_b + hkv * sv_h + m[:, None] * sv_n + offs_f[None, :] * sv_d,",
+            "            mask=m_ok[:, None] & f_ok[None, :], other=0.0)",
+        ]
         lines += [
-            "    a = tl.where(visible(p[:, None], m[None, :]) & p_ok[None, :], qk, 0.0)",
-            "    v = tl.load(V + b.to(tl.int64) * sv_b + hkv * sv_h + m[:, None] * sv_n + offs_f[None, :] * sv_d,",
-            "                mask=p_ok[:, None] & f_ok[None, :], other=0.0)",
-            "    acc = tl.dot(a.to(v.dtype), v)",
+            "    sc = (c * CHUNK) // SCHUNK",
+            "    c0 = sc * SCHUNK",
+            "    acc = tl.zeros([CHUNK, BV], dtype=tl.float32)",
         ]
         if norm:
-            lines.append("    den = tl.sum(a, 1)")
+            lines.append("    den = tl.zeros([CHUNK], dtype=tl.float32)")
         lines += [
-            "    # inter-chunk part: the running state of the earlier chunks",
-            "    s_base = S + (bh.to(tl.int64) * NT + c) * D * DV",
+            "    # intra part, earlier key blocks of this state chunk: every key is before every query",
+            "    for m0 in range(c0, c * CHUNK, CHUNK):",
+            "        m = m0 + offs_c",
+            "        m_ok = m < N",
+        ]
+        lines += [indent(x, 8) for x in load_kv + ["a = qk"] + load_v + ["acc += tl.dot(a.to(v.dtype), v)"]]
+        if norm:
+            lines.append("        den += tl.sum(a, 1)")
+        lines += [
+            "    # intra part, the diagonal block: the masked quadratic form (m = p range)",
+            "    m = p",
+            "    m_ok = p_ok",
+        ]
+        lines += [indent(x, 4) for x in load_kv]
+        lines += ["    a = tl.where(visible(p[:, None], m[None, :]) & m_ok[None, :], qk, 0.0)"]
+        lines += [indent(x, 4) for x in load_v]
+        lines.append("    acc += tl.dot(a.to(v.dtype), v)")
+        if norm:
+            lines.append("    den += tl.sum(a, 1)")
+        lines += [
+            "    # inter-chunk part: the running state of the keys before c0",
+            "    s_base = S + (bh.to(tl.int64) * NT + sc) * D * DV",
         ]
     else:
         lines += [
@@ -202,12 +222,12 @@ def _output_kernel(plan: LinearPlan) -> str:
     if dec:
         lines += [
             "    # g(p - m) = g(p - c0) g(c0 - m): the second factor is already in the state",
-            "    fq = fq * decay(p - c * CHUNK, h, H)[:, None]",
+            "    fq = fq * decay(p - c0, h, H)[:, None]",
         ]
     inter = "tl.dot(fq.to(dt), state.to(dt))"
     lines.append(f"    acc += {inter}" if plan.causal else f"    acc = {inter}")
     if norm:
-        zoff = "(bh.to(tl.int64) * NT + c) * D" if plan.causal else "bh.to(tl.int64) * D"
+        zoff = "(bh.to(tl.int64) * NT + sc) * D" if plan.causal else "bh.to(tl.int64) * D"
         lines += [
             "    # normaliser SD[p] = sum_m A[m,p]: the same two parts with V = 1",
             f"    z = tl.load(Z + {zoff} + offs_e, mask=e_ok, other=0.0)",
