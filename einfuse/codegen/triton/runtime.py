@@ -192,7 +192,8 @@ class AttentionKernel:
         kernel = getattr(self.module(order), KERNEL_NAME)
         interp = q.device.type != "cuda"
         fast = opts.fast_math if opts.fast_math is not None else (not interp and q.dtype != torch.float32)
-        precision = opts.precision or "ieee"
+        # fp32 inputs: exact fp32 products unless tf32 is asked for; 16-bit inputs ignore it
+        precision = opts.precision or ("ieee" if q.dtype == torch.float32 else "tf32")
         bq, bk = order.box(cfg.block_m), order.box(cfg.block_n)
         dummy = tables.full_num if not tables.dense else torch.zeros(1, dtype=torch.int32, device=q.device)
         grid = (order.num_tiles(Nq, cfg.block_m), B * H)
