@@ -11,6 +11,8 @@ constraint. A back end sees that bound exactly where it must mask.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sympy
 
 from einfuse.errors import PassError
@@ -40,6 +42,19 @@ def _guarded(c: Cascade, e: Expr, rank: str, r: sympy.Symbol) -> bool:
     return isinstance(e, Empty)
 
 
+@dataclass(frozen=True)
+class Split:
+    """How a rank is cut: ``r = flat(outer, inner)``, ranks ``outer``/``inner`` with their extents,
+    ``valid`` a constraint every Einsum over the rank needs (None when the cut covers each ``r`` once
+    and only past-the-end points need the bound), and whether the cut is a uniform partition."""
+
+    outer: Rank
+    inner: Rank
+    flat: sympy.Expr
+    valid: sympy.Basic | None = None
+    uniform: bool = True
+
+
 def tile_rank(c: Cascade, rank: str, tile: int, outer: str | None = None,
               inner: str | None = None) -> Cascade:
     """Partition ``rank`` into tiles of ``tile`` (param ``<rank>0 = tile``); ragged last tile."""
@@ -47,15 +62,24 @@ def tile_rank(c: Cascade, rank: str, tile: int, outer: str | None = None,
         raise PassError(f"tile: rank {rank} is not a rank of {c.name} (ranks: {', '.join(c.ranks)})")
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
         raise PassError(f"tile: tile size for rank {rank} must be a positive integer, got {tile!r}")
-    for t in c.tensors.values():
-        if rank in t.iterative:
-            raise PassError(f"tile: rank {rank} is an iterative rank of {t.name}; tile its parent instead")
     taken = taken_names(c)
     outer = outer or fresh_name([f"{rank}1"], taken)
     inner = inner or fresh_name([f"{rank}0"], taken | {outer})
-    r, r1, r0 = index_symbol(rank), index_symbol(outer), index_symbol(inner)
     size = size_symbol(inner)
-    flat = r1 * size + r0
+    cut = Split(Rank(outer, sympy.ceiling(c.ranks[rank].extent / size)), Rank(inner, size),
+                index_symbol(outer) * size + index_symbol(inner))
+    return split_rank(c, rank, cut, {inner: float(tile)})
+
+
+def split_rank(c: Cascade, rank: str, cut: Split, params: dict[str, float]) -> Cascade:
+    """Replace ``rank`` by ``cut.outer, cut.inner`` in intermediates and every Einsum over it."""
+    for t in c.tensors.values():
+        if rank in t.iterative:
+            raise PassError(f"tile: rank {rank} is an iterative rank of {t.name}; tile its parent instead")
+    outer, inner = cut.outer.name, cut.inner.name
+    r, r1, r0 = index_symbol(rank), index_symbol(outer), index_symbol(inner)
+    size = cut.inner.extent
+    flat = cut.flat
     extent = c.ranks[rank].extent
     tiled = {n for n, t in c.tensors.items()
              if rank in t.ranks and n not in c.inputs and n not in c.outputs}
@@ -79,34 +103,39 @@ def tile_rank(c: Cascade, rank: str, tile: int, outer: str | None = None,
                 if a.tensor in tiled and rk == rank:
                     if iterates and i == r:
                         idx.extend([r1, r0])
-                    else:
+                    elif cut.uniform:
                         f = sympy.sympify(i).subs(sigma)
                         idx.extend([sympy.floor(f / size), sympy.Mod(f, size)])
+                    else:
+                        raise PassError(f"Einsum {e.name}: reads {a.tensor} at {i}, which an uneven split "
+                                        f"of {rank} cannot index")
                 else:
                     idx.append(sympy.sympify(i).subs(sigma))
             return Access(a.tensor, tuple(idx))
 
         expr = substitute(map_accesses(e.expr, access), sigma)
-        where = None if e.where is None else e.where.subs(sigma)
+        conds = [] if e.where is None else [e.where.subs(sigma)]
+        if iterates and cut.valid is not None:
+            conds.append(cut.valid)
         if iterates and not _guarded(c, e.expr, rank, r):
-            bound = flat < extent
-            where = bound if where is None else sympy.And(where, bound)
+            conds.append(flat < extent)
+        where = sympy.And(*conds) if conds else None
         return Einsum(access(e.output), expr, e.reduce, where, e.comment)
 
     ranks: dict[str, Rank] = {}
     for name, rk in c.ranks.items():
         ranks[name] = rk
         if name == rank:
-            ranks[outer] = Rank(outer, sympy.ceiling(extent / size))
-            ranks[inner] = Rank(inner, size)
+            ranks[outer] = cut.outer
+            ranks[inner] = cut.inner
     out = c.replace(
         ranks=ranks,
         tensors={n: split_ranks(t) for n, t in c.tensors.items()},
         einsums=tuple(rewrite(e) for e in c.einsums),
-        partitions=c.partitions + (Partition(rank, outer, inner),),
-        params={**c.params, inner: float(tile)},
+        partitions=c.partitions + ((Partition(rank, outer, inner),) if cut.uniform else ()),
+        params={**c.params, **params},
     )
     return finish(out)
 
 
-__all__ = ["tile_rank"]
+__all__ = ["Split", "split_rank", "tile_rank"]
