@@ -117,8 +117,19 @@ def test_non_causal_mask_and_wrong_family_and_bad_option_are_refused() -> None:
         build_linear(einfuse.load_spec("lightning"), chunk=64, state_chunk=32)
 
 
-def test_generated_source_names_the_cascade_einsums() -> None:
-    src = build_linear(einfuse.load_spec("lightning")).source
-    assert "A[m,p] = QK[m,p] * idx(exp(" in src
-    assert "def decay(d, h, H):" in src and "def linear_states(" in src and "def linear_output(" in src
-    assert "tl.exp2(" in src  # the per-head rate 2**(-8(h+1)/H) printed from the IR, not hard-coded
+def test_kernel_follows_the_lightning_split_cascade() -> None:
+    fn = build_linear(einfuse.load_spec("lightning"), chunk=64)
+    assert fn.lowering == "lowered by split_lightning" and fn.cascade.attrs["lowered"] == "lightning"
+    src = fn.source
+    assert "A[m,p] = QK[m,p] * idx(exp(" in src  # the cascade as written, in the header
+    assert "KV[p1+1,e,f] = KV[p1,e,f] * idx(exp(" in src  # the lowered Einsums the decays come from
+    for name in ("intra_decay(p0, m0, h, H, P0)", "key_decay(m0, h, H, P0)", "state_decay(h, H, P0)",
+                 "query_decay(p0, h, H, P0)", "linear_states(", "linear_output("):
+        assert f"def {name}" in src
+    assert fn.cascade.params["P0"] == 128  # split with the state block (2 x chunk)
+
+
+def test_pass_and_analysis_must_agree_and_no_mask_is_not_split() -> None:
+    assert "no mask" in build_linear(einfuse.load_spec("linear:causal=false")).lowering
+    c = einfuse.parse_cascade(_CUSTOM.replace("DECAY", "(9/10)**((h + 1)*(p - m))"))
+    assert build_linear(c).lowering  # split or derived from g, but always cross-checked against g

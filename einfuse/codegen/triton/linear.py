@@ -15,6 +15,7 @@ from typing import Any
 from einfuse.codegen.triton.linear_analysis import LinearPlan, analyse_linear
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.linear_kernels import linear_source
+from einfuse.codegen.triton.linear_lowering import lower_linear
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
 
@@ -27,7 +28,7 @@ class LinearOptions:
     """Tuning knobs of the two linear kernels (all powers of two).
 
     ``chunk``: query/key block of the quadratic (intra-chunk) part; ``state_chunk``: positions
-    between stored states (a multiple of ``chunk``; 0 = ``chunk``): larger means fewer state bytes
+    between stored states (a multiple of ``chunk``; 0 = ``2 * chunk``, best on the H100): larger means fewer state bytes
     written and read, and more intra-chunk work; ``block_k``/``block_v``: key/value
     feature blocks of the state kernel (more blocks = more parallel programs over one sequence);
     ``block_o``: value-feature block of the output kernel (0 = the whole value width);
@@ -43,7 +44,7 @@ class LinearOptions:
     state_dtype: str = "input"
     num_warps_states: int = 4
     num_warps_output: int = 4
-    num_stages_states: int = 2
+    num_stages_states: int = 4
     num_stages_output: int = 2
 
     @staticmethod
@@ -82,6 +83,8 @@ class LinearKernel:
     options: LinearOptions
     source: str
     module: ModuleType = field(repr=False)
+    cascade: Cascade | None = field(default=None, repr=False)  # the lowered cascade the kernel follows
+    lowering: str = ""
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         import torch
@@ -100,7 +103,7 @@ class LinearKernel:
         o = torch.empty((B, H, N, DV), device=q.device, dtype=q.dtype)
         opt = self.options
         chunk = opt.chunk
-        schunk = opt.state_chunk or chunk
+        schunk = opt.state_chunk or 2 * chunk
         nt = triton.cdiv(N, schunk) if self.plan.causal else 1
         sdt = torch.float32 if opt.state_dtype == "fp32" or q.dtype == torch.float32 else q.dtype
         states = torch.empty((B * H, nt, D, DV), device=q.device, dtype=sdt)
@@ -129,10 +132,14 @@ def build_linear(cascade: Cascade, **options: Any) -> LinearKernel:
     schedule cannot run exactly (non-causal masks, decays that are not multiplicative in p - m).
     """
     opts = LinearOptions.of(dict(options))
+    if cascade.attrs.get("lowered") == "lightning":
+        raise CodegenError(f"{cascade.name}: pass the unlowered cascade; build_linear runs split_lightning "
+                           "itself, with the block = the state_chunk option")
     plan = analyse_linear(cascade)
-    source = linear_source(plan)
+    lowered, parts, how = lower_linear(cascade, plan, opts.state_chunk or 2 * opts.chunk)
+    source = linear_source(plan, parts)
     module = load_module(source, f"linear_{plan.name}")
-    return LinearKernel(plan, opts, source, module)
+    return LinearKernel(plan, opts, source, module, lowered or cascade, how)
 
 
 __all__ = ["LinearKernel", "LinearOptions", "build_linear"]
