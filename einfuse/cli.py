@@ -152,6 +152,66 @@ def run(spec: str, shape: str, kv_len: int | None, kv_heads: int | None, sizes: 
                    f"|max| {np.abs(arr).max():.6f} nan {int(np.isnan(arr).sum())} all-zero rows {zero_rows}")
 
 
+@cli.command()
+@click.argument("spec", default="causal:head_dim=64")
+@click.option("--shape", default="1,2,77,64", show_default=True, help="B,H,N,D for the kernel check")
+@click.option("--arch", default="fusemax", show_default=True, help="accelerator design to simulate")
+@click.option("--model", default="bert-base", show_default=True, help="workload for the simulation")
+@click.option("--seq", default="1K,16K", show_default=True, help="sequence lengths to simulate")
+def demo(spec: str, shape: str, arch: str, model: str, seq: str) -> None:
+    """The main job on one variant: lower it, compile it to Triton, check the kernel against the
+    float64 reference (in the Triton interpreter when there is no GPU), and simulate it."""
+    import os
+
+    from einfuse.frontends import load_spec
+
+    c = load_spec(spec)
+    click.echo(f"[1/3] {c.name}: {len(c.einsums)} Einsums as written")
+    try:
+        from einfuse.passes.pass_analysis import count_passes
+
+        click.echo(f"      {count_passes(c, 'M').passes}-pass over keys as written")
+    except ImportError:
+        pass
+    try:
+        import torch
+    except ImportError:
+        raise SpecError("the kernel check needs torch: pip install torch") from None
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from einfuse.codegen.compile import compile as compile_variant
+    from einfuse.codegen.reference import run_cascade
+
+    fn = compile_variant(c)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    B, H, N, D = parse_shape(shape)
+    inputs, sizes = random_inputs(c, B, H, N, D, None, {}, seed=1)
+    t = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in inputs.items()}
+    out = fn(t["Q"], t["K"], t["V"]).double().cpu().numpy()
+    ref = run_cascade(c, inputs, sizes)[c.outputs[0]]
+    err = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+    mode = "GPU" if device == "cuda" else "Triton interpreter (CPU)"
+    lowered = getattr(fn, "lowered", c)
+    passes_after = ""
+    try:
+        from einfuse.passes.pass_analysis import count_passes
+
+        passes_after = f", {count_passes(lowered, 'M').passes}-pass"
+    except (ImportError, EinfuseError):
+        pass
+    click.echo(f"[2/3] compiled to Triton ({len(lowered.einsums)} Einsums after lowering{passes_after}); ran on {mode} "
+               f"at B,H,N,D={B},{H},{N},{D}: rel err vs float64 reference {err:.2e}")
+    if not err < 1e-3:
+        raise SpecError(f"{c.name}: generated kernel differs from the reference (rel err {err:.2e})")
+    try:
+        from einfuse.simulator.api import simulate_spec_summary
+    except ImportError:
+        click.echo("[3/3] simulator not available in this build")
+        return
+    for line in simulate_spec_summary(c, arch=arch, model=model, seq=seq):
+        click.echo(f"[3/3] {line}")
+
+
 def _register_command_modules() -> None:
     for name in COMMAND_MODULES:
         modname = f"einfuse.commands.{name}"
