@@ -1,0 +1,460 @@
+"""Mapping a lowered cascade onto an architecture: spatial ranks, binding, fusion, passes, buffers.
+
+Everything is derived from the cascade and the design's :class:`MappingPolicy`:
+
+* **Spatial ranks.** The key rank goes down the 2-D array's rows and the query rank across its
+  columns (``mapping.spatial``) when an Einsum has both; otherwise the dataflow of the dominant
+  contraction decides (output stationary: output ranks spatial; weight/input stationary: the summed
+  rank on the rows), as in SCALE-Sim. The rank on the rows is *streamed*: a loop over key tiles
+  (``M1`` of a partitioned ``M``, or ``M`` cut into array-height tiles). The rank on the columns is
+  cut into sub-blocks of the array width, ``P1`` of which form a row block that stays on chip.
+* **Binding.** Contractions go to the 2-D array; elementwise maps and reductions go to the 1-D array,
+  except that with ``softmax_on_2d`` those whose iteration space covers both spatial ranks (a full
+  M0 x P0 tile) stay on the 2-D array when it supports their operators.
+* **Fusion.** ``row_block`` fuses every Einsum per row block; ``per_unit`` makes each run of Einsums
+  bound to the same unit a phase whose outputs go to DRAM; ``none`` makes every Einsum a phase.
+* **Passes.** Inside a fused group an Einsum that reads the result of a reduction over the streamed
+  rank and itself iterates that rank must wait for the whole loop: it belongs to the next pass. A
+  tensor produced in one pass and read in a later one needs its whole key fiber live: it stays on
+  chip when the row block's footprint allows, and is spilled to DRAM (written once, read once per
+  later pass) otherwise. This is the FuseMax paper's pass argument, evaluated on the IR.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from einfuse.errors import SimulatorError
+from einfuse.ir.cascade import Cascade
+from einfuse.ir.ranks import index_symbol
+from einfuse.ir.schedule import schedule
+from einfuse.simulator.arch import Arch
+from einfuse.simulator.work import EinsumWork, analyse, extent
+
+MAX_AUTO_WINDOW = 16
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which iteration variables play which part in the loop nest."""
+
+    stream: str | None       # variable of the key-tile loop (m1, or m tiled by the array height)
+    rows: str | None         # variable on the 2-D rows (m0 or m)
+    cols: str | None         # variable on the 2-D columns / 1-D lanes (p)
+    rows_tile: int           # elements of ``rows`` per key tile
+    n_stream: int            # key tiles
+    stream_elems: int        # elements of the whole key rank
+    cols_tile: int           # elements of ``cols`` per sub-block
+    cols_extent: int
+
+    @property
+    def n_sub(self) -> int:
+        return max(1, math.ceil(self.cols_extent / self.cols_tile))
+
+    def keyed(self, var: str) -> bool:
+        return var in (self.stream, self.rows)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An Einsum inside a fused group: its unit and stage (0 prologue, 2k-1 pass k, 2k after it)."""
+
+    work: EinsumWork
+    unit: str
+    stage: int
+
+    @property
+    def name(self) -> str:
+        return self.work.name
+
+
+@dataclass(frozen=True)
+class Group:
+    einsums: tuple[Placed, ...]
+    n_passes: int
+    external: frozenset[str]        # tensors read from DRAM
+    stored: frozenset[str]          # tensors written to DRAM for later groups / as outputs
+    fiber: dict[str, bool]          # tensors live across passes -> kept on chip (True) or spilled
+    resident_2d: frozenset[str]     # stay in the PEs' registers between Einsums of a tile
+    linked: frozenset[str]          # cross between the arrays over the 2-D -> 1-D links
+    producer_stage: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    cascade: Cascade
+    arch: Arch
+    sizes: dict[str, int]
+    roles: Roles
+    groups: tuple[Group, ...]
+    p1: int                          # sub-blocks per row block
+    window: int                      # key tiles in flight
+    buffer_bytes: int                # on-chip footprint of the chosen mapping
+    tensor_vars: dict[str, frozenset[str]]
+    notes: tuple[str, ...]
+
+    @property
+    def row_block(self) -> int:
+        return self.p1 * self.roles.cols_tile
+
+    def unit_of(self, name: str) -> str:
+        for g in self.groups:
+            for p in g.einsums:
+                if p.name == name:
+                    return p.unit
+        return ""
+
+
+# ---- spatial roles -------------------------------------------------------------------------------
+
+def _rank_var(c: Cascade, rank: str) -> str | None:
+    return str(index_symbol(rank)) if rank in c.ranks else None
+
+
+def choose_roles(c: Cascade, works: list[EinsumWork], arch: Arch, sizes: dict[str, int]) -> Roles:
+    live = [w for w in works if w.kind != "init"]
+    if not live:
+        raise SimulatorError(f"cascade {c.name}: nothing to simulate (only initialisations)")
+
+    def dense(w: EinsumWork) -> int:
+        return math.prod(extent(c, v, sizes) for v in w.ivars)
+
+    contr = [w for w in live if w.kind == "contraction"]
+    dom = max(contr or live, key=dense)
+    rows = cols = None
+    pol = arch.mapping
+    pref_r = [v for v in (_rank_var(c, r) for r in pol.spatial_rows) if v and v in dom.ivars]
+    pref_c = [v for v in (_rank_var(c, r) for r in pol.spatial_cols) if v and v in dom.ivars]
+    if pref_r and pref_c:
+        rows, cols = pref_r[0], pref_c[0]
+    else:
+        rows, cols = _dataflow_roles(c, dom, arch.pe_array.dataflow, sizes)
+    R, C = arch.pe_array.rows, arch.pe_array.cols
+    stream, rows_tile, n_stream, stream_elems = rows, R, 1, 1
+    if rows is not None:
+        part = next((p for p in c.partitions if _rank_var(c, p.inner) == rows), None)
+        if part is not None:
+            stream = _rank_var(c, part.outer)
+            rows_tile = sizes[part.inner]
+            n_stream = sizes[part.outer]
+            stream_elems = sizes[part.parent]
+        else:
+            stream_elems = extent(c, rows, sizes)
+            n_stream = math.ceil(stream_elems / R)
+    cols_extent = extent(c, cols, sizes) if cols else 1
+    return Roles(stream, rows, cols, rows_tile, n_stream, stream_elems, C if cols else 1, cols_extent)
+
+
+def _dataflow_roles(c: Cascade, w: EinsumWork, dataflow: str, sizes: dict[str, int]) -> tuple:
+    ext = {v: extent(c, v, sizes) for v in w.ivars}
+
+    def biggest(vs: set[str]) -> str | None:
+        return max(sorted(vs), key=lambda v: ext[v]) if vs else None
+
+    out = set(w.out_vars)
+    if w.kind == "contraction" and len(w.operands) >= 2:
+        a, b = w.operands[0].vars, w.operands[1].vars
+        m_like, n_like = (a & out) - b, (b & out) - a
+        k = set(w.reduced) & a & b
+        if dataflow == "output_stationary":
+            return biggest(m_like), biggest(n_like - {biggest(m_like)})
+        if dataflow == "weight_stationary":
+            return biggest(k), biggest(n_like)
+        return biggest(k), biggest(m_like)
+    ordered = [v for v in w.out_vars] + [v for v in w.ivars if v not in out]
+    return (ordered[0] if ordered else None), (ordered[1] if len(ordered) > 1 else None)
+
+
+# ---- binding ---------------------------------------------------------------------------------------
+
+def bind(w: EinsumWork, roles: Roles, arch: Arch) -> str:
+    """The unit an Einsum runs on (see module docstring); raises when no unit has its operators."""
+    pe, vec = arch.pe_array, arch.vector_array
+    ops = set(w.ops)
+    on2d = all(pe.supports(o) for o in ops)
+    on1d = all(vec.supports(o) for o in ops)
+    tile_sized = roles.rows in w.ivars and roles.cols in w.ivars
+    if w.kind == "contraction" and on2d:
+        return "2d"
+    if arch.mapping.softmax_on_2d and tile_sized and on2d:
+        return "2d"
+    if on1d:
+        return "1d"
+    if on2d:
+        return "2d"
+    missing = sorted(o for o in ops if not pe.supports(o) and not vec.supports(o)) or sorted(ops)
+    raise SimulatorError(
+        f"Einsum {w.name}: operator {missing[0]!r} is not supported by any unit of architecture "
+        f"{arch.name} (add it to pe_array.ops or vector_array.ops)")
+
+
+# ---- fusion groups and stages --------------------------------------------------------------------
+
+def _fusion_groups(c: Cascade, works: list[EinsumWork], units: dict[int, str], fusion: str) -> list[list[int]]:
+    sched = [tuple(i for i in g.einsums if works[i].kind != "init") for g in schedule(c)]
+    sched = [g for g in sched if g]
+    if fusion == "row_block":
+        return [[i for g in sched for i in g]]
+    out: list[list[int]] = []
+    cur_unit: str | None = None
+    for g in sched:
+        us = {units[i] for i in g}
+        u = us.pop() if len(us) == 1 else None
+        if fusion == "per_unit" and out and u is not None and u == cur_unit:
+            out[-1].extend(g)
+        else:
+            out.append(list(g))
+        cur_unit = u
+    return out
+
+
+def _stages(c: Cascade, works: list[EinsumWork], members: list[int], roles: Roles) -> dict[int, int]:
+    """Stage of each member: prologue 0, body of pass k at 2k-1, after pass k at 2k."""
+    stage: dict[int, int] = {}
+    member_set = set(members)
+    for i in members:
+        w = works[i]
+        keyed = any(roles.keyed(v) for v in w.ivars)
+        need = 1 if keyed else 0
+        for o in w.operands:
+            if o.carried:
+                continue
+            for j in c.producers(o.tensor):
+                if j not in member_set or j not in stage or works[j].kind == "init":
+                    continue
+                sj = stage[j]
+                pw = works[j]
+                reduces_stream = roles.stream is not None and roles.stream in pw.reduced
+                if sj % 2 == 1:  # producer in a pass body
+                    if o.final or not keyed:
+                        need = max(need, sj + 1)
+                    elif reduces_stream:
+                        need = max(need, sj + 2)
+                    else:
+                        need = max(need, sj)
+                else:
+                    need = max(need, sj + 1 if keyed else sj)
+        if keyed and need % 2 == 0:
+            need += 1
+        stage[i] = need
+    return stage
+
+
+# ---- planning --------------------------------------------------------------------------------------
+
+def tensor_vars(c: Cascade, works: list[EinsumWork]) -> dict[str, frozenset[str]]:
+    """Iteration variables spanning each tensor: its producer's output vars, else how it is read."""
+    tv: dict[str, frozenset[str]] = {}
+    for w in works:
+        if w.kind != "init":
+            tv.setdefault(w.name, frozenset(w.out_vars))
+    for w in works:
+        for o in w.operands:
+            tv.setdefault(o.tensor, o.vars)
+    return tv
+
+
+def make_plan(c: Cascade, arch: Arch, sizes: dict[str, int]) -> Plan:
+    works = analyse(c)
+    roles = choose_roles(c, works, arch, sizes)
+    units = {w.index: bind(w, roles, arch) for w in works if w.kind != "init"}
+    members_list = _fusion_groups(c, works, units, arch.mapping.fusion)
+    tv = tensor_vars(c, works)
+    group_of = {i: gi for gi, ms in enumerate(members_list) for i in ms}
+    notes: list[str] = []
+    proto = []
+    for gi, ms in enumerate(members_list):
+        st = _stages(c, works, ms, roles)
+        placed = tuple(Placed(works[i], units[i], st[i]) for i in ms)
+        n_passes = max([(p.stage + 1) // 2 for p in placed] + [1])
+        names = {p.name for p in placed}
+        external = set()
+        for p in placed:
+            for o in p.work.operands:
+                prods = [j for j in c.producers(o.tensor) if works[j].kind != "init"]
+                if not prods or any(group_of[j] != gi for j in prods):
+                    external.add(o.tensor)
+        stored = {n for n in names if n in c.outputs or any(
+            group_of.get(j) not in (None, gi) for j in c.consumers(n))}
+        pstage = {p.name: p.stage for p in placed}
+        fiber: dict[str, bool] = {}
+        for p in placed:
+            for o in p.work.operands:
+                if o.tensor in pstage and not o.carried and p.stage % 2 == 1 and \
+                        pstage[o.tensor] % 2 == 1 and pstage[o.tensor] < p.stage and \
+                        any(roles.keyed(v) for v in tv[o.tensor]):
+                    fiber[o.tensor] = True
+        for t in external:
+            stages = {p.stage for p in placed if p.stage % 2 == 1 and any(o.tensor == t for o in p.work.operands)}
+            if len(stages) > 1 and roles.cols in tv[t] and any(roles.keyed(v) for v in tv[t]):
+                fiber[t] = True       # read from DRAM in several passes: keep it or read it again
+        resident, linked = _homes(c, placed, roles, arch, tv)
+        proto.append({"einsums": placed, "n_passes": n_passes, "external": frozenset(external),
+                      "stored": frozenset(stored), "fiber": fiber, "resident_2d": resident, "linked": linked,
+                      "producer_stage": pstage})
+    window = arch.mapping.pipeline_window
+    rf = arch.buffer("rf_2d")
+    n_res = max([_live_registers(g["einsums"], g["resident_2d"]) for g in proto] + [0])
+    entries = rf.size_bytes // arch.word_bytes if rf else 0
+    if n_res and entries < n_res:
+        for g in proto:
+            g["resident_2d"] = frozenset()
+        notes.append(f"2-D register file holds {entries} words < {n_res} resident tiles: "
+                     "tiles go through the global buffer")
+        n_res = 0
+    if window is None:   # auto: as many key tiles as the PE register files can hold
+        window = max(1, min(MAX_AUTO_WINDOW, entries // n_res)) if n_res else 2
+        notes.append(f"pipeline window {window} key tiles (auto: {entries}-word PE register file, "
+                     f"{n_res or 'no'} resident word(s) per tile)")
+    elif n_res and entries < n_res * window:
+        window = max(1, entries // n_res)
+        notes.append(f"pipeline window clamped to {window} by the 2-D register file "
+                     f"({entries} words, {n_res} resident tiles per key tile)")
+    p1, fp, proto = _choose_row_block(c, arch, sizes, roles, proto, tv, window, notes)
+    groups = tuple(Group(**g) for g in proto)
+    return Plan(c, arch, sizes, roles, groups, p1, window, fp, tv, tuple(notes))
+
+
+def _homes(c: Cascade, placed: tuple[Placed, ...], roles: Roles, arch: Arch,
+           tv: dict[str, frozenset[str]]) -> tuple[frozenset[str], frozenset[str]]:
+    """Tensors that stay in the 2-D PEs between Einsums of a tile, and those crossing on links."""
+    by_name = {p.name: p for p in placed}
+    consumers: dict[str, list[Placed]] = {}
+    for p in placed:
+        for o in p.work.operands:
+            if o.tensor in by_name and not o.final:
+                consumers.setdefault(o.tensor, []).append(p)
+    resident, linked = set(), set()
+    for name, cons in consumers.items():
+        prod = by_name[name]
+        v = tv[name]
+        if prod.unit == "2d" and roles.rows in v and roles.cols in v and \
+                all(q.unit == "2d" and q.stage == prod.stage for q in cons) and arch.buffer("rf_2d"):
+            resident.add(name)
+        elif arch.mapping.link_2d_to_1d and all(q.unit != prod.unit for q in cons):
+            if prod.unit == "2d" and roles.rows in prod.work.reduced:
+                linked.add(name)       # leaves the bottom row of the array into the 1-D array
+            elif prod.unit == "1d" and roles.rows not in v:
+                linked.add(name)       # broadcast from the 1-D array up the columns
+    return frozenset(resident), frozenset(linked)
+
+
+def _live_registers(placed: tuple[Placed, ...], resident: frozenset[str]) -> int:
+    """Registers per PE one key tile needs: resident tiles live at once, a result overwriting an
+    operand that dies in the same Einsum (SLN = exp(BQK - RM) reuses BQK's register)."""
+    order = [p.name for p in placed]
+    pos = {n: i for i, n in enumerate(order)}
+    spans = []
+    for t in resident:
+        last = max([pos[p.name] for p in placed if any(o.tensor == t for o in p.work.operands)] + [pos[t]])
+        spans.append((pos[t], last))
+    return max([sum(1 for b, d in spans if b <= k < d or b == k == d) for k in range(len(order))] + [0])
+
+
+def _elems(vars_: frozenset[str], c: Cascade, sizes: dict[str, int], roles: Roles, block: int,
+           fiber: bool = False) -> int:
+    """Elements of a tensor's footprint: one key tile (or the whole key fiber) by one row block."""
+    n = 1
+    for v in vars_:
+        if v == roles.cols:
+            n *= block
+        elif v == roles.rows:
+            n *= roles.stream_elems if fiber else roles.rows_tile
+        elif v == roles.stream:
+            n *= 1
+        else:
+            n *= extent(c, v, sizes)
+    return n
+
+
+def footprint(c: Cascade, arch: Arch, sizes: dict[str, int], roles: Roles, g: dict,
+              tv: dict[str, frozenset[str]], p1: int, window: int, spilled: set[str]) -> dict[str, int]:
+    """Bytes each tensor of a group occupies in the global buffer for a row block of ``p1`` sub-blocks."""
+    w = arch.word_bytes
+    dbl = 2 if arch.global_buffer.double_buffered else 1
+    block = p1 * roles.cols_tile
+    out: dict[str, int] = {}
+    internal = {p.name for p in g["einsums"]}
+    for t in sorted(set(g["external"]) | internal):
+        v = tv[t]
+        keyed = any(roles.keyed(x) for x in v)
+        if t in g["resident_2d"] or t in g["linked"]:
+            continue
+        if not keyed:
+            out[t] = _elems(v, c, sizes, roles, block) * w
+        elif t in g["fiber"] and t not in spilled:
+            out[t] = _elems(v, c, sizes, roles, block, fiber=True) * w
+        elif t in g["external"] and roles.cols not in v:
+            out[t] = _elems(v, c, sizes, roles, roles.cols_tile) * w * dbl
+        else:
+            out[t] = _elems(v, c, sizes, roles, roles.cols_tile) * w * max(dbl, window)
+    return out
+
+
+def _choose_row_block(c, arch, sizes, roles, proto, tv, window, notes):
+    cap = arch.global_buffer.total_bytes
+    n_sub = roles.n_sub
+    if arch.mapping.row_block is not None:
+        candidates = [max(1, min(n_sub, arch.mapping.row_block // max(1, roles.cols_tile)))]
+    else:
+        candidates = [d for d in range(n_sub, 0, -1) if n_sub % d == 0]
+
+    def fits(p1: int, spilled: set[str]) -> int | None:
+        worst = 0
+        for g in proto:
+            fp = sum(footprint(c, arch, sizes, roles, g, tv, p1, window, spilled).values())
+            worst = max(worst, fp)
+        return worst if worst <= cap else None
+
+    for p1 in candidates:
+        fp = fits(p1, set())
+        if fp is not None:
+            return p1, fp, proto
+    # spill the largest cross-pass tensors until the smallest row block fits
+    fiber_sizes = {}
+    for g in proto:
+        sizes_g = footprint(c, arch, sizes, roles, g, tv, candidates[-1], window, set())
+        for t in g["fiber"]:
+            fiber_sizes[t] = sizes_g.get(t, 0)
+    spilled: set[str] = set()
+    for t in sorted(fiber_sizes, key=lambda k: -fiber_sizes[k]):
+        spilled.add(t)
+        for p1 in candidates:
+            fp = fits(p1, spilled)
+            if fp is not None:
+                for g in proto:
+                    g["fiber"] = {k: k not in spilled for k in g["fiber"]}
+                notes.append(f"spilled to DRAM (whole key fiber does not fit {cap} B on chip): "
+                             f"{', '.join(sorted(spilled))}")
+                return p1, fp, proto
+    worst = max(proto, key=lambda g: sum(footprint(c, arch, sizes, roles, g, tv, candidates[-1], window,
+                                                   spilled).values()))
+    parts = footprint(c, arch, sizes, roles, worst, tv, candidates[-1], window, spilled)
+    detail = ", ".join(f"{k} {v} B" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])[:4])
+    raise SimulatorError(
+        f"mapping of Einsum {worst['einsums'][0].name} on {arch.name}: tiles need {sum(parts.values())} B "
+        f"but the global buffer holds {cap} B ({detail})")
+
+
+def describe(plan: Plan) -> list[str]:
+    """Human-readable lines about the mapping (for reports)."""
+    r = plan.roles
+    lines = [(f"rows (streamed key rank): {r.rows} (tile {r.rows_tile}, {r.n_stream} key tiles); "
+              f"columns: {r.cols} (sub-block {r.cols_tile}, row block {plan.row_block} = {plan.p1} sub-blocks); "
+              f"window {plan.window}")]
+    for gi, g in enumerate(plan.groups):
+        parts = []
+        for p in g.einsums:
+            where = "pro" if p.stage == 0 else (f"pass {(p.stage + 1) // 2}" if p.stage % 2 else
+                                                f"after pass {p.stage // 2}")
+            parts.append(f"{p.name}@{p.unit}/{where}")
+        lines.append(f"group {gi + 1}: " + ", ".join(parts))
+        if g.fiber:
+            lines.append("  live across passes: " + ", ".join(
+                f"{t} ({'on chip' if k else 'spilled'})" for t, k in g.fiber.items()))
+    lines.extend(plan.notes)
+    return lines
+
+
+__all__ = ["Group", "Placed", "Plan", "Roles", "bind", "choose_roles", "describe", "footprint", "make_plan"]

@@ -1,0 +1,187 @@
+"""``simulate(cascade, arch, workload) -> SimResult``: lower, map, run the engine, account.
+
+Utilisation is *useful* work over capacity: PE-cycles spent on operations of points inside the
+iteration space (masked points of partial tiles excluded) divided by PEs x cycles, so it can never
+exceed 1 and it drops for partial folds and masked tiles as well as for stalls. Energy charges every
+operation performed (a masked PE still toggles), every register-file access, every byte through
+the global buffer and every DRAM byte, with the architecture's energy table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from einfuse.errors import SimulatorError
+from einfuse.ir.cascade import Cascade
+from einfuse.simulator.arch import Arch, load_arch
+from einfuse.simulator.engine import UNITS, Engine
+from einfuse.simulator.mapping import Plan, describe, make_plan
+from einfuse.simulator.program import Compiler, build_program
+from einfuse.simulator.tiles import classify
+from einfuse.simulator.work import resolve_sizes
+from einfuse.simulator.workload import Workload
+
+UNIT_TEXT = {"2d": "2-D array", "1d": "1-D array", "dram": "DRAM"}
+
+
+@dataclass(frozen=True)
+class EinsumStats:
+    name: str
+    unit: str
+    stage: int
+    busy_cycles: int
+    macs: int
+    points: int
+    useful_points: int
+    dram_bytes: int
+    buffer_bytes: int
+    energy_pj: float
+
+
+@dataclass(frozen=True)
+class SimResult:
+    design: str
+    spec: str
+    model: str
+    seq: int
+    batch: int
+    heads: int
+    head_dim: int
+    cycles: int
+    latency_s: float
+    util_2d: float
+    util_1d: float
+    busy_2d: float
+    busy_1d: float
+    busy_dram: float
+    dram_bytes: int
+    energy_pj: float
+    energy_breakdown: dict[str, float]
+    buffer_bytes: int
+    macs: int
+    per_einsum: tuple[EinsumStats, ...]
+    stalls: dict[str, dict[str, int]]
+    mapping: tuple[str, ...]
+    technology_nm: int
+    sim: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """The JSON row written to ``results.json``."""
+        d = asdict(self)
+        d["per_einsum"] = [asdict(e) for e in self.per_einsum]
+        d["mapping"] = list(self.mapping)
+        d["explanation"] = self.explain()
+        return d
+
+    def explain(self) -> str:
+        return explain(self.stalls, self.cycles, {"2d": self.busy_2d, "1d": self.busy_1d,
+                                                 "dram": self.busy_dram})
+
+
+def explain(stalls: dict[str, dict[str, int]], cycles: int, busy: dict[str, float]) -> str:
+    """Which unit idles, and on what, from the engine's stall accounting."""
+    parts = []
+    for u in ("2d", "1d", "dram"):
+        causes = stalls.get(u, {})
+        idle = 1.0 - busy[u]
+        head = f"{UNIT_TEXT[u]} busy {100 * busy[u]:.1f}%"
+        if idle > 0.005 and causes and cycles:
+            top = sorted(causes.items(), key=lambda kv: -kv[1])[:3]
+            why = "; ".join(f"{100 * v / cycles:.1f}% waiting for {k}" for k, v in top if v / cycles >= 0.001)
+            head += f", idle {100 * idle:.1f}%" + (f" ({why})" if why else "")
+        parts.append(head)
+    return ". ".join(parts) + "."
+
+
+def prepare(cascade: Cascade, arch: Arch) -> Cascade:
+    """Apply the design's lowering (FuseMax: the 1-pass online-softmax cascade)."""
+    if arch.mapping.lowering != "online_softmax":
+        return cascade
+    if cascade.attrs.get("lowered") == "online_softmax" or cascade.partitions:
+        return cascade
+    if cascade.attrs.get("family") != "softmax":
+        return cascade            # sigmoid, linear...: nothing to lower, simulate as written
+    try:
+        from einfuse.passes.fusion import fuse_online_softmax
+    except ImportError:
+        raise SimulatorError(f"design {arch.name} needs einfuse.passes.fusion.fuse_online_softmax") from None
+    return fuse_online_softmax(cascade, tile=arch.pe_array.rows)
+
+
+def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool = True,
+             fast_forward: bool = True) -> SimResult:
+    """Cycle-level estimate of one attention layer (``batch x heads`` problems) on ``arch``."""
+    t0 = time.perf_counter()
+    if isinstance(arch, str):
+        arch = load_arch(arch)
+    c = prepare(cascade, arch) if lower else cascade
+    sizes = resolve_sizes(c, workload.size_map())
+    plan = make_plan(c, arch, sizes)
+    tiles = classify(c, plan.roles, sizes, workload.heads)
+    comp = Compiler(plan, tiles)
+    prog = build_program(comp, workload.batch, workload.heads)
+    eng = Engine(comp.counters.size, comp.window_keys, comp.causes, comp.compile, comp.release_keys, comp.keys,
+                 fast_forward=fast_forward)
+    eng.run(prog)
+    cycles = eng.finish()
+    return _account(plan, comp, eng, cycles, tiles, cascade, workload, time.perf_counter() - t0)
+
+
+def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles, cascade: Cascade,
+             wl: Workload, wall: float) -> SimResult:
+    arch = plan.arch
+    ix, vec = comp.counters.index, eng.counters
+    e = arch.energy_pj
+    per = []
+    breakdown = {"2d compute": 0.0, "1d compute": 0.0, "register files": 0.0, "global buffer": 0.0,
+                 "dram": 0.0}
+    useful_pe = {"2d": 0.0, "1d": 0.0}
+    macs_total = 0
+    for g in plan.groups:
+        for p in g.einsums:
+            n = p.name
+            pts = vec[ix[(n, "points")]]
+            useful = pts - vec[ix[(n, "partial_points")]] * (1.0 - tiles.density)
+            frac = useful / pts if pts else 1.0
+            macs = vec[ix[(n, "macs")]] * frac
+            useful_pe[p.unit] += vec[ix[(n, "pe_cycles")]] * frac
+            comp_e = sum(vec[ix[(n, "act", a)]] * e[a] for a in comp.counters.actions)
+            rf_e = vec[ix[(n, "rf_bytes")]] * e["rf_2d" if p.unit == "2d" else "rf_1d"]
+            gb_bytes = vec[ix[(n, "gb_rd")]] + vec[ix[(n, "gb_wr")]]
+            dram_bytes = vec[ix[(n, "dram_rd")]] + vec[ix[(n, "dram_wr")]]
+            breakdown[f"{p.unit} compute"] += comp_e
+            breakdown["register files"] += rf_e
+            breakdown["global buffer"] += gb_bytes * e["global"]
+            breakdown["dram"] += dram_bytes * e["dram"]
+            macs_total += round(macs)
+            per.append(EinsumStats(n, p.unit, p.stage, int(vec[ix[(n, "busy")]]), round(macs),
+                                   int(pts), round(useful), int(dram_bytes), int(gb_bytes),
+                                   float(comp_e + rf_e + gb_bytes * e["global"] + dram_bytes * e["dram"])))
+    busy = {u: vec[ix[("unit", u)]] for u in UNITS}
+    stalls: dict[str, dict[str, int]] = {u: {} for u in UNITS}
+    for (u, cause), v in eng.stalls.items():
+        name = str(comp.causes.names[cause])
+        stalls[UNITS[u]][name] = stalls[UNITS[u]].get(name, 0) + int(v)
+    for u in UNITS:
+        rest = cycles - busy[u] - sum(stalls[u].values())
+        if rest > 0:
+            stalls[u]["nothing bound to this unit (other phases, start and end of the layer)"] = int(rest)
+    pe2, pe1 = arch.pe_array.pes, arch.vector_array.pes
+    dram_total = int(sum(p.dram_bytes for p in per))
+    cyc = max(cycles, 1)
+    return SimResult(
+        design=arch.name, spec=cascade.name, model=wl.model, seq=wl.seq, batch=wl.batch, heads=wl.heads,
+        head_dim=wl.head_dim, cycles=int(cycles), latency_s=cycles / arch.clock_hz,
+        util_2d=useful_pe["2d"] / (pe2 * cyc), util_1d=useful_pe["1d"] / (pe1 * cyc),
+        busy_2d=busy["2d"] / cyc, busy_1d=busy["1d"] / cyc, busy_dram=busy["dram"] / cyc,
+        dram_bytes=dram_total, energy_pj=float(sum(breakdown.values())), energy_breakdown=breakdown,
+        buffer_bytes=int(plan.buffer_bytes), macs=int(macs_total), per_einsum=tuple(per), stalls=stalls,
+        mapping=tuple(describe(plan)), technology_nm=arch.technology_nm,
+        sim={"wall_s": wall, "segments_run": eng.stats.segments_run, "tasks_placed": eng.stats.tasks_placed,
+             "skipped_iterations": eng.stats.skipped_iterations, "memo_hits": eng.stats.memo_hits,
+             "approximate": eng.stats.approximate, "tiles": tiles.method,
+             "skipped_tile_fraction": tiles.skipped_fraction(), "partial_density": tiles.density,
+             "macs_exact": tiles.exact, "row_block": plan.row_block, "window": plan.window,
+             "arch": arch.to_dict()})

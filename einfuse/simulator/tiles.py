@@ -1,0 +1,143 @@
+"""Tile classes of the score constraint: which (query sub-block, key tile) pairs are empty, partial, full.
+
+The classification comes from the passes' ``classify_tiles`` when it is available (analytic, no dense
+mask); otherwise small problems are classified exactly here by evaluating the constraint on every
+tile, and large ones conservatively treat every tile as partial (no work is skipped). The density of
+partial tiles (fraction of their points inside the constraint) turns performed work into useful
+work for MAC counts and utilisation; it is exact when every partial tile could be evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sympy
+
+from einfuse.errors import EinfuseError
+from einfuse.ir.cascade import Cascade
+from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, index_symbol, size_symbol
+from einfuse.ir.symeval import evaluate
+from einfuse.simulator.mapping import Roles
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+_EXACT_LIMIT = 1 << 24        # points evaluated for an exact classification without the pass
+_DENSITY_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class Tiles:
+    kinds: np.ndarray | None     # (heads_with_distinct_masks, sub-blocks, key tiles); None = all FULL
+    density: float               # mean fraction of present points in PARTIAL tiles
+    exact: bool                  # density computed from every partial tile
+    method: str
+
+    @property
+    def heads(self) -> int:
+        return 1 if self.kinds is None else self.kinds.shape[0]
+
+    def skipped_fraction(self) -> float:
+        if self.kinds is None:
+            return 0.0
+        return float((self.kinds == EMPTY).mean())
+
+
+def score_constraint(c: Cascade, roles: Roles) -> tuple[int, sympy.Basic] | None:
+    """The first constraint over both the key and the query variables (the mask)."""
+    keyed = {v for v in (roles.stream, roles.rows) if v}
+    for i, e in enumerate(c.einsums):
+        if e.where is None:
+            continue
+        names = {str(s) for s in e.where.free_symbols}
+        if names & keyed and roles.cols in names:
+            return i, e.where
+    return None
+
+
+def classify(c: Cascade, roles: Roles, sizes: dict[str, int], heads: int) -> Tiles:
+    found = score_constraint(c, roles)
+    if found is None:
+        return Tiles(None, 1.0, True, "unconstrained")
+    _, where = found
+    n_sub, n_stream = roles.n_sub, roles.n_stream
+    kinds = _from_pass(c, sizes, roles)
+    method = "classify_tiles"
+    if kinds is None:
+        total = n_sub * n_stream * roles.rows_tile * roles.cols_tile
+        if total <= _EXACT_LIMIT:
+            kinds = _exact(where, roles, sizes, heads)
+            method = "exact"
+        else:
+            return Tiles(np.full((1, n_sub, n_stream), PARTIAL, np.int8), 1.0, False,
+                         "conservative (classify_tiles unavailable: every tile partial)")
+    density, exact = _density(kinds, where, roles, sizes)
+    return Tiles(kinds, density, exact, method)
+
+
+def _from_pass(c: Cascade, sizes: dict[str, int], roles: Roles) -> np.ndarray | None:
+    try:
+        from einfuse.passes.block_sparsity import classify_tiles
+    except ImportError:
+        return None
+    try:
+        tm = classify_tiles(c, dict(sizes), roles.cols_tile, roles.rows_tile)
+    except (EinfuseError, ValueError, TypeError, KeyError, NotImplementedError):
+        # the pass may not handle every constraint; fall back to our own classification
+        return None
+    kinds = np.asarray(tm.kinds, dtype=np.int8)
+    if kinds.ndim == 2:
+        kinds = kinds[None]
+    if kinds.shape[1:] != (roles.n_sub, roles.n_stream):
+        return None
+    return kinds
+
+
+def _env(where: sympy.Basic, roles: Roles, sizes: dict[str, int], q: int, s: int, h: int) -> dict:
+    env: dict = {size_symbol(k): v for k, v in sizes.items()}
+    env[BATCH_INDEX] = 0
+    env[HEAD_INDEX] = h
+    cols = np.arange(roles.cols_tile) + q * roles.cols_tile
+    cols = cols[cols < roles.cols_extent]
+    if roles.stream != roles.rows and roles.stream:
+        env[index_symbol(roles.stream)] = s
+        rows = np.arange(roles.rows_tile)
+        rows = rows[s * roles.rows_tile + rows < roles.stream_elems]
+    else:
+        rows = np.arange(roles.rows_tile) + s * roles.rows_tile
+        rows = rows[rows < roles.stream_elems]
+    env[index_symbol(roles.rows)] = rows[:, None]
+    env[index_symbol(roles.cols)] = cols[None, :]
+    return env
+
+
+def _tile_mask(where, roles, sizes, q, s, h) -> np.ndarray:
+    env = _env(where, roles, sizes, q, s, h)
+    shape = (env[index_symbol(roles.rows)].shape[0], env[index_symbol(roles.cols)].shape[1])
+    return np.broadcast_to(evaluate(where, env), shape)
+
+
+def _exact(where, roles, sizes, heads) -> np.ndarray:
+    hs = heads if HEAD_INDEX in where.free_symbols else 1
+    kinds = np.zeros((hs, roles.n_sub, roles.n_stream), np.int8)
+    for h in range(hs):
+        for q in range(roles.n_sub):
+            for s in range(roles.n_stream):
+                m = _tile_mask(where, roles, sizes, q, s, h)
+                kinds[h, q, s] = FULL if m.all() else (PARTIAL if m.any() else EMPTY)
+    return kinds
+
+
+def _density(kinds, where, roles, sizes) -> tuple[float, bool]:
+    idx = np.argwhere(kinds == PARTIAL)
+    if len(idx) == 0:
+        return 1.0, True
+    exact = len(idx) <= _DENSITY_SAMPLES
+    if not exact:
+        pick = np.linspace(0, len(idx) - 1, _DENSITY_SAMPLES).astype(int)
+        idx = idx[pick]
+    present = total = 0
+    for h, q, s in idx:
+        m = _tile_mask(where, roles, sizes, int(q), int(s), int(h))
+        present += int(m.sum())
+        total += m.size
+    return present / max(total, 1), exact
