@@ -86,3 +86,11 @@ def test_generated_source_prints_the_mask_from_the_cascade() -> None:
     src = build_decode(einfuse.load_spec("decode:causal=true")).source
     assert "m <= M - P + p" in src and "(m <= (p + sz_M - sz_P))" in src
     assert "def decode_partial(" in src and "def decode_combine(" in src
+
+
+@pytest.mark.parametrize("spec", ["decode:causal=true", "alibi:causal=false", "softcap:cap=5"])
+def test_kernels_follow_the_split_kv_cascade(spec: str) -> None:
+    fn = build_decode(einfuse.load_spec(spec))
+    assert fn.lowering == "lowered by split_kv" and fn.cascade.attrs["lowered"] == "split_kv"
+    for line in ("# CW[", "# PO[", "# GM[p] = max(", "# SNV[p,f] = CW[", "# O[p,f] = SNV[p,f] / SD[p]"):
+        assert line in fn.source  # the split names vary (S is taken by a score_mod: SPLIT)

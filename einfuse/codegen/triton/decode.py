@@ -18,6 +18,7 @@ from typing import Any
 
 from einfuse.codegen.triton.decode_analysis import DecodePlan, analyse_decode
 from einfuse.codegen.triton.decode_kernels import decode_source
+from einfuse.codegen.triton.decode_lowering import lower_decode
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
@@ -82,6 +83,8 @@ class DecodeKernel:
     options: DecodeOptions
     source: str
     module: ModuleType = field(repr=False)
+    cascade: Cascade | None = field(default=None, repr=False)  # the split-KV cascade it follows
+    lowering: str = ""
 
     def split_plan(self, B: int, Hkv: int, row_blocks: int, NK: int, device: Any,
                    splits: int | None = None) -> tuple[int, int]:
@@ -148,9 +151,10 @@ def build_decode(cascade: Cascade, **options: Any) -> DecodeKernel:
     """
     opts = DecodeOptions.of(dict(options))
     plan = analyse_decode(cascade)
-    source = decode_source(plan)
+    split = lower_decode(cascade, opts.splits or 16)
+    source = decode_source(plan, split)
     module = load_module(source, f"decode_{plan.name}")
-    return DecodeKernel(plan, opts, source, module)
+    return DecodeKernel(plan, opts, source, module, split.cascade or cascade, split.how)
 
 
 __all__ = ["DecodeKernel", "DecodeOptions", "build_decode"]
