@@ -194,16 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(info), file=log, flush=True)
     opts = json.loads(args.einfuse_options)
     rows: list[dict[str, Any]] = []
+    stem = args.name or slug(info["device"])
+    dirs = [args.results_dir] + ([out_dir] if out_dir else [])
+    done: list[Case] = []
     for case in select(args.only):
         systems = ["einfuse-triton", *case.peers]
         if args.systems:
             systems = [s for s in args.systems.split(",") if s in systems]
         rows += run_case(case, systems, info["device"], args.rep, args.warmup, opts, log)
-    stem = args.name or slug(info["device"])
-    dirs = [args.results_dir] + ([out_dir] if out_dir else [])
-    for d in dirs:
-        os.makedirs(d, exist_ok=True)
-        write_reports(rows, info, select(args.only), os.path.join(d, stem))
+        done.append(case)
+        for d in dirs:  # after every case, so a run cut short still leaves its results
+            os.makedirs(d, exist_ok=True)
+            write_reports(rows, info, done, os.path.join(d, stem))
+        for r in rows[-len(systems):]:
+            print(f"{r['variant']:15s} {r['system']:16s} ms={r.get('ms', float('nan')):.4f} "
+                  f"rel={r.get('rel_err', float('nan')):.2e} {r.get('error', '')[:90]}", flush=True)
     with open(os.path.join(dirs[-1], stem + ".md")) as fh:
         print(fh.read())
     return 0 if all(math.isfinite(r.get("ms", 0.0)) for r in rows) else 1
