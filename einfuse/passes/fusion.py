@@ -30,6 +30,7 @@ from einfuse.ir.ranks import size_symbol
 from einfuse.ir.tensor import Tensor
 from einfuse.passes.defer_division import defer_division_all
 from einfuse.passes.rewrite import (
+    PassOptionError,
     common_suffix,
     factors,
     finish,
@@ -177,7 +178,7 @@ def fuse_online_softmax(c: Cascade, tile: int = 64) -> Cascade:
     rewritten (the message names the Einsum at fault).
     """
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
-        raise PassError(f"fuse: tile must be a positive integer, got {tile!r}")
+        raise PassOptionError(f"fuse: tile must be a positive integer, got {tile!r}")
     c, _ = defer_division_all(c)
     stages, rejected = softmax_stages(c)
     if not stages:

@@ -32,7 +32,15 @@ from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import Access, Empty, Expr, IndexValue, as_expr, binary, index_symbols, substitute
 from einfuse.ir.ranks import Partition, Rank, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
-from einfuse.passes.rewrite import factors, finish, fresh_name, plain_indices, product, taken_names
+from einfuse.passes.rewrite import (
+    PassOptionError,
+    factors,
+    finish,
+    fresh_name,
+    plain_indices,
+    product,
+    taken_names,
+)
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,7 @@ def _weighted_sums(c: Cascade, p: sympy.Symbol, m: sympy.Symbol) -> list[tuple[E
 def split_lightning(c: Cascade, block: int = 64) -> Cascade:
     """Rewrite causal linear attention into intra-block and inter-block (running KV state) parts."""
     if not isinstance(block, int) or isinstance(block, bool) or block < 1:
-        raise PassError(f"lightning: block must be a positive integer, got {block!r}")
+        raise PassOptionError(f"lightning: block must be a positive integer, got {block!r}")
     if "P" not in c.ranks or "M" not in c.ranks:
         raise PassError(f"lightning: {c.name} needs query rank P and key rank M")
     p, m = index_symbol("P"), index_symbol("M")

@@ -34,7 +34,15 @@ from einfuse.ir.expr import Access, binary, unary
 from einfuse.ir.ranks import Rank, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
 from einfuse.passes.defer_division import defer_division_all
-from einfuse.passes.rewrite import common_suffix, factors, finish, fresh_name, product, taken_names
+from einfuse.passes.rewrite import (
+    PassOptionError,
+    common_suffix,
+    factors,
+    finish,
+    fresh_name,
+    product,
+    taken_names,
+)
 from einfuse.passes.softmax_match import find_gmax, match_stage, softmax_stages
 from einfuse.passes.tiling import Split, split_rank
 
@@ -49,13 +57,13 @@ def _cut(c: Cascade, rank: str, splits: int | Sequence[int]) -> tuple[Split, dic
     n_sym, extent = size_symbol(outer), c.ranks[rank].extent
     if isinstance(splits, int) and not isinstance(splits, bool):
         if splits < 1:
-            raise PassError(f"split_kv: the number of splits must be >= 1, got {splits}")
+            raise PassOptionError(f"split_kv: the number of splits must be >= 1, got {splits}")
         inner_ext = sympy.ceiling(extent / n_sym)
         cut = Split(Rank(outer, n_sym), Rank(inner, inner_ext), s * size_symbol(inner) + ms)
         return cut, {outer: float(splits)}, splits
     lengths = [int(x) for x in splits]
     if not lengths or min(lengths) < 0 or sum(lengths) < 1:
-        raise PassError(f"split_kv: split lengths must be >= 0 with a positive sum, got {list(splits)}")
+        raise PassOptionError(f"split_kv: split lengths must be >= 0 with a positive sum, got {list(splits)}")
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     start = sympy.Piecewise(*[(st, sympy.Eq(s, i)) for i, st in enumerate(starts[:-1])], (starts[-1], True))
     last = extent - starts[-1]  # the last split takes everything after its start
@@ -86,7 +94,8 @@ def _split_stage(c: Cascade, gname: str, outer: str) -> Cascade:
                nm["CW"]: Tensor(nm["CW"], (outer,) + d_ranks)}
     partial = [
         Einsum(at(nm["PM"], R), x, "max", g.where, comment="split: partial max"),
-        Einsum(pn, unary("exp", binary("sub", x, at(nm["PM"], R))), None, n.where, comment="split: numerator"),
+        Einsum(pn, unary("exp", binary("sub", x, at(nm["PM"], R))), None, n.where,
+               comment="split: numerator"),
         Einsum(at(nm["PL"], Rd), pn, "sum", d.where, comment="split: partial sum"),
     ]
     combine = [
@@ -120,7 +129,7 @@ def _split_stage(c: Cascade, gname: str, outer: str) -> Cascade:
 def split_kv(c: Cascade, splits: int | Sequence[int], rank: str = "M") -> Cascade:
     """Split the key rank across ``splits`` (a count or the split lengths); see the module docstring."""
     if rank not in c.ranks:
-        raise PassError(f"split_kv: {c.name} has no key rank {rank}")
+        raise PassOptionError(f"split_kv: {c.name} has no key rank {rank}")
     if c.partition_of(rank) is not None:
         raise PassError(f"split_kv: rank {rank} is already partitioned; split the KV sequence before "
                         "fusing or tiling it (then fuse: flash-decoding)")

@@ -23,6 +23,11 @@ from einfuse.ir.ranks import index_symbol
 from einfuse.ir.validate import validate
 
 
+class PassOptionError(PassError):
+    """A pass was given a bad option (tile size, rank, split count): the user's mistake even where
+    the pass manager would otherwise skip a pass that does not apply."""
+
+
 def taken_names(c: Cascade) -> set[str]:
     """Names a new tensor, rank or param must avoid."""
     return set(c.tensors) | set(c.ranks) | set(c.params)
@@ -159,6 +164,7 @@ def replace_einsums(c: Cascade, old: Iterable[Einsum], new_at_first: Sequence[Ei
 
 
 __all__ = [
+    "PassOptionError",
     "common_suffix", "descendants", "factors", "finish", "fresh_name", "live_einsums", "plain_indices",
     "product", "rank_names_of", "reads", "rename_tensors", "replace_einsums", "taken_names", "var_of",
 ]

@@ -21,7 +21,7 @@ from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import Access, Binary, Empty, Expr, Select, Unary, map_accesses, substitute
 from einfuse.ir.ranks import Partition, Rank, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
-from einfuse.passes.rewrite import finish, fresh_name, taken_names
+from einfuse.passes.rewrite import PassOptionError, finish, fresh_name, taken_names
 
 _INTERSECT = ("mul", "div", "sub")
 
@@ -59,9 +59,9 @@ def tile_rank(c: Cascade, rank: str, tile: int, outer: str | None = None,
               inner: str | None = None) -> Cascade:
     """Partition ``rank`` into tiles of ``tile`` (param ``<rank>0 = tile``); ragged last tile."""
     if rank not in c.ranks:
-        raise PassError(f"tile: rank {rank} is not a rank of {c.name} (ranks: {', '.join(c.ranks)})")
+        raise PassOptionError(f"tile: rank {rank} is not a rank of {c.name} (ranks: {', '.join(c.ranks)})")
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
-        raise PassError(f"tile: tile size for rank {rank} must be a positive integer, got {tile!r}")
+        raise PassOptionError(f"tile: tile size for rank {rank} must be a positive integer, got {tile!r}")
     taken = taken_names(c)
     outer = outer or fresh_name([f"{rank}1"], taken)
     inner = inner or fresh_name([f"{rank}0"], taken | {outer})
