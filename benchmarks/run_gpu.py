@@ -23,6 +23,7 @@ import re
 import sys
 import time
 import traceback
+import zlib
 from typing import Any
 
 import torch
@@ -110,7 +111,7 @@ def run_case(case: Case, systems: list[str], device: str, rep: int, warmup: int,
     import triton
 
     cascade = einfuse.load_spec(case.spec)
-    q, k, v = _inputs(case, seed=hash(case.variant) % 10000)
+    q, k, v = _inputs(case, seed=zlib.crc32(case.variant.encode()) % 10000)
     b, heads, qidx = _slice(case)
     t0 = time.time()
     ref = reference(cascade, q, k, v, b, heads, qidx)
