@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -85,7 +86,7 @@ class TileMap:
     def __str__(self) -> str:
         hm, nq, nk = self.kinds.shape
         heads = f", {hm} head patterns" if hm > 1 else ""
-        return (f"{nq} x {nk} tiles of {self.tile_q} x {self.tile_k} (P={self.n_q}, M={self.n_k}{heads}): "
+        return (f"{nq} x {nk} tiles of {self.tile_q} x {self.tile_k} ({self.n_q} queries, {self.n_k} keys{heads}): "
                 f"{self.skipped_fraction:.2%} skipped, {self.full_fraction:.2%} full, "
                 f"{self.partial_fraction:.2%} partial [{self.method}]")
 
@@ -169,28 +170,49 @@ def classify_tiles(c: Cascade, sizes: Mapping[str, int], tile_q: int, tile_k: in
     for name, t in (("tile_q", tile_q), ("tile_k", tile_k)):
         if not isinstance(t, (int, np.integer)) or isinstance(t, bool) or t < 1:
             raise PassError(f"block sparsity: {name} must be a positive integer, got {t!r}")
-    pred = score_constraint(c, q_rank, k_rank, einsum)
-    env = {size_symbol(k): v for k, v in c.params.items()}
-    env.update({size_symbol(k): v for k, v in sizes.items()})
-    extents = []
     for r in (q_rank, k_rank):
-        ext = sympy.sympify(c.ranks[r].extent).subs(env)
+        if r not in c.ranks:
+            raise PassError(f"block sparsity: {c.name} has no rank {r} (ranks: {', '.join(c.ranks)})")
+    per_cascade = _CONSTRAINTS.setdefault(c, {})
+    key = (q_rank, k_rank, einsum)
+    if key not in per_cascade:
+        per_cascade[key] = (score_constraint(c, q_rank, k_rank, einsum), c.ranks[q_rank].extent,
+                            c.ranks[k_rank].extent)
+    pred, q_ext, k_ext = per_cascade[key]
+    env = tuple(sorted({**{k: float(v) for k, v in c.params.items()},
+                        **{k: float(v) for k, v in sizes.items()}}.items()))
+    bound, P, M, heads = _bind(pred, q_ext, k_ext, env, q_rank, k_rank)
+    return _classify(bound, P, M, heads, int(tile_q), int(tile_k), index_symbol(q_rank),
+                     index_symbol(k_rank), method == "exact")
+
+
+# constraint of each cascade seen (cascades are immutable values; keyed by identity, dropped with them)
+_CONSTRAINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@functools.lru_cache(maxsize=256)
+def _bind(pred: sympy.Basic, q_ext: sympy.Expr, k_ext: sympy.Expr, env: tuple[tuple[str, float], ...],
+          q_rank: str, k_rank: str) -> tuple[sympy.Basic, int, int, int]:
+    """Substitute the sizes into the constraint and the two extents (cached: sympy is slow)."""
+    values = {size_symbol(k): sympy.Integer(int(v)) if float(v).is_integer() else sympy.Rational(str(v))
+              for k, v in env}
+    extents = []
+    for r, ext in ((q_rank, q_ext), (k_rank, k_ext)):
+        ext = sympy.sympify(ext).subs(values)
         if ext.free_symbols:
             raise PassError(f"block sparsity: size of rank {r} unknown; pass it in sizes (e.g. {r}=4096)")
         extents.append(int(ext))
-    bound = pred.subs({s: sympy.Integer(int(v)) if float(v).is_integer() else sympy.Rational(str(v))
-                       for s, v in env.items()})
+    bound = pred.subs(values)
     heads = 1
     if HEAD_INDEX in bound.free_symbols:
-        if "H" not in sizes:
+        if "H" not in dict(env):
             raise PassError("block sparsity: the constraint depends on the head index; pass H in sizes")
-        heads = int(sizes["H"])
+        heads = int(dict(env)["H"])
     missing = sorted(s.name for s in bound.free_symbols if s.name[0].isupper())
     if missing:
         raise PassError(f"block sparsity: the constraint needs sizes {', '.join(missing)}; "
                         "pass them in sizes")
-    return _classify(bound, extents[0], extents[1], heads, int(tile_q), int(tile_k),
-                     index_symbol(q_rank), index_symbol(k_rank), method == "exact")
+    return bound, extents[0], extents[1], heads
 
 
 @functools.lru_cache(maxsize=256)
