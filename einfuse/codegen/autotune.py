@@ -124,6 +124,12 @@ class TuneCache:
         except (OSError, ValueError):
             return {}
 
+    def trials(self, key: str) -> dict:
+        """Every configuration timed for ``key``: ms, or the error that ruled it out."""
+        if self._mem is None:
+            self._mem = self._read()
+        return dict((self._mem.get(key) or {}).get("trials") or {})
+
     def get(self, key: str) -> KernelConfig | None:
         if self._mem is None:
             self._mem = self._read()
@@ -135,11 +141,11 @@ class TuneCache:
         except (KeyError, TypeError, ValueError):
             return None
 
-    def put(self, key: str, config: KernelConfig, ms: float) -> None:
+    def put(self, key: str, config: KernelConfig, ms: float, trials: dict | None = None) -> None:
         from einfuse.codegen.triton.loader import write_atomic
 
         data = self._read()  # merge with what other processes stored since we read
-        data[key] = {"config": asdict(config), "ms": ms}
+        data[key] = {"config": asdict(config), "ms": ms, "trials": trials or {}}
         write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
         self._mem = data
 
@@ -156,6 +162,7 @@ def tune(make_run: Callable[[KernelConfig], Callable[[], object]], configs: Iter
     """Time every configuration that compiles, store and return the fastest."""
     best: tuple[float, KernelConfig] | None = None
     errors = []
+    trials: dict[str, object] = {}
     for cfg in configs:
         try:
             run = make_run(cfg)
@@ -163,14 +170,16 @@ def tune(make_run: Callable[[KernelConfig], Callable[[], object]], configs: Iter
             ms = time_config(run)
         except Exception as exc:  # noqa: BLE001 - out of shared memory/registers: skip that config
             errors.append(f"{cfg}: {type(exc).__name__}")
+            trials[str(cfg)] = f"{type(exc).__name__}: {str(exc)[:200]}"
             continue
+        trials[str(cfg)] = ms
         if log:
             log(f"  {cfg}: {ms:.4f} ms")
         if best is None or ms < best[0]:
             best = (ms, cfg)
     if best is None:
         raise CodegenError(f"autotuning {key}: no configuration ran ({'; '.join(errors)})")
-    cache.put(key, best[1], best[0])
+    cache.put(key, best[1], best[0], trials)
     return best[1]
 
 

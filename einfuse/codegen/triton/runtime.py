@@ -226,19 +226,23 @@ class AttentionKernel:
         return self._tables[key]
 
     def config(self, q, k, v, order: TileOrder, opts: LaunchOptions) -> KernelConfig:
+        """Explicit options, else the tuned (cached) configuration, else the heuristic one."""
         B, H, Nq, D = q.shape
         Hkv, Nkv = k.shape[1], k.shape[2]
         dt = _DTYPES[str(q.dtype)]
         interp = q.device.type != "cuda"
-        base = autotune.heuristic(max(D, v.shape[3]), dt, Nq, Nkv, interp, boxed=not order.is_flat)
         fixed = [opts.block_m, opts.block_n, opts.num_warps, opts.num_stages]
+        memo = (order, dt, D, v.shape[3], Nq, Nkv, H // Hkv, str(q.device), opts.autotune, *fixed)
+        if memo in self._configs:  # launches stay cheap: no hashing or device queries per call
+            return self._configs[memo]
+        base = autotune.heuristic(max(D, v.shape[3]), dt, Nq, Nkv, interp, boxed=not order.is_flat)
         if any(x is not None for x in fixed) or interp:
-            return KernelConfig(opts.block_m or base.block_m, opts.block_n or base.block_n,
-                                opts.num_warps or base.num_warps, opts.num_stages or base.num_stages)
+            cfg = KernelConfig(opts.block_m or base.block_m, opts.block_n or base.block_n,
+                               opts.num_warps or base.num_warps, opts.num_stages or base.num_stages)
+            self._configs[memo] = cfg
+            return cfg
         klass = autotune.shape_class(dt, D, v.shape[3], Nq, Nkv, H // Hkv)
         key = f"{self.variant_key(order)}|{klass}|{autotune.device_key(q.device)}"
-        if key in self._configs:
-            return self._configs[key]
         cache = autotune.TuneCache()
         cfg = cache.get(key)
         if cfg is None and opts.autotune:
@@ -252,7 +256,7 @@ class AttentionKernel:
             cfg = autotune.tune(make_run, autotune.candidates(max(D, v.shape[3]), dt, not order.is_flat),
                                 key, cache)
         cfg = cfg or base
-        self._configs[key] = cfg
+        self._configs[memo] = cfg
         return cfg
 
     def variant_key(self, order: TileOrder) -> str:
