@@ -142,7 +142,8 @@ class Engine:
 
     def __init__(self, n_counters: int, window_keys: Sequence[int], causes: Keys,
                  compile_leaf: Callable[[object, int, int, int], Segment], gate_keys: Sequence[int] = (),
-                 keys: Keys | None = None, fast_forward: bool = True) -> None:
+                 keys: Keys | None = None, fast_forward: bool = True, row_buffers: int = 2) -> None:
+        self.row_buffers = row_buffers
         self.fast_forward = fast_forward
         self.compile_leaf = compile_leaf
         self.leaf_cache: dict[tuple, Segment] = {}
@@ -159,6 +160,7 @@ class Engine:
         self.sready: dict[int, int] = {}
         self.who: dict[int, int] = {}
         self.tail = [0, 0, 0]
+        self.first = [-1, -1, -1]        # when each unit first started work
         self.gaps: list[list[list[int]]] = [[], [], []]
         self.pipe: deque = deque()       # pending [segment uid, entry index, next stage]
         self.counters = np.zeros(n_counters)
@@ -169,6 +171,8 @@ class Engine:
 
     # ---- placement ----------------------------------------------------------------------------
     def _place(self, unit: int, ready: int, occ: int, cause: int) -> int:
+        if self.first[unit] < 0:
+            self.first[unit] = max(ready, self.tail[unit])
         gaps = self.gaps[unit]
         for gi, g in enumerate(gaps):
             gs, ge = g[0], g[1]
@@ -307,10 +311,10 @@ class Engine:
     # the window (128 sub-blocks, 10 slots) is still recognised after one period; skipping then
     # rotates the phases as well as shifting the times.
     def phase(self) -> tuple[int, int, int]:
-        return (self.slot % (len(self.window_keys) or 1), self.rows % 2, self.blocks % 2)
+        return (self.slot % (len(self.window_keys) or 1), self.rows % self.row_buffers, self.blocks % 2)
 
     def _mods(self) -> dict[str, int]:
-        return {"s": len(self.window_keys) or 1, "r": 2, "b": 2}
+        return {"s": len(self.window_keys) or 1, "r": self.row_buffers, "b": 2}
 
     def _canon_id(self, kid: int, ph: tuple[int, int, int]) -> int:
         table = self._canon.setdefault(ph, {})
@@ -335,22 +339,53 @@ class Engine:
     def _seg_canon(self, uid: int, ph: tuple[int, int, int]) -> tuple:
         sig, off, par, bpar = self.leaf_of[uid]
         m = self._mods()
-        return (sig, (off - ph[0]) % m["s"], (par - ph[1]) % 2, (bpar - ph[2]) % 2)
+        return (sig, (off - ph[0]) % m["s"], (par - ph[1]) % m["r"], (bpar - ph[2]) % 2)
 
     def _seg_actual(self, canon: tuple, ph: tuple[int, int, int]) -> int:
         sig, off, par, bpar = canon
         m = self._mods()
-        key = (sig, (off + ph[0]) % m["s"], (par + ph[1]) % 2, (bpar + ph[2]) % 2)
+        key = (sig, (off + ph[0]) % m["s"], (par + ph[1]) % m["r"], (bpar + ph[2]) % 2)
         return self._leaf(key).uid
 
     def _leaf(self, key: tuple) -> Segment:
+        """The segment of a leaf at a phase: compiled once at phase 0, then phase-rotated copies
+        (compilation is phase-equivariant: only the phase suffixes of its keys differ)."""
         seg = self.leaf_cache.get(key)
         if seg is None:
-            seg = self.leaf_cache[key] = self.compile_leaf(*key)
-            seg.uid = len(self.segments)
-            self.segments.append(seg)
-            self.leaf_of[seg.uid] = key
+            base_key = (key[0], 0, 0, 0)
+            base = self.leaf_cache.get(base_key)
+            if base is None:
+                base = self._register(base_key, self.compile_leaf(*base_key))
+            seg = base if key == base_key else self._register(key, self._rotated(base, tuple(key[1:])))
         return seg
+
+    def _register(self, key: tuple, seg: Segment) -> Segment:
+        self.leaf_cache[key] = seg
+        seg.uid = len(self.segments)
+        self.segments.append(seg)
+        self.leaf_of[seg.uid] = key
+        return seg
+
+    def _rotated(self, seg: Segment, ph: tuple[int, int, int]) -> Segment:
+        zero = (0, 0, 0)
+        cache: dict[int, int] = {}
+
+        def m(k: int) -> int:
+            v = cache.get(k)
+            if v is None:
+                v = cache[k] = self._actual_id(self._canon_id(k, zero), ph) if k >= 0 else k
+            return v
+
+        def op(o: object) -> object:
+            if type(o) is Task:
+                return Task(o.unit, o.occ, o.fill, tuple(m(k) for k in o.deps), tuple(m(k) for k in o.chain),
+                            m(o.out), o.cause)
+            if type(o) is MaxInto:
+                return MaxInto(m(o.dst), tuple(m(k) for k in o.srcs))
+            return Reset(m(o.dst), m(o.src))
+
+        entries = [Entry([[op(o) for o in ops] for ops in e.stages], e.step) for e in seg.entries]
+        return Segment(entries, seg.counters, seg.iterations, seg.rows, drain=seg.drain)
 
     def normal_state(self) -> tuple:
         """The state relative to the reference time and the current phase (see above)."""

@@ -98,6 +98,10 @@ class Plan:
     def row_block(self) -> int:
         return self.p1 * self.roles.cols_tile
 
+    @property
+    def kv_buffers(self) -> int:
+        return kv_buffers(self.window, self.p1)
+
     def unit_of(self, name: str) -> str:
         for g in self.groups:
             for p in g.einsums:
@@ -386,7 +390,7 @@ def footprint(c: Cascade, arch: Arch, sizes: dict[str, int], roles: Roles, g: di
         elif t in g["fiber"] and t not in spilled:
             out[t] = _elems(v, c, sizes, roles, block, fiber=True) * w
         elif t in g["external"] and roles.cols not in v:
-            out[t] = _elems(v, c, sizes, roles, roles.cols_tile) * w * dbl
+            out[t] = _elems(v, c, sizes, roles, roles.cols_tile) * w * max(dbl, kv_buffers(window, p1))
         else:
             out[t] = _elems(v, c, sizes, roles, roles.cols_tile) * w * max(dbl, window)
     return out
@@ -437,12 +441,18 @@ def _choose_row_block(c, arch, sizes, roles, proto, tv, window, notes):
         f"but the global buffer holds {cap} B ({detail})")
 
 
+def kv_buffers(window: int, p1: int) -> int:
+    """Buffers for key-tile inputs (K, V): enough that loading a key tile never waits for a buffer
+    while the window still lets its tiles start: ``(n - 1) * P1 >= window - 1``, at least two."""
+    return max(2, 1 + math.ceil((window - 1) / max(p1, 1)))
+
+
 def describe(plan: Plan) -> list[str]:
     """Human-readable lines about the mapping (for reports)."""
     r = plan.roles
     lines = [(f"rows (streamed key rank): {r.rows} (tile {r.rows_tile}, {r.n_stream} key tiles); "
               f"columns: {r.cols} (sub-block {r.cols_tile}, row block {plan.row_block} = {plan.p1} sub-blocks); "
-              f"window {plan.window}")]
+              f"window {plan.window}, {plan.kv_buffers} key-tile buffers")]
     for gi, g in enumerate(plan.groups):
         parts = []
         for p in g.einsums:

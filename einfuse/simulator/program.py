@@ -81,7 +81,7 @@ class Compiler:
         self.causes = Keys()
         self.counters = Counters(plan)
         self.window_keys = [self.keys(("win", "s", j)) for j in range(plan.window)]
-        self.release_keys = [self.keys(("rel", "r", j)) for j in range(2)]
+        self.release_keys = [self.keys(("rel", "r", j)) for j in range(plan.kv_buffers)]
         self.w = plan.arch.word_bytes
         self.bpc = plan.arch.dram_bytes_per_cycle
         self._cost_cache: dict[tuple, TaskCost] = {}

@@ -24,6 +24,7 @@ from einfuse.simulator.work import resolve_sizes
 from einfuse.simulator.workload import Workload
 
 UNIT_TEXT = {"2d": "2-D array", "1d": "1-D array", "dram": "DRAM"}
+NO_WORK = "no work bound to this unit then (another pass or phase, or the start/end of the layer)"
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def explain(stalls: dict[str, dict[str, int]], cycles: int, busy: dict[str, floa
         head = f"{UNIT_TEXT[u]} busy {100 * busy[u]:.1f}%"
         if idle > 0.005 and causes and cycles:
             top = sorted(causes.items(), key=lambda kv: -kv[1])[:3]
-            why = "; ".join(f"{100 * v / cycles:.1f}% waiting for {k}" for k, v in top if v / cycles >= 0.001)
+            why = "; ".join(f"{100 * v / cycles:.1f}% " + (k if k == NO_WORK else f"waiting for {k}")
+                            for k, v in top if v / cycles >= 0.001)
             head += f", idle {100 * idle:.1f}%" + (f" ({why})" if why else "")
         parts.append(head)
     return ". ".join(parts) + "."
@@ -123,7 +125,7 @@ def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool
     comp = Compiler(plan, tiles)
     prog = build_program(comp, workload.batch, workload.heads)
     eng = Engine(comp.counters.size, comp.window_keys, comp.causes, comp.compile, comp.release_keys, comp.keys,
-                 fast_forward=fast_forward)
+                 fast_forward=fast_forward, row_buffers=plan.kv_buffers)
     eng.run(prog)
     cycles = eng.finish()
     return _account(plan, comp, eng, cycles, tiles, cascade, workload, time.perf_counter() - t0)
@@ -167,7 +169,7 @@ def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles, cascad
     for u in UNITS:
         rest = cycles - busy[u] - sum(stalls[u].values())
         if rest > 0:
-            stalls[u]["nothing bound to this unit (other phases, start and end of the layer)"] = int(rest)
+            stalls[u][NO_WORK] = int(rest)
     pe2, pe1 = arch.pe_array.pes, arch.vector_array.pes
     dram_total = int(sum(p.dram_bytes for p in per))
     cyc = max(cycles, 1)
@@ -184,4 +186,6 @@ def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles, cascad
              "approximate": eng.stats.approximate, "tiles": tiles.method,
              "skipped_tile_fraction": tiles.skipped_fraction(), "partial_density": tiles.density,
              "macs_exact": tiles.exact, "row_block": plan.row_block, "window": plan.window,
+             "unit_first_start": {u: int(eng.first[i]) for i, u in enumerate(UNITS)},
+             "unit_last_end": {u: int(eng.tail[i]) for i, u in enumerate(UNITS)},
              "arch": arch.to_dict()})
