@@ -86,7 +86,8 @@ class TileMap:
     def __str__(self) -> str:
         hm, nq, nk = self.kinds.shape
         heads = f", {hm} head patterns" if hm > 1 else ""
-        return (f"{nq} x {nk} tiles of {self.tile_q} x {self.tile_k} ({self.n_q} queries, {self.n_k} keys{heads}): "
+        return (f"{nq} x {nk} tiles of {self.tile_q} x {self.tile_k} "
+                f"({self.n_q} queries, {self.n_k} keys{heads}): "
                 f"{self.skipped_fraction:.2%} skipped, {self.full_fraction:.2%} full, "
                 f"{self.partial_fraction:.2%} partial [{self.method}]")
 

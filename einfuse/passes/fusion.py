@@ -90,8 +90,7 @@ def _fuse_stage(c: Cascade, gname: str, tile: int) -> Cascade:
         c = tile_rank(c, c.rank_of_index(k).name, tile)
         stage = match_stage(c, find_gmax(c, gname))
     outer, k1, _ = _outer_of(c, stage.key_vars)
-    g, n, d = stage.gmax, stage.num, stage.den
-    derived = g.name[2:] if g.name.startswith("GM") else ""
+    derived = gname[2:] if gname.startswith("GM") else ""
     removed = {e.name for e in stage.einsums()}
     s = common_suffix(_BASES, taken_names(c) - removed, first=derived)
     nm = {b: b + s for b in _BASES}

@@ -19,7 +19,6 @@ from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import Access, Binary, Const, Expr, binary, walk
 from einfuse.ir.expr import rename_tensors as rename_in_expr
-from einfuse.ir.ranks import index_symbol
 from einfuse.ir.validate import validate
 
 
@@ -80,17 +79,6 @@ def plain_indices(a: Access) -> bool:
     return all(isinstance(i, sympy.Symbol) for i in a.indices) and len(set(a.indices)) == len(a.indices)
 
 
-def rank_names_of(c: Cascade, indices: Sequence[sympy.Expr]) -> tuple[str, ...]:
-    """Rank names of plain index symbols (the ranks a new tensor indexed that way must have)."""
-    out = []
-    for i in indices:
-        r = c.rank_of_index(i)
-        if r is None:
-            raise PassError(f"index {i} is not a rank index")
-        out.append(r.name)
-    return tuple(out)
-
-
 def descendants(c: Cascade, tensors: Iterable[str]) -> set[str]:
     """Every tensor computed (transitively) from any of ``tensors``, those included."""
     g = c.tensor_graph()
@@ -124,12 +112,6 @@ def finish(c: Cascade) -> Cascade:
     return validate(live_einsums(c))
 
 
-def var_of(rank: str) -> sympy.Symbol:
-    return index_symbol(rank)
-
-
-
-
 def rename_tensors(c: Cascade, mapping: dict[str, str]) -> Cascade:
     """Rename intermediate tensors everywhere (declarations, outputs of Einsums, every read)."""
     if not mapping:
@@ -146,25 +128,7 @@ def rename_tensors(c: Cascade, mapping: dict[str, str]) -> Cascade:
     return c.replace(tensors=tensors, einsums=einsums)
 
 
-def replace_einsums(c: Cascade, old: Iterable[Einsum], new_at_first: Sequence[Einsum]) -> tuple[Einsum, ...]:
-    """Remove ``old`` Einsums (by identity) and insert ``new_at_first`` where the first of them was."""
-    old_ids = {id(e) for e in old}
-    out: list[Einsum] = []
-    inserted = False
-    for e in c.einsums:
-        if id(e) in old_ids:
-            if not inserted:
-                out.extend(new_at_first)
-                inserted = True
-            continue
-        out.append(e)
-    if not inserted:
-        out.extend(new_at_first)
-    return tuple(out)
-
-
 __all__ = [
-    "PassOptionError",
-    "common_suffix", "descendants", "factors", "finish", "fresh_name", "live_einsums", "plain_indices",
-    "product", "rank_names_of", "reads", "rename_tensors", "replace_einsums", "taken_names", "var_of",
+    "PassOptionError", "common_suffix", "descendants", "factors", "finish", "fresh_name", "live_einsums",
+    "plain_indices", "product", "reads", "rename_tensors", "taken_names",
 ]
