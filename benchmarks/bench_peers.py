@@ -57,15 +57,14 @@ def _sdpa(backend_name: str) -> Callable[[Any, dict], tuple[Fn, Callable]]:
 
 # ---- FlexAttention -------------------------------------------------------------------------------
 
-_FLEX: dict[str, Any] = {}
-
-
 def _flex_fn() -> Any:
-    if "fn" not in _FLEX:
-        from torch.nn.attention.flex_attention import flex_attention
+    """A freshly compiled flex_attention. Dynamo's cache is reset first: every case brings new mods
+    and shapes, and past its recompile limit (8) dynamo silently runs flex_attention *eagerly*, which
+    is 10-200x slower; an earlier run of this suite timed Flex's na3d and decode rows that way."""
+    from torch.nn.attention.flex_attention import flex_attention
 
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    return _FLEX["fn"]
+    torch._dynamo.reset()
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _natten_axis(q: torch.Tensor, kv: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -115,11 +114,11 @@ def _flex(case: Any, prep: dict) -> tuple[Fn, Callable]:
 
     if case.variant.startswith("sigmoid") or case.variant == "lightning":
         raise Unsupported("FlexAttention is softmax-only")
+    fa = _flex_fn()
     score_mod, mask_mod = flex_mods(case)
     block_mask = None
     if mask_mod is not None:
         block_mask = create_block_mask(mask_mod, None, None, case.NQ, case.NK, device="cuda", _compile=True)
-    fa = _flex_fn()
     kw: dict[str, Any] = {"scale": _scale(case), "enable_gqa": case.H != case.Hkv}
 
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
