@@ -72,6 +72,10 @@ class Placed:
 @dataclass(frozen=True)
 class Group:
     einsums: tuple[Placed, ...]
+    roles: Roles
+    segment: int                    # attention stage (Einsums sharing spatial roles and mask)
+    p1: int                         # sub-blocks per row block
+    kv_buffers: int                 # buffers for key-tile inputs
     n_passes: int
     external: frozenset[str]        # tensors read from DRAM
     stored: frozenset[str]          # tensors written to DRAM for later groups / as outputs
@@ -86,21 +90,31 @@ class Plan:
     cascade: Cascade
     arch: Arch
     sizes: dict[str, int]
-    roles: Roles
     groups: tuple[Group, ...]
-    p1: int                          # sub-blocks per row block
     window: int                      # key tiles in flight
-    buffer_bytes: int                # on-chip footprint of the chosen mapping
+    buffer_bytes: int                # on-chip footprint of the chosen mapping (largest group)
     tensor_vars: dict[str, frozenset[str]]
     notes: tuple[str, ...]
 
     @property
+    def roles(self) -> Roles:
+        """Roles of the main group (the one with the most work)."""
+        return self.groups[self._main].roles
+
+    @property
     def row_block(self) -> int:
-        return self.p1 * self.roles.cols_tile
+        g = self.groups[self._main]
+        return g.p1 * g.roles.cols_tile
 
     @property
     def kv_buffers(self) -> int:
-        return kv_buffers(self.window, self.p1)
+        return max(g.kv_buffers for g in self.groups)
+
+    @property
+    def _main(self) -> int:
+        def weight(g: Group) -> int:
+            return sum(1 for p in g.einsums if p.work.kind == "contraction") * 1000 + len(g.einsums)
+        return max(range(len(self.groups)), key=lambda i: weight(self.groups[i]))
 
     def unit_of(self, name: str) -> str:
         for g in self.groups:
@@ -117,6 +131,7 @@ def _rank_var(c: Cascade, rank: str) -> str | None:
 
 
 def choose_roles(c: Cascade, works: list[EinsumWork], arch: Arch, sizes: dict[str, int]) -> Roles:
+    """Roles for a set of Einsums: those of its dominant (largest) contraction."""
     live = [w for w in works if w.kind != "init"]
     if not live:
         raise SimulatorError(f"cascade {c.name}: nothing to simulate (only initialisations)")
@@ -125,15 +140,27 @@ def choose_roles(c: Cascade, works: list[EinsumWork], arch: Arch, sizes: dict[st
         return math.prod(extent(c, v, sizes) for v in w.ivars)
 
     contr = [w for w in live if w.kind == "contraction"]
-    dom = max(contr or live, key=dense)
-    rows = cols = None
+    rows, cols = _einsum_roles(c, max(contr or live, key=dense), arch, sizes)
+    return make_roles(c, arch, sizes, rows, cols)
+
+
+def _einsum_roles(c: Cascade, w: EinsumWork, arch: Arch, sizes: dict[str, int]) -> tuple:
+    """(rows, cols) variables for one Einsum: the design's preferred ranks when present (the other
+    one then being the Einsum's remaining output rank), else the dataflow's choice."""
     pol = arch.mapping
-    pref_r = [v for v in (_rank_var(c, r) for r in pol.spatial_rows) if v and v in dom.ivars]
-    pref_c = [v for v in (_rank_var(c, r) for r in pol.spatial_cols) if v and v in dom.ivars]
+    pref_r = [v for v in (_rank_var(c, r) for r in pol.spatial_rows) if v and v in w.ivars]
+    pref_c = [v for v in (_rank_var(c, r) for r in pol.spatial_cols) if v and v in w.ivars]
     if pref_r and pref_c:
-        rows, cols = pref_r[0], pref_c[0]
-    else:
-        rows, cols = _dataflow_roles(c, dom, arch.pe_array.dataflow, sizes)
+        return pref_r[0], pref_c[0]
+    if pref_r or pref_c:
+        taken = (pref_r or pref_c)[0]
+        others = [v for v in w.out_vars if v != taken]
+        other = max(others, key=lambda v: extent(c, v, sizes)) if others else None
+        return (taken, other) if pref_r else (other, taken)
+    return _dataflow_roles(c, w, arch.pe_array.dataflow, sizes)
+
+
+def make_roles(c: Cascade, arch: Arch, sizes: dict[str, int], rows: str | None, cols: str | None) -> Roles:
     R, C = arch.pe_array.rows, arch.pe_array.cols
     stream, rows_tile, n_stream, stream_elems = rows, R, 1, 1
     if rows is not None:
@@ -148,6 +175,38 @@ def choose_roles(c: Cascade, works: list[EinsumWork], arch: Arch, sizes: dict[st
             n_stream = math.ceil(stream_elems / R)
     cols_extent = extent(c, cols, sizes) if cols else 1
     return Roles(stream, rows, cols, rows_tile, n_stream, stream_elems, C if cols else 1, cols_extent)
+
+
+def _segments(c: Cascade, works: list[EinsumWork], arch: Arch, sizes: dict[str, int]) -> tuple[dict, list]:
+    """Split the cascade into stages that share spatial roles (agent attention's two softmaxes).
+
+    A stage's roles come from its first contraction; a later contraction that lacks the stage's
+    row or column rank starts a new stage. Einsums before the first contraction join it."""
+    order = [i for g in schedule(c) for i in g.einsums if works[i].kind != "init"]
+    seg_of: dict[int, int] = {}
+    roles: list[Roles] = []
+    pending: list[int] = []
+    for i in order:
+        w = works[i]
+        if w.kind == "contraction":
+            cur = roles[-1] if roles else None
+            if cur is None or not (cur.rows in w.ivars and cur.cols in w.ivars):
+                rows, cols = _einsum_roles(c, w, arch, sizes)
+                roles.append(make_roles(c, arch, sizes, rows, cols))
+            for j in pending:
+                seg_of[j] = len(roles) - 1
+            pending.clear()
+            seg_of[i] = len(roles) - 1
+        elif roles:
+            seg_of[i] = len(roles) - 1
+        else:
+            pending.append(i)
+    if pending:
+        if not roles:
+            roles.append(choose_roles(c, [works[i] for i in pending], arch, sizes))
+        for j in pending:
+            seg_of[j] = len(roles) - 1
+    return seg_of, roles
 
 
 def _dataflow_roles(c: Cascade, w: EinsumWork, dataflow: str, sizes: dict[str, int]) -> tuple:
@@ -195,21 +254,22 @@ def bind(w: EinsumWork, roles: Roles, arch: Arch) -> str:
 
 # ---- fusion groups and stages --------------------------------------------------------------------
 
-def _fusion_groups(c: Cascade, works: list[EinsumWork], units: dict[int, str], fusion: str) -> list[list[int]]:
+def _fusion_groups(c: Cascade, works: list[EinsumWork], units: dict[int, str], fusion: str,
+                   seg_of: dict[int, int]) -> list[list[int]]:
     sched = [tuple(i for i in g.einsums if works[i].kind != "init") for g in schedule(c)]
     sched = [g for g in sched if g]
-    if fusion == "row_block":
-        return [[i for g in sched for i in g]]
     out: list[list[int]] = []
-    cur_unit: str | None = None
+    cur: tuple | None = None
     for g in sched:
         us = {units[i] for i in g}
+        seg = seg_of[g[0]]
         u = us.pop() if len(us) == 1 else None
-        if fusion == "per_unit" and out and u is not None and u == cur_unit:
+        key = (seg,) if fusion == "row_block" else (seg, u)
+        if out and fusion != "none" and key == cur and (fusion == "row_block" or u is not None):
             out[-1].extend(g)
         else:
             out.append(list(g))
-        cur_unit = u
+        cur = key
     return out
 
 
@@ -261,14 +321,15 @@ def tensor_vars(c: Cascade, works: list[EinsumWork]) -> dict[str, frozenset[str]
 
 def make_plan(c: Cascade, arch: Arch, sizes: dict[str, int]) -> Plan:
     works = analyse(c)
-    roles = choose_roles(c, works, arch, sizes)
-    units = {w.index: bind(w, roles, arch) for w in works if w.kind != "init"}
-    members_list = _fusion_groups(c, works, units, arch.mapping.fusion)
+    seg_of, seg_roles = _segments(c, works, arch, sizes)
+    units = {w.index: bind(w, seg_roles[seg_of[w.index]], arch) for w in works if w.kind != "init"}
+    members_list = _fusion_groups(c, works, units, arch.mapping.fusion, seg_of)
     tv = tensor_vars(c, works)
     group_of = {i: gi for gi, ms in enumerate(members_list) for i in ms}
     notes: list[str] = []
     proto = []
     for gi, ms in enumerate(members_list):
+        roles = seg_roles[seg_of[ms[0]]]
         st = _stages(c, works, ms, roles)
         placed = tuple(Placed(works[i], units[i], st[i]) for i in ms)
         n_passes = max([(p.stage + 1) // 2 for p in placed] + [1])
@@ -294,7 +355,7 @@ def make_plan(c: Cascade, arch: Arch, sizes: dict[str, int]) -> Plan:
             if len(stages) > 1 and roles.cols in tv[t] and any(roles.keyed(v) for v in tv[t]):
                 fiber[t] = True       # read from DRAM in several passes: keep it or read it again
         resident, linked = _homes(c, placed, roles, arch, tv)
-        proto.append({"einsums": placed, "n_passes": n_passes, "external": frozenset(external),
+        proto.append({"einsums": placed, "roles": roles, "segment": seg_of[ms[0]], "n_passes": n_passes, "external": frozenset(external),
                       "stored": frozenset(stored), "fiber": fiber, "resident_2d": resident, "linked": linked,
                       "producer_stage": pstage})
     window = arch.mapping.pipeline_window
@@ -315,9 +376,13 @@ def make_plan(c: Cascade, arch: Arch, sizes: dict[str, int]) -> Plan:
         window = max(1, entries // n_res)
         notes.append(f"pipeline window clamped to {window} by the 2-D register file "
                      f"({entries} words, {n_res} resident tiles per key tile)")
-    p1, fp, proto = _choose_row_block(c, arch, sizes, roles, proto, tv, window, notes)
-    groups = tuple(Group(**g) for g in proto)
-    return Plan(c, arch, sizes, roles, groups, p1, window, fp, tv, tuple(notes))
+    groups = []
+    worst = 0
+    for g in proto:
+        p1, fp = _choose_row_block(c, arch, sizes, g, tv, window, notes)
+        worst = max(worst, fp)
+        groups.append(Group(p1=p1, kv_buffers=kv_buffers(window, p1), **g))
+    return Plan(c, arch, sizes, tuple(groups), window, worst, tv, tuple(notes))
 
 
 def _homes(c: Cascade, placed: tuple[Placed, ...], roles: Roles, arch: Arch,
@@ -372,9 +437,10 @@ def _elems(vars_: frozenset[str], c: Cascade, sizes: dict[str, int], roles: Role
     return n
 
 
-def footprint(c: Cascade, arch: Arch, sizes: dict[str, int], roles: Roles, g: dict,
+def footprint(c: Cascade, arch: Arch, sizes: dict[str, int], g: dict,
               tv: dict[str, frozenset[str]], p1: int, window: int, spilled: set[str]) -> dict[str, int]:
     """Bytes each tensor of a group occupies in the global buffer for a row block of ``p1`` sub-blocks."""
+    roles = g["roles"]
     w = arch.word_bytes
     dbl = 2 if arch.global_buffer.double_buffered else 1
     block = p1 * roles.cols_tile
@@ -396,7 +462,10 @@ def footprint(c: Cascade, arch: Arch, sizes: dict[str, int], roles: Roles, g: di
     return out
 
 
-def _choose_row_block(c, arch, sizes, roles, proto, tv, window, notes):
+def _choose_row_block(c, arch, sizes, g, tv, window, notes) -> tuple[int, int]:
+    """The largest row block (a divisor of the sub-blocks, to avoid a ragged block) whose footprint
+    fits the global buffer; if even one sub-block does not fit, spill the largest cross-pass tensors."""
+    roles = g["roles"]
     cap = arch.global_buffer.total_bytes
     n_sub = roles.n_sub
     if arch.mapping.row_block is not None:
@@ -404,40 +473,26 @@ def _choose_row_block(c, arch, sizes, roles, proto, tv, window, notes):
     else:
         candidates = [d for d in range(n_sub, 0, -1) if n_sub % d == 0]
 
-    def fits(p1: int, spilled: set[str]) -> int | None:
-        worst = 0
-        for g in proto:
-            fp = sum(footprint(c, arch, sizes, roles, g, tv, p1, window, spilled).values())
-            worst = max(worst, fp)
-        return worst if worst <= cap else None
+    def size(p1: int, spilled: set[str]) -> int:
+        return sum(footprint(c, arch, sizes, g, tv, p1, window, spilled).values())
 
     for p1 in candidates:
-        fp = fits(p1, set())
-        if fp is not None:
-            return p1, fp, proto
-    # spill the largest cross-pass tensors until the smallest row block fits
-    fiber_sizes = {}
-    for g in proto:
-        sizes_g = footprint(c, arch, sizes, roles, g, tv, candidates[-1], window, set())
-        for t in g["fiber"]:
-            fiber_sizes[t] = sizes_g.get(t, 0)
+        if size(p1, set()) <= cap:
+            return p1, size(p1, set())
+    fiber_sizes = footprint(c, arch, sizes, g, tv, candidates[-1], window, set())
     spilled: set[str] = set()
-    for t in sorted(fiber_sizes, key=lambda k: -fiber_sizes[k]):
+    for t in sorted(g["fiber"], key=lambda k: -fiber_sizes.get(k, 0)):
         spilled.add(t)
         for p1 in candidates:
-            fp = fits(p1, spilled)
-            if fp is not None:
-                for g in proto:
-                    g["fiber"] = {k: k not in spilled for k in g["fiber"]}
+            if size(p1, spilled) <= cap:
+                g["fiber"] = {k: k not in spilled for k in g["fiber"]}
                 notes.append(f"spilled to DRAM (whole key fiber does not fit {cap} B on chip): "
                              f"{', '.join(sorted(spilled))}")
-                return p1, fp, proto
-    worst = max(proto, key=lambda g: sum(footprint(c, arch, sizes, roles, g, tv, candidates[-1], window,
-                                                   spilled).values()))
-    parts = footprint(c, arch, sizes, roles, worst, tv, candidates[-1], window, spilled)
+                return p1, size(p1, spilled)
+    parts = footprint(c, arch, sizes, g, tv, candidates[-1], window, spilled)
     detail = ", ".join(f"{k} {v} B" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])[:4])
     raise SimulatorError(
-        f"mapping of Einsum {worst['einsums'][0].name} on {arch.name}: tiles need {sum(parts.values())} B "
+        f"mapping of Einsum {g['einsums'][0].name} on {arch.name}: tiles need {sum(parts.values())} B "
         f"but the global buffer holds {cap} B ({detail})")
 
 
@@ -449,20 +504,22 @@ def kv_buffers(window: int, p1: int) -> int:
 
 def describe(plan: Plan) -> list[str]:
     """Human-readable lines about the mapping (for reports)."""
-    r = plan.roles
-    lines = [(f"rows (streamed key rank): {r.rows} (tile {r.rows_tile}, {r.n_stream} key tiles); "
-              f"columns: {r.cols} (sub-block {r.cols_tile}, row block {plan.row_block} = {plan.p1} sub-blocks); "
-              f"window {plan.window}, {plan.kv_buffers} key-tile buffers")]
+    lines = []
     for gi, g in enumerate(plan.groups):
+        r = g.roles
         parts = []
         for p in g.einsums:
             where = "pro" if p.stage == 0 else (f"pass {(p.stage + 1) // 2}" if p.stage % 2 else
                                                 f"after pass {p.stage // 2}")
             parts.append(f"{p.name}@{p.unit}/{where}")
         lines.append(f"group {gi + 1}: " + ", ".join(parts))
+        lines.append(f"  rows (streamed key rank): {r.rows} (tile {r.rows_tile}, {r.n_stream} key tiles); "
+                     f"columns: {r.cols} (sub-block {r.cols_tile}, row block {g.p1 * r.cols_tile} = "
+                     f"{g.p1} sub-blocks); {g.kv_buffers} key-tile buffers")
         if g.fiber:
             lines.append("  live across passes: " + ", ".join(
                 f"{t} ({'on chip' if k else 'spilled'})" for t, k in g.fiber.items()))
+    lines.append(f"window: {plan.window} key tiles in flight")
     lines.extend(plan.notes)
     return lines
 

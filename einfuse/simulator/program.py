@@ -72,11 +72,20 @@ class TaskCost:
 class Compiler:
     """Compiles leaf signatures into segments for one plan."""
 
-    def __init__(self, plan: Plan, tiles: Tiles) -> None:
+    @property
+    def roles(self):
+        """Spatial roles of the group being compiled."""
+        return self._g.roles
+
+    def use_group(self, gi: int) -> Group:
+        self._g = self.plan.groups[gi]
+        return self._g
+
+    def __init__(self, plan: Plan, tiles: list[Tiles]) -> None:
         self.plan = plan
         self.arch = plan.arch
-        self.roles = plan.roles
-        self.tiles = tiles
+        self.tiles = list(tiles)       # per group
+        self._g = plan.groups[0]
         self.keys = Keys()
         self.causes = Keys()
         self.counters = Counters(plan)
@@ -121,7 +130,7 @@ class Compiler:
         return hit
 
     def _cost(self, g: Group, p: Placed, rows_n: int, cols_n: int) -> TaskCost:
-        w, roles, arch = p.work, self.roles, self.arch
+        w, roles, arch = p.work, g.roles, self.arch
         unit = arch.unit(p.unit)
         points = self.elems(w.ivars, rows_n, cols_n)
         outs = self.elems(w.out_vars, rows_n, cols_n)
@@ -240,6 +249,9 @@ class Compiler:
     def compile(self, sig: tuple, offset: int, parity: int, bparity: int) -> Segment:
         self._bp = bparity
         kind = sig[0]
+        if kind == "drain":
+            return Segment([], self.counters.vec(), drain=True)
+        self.use_group(sig[1])
         if kind == "pro":
             return self._pro(sig, offset)
         if kind == "row":
@@ -417,9 +429,10 @@ class Compiler:
                     by_stage[0].append(Reset(self.k(("ld", t, q)), ld))
             outs = [self._compute(by_stage[stages.get(p.name, 0)], vec, g, p, q, rows_n, cols_n, slot,
                                   kind == PARTIAL, slot=si, parity=parity) for p in per_q]
-            for t in spill_stores:
+            for t in spill_stores:   # a stage later, so the next tile's loads go first (prefetch)
                 nbytes = self.elems(self.plan.tensor_vars[t], rows_n, cols_n) * self.w
-                self._dram(by_stage[stages.get(t, 0)], vec, t, t, nbytes, (slot, self.sk((t,), si)),
+                st = min(stages.get(t, 0) + 1, self.n_stages - 1)
+                self._dram(by_stage[st], vec, t, t, nbytes, (slot, self.sk((t,), si)),
                            self.k(("st", t, q)), store=True)
             last = max([i for i, ops in enumerate(by_stage) if ops] + [0])
             by_stage[last].append(MaxInto(slot, tuple(outs)))
@@ -430,14 +443,15 @@ class Compiler:
 
     @property
     def n_stages(self) -> int:
-        """Pipeline depth: the deepest software-pipeline stage of any pass, plus one."""
+        """Pipeline depth: the deepest software-pipeline stage of any pass plus one for stores,
+        at most the window (a tile's last stage must issue before its window slot is reused)."""
         if self._n_stages is None:
             deepest = 0
             if self.arch.mapping.interleave:
                 for gi, g in enumerate(self.plan.groups):
                     for k in range(1, g.n_passes + 1):
                         deepest = max([deepest] + list(self.stages(gi, k).values()))
-            self._n_stages = deepest + 1
+            self._n_stages = max(1, min(deepest + 2, len(self.window_keys)))
         return self._n_stages
 
     def stages(self, gi: int, k: int) -> dict[str, int]:
@@ -449,7 +463,8 @@ class Compiler:
         hit = self._stage_cache.get(key)
         if hit is not None:
             return hit
-        g = self.plan.groups[gi]
+        saved = self._g
+        g = self.use_group(gi)
         roles = self.roles
         per_q = [p for p in g.einsums if p.stage == 2 * k - 1 and roles.cols in p.work.ivars]
         names = {p.name for p in per_q}
@@ -481,6 +496,7 @@ class Compiler:
                 if o.carried and o.tensor in out and out[p.name] < out[o.tensor] - 1:
                     out[p.name] = out[o.tensor] - 1
         self._stage_cache[key] = out
+        self._g = saved
         return out
 
     def _tile_load(self, g: Group, t: str, stage: int) -> bool:
@@ -495,45 +511,51 @@ class Compiler:
 # ---- the program tree ------------------------------------------------------------------------------
 
 def build_program(comp: Compiler, batch: int, heads: int) -> object:
-    plan, tiles, roles = comp.plan, comp.tiles, comp.roles
-    n_rb = math.ceil(roles.n_sub / plan.p1)
+    """Per (batch, head): every group (fusion phase) over all its row blocks, groups in order."""
+    plan = comp.plan
+    distinct = max(t.heads for t in comp.tiles)
     head_progs = []
-    for hm in range(tiles.heads):
-        blocks = []
-        for r in range(n_rb):
-            q0, q1 = r * plan.p1, min((r + 1) * plan.p1, roles.n_sub)
-            qcols = tuple(comp.cols_n(q) for q in range(q0, q1))
-            kinds = None if tiles.kinds is None else tiles.kinds[hm, q0:q1, :]
-            blocks.append(_row_block(comp, qcols, kinds))
-        head_progs.append(_rle(blocks))
+    for hm in range(distinct):
+        parts: list = []
+        for gi, g in enumerate(plan.groups):
+            comp.use_group(gi)
+            roles, tiles = g.roles, comp.tiles[gi]
+            if parts:
+                parts.append(Leaf(("drain",)))   # the next group reads what this one stored
+            blocks = []
+            for r in range(math.ceil(roles.n_sub / g.p1)):
+                q0, q1 = r * g.p1, min((r + 1) * g.p1, roles.n_sub)
+                qcols = tuple(comp.cols_n(q) for q in range(q0, q1))
+                kinds = None if tiles.kinds is None else tiles.kinds[min(hm, tiles.heads - 1), q0:q1, :]
+                blocks.append(_row_block(comp, gi, qcols, kinds))
+            parts.append(_rle(blocks))
+        head_progs.append(parts[0] if len(parts) == 1 else Seq(("groups", hm), parts))
     if len(head_progs) == 1:
         hp = head_progs[0]
         if isinstance(hp, Rep):
             return Rep(batch * heads * hp.n, hp.child)
         return Rep(batch * heads, hp)
-    reps = heads // len(head_progs)
+    reps = max(1, heads // len(head_progs))
     return Rep(batch * reps, Seq(("heads", len(head_progs)), head_progs))
 
 
-def _row_block(comp: Compiler, qcols: tuple, kinds: np.ndarray | None) -> Seq:
-    plan, roles = comp.plan, comp.roles
+def _row_block(comp: Compiler, gi: int, qcols: tuple, kinds: np.ndarray | None) -> Seq:
+    plan, g = comp.plan, comp.plan.groups[gi]
+    roles = g.roles
     if kinds is None:
         ksig: object = "full"
     else:
         ksig = hashlib.blake2b(np.ascontiguousarray(kinds).tobytes() + repr(kinds.shape).encode(),
                                digest_size=16).hexdigest()
-    children: list = []
+    children: list = [Leaf(("pro", gi, qcols))]
     iters = roles.n_stream * len(qcols) if kinds is None else int((kinds != EMPTY).sum())
-    last_gi = len(plan.groups) - 1
-    for gi, g in enumerate(plan.groups):
-        children.append(Leaf(("pro", gi, qcols)))
-        for k in range(1, g.n_passes + 1):
-            children.extend(_stream(comp, gi, k, qcols, kinds))
-            # the next pass or group reads what this pass produced: drain the pipeline first; the
-            # end of a row block does not (unless the block is too short to fill the window)
-            drain = gi != last_gi or k != g.n_passes or iters < plan.window
-            children.append(Leaf(("post", gi, k, qcols, drain)))
-    return Seq(("rb", qcols, ksig), children, memo=True, block=True)
+    for k in range(1, g.n_passes + 1):
+        children.extend(_stream(comp, gi, k, qcols, kinds))
+        # the next pass reads what this pass produced: drain the pipeline first; the end of a row
+        # block does not (the next block's tiles keep flowing) unless it is too short to fill it
+        drain = k != g.n_passes or iters < plan.window
+        children.append(Leaf(("post", gi, k, qcols, drain)))
+    return Seq(("rb", gi, qcols, ksig), children, memo=True, block=True)
 
 
 def _stream(comp: Compiler, gi: int, k: int, qcols: tuple, kinds: np.ndarray | None) -> list:

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from einfuse.errors import SimulatorError
+from einfuse.errors import PassError, SimulatorError
 from einfuse.ir.cascade import Cascade
 from einfuse.simulator.arch import Arch, load_arch
 from einfuse.simulator.engine import UNITS, Engine
@@ -103,13 +103,16 @@ def prepare(cascade: Cascade, arch: Arch) -> Cascade:
         return cascade
     if cascade.attrs.get("lowered") == "online_softmax" or cascade.partitions:
         return cascade
-    if cascade.attrs.get("family") != "softmax":
-        return cascade            # sigmoid, linear...: nothing to lower, simulate as written
+    if cascade.attrs.get("family") in ("sigmoid", "linear"):
+        return cascade            # no softmax: nothing to lower, simulate as written
     try:
         from einfuse.passes.fusion import fuse_online_softmax
     except ImportError:
         raise SimulatorError(f"design {arch.name} needs einfuse.passes.fusion.fuse_online_softmax") from None
-    return fuse_online_softmax(cascade, tile=arch.pe_array.rows)
+    try:
+        return fuse_online_softmax(cascade, tile=arch.pe_array.rows)
+    except PassError:
+        return cascade            # no softmax normalisation the pass recognises: simulate as written
 
 
 def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool = True,
@@ -121,7 +124,10 @@ def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool
     c = prepare(cascade, arch) if lower else cascade
     sizes = resolve_sizes(c, workload.size_map())
     plan = make_plan(c, arch, sizes)
-    tiles = classify(c, plan.roles, sizes, workload.heads)
+    # a mask removes the same tiles from every Einsum of its attention stage (presence semantics)
+    stage_members = {g.segment: [p.work.index for h in plan.groups if h.segment == g.segment for p in h.einsums]
+                     for g in plan.groups}
+    tiles = [classify(c, g.roles, sizes, workload.heads, stage_members[g.segment]) for g in plan.groups]
     comp = Compiler(plan, tiles)
     prog = build_program(comp, workload.batch, workload.heads)
     eng = Engine(comp.counters.size, comp.window_keys, comp.causes, comp.compile, comp.release_keys, comp.keys,
@@ -131,7 +137,7 @@ def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool
     return _account(plan, comp, eng, cycles, tiles, cascade, workload, time.perf_counter() - t0)
 
 
-def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles, cascade: Cascade,
+def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles_list, cascade: Cascade,
              wl: Workload, wall: float) -> SimResult:
     arch = plan.arch
     ix, vec = comp.counters.index, eng.counters
@@ -141,7 +147,7 @@ def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles, cascad
                  "dram": 0.0}
     useful_pe = {"2d": 0.0, "1d": 0.0}
     macs_total = 0
-    for g in plan.groups:
+    for g, tiles in zip(plan.groups, tiles_list):
         for p in g.einsums:
             n = p.name
             pts = vec[ix[(n, "points")]]
@@ -171,6 +177,7 @@ def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles, cascad
         if rest > 0:
             stalls[u][NO_WORK] = int(rest)
     pe2, pe1 = arch.pe_array.pes, arch.vector_array.pes
+    main_tiles = max(tiles_list, key=lambda t: t.skipped_fraction())
     dram_total = int(sum(p.dram_bytes for p in per))
     cyc = max(cycles, 1)
     return SimResult(
@@ -183,9 +190,10 @@ def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles, cascad
         mapping=tuple(describe(plan)), technology_nm=arch.technology_nm,
         sim={"wall_s": wall, "segments_run": eng.stats.segments_run, "tasks_placed": eng.stats.tasks_placed,
              "skipped_iterations": eng.stats.skipped_iterations, "memo_hits": eng.stats.memo_hits,
-             "approximate": eng.stats.approximate, "tiles": tiles.method,
-             "skipped_tile_fraction": tiles.skipped_fraction(), "partial_density": tiles.density,
-             "macs_exact": tiles.exact, "row_block": plan.row_block, "window": plan.window,
+             "tile_iterations": int(vec[ix[("iterations",)]]),
+             "approximate": eng.stats.approximate, "tiles": main_tiles.method,
+             "skipped_tile_fraction": main_tiles.skipped_fraction(), "partial_density": main_tiles.density,
+             "macs_exact": all(t.exact for t in tiles_list), "row_block": plan.row_block, "window": plan.window,
              "unit_first_start": {u: int(eng.first[i]) for i, u in enumerate(UNITS)},
              "unit_last_end": {u: int(eng.tail[i]) for i, u in enumerate(UNITS)},
              "arch": arch.to_dict()})

@@ -42,10 +42,12 @@ class Tiles:
         return float((self.kinds == EMPTY).mean())
 
 
-def score_constraint(c: Cascade, roles: Roles) -> tuple[int, sympy.Basic] | None:
+def score_constraint(c: Cascade, roles: Roles, members: list[int] | None = None) -> tuple[int, sympy.Basic] | None:
     """The first constraint over both the key and the query variables (the mask)."""
     keyed = {v for v in (roles.stream, roles.rows) if v}
     for i, e in enumerate(c.einsums):
+        if members is not None and i not in members:
+            continue
         if e.where is None:
             continue
         names = {str(s) for s in e.where.free_symbols}
@@ -54,8 +56,10 @@ def score_constraint(c: Cascade, roles: Roles) -> tuple[int, sympy.Basic] | None
     return None
 
 
-def classify(c: Cascade, roles: Roles, sizes: dict[str, int], heads: int) -> Tiles:
-    found = score_constraint(c, roles)
+def classify(c: Cascade, roles: Roles, sizes: dict[str, int], heads: int,
+             members: list[int] | None = None) -> Tiles:
+    """Tile classes of the constraint among ``members`` (a fusion group's Einsums; all if None)."""
+    found = score_constraint(c, roles, members)
     if found is None:
         return Tiles(None, 1.0, True, "unconstrained")
     _, where = found

@@ -201,26 +201,72 @@ def extent(c: Cascade, var: str, sizes: Mapping[str, int]) -> int:
 # ---- the cascade's own MAC count (independent of any mapping) -------------------------------------
 
 def cascade_macs(c: Cascade, sizes: Mapping[str, int], limit: int = 1 << 24) -> int:
-    """MACs the cascade performs per (batch, head): points of every contraction's iteration space.
+    """MACs the cascade performs for one batch element, over all ``H`` heads (``sizes["H"]``,
+    default 1): points of every contraction's iteration space.
 
-    Constraints and reads past a rank's end (ragged tiles) remove points, exactly as in the
-    reference executor; constrained spaces are enumerated, so keep them under ``limit`` points.
+    Constraints, the presence they imply downstream, and reads past a rank's end (ragged tiles)
+    remove points, exactly as in the reference executor; constrained spaces are enumerated per head
+    (masks may depend on the head), so keep them under ``limit`` points.
     """
     sizes = resolve_sizes(c, sizes)
     total = 0
+    memo: dict[str, sympy.Basic | None] = {}
     for w in analyse(c):
         if w.kind != "contraction":
             continue
-        total += w.macs_per_point * _count_points(c, c.einsums[w.index], sizes, limit)
+        e = c.einsums[w.index]
+        where = _and(e.where, _presence(c, e.expr, memo))
+        heads = int(sizes.get("H", 1))
+        if where is not None and HEAD_INDEX in where.free_symbols:
+            total += w.macs_per_point * sum(_count_points(c, e, sizes, limit, where, h) for h in range(heads))
+        else:
+            total += w.macs_per_point * heads * _count_points(c, e, sizes, limit, where)
     return total
 
 
-def _count_points(c: Cascade, e: Einsum, sizes: Mapping[str, int], limit: int) -> int:
+def _and(a: sympy.Basic | None, b: sympy.Basic | None) -> sympy.Basic | None:
+    if a is None:
+        return b
+    return a if b is None else sympy.And(a, b)
+
+
+def _presence(c: Cascade, e: Expr, memo: dict) -> sympy.Basic | None:
+    """Where an expression is present (None: everywhere), following the reference executor's
+    fibertree rules: ``* / -`` intersect, ``+ max min`` unite, unary operators pass presence on. A
+    read inherits its producer's constraint when it uses the producer's own indices."""
+    if isinstance(e, Access):
+        prods = c.producers(e.tensor)
+        if len(prods) != 1:
+            return None
+        p = c.einsums[prods[0]]
+        if tuple(p.output.indices) != tuple(e.indices):
+            return None
+        if e.tensor not in memo:
+            memo[e.tensor] = None            # cycles (recurrences) contribute nothing
+            cond = _and(p.where, _presence(c, p.expr, memo))
+            # a reduction's output is present where its condition holds only if the condition
+            # does not depend on the reduced ranks (otherwise: where any reduced point is present)
+            if cond is not None and cond.free_symbols & set(c.reduced_vars(p)):
+                cond = None
+            memo[e.tensor] = cond
+        return memo[e.tensor]
+    if isinstance(e, Binary):
+        a, b = _presence(c, e.left, memo), _presence(c, e.right, memo)
+        if e.op in ("mul", "div", "sub"):
+            return _and(a, b)
+        return None if a is None or b is None else sympy.Or(a, b)
+    if isinstance(e, Unary):
+        return _presence(c, e.arg, memo)
+    return None
+
+
+def _count_points(c: Cascade, e: Einsum, sizes: Mapping[str, int], limit: int,
+                  where: sympy.Basic | None = None, head: int = 0) -> int:
     syms = c.iteration_vars(e)
     exts = [extent(c, str(s), sizes) for s in syms]
     dense = int(np.prod(exts, dtype=object)) if exts else 1
     bounds = _bound_checks(c, e)
-    if e.where is None and not bounds:
+    if where is None and not bounds:
         return dense
     if dense > limit:
         raise SimulatorError(f"Einsum {e.name}: {dense} constrained points is too many to enumerate")
@@ -229,10 +275,10 @@ def _count_points(c: Cascade, e: Einsum, sizes: Mapping[str, int], limit: int) -
     grids = np.meshgrid(*[np.arange(n) for n in exts], indexing="ij", sparse=True)
     env: dict = {s: g for s, g in zip(syms, grids)}
     env.update({size_symbol(k): v for k, v in sizes.items()})
-    env.update({BATCH_INDEX: 0, HEAD_INDEX: 0})
+    env.update({BATCH_INDEX: 0, HEAD_INDEX: head})
     mask = np.ones(exts, dtype=bool)
-    if e.where is not None:
-        mask &= np.broadcast_to(evaluate(e.where, env), exts)
+    if where is not None:
+        mask &= np.broadcast_to(evaluate(where, env), exts)
     for idx, ext_ in bounds:
         mask &= np.broadcast_to(evaluate(idx, env) < ext_(sizes), exts)
     return int(mask.sum())
