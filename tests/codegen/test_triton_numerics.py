@@ -95,3 +95,21 @@ def test_runs_under_torch_compile():
     eager = f(q, k, v)
     compiled = torch.compile(lambda a, b, c: f(a, b, c) + 1.0, backend="aot_eager", fullgraph=True)
     assert torch.allclose(compiled(q, k, v), eager + 1.0)
+
+
+@pytest.mark.parametrize("spec", ["causal:head_dim=32", "sigmoid:causal=true", "na2d:shape=8x8,kernel=5"])
+def test_whole_key_tiles_skip_bounds_checks_and_stay_exact(spec):
+    # 64 keys in 32-key tiles (or 4x8 boxes of the 8x8 grid): partial tiles run without bounds checks
+    c = einfuse.load_spec(spec)
+    q, k, v = (rand(1, 2, 64, 32, seed=s) for s in (24, 25, 26))
+    out, ref, _ = run(c, q, k, v, block_m=32, block_n=32)
+    assert rel_err(out.numpy(), ref) < 2e-5
+
+
+def test_range_test_printing_of_window_conjuncts():
+    from einfuse.codegen.triton.index_printer import IndexPrinter
+    from einfuse.frontends.dsl import m, p
+
+    pr = IndexPrinter({p: "qi", m: "ki"})
+    code = pr.predicate((m >= p - 3) & (m < p + 5))
+    assert code == "(((ki + 3 - qi)).to(tl.uint32) < 8)"  # one unsigned compare for two bounds

@@ -149,15 +149,16 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
           MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
           HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr,
           BK2: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr,
-          UPCAST: tl.constexpr):
-    """One key tile j; MASKED tiles bounds-check keys and evaluate the mask, full tiles do neither."""
+          UPCAST: tl.constexpr, EVEN_KV: tl.constexpr):
+    """One key tile j; MASKED tiles evaluate the mask (and bounds-check keys unless every key tile is
+    whole, EVEN_KV); full tiles do neither."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     kpos, kvalid = _k_tile(j, offs_n, N_KV, BLOCK_N, BK0, BK1, BK2)
     k_ptrs = K_head + kpos[:, None] * stride_kn + offs_d[None, :]
     v_ptrs = V_head + kpos[:, None] * stride_vn + offs_dv[None, :]
-    if MASKED:
+    if MASKED and not EVEN_KV:
         k = tl.load(k_ptrs, mask=kvalid[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
     elif BLOCK_D != HEAD_D:
         k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_D, other=0.0)
@@ -197,7 +198,9 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
 '''
         body += f'''    if MASKED:
         s = _score(qk, qi, ki, h, b, N_Q, N_KV, H, FAST_MATH)
-        keep = kvalid[None, :] & _keep(qi, ki, h, b, N_Q, N_KV, H)
+        keep = _keep(qi, ki, h, b, N_Q, N_KV, H)
+        if not EVEN_KV:  # some key tile runs past the keys: bounds join the mask
+            keep = keep & kvalid[None, :]
         s = tl.where(keep, s, float('-inf'))
 {max_c.replace("    #", "        #")}        m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row with every key masked so far keeps max -inf: subtract 0 instead (exp2(-inf) = 0, no NaN)
@@ -214,12 +217,15 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
         body += f'''{act_c}    a = _score(qk, qi, ki, h, b, N_Q, N_KV, H, FAST_MATH)
     a = _sigmoid(a, FAST_MATH)
     if MASKED:
-        a = tl.where(kvalid[None, :] & _keep(qi, ki, h, b, N_Q, N_KV, H), a, 0.0)
+        keep = _keep(qi, ki, h, b, N_Q, N_KV, H)
+        if not EVEN_KV:
+            keep = keep & kvalid[None, :]
+        a = tl.where(keep, a, 0.0)
     p = a
 '''
         ret = "    return acc, m_i, l_i\n"
     pv_c = _comment(roles, "pv")
-    load_v = '''    if MASKED:
+    load_v = '''    if MASKED and not EVEN_KV:
         v = tl.load(v_ptrs, mask=kvalid[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     elif BLOCK_DV != HEAD_DV:
         v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DV, other=0.0)
@@ -254,7 +260,7 @@ def {KERNEL_NAME}(
     HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, TABLES: tl.constexpr,
     FULL_CONTIG: tl.constexpr, PART_CONTIG: tl.constexpr, BQ0: tl.constexpr, BQ1: tl.constexpr,
     BQ2: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr,
-    FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_KV: tl.constexpr,
 ):
     """One program per (query tile, batch x head): walk FULL then PARTIAL key tiles, then store."""
     t = tl.program_id(0)
@@ -300,7 +306,7 @@ def {KERNEL_NAME}(
             j = j_full + i
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn,
                               N_Q, N_KV, H, False, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
-                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST)
+                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
     # PARTIAL key tiles: bounds and mask predicate evaluated per pair
     for i in range(0, n_part):
         if TABLES and not PART_CONTIG:
@@ -309,7 +315,7 @@ def {KERNEL_NAME}(
             j = j_part + i
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn,
                               N_Q, N_KV, H, True, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
-                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST)
+                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
 {finish}    o_ptrs = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh \\
         + qpos[:, None] * stride_on + offs_dv[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=qvalid[:, None] & (offs_dv[None, :] < HEAD_DV))

@@ -119,9 +119,12 @@ class IndexPrinter:
             lhs_e, rhs_e = _clear_denominators(e)
             lhs, rhs = self._p(lhs_e), self._p(rhs_e)
             return Printed(f"({lhs.code} {_REL_OPS[type(e)]} {rhs.code})", "bool")
-        if isinstance(e, (sympy.And, sympy.Or)):
-            op = " & " if isinstance(e, sympy.And) else " | "
-            return Printed("(" + op.join(self.predicate(a) for a in e.args) + ")", "bool")
+        if isinstance(e, sympy.And):
+            parts = [self._range_test(x, lo, width) for x, lo, width in _ranges(e.args)[0]]
+            parts += [self.predicate(a) for a in _ranges(e.args)[1]]
+            return Printed("(" + " & ".join(parts) + ")" if len(parts) > 1 else parts[0], "bool")
+        if isinstance(e, sympy.Or):
+            return Printed("(" + " | ".join(self.predicate(a) for a in e.args) + ")", "bool")
         if isinstance(e, sympy.Not):
             return Printed(f"({self.predicate(e.args[0])} == 0)", "bool")
         if isinstance(e, sympy.Piecewise):
@@ -131,6 +134,11 @@ class IndexPrinter:
                 code = v if code is None else f"tl.where({self.predicate(cond)}, {v}, {code})"
             return Printed(code or "0.0", "float")
         raise CodegenError(f"{self.context}: cannot print {e} ({type(e).__name__}) as Triton code")
+
+    def _range_test(self, x: sympy.Expr, lo: sympy.Expr, width: int) -> str:
+        """``lo <= x < lo + width`` as one unsigned comparison of ``x - lo`` (negative wraps high)."""
+        diff = self._p(sympy.expand(x - lo))
+        return f"(({diff.code}).to(tl.uint32) < {width})"
 
     def _mul(self, e: sympy.Mul) -> Printed:
         coeff, rest = e.as_coeff_Mul()
@@ -187,6 +195,45 @@ class IndexPrinter:
         if a.is_nonnegative and c.is_positive:
             return Printed(f"({pa.code} % {pc.code})", "int")
         return Printed(f"_floormod({pa.code}, {pc.code})", "int")
+
+
+def _bounds(rel: sympy.Basic) -> list[tuple[sympy.Expr, str, sympy.Expr]]:
+    """``(x, 'lo', a)`` for ``x >= a`` and ``(x, 'hi', b)`` for ``x < b`` (exclusive), in both
+    orientations of the relation; [] for anything else."""
+    if not isinstance(rel, Relational) or isinstance(rel, (sympy.Eq, sympy.Ne)):
+        return []
+    lhs, rhs = _clear_denominators(rel)
+    if isinstance(rel, (sympy.StrictGreaterThan, sympy.GreaterThan)):
+        big, small, strict = lhs, rhs, isinstance(rel, sympy.StrictGreaterThan)
+    else:
+        small, big, strict = lhs, rhs, isinstance(rel, sympy.StrictLessThan)
+    # small < big  (or <=): a lower bound on big, an upper bound on small
+    return [(big, "lo", small + 1 if strict else small), (small, "hi", big if strict else big + 1)]
+
+
+def _ranges(args: tuple) -> tuple[list[tuple[sympy.Expr, sympy.Expr, int]], list[sympy.Basic]]:
+    """Pair conjuncts ``x >= a`` and ``x < a + w`` (w a positive integer) into range tests; the
+    neighbourhood masks are made of these, and one unsigned compare replaces two compares and an and."""
+    used: set[int] = set()
+    found = []
+    for i, a in enumerate(args):
+        for j, b in enumerate(args):
+            if i >= j or i in used or j in used:
+                continue
+            for x1, k1, v1 in _bounds(a):
+                hit = None
+                for x2, k2, v2 in _bounds(b):
+                    if x1 == x2 and {k1, k2} == {"lo", "hi"} and x1.is_integer:
+                        lo, hi = (v1, v2) if k1 == "lo" else (v2, v1)
+                        width = sympy.expand(hi - lo)
+                        if width.is_Integer and int(width) > 0 and lo.is_integer:
+                            hit = (x1, lo, int(width))
+                            break
+                if hit:
+                    found.append(hit)
+                    used |= {i, j}
+                    break
+    return found, [a for k, a in enumerate(args) if k not in used]
 
 
 def _clear_denominators(e: Relational) -> tuple[sympy.Expr, sympy.Expr]:

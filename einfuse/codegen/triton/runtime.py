@@ -207,7 +207,7 @@ class AttentionKernel:
             BLOCK_DV=_pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
             PART_CONTIG=tables.part_contig, BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1],
             BK2=bk[2], FAST_MATH=fast, DOT_PRECISION=precision,
-            UPCAST=interp and q.dtype == torch.bfloat16,
+            UPCAST=interp and q.dtype == torch.bfloat16, EVEN_KV=order.whole(Nkv, cfg.block_n),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 

@@ -40,6 +40,13 @@ class TileOrder:
         box = self.box(block)[3 - len(self.grid):]
         return tuple(-(-g // t) for g, t in zip(self.grid, box))
 
+    def whole(self, n: int, block: int) -> bool:
+        """Whether every tile's positions all exist (no bounds checks needed)."""
+        if self.is_flat:
+            return n % block == 0
+        box = self.box(block)[3 - len(self.grid):]
+        return all(g % b == 0 for g, b in zip(self.grid, box))
+
     def num_tiles(self, n: int, block: int) -> int:
         if self.is_flat:
             return -(-n // block)
