@@ -37,12 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from einfuse.simulator.fastforward import FastForward
+
 UNITS = ("2d", "1d", "dram")
 MAX_GAPS = 16
-MAX_UNSKIPPED = 24   # repetitions simulated without finding a period before extrapolating anyway
-MIN_STEADY = 6       # repetitions simulated before a settled (not exactly periodic) rate is accepted
-STEADY_TOL = 2e-3    # relative jitter of the time per period accepted as settled
-HISTORY = 17         # states kept to find periods of up to 16 iterations
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,7 @@ class Stats:
     approximate: bool = False
 
 
-class Engine:
+class Engine(FastForward):
     """Runs a program tree. ``gate_keys``: monotone keys that every task depends on (one at least)."""
 
     def __init__(self, n_counters: int, window_keys: Sequence[int], causes: Keys,
@@ -246,16 +244,10 @@ class Engine:
     def _advance_pipe(self) -> None:
         """Issue the next stage of every pending entry (newest first), dropping finished ones."""
         segs = self.segments
-        done = 0
         for item in reversed(self.pipe):
-            stages = segs[item[0]].entries[item[1]].stages
-            self._issue(stages[item[2]])
+            self._issue(segs[item[0]].entries[item[1]].stages[item[2]])
             item[2] += 1
-        while self.pipe and self.pipe[0][2] >= len(segs[self.pipe[0][0]].entries[self.pipe[0][1]].stages):
-            self.pipe.popleft()
-            done += 1
-        if done and any(it[2] >= len(segs[it[0]].entries[it[1]].stages) for it in self.pipe):
-            self.pipe = deque(it for it in self.pipe if it[2] < len(segs[it[0]].entries[it[1]].stages))
+        self.pipe = deque(it for it in self.pipe if it[2] < len(segs[it[0]].entries[it[1]].stages))
 
     def flush(self) -> None:
         while self.pipe:
@@ -278,74 +270,20 @@ class Engine:
         self.rows += seg.rows
         self.stats.segments_run += 1
 
-    # ---- state ----------------------------------------------------------------------------------
-    def _floor(self) -> int:
-        vals = [self.ready.get(k, 0) for k in self.gate_keys]
-        return min(vals) if vals else 0
-
-    def compact(self) -> None:
-        """Clamp everything older than the lower bound of future ready times (exact, see module)."""
-        f = self._floor()
-        for u in range(3):
-            keep = []
-            for g in self.gaps[u]:
-                if g[1] <= f:
-                    self._stall(u, g[2], g[1] - g[0])
-                elif g[0] < f:
-                    self._stall(u, g[2], f - g[0])
-                    keep.append([f, g[1], g[2]])
-                else:
-                    keep.append(g)
-            self.gaps[u] = keep
-        for d in (self.ready, self.sready):
-            for k, v in d.items():
-                if v < f:
-                    d[k] = f
-
-    def ref(self) -> int:
-        return max(self.tail)
-
-    # Keys carry a phase: a window slot (suffix ("s", j)), a double-buffer half ("r", j) or a
-    # row-block parity ("b", j). States are compared *canonically*, with every phase index taken
-    # relative to the engine's current phase, so a repetition whose period is not a multiple of
-    # the window (128 sub-blocks, 10 slots) is still recognised after one period; skipping then
-    # rotates the phases as well as shifting the times.
-    def phase(self) -> tuple[int, int, int]:
-        return (self.slot % (len(self.window_keys) or 1), self.rows % self.row_buffers, self.blocks % 2)
-
-    def _mods(self) -> dict[str, int]:
-        return {"s": len(self.window_keys) or 1, "r": self.row_buffers, "b": 2}
-
-    def _canon_id(self, kid: int, ph: tuple[int, int, int]) -> int:
-        table = self._canon.setdefault(ph, {})
-        c = table.get(kid)
-        if c is None:
-            name = self.keys.names[kid]
-            if isinstance(name, tuple) and len(name) >= 2 and name[-2] in ("s", "r", "b"):
-                tag, idx = name[-2], name[-1]
-                off = ph["srb".index(tag)]
-                name = name[:-2] + (tag, (idx - off) % self._mods()[tag])
-            c = table[kid] = self.canon_keys(name)
-        return c
-
-    def _actual_id(self, cid: int, ph: tuple[int, int, int]) -> int:
-        name = self.canon_keys.names[cid]
-        if isinstance(name, tuple) and len(name) >= 2 and name[-2] in ("s", "r", "b"):
-            tag, idx = name[-2], name[-1]
-            off = ph["srb".index(tag)]
-            name = name[:-2] + (tag, (idx + off) % self._mods()[tag])
-        return self.keys(name)
-
-    def _seg_canon(self, uid: int, ph: tuple[int, int, int]) -> tuple:
-        sig, off, par, bpar = self.leaf_of[uid]
-        m = self._mods()
-        return (sig, (off - ph[0]) % m["s"], (par - ph[1]) % m["r"], (bpar - ph[2]) % 2)
-
-    def _seg_actual(self, canon: tuple, ph: tuple[int, int, int]) -> int:
-        sig, off, par, bpar = canon
-        m = self._mods()
-        key = (sig, (off + ph[0]) % m["s"], (par + ph[1]) % m["r"], (bpar + ph[2]) % 2)
-        return self._leaf(key).uid
+    # ---- program trees --------------------------------------------------------------------------
+    def run(self, node: object) -> None:
+        if isinstance(node, Leaf):
+            self.run_segment(self._leaf((node.sig,) + self.phase()))
+        elif isinstance(node, Segment):
+            self.run_segment(node)
+        elif isinstance(node, Seq):
+            if node.block:
+                self.blocks += 1
+            self._run_seq(node)
+        elif isinstance(node, Rep):
+            self._run_rep(node)
+        else:
+            raise TypeError(node)
 
     def _leaf(self, key: tuple) -> Segment:
         """The segment of a leaf at a phase: compiled once at phase 0, then phase-rotated copies
@@ -387,150 +325,6 @@ class Engine:
         entries = [Entry([[op(o) for o in ops] for ops in e.stages], e.step) for e in seg.entries]
         return Segment(entries, seg.counters, seg.iterations, seg.rows, drain=seg.drain)
 
-    def normal_state(self) -> tuple:
-        """The state relative to the reference time and the current phase (see above)."""
-        self.compact()
-        r = self.ref()
-        f = self._floor()
-        ph = self.phase()
-        cid = self._canon_id
-        cal = tuple((max(self.tail[u], f) - r, tuple((g[0] - r, g[1] - r, g[2]) for g in self.gaps[u]))
-                    for u in range(3))
-        rd = tuple(sorted((cid(k, ph), v - r) for k, v in self.ready.items()))
-        sd = tuple(sorted((cid(k, ph), v - r) for k, v in self.sready.items()))
-        wh = tuple(sorted((cid(k, ph), v) for k, v in self.who.items()))
-        pipe = tuple((self._seg_canon(x[0], ph), x[1], x[2]) for x in self.pipe)
-        return (cal, rd, sd, wh, pipe)
-
-    def _set_state(self, st: tuple, ref: int, ph: tuple[int, int, int]) -> None:
-        cal, rd, sd, wh, pipe = st
-        act = self._actual_id
-        self.tail = [ref + c[0] for c in cal]
-        self.gaps = [[[ref + g[0], ref + g[1], g[2]] for g in c[1]] for c in cal]
-        self.ready = {act(k, ph): ref + v for k, v in rd}
-        self.sready = {act(k, ph): ref + v for k, v in sd}
-        self.who = {act(k, ph): v for k, v in wh}
-        self.pipe = deque([self._seg_actual(x[0], ph), x[1], x[2]] for x in pipe)
-
-    def _counters_phase(self) -> tuple[int, int, int]:
-        return (self.slot, self.rows, self.blocks)
-
-    def _jump(self, st: tuple, dt: int, dphase: tuple[int, int, int]) -> None:
-        """Re-materialise canonical state ``st`` ``dt`` cycles later with the phases advanced."""
-        ref = self.ref() + dt
-        self.slot += dphase[0]
-        self.rows += dphase[1]
-        self.blocks += dphase[2]
-        self._set_state(st, ref, self.phase())
-
-    def _snapshot(self) -> tuple[np.ndarray, dict]:
-        return self.counters.copy(), dict(self.stalls)
-
-    # ---- program trees --------------------------------------------------------------------------
-    def run(self, node: object) -> None:
-        if isinstance(node, Leaf):
-            self.run_segment(self._leaf((node.sig,) + self.phase()))
-        elif isinstance(node, Segment):
-            self.run_segment(node)
-        elif isinstance(node, Seq):
-            if node.block:
-                self.blocks += 1
-            self._run_seq(node)
-        elif isinstance(node, Rep):
-            self._run_rep(node)
-        else:
-            raise TypeError(node)
-
-    def _run_seq(self, node: Seq) -> None:
-        if not node.memo or not self.fast_forward:
-            for ch in node.children:
-                self.run(ch)
-            return
-        st = self.normal_state()
-        key = (node.sig, st)
-        hit = self.memo.get(key)
-        if hit is not None:
-            dt, dc, dst, dphase, end = hit
-            self.counters += dc
-            for k, v in dst.items():
-                self.stalls[k] = self.stalls.get(k, 0) + v
-            self._jump(end, dt, dphase)
-            self.stats.memo_hits += 1
-            return
-        r0 = self.ref()
-        c0, s0 = self._snapshot()
-        p0 = self._counters_phase()
-        for ch in node.children:
-            self.run(ch)
-        end = self.normal_state()
-        p1 = self._counters_phase()
-        self.memo[key] = (self.ref() - r0, self.counters - c0, _dict_diff(self.stalls, s0),
-                          tuple(b - a for a, b in zip(p0, p1)), end)
-
-    def _run_rep(self, node: Rep) -> None:
-        if not self.fast_forward:
-            for _ in range(node.n):
-                self.run(node.child)
-            return
-        hist: list[tuple] = []
-        i = 0
-        unskipped = 0
-        while i < node.n:
-            st = self.normal_state()
-            hist.append((st, self.ref(), self._snapshot(), self._counters_phase()))
-            if len(hist) > HISTORY:
-                hist.pop(0)
-            k = self._exact_period(hist)
-            if k:
-                i += self._skip(node.n - i, k, hist)
-            elif unskipped >= MIN_STEADY:
-                k = self._steady_period(hist, force=unskipped >= MAX_UNSKIPPED)
-                if k:
-                    self.stats.approximate = True
-                    i += self._skip(node.n - i, k, hist)
-            if i >= node.n:
-                break
-            self.run(node.child)
-            i += 1
-            unskipped += 1
-
-    @staticmethod
-    def _exact_period(hist: list[tuple]) -> int:
-        st = hist[-1][0]
-        for k in range(1, len(hist)):
-            if hist[-1 - k][0] == st:
-                return k
-        return 0
-
-    @staticmethod
-    def _steady_period(hist: list[tuple], force: bool) -> int:
-        """A period whose time has settled (jitter below ``STEADY_TOL`` over three periods)."""
-        refs = [h[1] for h in hist]
-        for k in (1, 2, 4, 8):
-            if len(refs) < 3 * k + 1:
-                break
-            d = [refs[-1 - j * k] - refs[-1 - (j + 1) * k] for j in range(3)]
-            if min(d) > 0 and (max(d) - min(d)) <= STEADY_TOL * max(d):
-                return k
-        return 1 if force and len(refs) >= 2 else 0
-
-    def _skip(self, remaining: int, k: int, hist: list[tuple]) -> int:
-        """Advance ``remaining // k`` periods of ``k`` iterations measured at the end of ``hist``:
-        shift times, scale counters, advance and rotate the phases."""
-        reps = remaining // k
-        if reps:
-            _, r_then, (c_then, s_then), p_then = hist[-1 - k]
-            now_st, _, _, p_now = hist[-1]
-            dt = self.ref() - r_then
-            self.counters += reps * (self.counters - c_then)
-            for key, v in _dict_diff(self.stalls, s_then).items():
-                self.stalls[key] = self.stalls.get(key, 0) + reps * v
-            dphase = tuple(reps * (b - a) for a, b in zip(p_then, p_now))
-            self._jump(now_st, reps * dt, dphase)
-            self.stats.skipped_iterations += reps * k
-            hist.clear()
-        return reps * k
-
     # ---- end ------------------------------------------------------------------------------------
     def finish(self) -> int:
         """Issue what is still pending, close the books (finalise every gap), return the makespan."""
@@ -543,10 +337,3 @@ class Engine:
         return end
 
 
-def _dict_diff(now: dict, then: dict) -> dict:
-    out = {}
-    for k, v in now.items():
-        d = v - then.get(k, 0)
-        if d:
-            out[k] = d
-    return out

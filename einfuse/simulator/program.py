@@ -1,73 +1,36 @@
-"""From a mapping to a program for the engine: the loop nest as a tree, and tasks per tile class.
+"""Compiling leaves of the program tree into tasks: loads, tile Einsums, stores, bookkeeping.
 
 The loop nest of every design is the same (Mapping 1 of the FuseMax paper, generalised)::
 
     for batch, head:                         # repetition
-      for row block (P1 sub-blocks of queries):
-        for group (fusion phase):
-          prologue: load row-resident inputs (Q), prologue Einsums, per sub-block
+      for group (fusion phase):
+        for row block (P1 sub-blocks of queries):
+          prologue: fresh running state, load row-resident inputs (Q), prologue Einsums
           for pass k:
             for key tile s:                  # a "row" leaf: one class vector over the sub-blocks
               load key-tile inputs (K, V) once; then per sub-block q (skipping EMPTY tiles):
                 load per-tile inputs / spilled tensors, run the pass's Einsums, store spills
             after pass k: Einsums that need the whole key loop, stores of finished outputs
 
-Leaves are identified by a signature (group, pass, rows in the key tile, columns and class of each
-sub-block) and compiled to tasks once per window slot offset. Counters (busy cycles, operations,
-bytes) are per Einsum and add up linearly, so the engine can scale them when it fast-forwards.
+A leaf is identified by its signature (group, pass, rows in the key tile, columns and class of each
+sub-block) and compiled once; the engine rotates its keys for other pipeline phases. With
+``interleave`` the Einsums of a tile are spread over software-pipeline stages derived from a
+one-tile schedule. Counters (busy cycles, operations, bytes) are per Einsum and add up linearly,
+so the engine can scale them when it fast-forwards.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from einfuse.simulator.engine import UNITS, Entry, Keys, Leaf, MaxInto, Rep, Reset, Segment, Seq, Task
+from einfuse.simulator.costs import Counters, TaskCost, elems, task_cost
+from einfuse.simulator.engine import Entry, Keys, MaxInto, Reset, Segment, Task
 from einfuse.simulator.mapping import Group, Placed, Plan
-from einfuse.simulator.tiles import EMPTY, FULL, PARTIAL, Tiles
-from einfuse.simulator.work import extent
+from einfuse.simulator.tiles import EMPTY, PARTIAL, Tiles
 
-FIELDS = ("busy", "points", "partial_points", "macs", "pe_cycles", "dram_rd", "dram_wr", "gb_rd", "gb_wr",
-          "rf_bytes")
 U2D, U1D, UDRAM = 0, 1, 2
-
-
-class Counters:
-    """Layout of the counter vector: per Einsum fields and actions, per unit busy cycles."""
-
-    def __init__(self, plan: Plan) -> None:
-        self.einsums = [p.name for g in plan.groups for p in g.einsums]
-        self.actions = sorted(set(plan.arch.energy_pj) - {"rf_2d", "rf_1d", "global", "dram"})
-        self.index: dict[tuple, int] = {}
-        for e in self.einsums:
-            for f in FIELDS:
-                self.index[(e, f)] = len(self.index)
-            for a in self.actions:
-                self.index[(e, "act", a)] = len(self.index)
-        for u in UNITS:
-            self.index[("unit", u)] = len(self.index)
-        self.index[("iterations",)] = len(self.index)
-        self.size = len(self.index)
-
-    def vec(self) -> np.ndarray:
-        return np.zeros(self.size)
-
-
-@dataclass(frozen=True)
-class TaskCost:
-    occ: int
-    fill: int
-    points: int
-    pe_cycles: int          # PE-cycles of operations performed (for utilisation)
-    macs: int
-    gb_rd: int
-    gb_wr: int
-    rf_bytes: int
-    actions: dict
-
 
 class Compiler:
     """Compiles leaf signatures into segments for one plan."""
@@ -100,18 +63,8 @@ class Compiler:
         self._persist: dict[tuple, bool] = {}
 
     # ---- shapes ---------------------------------------------------------------------------------
-    def ext(self, var: str, rows_n: int, cols_n: int) -> int:
-        r = self.roles
-        if var == r.rows:
-            return rows_n
-        if var == r.stream:
-            return 1
-        if var == r.cols:
-            return cols_n
-        return extent(self.plan.cascade, var, self.plan.sizes)
-
     def elems(self, vars_, rows_n: int, cols_n: int) -> int:
-        return math.prod(self.ext(v, rows_n, cols_n) for v in vars_)
+        return elems(self.plan, self.roles, vars_, rows_n, cols_n)
 
     def rows_n(self, s: int) -> int:
         r = self.roles
@@ -126,73 +79,8 @@ class Compiler:
         key = (id(g), p.name, rows_n, cols_n)
         hit = self._cost_cache.get(key)
         if hit is None:
-            hit = self._cost_cache[key] = self._cost(g, p, rows_n, cols_n)
+            hit = self._cost_cache[key] = task_cost(self.plan, g, p, rows_n, cols_n)
         return hit
-
-    def _cost(self, g: Group, p: Placed, rows_n: int, cols_n: int) -> TaskCost:
-        w, roles, arch = p.work, g.roles, self.arch
-        unit = arch.unit(p.unit)
-        points = self.elems(w.ivars, rows_n, cols_n)
-        outs = self.elems(w.out_vars, rows_n, cols_n)
-
-        def cyc(ops) -> int:
-            vals = [unit.ops[o].cycles * n for o, n in ops.items()]
-            if not vals:
-                return 0
-            return max(vals) if unit.chain_ops else sum(vals)
-
-        cpp, cpo = cyc(w.per_point), cyc(w.per_output)
-        actions: dict[str, float] = {}
-        for ops, n in ((w.per_point, points), (w.per_output, outs)):
-            for o, k in ops.items():
-                for a, x in unit.ops[o].actions.items():
-                    actions[a] = actions.get(a, 0.0) + n * k * x
-        resident = g.resident_2d if p.unit == "2d" else frozenset()
-        gb_rd = gb_wr = 0
-        for o in w.operands:
-            if o.tensor in resident or o.tensor in g.linked:
-                continue
-            gb_rd += self.elems(o.vars, rows_n, cols_n) * self.w
-        if p.name not in resident and p.name not in g.linked:
-            gb_wr = outs * self.w
-        if p.unit == "2d":
-            R, C = unit.rows, unit.cols
-            has_r, has_c = roles.rows in w.ivars, roles.cols in w.ivars
-            r_used = rows_n if has_r else 1
-            c_used = cols_n if has_c else 1
-            folds = math.ceil(r_used / R) * math.ceil(c_used / C)
-            temporal = points // (r_used * c_used)
-            t_out = outs // ((r_used if roles.rows in w.out_vars else 1) *
-                             (c_used if roles.cols in w.out_vars else 1))
-            fold_t = temporal * cpp + t_out * cpo
-            moving = [o for o in w.operands if o.tensor not in resident]
-            horiz = any(roles.rows in o.vars and roles.cols not in o.vars for o in moving) or \
-                roles.cols in w.reduced
-            vert = any(roles.cols in o.vars and roles.rows not in o.vars for o in moving) or \
-                roles.rows in w.reduced
-            preload = any(roles.rows in o.vars and roles.cols in o.vars for o in moving)
-            fill = (C - 1 if horiz else 0) + (R - 1 if vert else 0) + (R if preload else 0)
-            if unit.pipeline_folds:
-                occ, lat = folds * fold_t, fill
-            else:
-                occ, lat = folds * (fold_t + fill), 0
-            pe_cycles = points * cpp + outs * cpo
-        else:
-            L = unit.cols
-            if roles.cols in w.ivars:
-                lanes_groups = math.ceil(cols_n / L)
-                occ = lanes_groups * (points // cols_n) * cpp
-                occ += math.ceil(outs / L) * cpo if roles.cols not in w.out_vars else \
-                    lanes_groups * (outs // cols_n) * cpo
-            else:
-                occ = math.ceil(points / L) * cpp + math.ceil(outs / L) * cpo
-            lat = sum(unit.ops[o].latency for o in list(w.per_point) + list(w.per_output))
-            pe_cycles = points * cpp + outs * cpo
-        gb = arch.global_buffer
-        occ = max(occ, math.ceil(gb_rd / gb.read_bytes_per_cycle), math.ceil(gb_wr / gb.write_bytes_per_cycle), 1)
-        # every operator reads two operands and writes one result in the PE's register file
-        rf_bytes = 3 * self.w * (points * sum(w.per_point.values()) + outs * sum(w.per_output.values()))
-        return TaskCost(occ, lat, points, pe_cycles, points * w.macs_per_point, gb_rd, gb_wr, rf_bytes, actions)
 
     # ---- counters -------------------------------------------------------------------------------
     def _add_compute(self, vec: np.ndarray, p: Placed, tc: TaskCost, partial: bool) -> None:
@@ -510,112 +398,3 @@ class Compiler:
 
 # ---- the program tree ------------------------------------------------------------------------------
 
-def build_program(comp: Compiler, batch: int, heads: int) -> object:
-    """Per (batch, head): every group (fusion phase) over all its row blocks, groups in order."""
-    plan = comp.plan
-    distinct = max(t.heads for t in comp.tiles)
-    head_progs = []
-    for hm in range(distinct):
-        parts: list = []
-        for gi, g in enumerate(plan.groups):
-            comp.use_group(gi)
-            roles, tiles = g.roles, comp.tiles[gi]
-            if parts:
-                parts.append(Leaf(("drain",)))   # the next group reads what this one stored
-            blocks = []
-            for r in range(math.ceil(roles.n_sub / g.p1)):
-                q0, q1 = r * g.p1, min((r + 1) * g.p1, roles.n_sub)
-                qcols = tuple(comp.cols_n(q) for q in range(q0, q1))
-                kinds = None if tiles.kinds is None else tiles.kinds[min(hm, tiles.heads - 1), q0:q1, :]
-                blocks.append(_row_block(comp, gi, qcols, kinds))
-            parts.append(_rle(blocks))
-        head_progs.append(parts[0] if len(parts) == 1 else Seq(("groups", hm), parts))
-    if len(head_progs) == 1:
-        hp = head_progs[0]
-        if isinstance(hp, Rep):
-            return Rep(batch * heads * hp.n, hp.child)
-        return Rep(batch * heads, hp)
-    reps = max(1, heads // len(head_progs))
-    return Rep(batch * reps, Seq(("heads", len(head_progs)), head_progs))
-
-
-def _row_block(comp: Compiler, gi: int, qcols: tuple, kinds: np.ndarray | None) -> Seq:
-    plan, g = comp.plan, comp.plan.groups[gi]
-    roles = g.roles
-    if kinds is None:
-        ksig: object = "full"
-    else:
-        ksig = hashlib.blake2b(np.ascontiguousarray(kinds).tobytes() + repr(kinds.shape).encode(),
-                               digest_size=16).hexdigest()
-    children: list = [Leaf(("pro", gi, qcols))]
-    iters = roles.n_stream * len(qcols) if kinds is None else int((kinds != EMPTY).sum())
-    for k in range(1, g.n_passes + 1):
-        children.extend(_stream(comp, gi, k, qcols, kinds))
-        # the next pass reads what this pass produced: drain the pipeline first; the end of a row
-        # block does not (the next block's tiles keep flowing) unless it is too short to fill it
-        drain = k != g.n_passes or iters < plan.window
-        children.append(Leaf(("post", gi, k, qcols, drain)))
-    return Seq(("rb", gi, qcols, ksig), children, memo=True, block=True)
-
-
-def _stream(comp: Compiler, gi: int, k: int, qcols: tuple, kinds: np.ndarray | None) -> list:
-    roles = comp.roles
-    n = roles.n_stream
-    vecs: list[tuple] = []
-    if kinds is None:
-        full = tuple([FULL] * len(qcols))
-        last_rows = comp.rows_n(n - 1)
-        runs = [(("row", gi, k, roles.rows_tile, qcols, full), n - 1 if last_rows != roles.rows_tile else n)]
-        if last_rows != roles.rows_tile:
-            runs.append((("row", gi, k, last_rows, qcols, full), 1))
-        return _runs_to_nodes([r for r in runs if r[1] > 0])
-    cols_kinds = np.ascontiguousarray(kinds.T)            # (key tiles, sub-blocks)
-    for s in range(n):
-        col = cols_kinds[s]
-        if not col.any():
-            continue
-        vecs.append(("row", gi, k, comp.rows_n(s), qcols, tuple(int(x) for x in col)))
-    runs: list[list] = []
-    for v in vecs:
-        if runs and runs[-1][0] == v:
-            runs[-1][1] += 1
-        else:
-            runs.append([v, 1])
-    return _runs_to_nodes([tuple(r) for r in runs])
-
-
-def _runs_to_nodes(runs: list[tuple]) -> list:
-    nodes: list = []
-    pending: list = []
-
-    def flush() -> None:
-        if len(pending) >= 4:
-            nodes.append(Seq(("stretch", tuple(x.sig for x in pending)), list(pending), memo=True))
-        else:
-            nodes.extend(pending)
-        pending.clear()
-
-    for sig, count in runs:
-        if count >= 3:
-            flush()
-            nodes.append(Rep(count, Leaf(sig)))
-        else:
-            pending.extend([Leaf(sig)] * count)
-    flush()
-    return nodes
-
-
-def _rle(blocks: list[Seq]) -> object:
-    runs: list[list] = []
-    for b in blocks:
-        if runs and runs[-1][0].sig == b.sig:
-            runs[-1][1] += 1
-        else:
-            runs.append([b, 1])
-    if len(runs) == 1:
-        return Rep(runs[0][1], runs[0][0]) if runs[0][1] > 1 else runs[0][0]
-    nodes = [Rep(n, b) if n > 1 else b for b, n in runs]
-    return Seq(("head", tuple(b.sig for b, _ in runs), tuple(n for _, n in runs)), nodes)
-
-
-__all__ = ["EMPTY", "FIELDS", "FULL", "PARTIAL", "UNITS", "Compiler", "Counters", "build_program"]

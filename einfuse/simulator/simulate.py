@@ -18,8 +18,9 @@ from einfuse.ir.cascade import Cascade
 from einfuse.simulator.arch import Arch, load_arch
 from einfuse.simulator.engine import UNITS, Engine
 from einfuse.simulator.mapping import Plan, describe, make_plan
-from einfuse.simulator.program import Compiler, build_program
+from einfuse.simulator.program import Compiler
 from einfuse.simulator.tiles import classify
+from einfuse.simulator.tree import build_program
 from einfuse.simulator.work import resolve_sizes
 from einfuse.simulator.workload import Workload
 
