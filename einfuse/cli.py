@@ -203,13 +203,13 @@ def demo(spec: str, shape: str, arch: str, model: str, seq: str) -> None:
                f"at B,H,N,D={B},{H},{N},{D}: rel err vs float64 reference {err:.2e}")
     if not err < 1e-3:
         raise SpecError(f"{c.name}: generated kernel differs from the reference (rel err {err:.2e})")
-    try:
-        from einfuse.simulator.api import simulate_spec_summary
-    except ImportError:
-        click.echo("[3/3] simulator not available in this build")
-        return
-    for line in simulate_spec_summary(c, arch=arch, model=model, seq=seq):
-        click.echo(f"[3/3] {line}")
+    from einfuse.simulator import parse_seq, simulate, workload
+
+    for n in parse_seq(seq):
+        r = simulate(c, arch, workload(model, n))
+        click.echo(f"[3/3] simulated on {r.design}, {r.model} seq {n}: {r.cycles:,} cycles "
+                   f"({r.latency_s * 1e3:.3f} ms), 2-D util {r.util_2d:.1%}, 1-D util {r.util_1d:.1%}, "
+                   f"DRAM {r.dram_bytes / 2**20:.1f} MiB, energy {r.energy_pj / 1e9:.2f} mJ")
 
 
 def _register_command_modules() -> None:

@@ -67,3 +67,10 @@ def test_bad_text_spec_is_one_line(tmp_path):
     bad.write_text("cascade x\nranks M, P\ninput X[M,P]\noutput Y[P]\nY[p] = max(m) Z[m,p]\n")
     r = run_main("check", str(bad))
     assert r.returncode == 2 and "undefined tensor Z" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_demo_runs_the_main_job_end_to_end():
+    r = CliRunner().invoke(cli, ["demo", "sliding_window:window=16,head_dim=32", "--shape", "1,2,45,32",
+                                 "--seq", "1K"])
+    assert r.exit_code == 0, r.output
+    assert "rel err vs float64 reference" in r.output and "simulated on fusemax" in r.output
