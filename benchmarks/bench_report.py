@@ -59,6 +59,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def write_reports(rows: list[dict[str, Any]], info: dict[str, Any], cases: list[Any], stem: str) -> None:
+    """``info["notes"]`` (a list of lines), when present, is printed under the header."""
     summary = annotate(rows, cases)
     with open(stem + ".json", "w") as fh:
         json.dump({"info": info, "rows": rows, "summary": summary}, fh, indent=1)
@@ -72,6 +73,7 @@ def write_reports(rows: list[dict[str, Any]], info: dict[str, Any], cases: list[
         "the float64 reference of the same cascade on a slice of heads and queries (rows above 2e-2 fail)"),
         ("- TFLOP/s count useful FLOPs only (4 * B * H * visible pairs * D); Mtok/s = B * N / time; "
         "TB/s = K and V bytes / time"),
+        *[f"- **note**: {n}" for n in info.get("notes", [])],
         "",
         "## Targets",
         "",
