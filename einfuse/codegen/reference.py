@@ -15,8 +15,8 @@ query head ``h`` reads head ``h // (H // H_t)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import sympy
@@ -223,7 +223,6 @@ class _Executor:
         out_sub = letters[: 2 + n_out]
         # broadcast any output axis that no operand carries
         out_shape = shape[: 2 + n_out]
-        spec = ",".join(subs) + "->" + out_sub
         covered = set("".join(subs))
         extra = [k for k in range(2 + n_out) if letters[k] not in covered]
         data = np.einsum(",".join(subs) + "->" + "".join(ch for ch in out_sub if ch in covered),
@@ -238,7 +237,6 @@ class _Executor:
                           *pres_ops, optimize=True)
         if extra:
             count = np.expand_dims(count, extra)
-        del spec
         return data, np.broadcast_to(count > 0, out_shape)
 
     def write(self, e: Einsum, out_vars: list[sympy.Symbol], env_full: dict, data: np.ndarray,

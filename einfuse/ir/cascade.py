@@ -7,8 +7,8 @@ whose nodes are Einsum positions, so passes and executors can order, group and f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Iterable
 
 import networkx as nx
 import sympy
@@ -107,10 +107,10 @@ class Cascade:
     def extent(self, rank: str) -> sympy.Expr:
         return self.ranks[rank].extent
 
-    def with_einsums(self, einsums: Iterable[Einsum], **changes: object) -> "Cascade":
+    def with_einsums(self, einsums: Iterable[Einsum], **changes: object) -> Cascade:
         return replace(self, einsums=tuple(einsums), **changes)
 
-    def replace(self, **changes: object) -> "Cascade":
+    def replace(self, **changes: object) -> Cascade:
         return replace(self, **changes)
 
     def __str__(self) -> str:

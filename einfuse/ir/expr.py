@@ -14,8 +14,9 @@ why Python operators on nodes (used when a user's score function is traced) go t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Union
+from typing import Union
 
 import sympy
 

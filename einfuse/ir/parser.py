@@ -18,7 +18,7 @@ from einfuse.errors import ParseError
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import UNARY_OPS, Access, Const, Empty, Expr, as_expr, binary, select, unary
-from einfuse.ir.ranks import Partition, Rank, index_symbol, parse_size_expr, size_symbol
+from einfuse.ir.ranks import Partition, Rank, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
 from einfuse.ir.validate import validate
 

@@ -36,7 +36,7 @@ class Rank:
     extent: sympy.Expr
 
     @staticmethod
-    def of(name: str, extent: sympy.Expr | int | str | None = None) -> "Rank":
+    def of(name: str, extent: sympy.Expr | int | str | None = None) -> Rank:
         if not name or not name[0].isalpha() or not name.isalnum() or name != name.upper():
             raise ValueError(f"rank name {name!r} must be upper-case letters and digits, e.g. M or M1")
         if extent is None:

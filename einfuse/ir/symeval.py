@@ -8,7 +8,7 @@ rational coefficients divide last, so integer index arithmetic is exact for ever
 from __future__ import annotations
 
 import functools
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import sympy

@@ -58,11 +58,11 @@ def _check_access(c: Cascade, e: Einsum, a: Access, ivars: dict, is_output: bool
             f"Einsum {e.name}: {a.tensor} has {len(t.ranks)} ranks [{','.join(t.ranks)}] "
             f"but is indexed with {len(a.indices)} [{','.join(map(str, a.indices))}]")
     for pos, (idx, rank) in enumerate(zip(a.indices, t.ranks)):
-        if isinstance(idx, sympy.Symbol) and idx in ivars and ivars[idx].name != rank:
-            if not _compatible_rank(c, ivars[idx].name, rank):
-                raise ValidationError(
-                    f"Einsum {e.name}: rank mismatch in {a.tensor}: position {pos} is rank {rank} "
-                    f"but is indexed by {idx} (rank {ivars[idx].name})")
+        if (isinstance(idx, sympy.Symbol) and idx in ivars and ivars[idx].name != rank
+                and not _compatible_rank(c, ivars[idx].name, rank)):
+            raise ValidationError(
+                f"Einsum {e.name}: rank mismatch in {a.tensor}: position {pos} is rank {rank} "
+                f"but is indexed by {idx} (rank {ivars[idx].name})")
         if rank in t.iterative and is_output and not _is_iterative_write(idx, ivars, rank):
             raise ValidationError(
                 f"Einsum {e.name}: iterative rank {rank} of {a.tensor} must be written at "

@@ -8,8 +8,20 @@ from hypothesis import strategies as st
 
 import einfuse
 from einfuse.ir import (
-    Access, Cascade, Const, Einsum, Empty, IndexValue, Rank, Tensor, binary, format_cascade,
-    parse_cascade, select, unary, validate,
+    Access,
+    Cascade,
+    Const,
+    Einsum,
+    Empty,
+    IndexValue,
+    Rank,
+    Tensor,
+    binary,
+    format_cascade,
+    parse_cascade,
+    select,
+    unary,
+    validate,
 )
 from einfuse.ir.expr import BINARY_OPS, UNARY_OPS
 from einfuse.ir.ranks import index_symbol, size_symbol
