@@ -18,10 +18,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from einfuse.errors import CodegenError, EinfuseError
 from einfuse.ir.cascade import Cascade
+
+if TYPE_CHECKING:
+    from einfuse.codegen.stages import MultiStageAttention
 
 DECODE_MAX_QUERIES = 16
 TARGETS = ("triton",)
@@ -131,7 +134,7 @@ def lower_for_triton(c: Cascade, tile: int = 64) -> tuple[Cascade, str]:
 
 def compile(spec: str | Cascade, *, target: str = "triton", sizes: Mapping[str, int] | None = None,
             decode: bool = True, decode_options: Mapping[str, Any] | None = None,
-            torch_op: bool = True, **options: Any) -> CompiledAttention:
+            torch_op: bool = True, **options: Any) -> CompiledAttention | MultiStageAttention:
     """Compile an attention variant to a GPU kernel callable on torch tensors.
 
     ``spec``: a built-in name with options (``"sliding_window:window=1024"``), a spec file, or a
@@ -142,13 +145,24 @@ def compile(spec: str | Cascade, *, target: str = "triton", sizes: Mapping[str, 
     float32 inputs), ``tile_order`` ('auto' | 'flat' | 'box'); for linear attention the options of
     ``build_linear``. ``decode=False`` keeps short query blocks on the main kernel;
     ``decode_options`` go to ``build_decode``. ``torch_op=False`` skips the custom op.
+    A cascade with several attention stages that the one-stage path refuses is split by
+    :mod:`einfuse.codegen.stages`: the result is called ``fn(q, k, v, **extra_inputs)``.
     """
     from einfuse.frontends import load_spec
 
     if target not in TARGETS:
         raise CodegenError(f"target {target!r} is not supported; choose one of {', '.join(TARGETS)}")
     c = spec if isinstance(spec, Cascade) else load_spec(spec)
-    family = _family(c)
+    try:
+        family = _family(c)
+    except CodegenError:
+        from einfuse.codegen import stages
+
+        if not stages.is_multistage(c):
+            raise
+        # several attention stages (Agent, BASED): one kernel per stage, launched directly
+        return stages.compile_stages(c, sizes=sizes, decode=decode, decode_options=decode_options,
+                                     **options)
     if family == "linear":
         kernel = _builder("linear", "build_linear")(c, **options)
         lowered = getattr(kernel, "cascade", c)
