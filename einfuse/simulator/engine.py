@@ -165,6 +165,8 @@ class Engine(FastForward):
         self.stalls: dict[tuple[int, int], int] = {}
         self.slot = self.rows = self.blocks = 0
         self.memo: dict[tuple, tuple] = {}
+        self.memo_loose: dict[object, tuple] = {}
+        self._rotations: dict[tuple, dict[int, int]] = {}
         self.stats = Stats()
 
     # ---- placement ----------------------------------------------------------------------------
@@ -306,7 +308,7 @@ class Engine(FastForward):
 
     def _rotated(self, seg: Segment, ph: tuple[int, int, int]) -> Segment:
         zero = (0, 0, 0)
-        cache: dict[int, int] = {}
+        cache = self._rotations.setdefault(ph, {})
 
         def m(k: int) -> int:
             v = cache.get(k)

@@ -24,6 +24,7 @@ MAX_UNSKIPPED = 24   # repetitions simulated without finding a period before ext
 MIN_STEADY = 6       # repetitions simulated before a settled (not exactly periodic) rate is accepted
 STEADY_TOL = 2e-3    # relative jitter of the time per period accepted as settled
 HISTORY = 17         # states kept to find periods of up to 16 iterations
+LOOSE_MIN_TASKS = 20_000   # a memoised sequence this long is reused from a different entry state
 
 
 class FastForward:
@@ -144,6 +145,13 @@ class FastForward:
         st = self.normal_state()
         key = (node.sig, st)
         hit = self.memo.get(key)
+        if hit is None:
+            # a long stretch already simulated from another state: its cost depends on the entry
+            # state only through its first tiles, so reuse it (flagged approximate)
+            loose = self.memo_loose.get(node.sig)
+            if loose is not None and loose[1] >= LOOSE_MIN_TASKS:
+                hit = loose[0]
+                self.stats.approximate = True
         if hit is not None:
             dt, dc, dst, dphase, end = hit
             self.counters += dc
@@ -155,12 +163,14 @@ class FastForward:
         r0 = self.ref()
         c0, s0 = self._snapshot()
         p0 = self._counters_phase()
+        t0 = self.stats.tasks_placed
         for ch in node.children:
             self.run(ch)
         end = self.normal_state()
         p1 = self._counters_phase()
         self.memo[key] = (self.ref() - r0, self.counters - c0, _dict_diff(self.stalls, s0),
                           tuple(b - a for a, b in zip(p0, p1)), end)
+        self.memo_loose[node.sig] = (self.memo[key], self.stats.tasks_placed - t0)
 
     def _run_rep(self, node: Rep) -> None:
         if not self.fast_forward:

@@ -18,7 +18,7 @@ Everything is derived from the cascade and the design's :class:`MappingPolicy`:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from einfuse.errors import SimulatorError
 from einfuse.ir.cascade import Cascade
@@ -28,6 +28,9 @@ from einfuse.simulator.roles import Roles, bind, choose_roles, segments
 from einfuse.simulator.work import EinsumWork, analyse, extent
 
 MAX_AUTO_WINDOW = 16
+#: Largest automatic row block, in sub-blocks: FuseMax's artifact never exceeds 128 (x 256 queries);
+#: beyond it K/V reuse gains nothing measurable and simulation cost grows with the row length.
+MAX_SUB_BLOCKS = 128
 
 
 @dataclass(frozen=True)
@@ -284,8 +287,10 @@ def _elems(vars_: frozenset[str], c: Cascade, sizes: dict[str, int], roles: Role
 
 
 def footprint(c: Cascade, arch: Arch, sizes: dict[str, int], g: dict,
-              tv: dict[str, frozenset[str]], p1: int, window: int, spilled: set[str]) -> dict[str, int]:
-    """Bytes each tensor of a group occupies in the global buffer for a row block of ``p1`` sub-blocks."""
+              tv: dict[str, frozenset[str]], p1: int, window: int, spilled: set[str],
+              kv: int | None = None) -> dict[str, int]:
+    """Bytes each tensor of a group occupies in the global buffer for a row block of ``p1`` sub-blocks
+    (``kv``: key-tile buffers, default enough for full rows of ``p1`` tiles)."""
     roles = g["roles"]
     w = arch.word_bytes
     dbl = 2 if arch.global_buffer.double_buffered else 1
@@ -302,22 +307,23 @@ def footprint(c: Cascade, arch: Arch, sizes: dict[str, int], g: dict,
         elif t in g["fiber"] and t not in spilled:
             out[t] = _elems(v, c, sizes, roles, block, fiber=True) * w
         elif t in g["external"] and roles.cols not in v:
-            out[t] = _elems(v, c, sizes, roles, roles.cols_tile) * w * max(dbl, kv_buffers(window, p1))
+            out[t] = _elems(v, c, sizes, roles, roles.cols_tile) * w * max(dbl, kv or kv_buffers(window, p1))
         else:
             out[t] = _elems(v, c, sizes, roles, roles.cols_tile) * w * max(dbl, window)
     return out
 
 
 def _choose_row_block(c, arch, sizes, g, tv, window, notes) -> tuple[int, int]:
-    """The largest row block (a divisor of the sub-blocks, to avoid a ragged block) whose footprint
-    fits the global buffer; if even one sub-block does not fit, spill the largest cross-pass tensors."""
+    """The largest row block (a divisor of the sub-blocks, to avoid a ragged block, at most
+    ``MAX_SUB_BLOCKS``) whose footprint fits the global buffer; if even one sub-block does not fit,
+    spill the largest cross-pass tensors."""
     roles = g["roles"]
     cap = arch.global_buffer.total_bytes
     n_sub = roles.n_sub
     if arch.mapping.row_block is not None:
         candidates = [max(1, min(n_sub, arch.mapping.row_block // max(1, roles.cols_tile)))]
     else:
-        candidates = [d for d in range(n_sub, 0, -1) if n_sub % d == 0]
+        candidates = [d for d in range(min(n_sub, MAX_SUB_BLOCKS), 0, -1) if n_sub % d == 0]
 
     def size(p1: int, spilled: set[str]) -> int:
         return sum(footprint(c, arch, sizes, g, tv, p1, window, spilled).values())
@@ -346,6 +352,29 @@ def kv_buffers(window: int, p1: int) -> int:
     """Buffers for key-tile inputs (K, V): enough that loading a key tile never waits for a buffer
     while the window still lets its tiles start: ``(n - 1) * P1 >= window - 1``, at least two."""
     return max(2, 1 + math.ceil((window - 1) / max(p1, 1)))
+
+
+def refine_kv_buffers(plan: Plan, min_row_tiles: list[int]) -> Plan:
+    """More key-tile buffers where masks leave rows of only a few tiles (a causal diagonal): loading
+    the next key tiles must not wait while the window would let their tiles start. Capped by what
+    the global buffer still holds."""
+    cap = plan.arch.global_buffer.total_bytes
+    groups, worst = [], 0
+    for g, n in zip(plan.groups, min_row_tiles):
+        gd = {f: getattr(g, f) for f in g.__dataclass_fields__}
+        kv = max(g.kv_buffers, kv_buffers(plan.window, max(1, n)))
+        while kv > g.kv_buffers and sum(footprint(plan.cascade, plan.arch, plan.sizes, gd, plan.tensor_vars, g.p1,
+                                                  plan.window, _spilled(g), kv).values()) > cap:
+            kv -= 1
+        fp = sum(footprint(plan.cascade, plan.arch, plan.sizes, gd, plan.tensor_vars, g.p1, plan.window,
+                           _spilled(g), kv).values())
+        worst = max(worst, fp)
+        groups.append(replace(g, kv_buffers=kv))
+    return replace(plan, groups=tuple(groups), buffer_bytes=worst)
+
+
+def _spilled(g: Group) -> set[str]:
+    return {t for t, kept in g.fiber.items() if not kept}
 
 
 def describe(plan: Plan) -> list[str]:

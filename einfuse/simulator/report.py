@@ -110,6 +110,11 @@ def markdown(rows: Sequence[dict], images: Sequence[str] = ()) -> str:
                 out.append(f"  - mapping: {n}")
         out.append("")
     last = max(r["seq"] for r in rows)
+    first_model = rows[0]["model"]
+    out += [f"## Per Einsum at {format_seq(last)} ({first_model})", ""]
+    for r in rows:
+        if r["seq"] == last and r["model"] == first_model:
+            out += [f"**{r['design']}**", "", *einsum_markdown(r), ""]
     out += [f"## Energy breakdown at {format_seq(last)}", "",
             "| design | model | " + " | ".join(_components(rows)) + " | total |",
             "|---|---|" + "---:|" * (len(_components(rows)) + 1)]
@@ -125,6 +130,37 @@ def markdown(rows: Sequence[dict], images: Sequence[str] = ()) -> str:
         out.append(f"![{img}]({img})")
     out.append("")
     return "\n".join(out)
+
+
+def _stage_text(stage: int) -> str:
+    if stage == 0:
+        return "prologue"
+    return f"pass {(stage + 1) // 2}" if stage % 2 else f"after pass {stage // 2}"
+
+
+def einsum_markdown(r: dict) -> list[str]:
+    """Per-Einsum table: where it ran, how long its unit was busy with it, its work and traffic."""
+    lines = ["| Einsum | unit | when | busy cycles | share of layer | MACs | DRAM | energy |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for e in r.get("per_einsum", []):
+        lines.append(f"| {e['name']} | {e['unit']} | {_stage_text(e['stage'])} | {e['busy_cycles']:.3e} | "
+                     f"{100 * e['busy_cycles'] / max(r['cycles'], 1):.1f}% | {e['macs']:.3e} | "
+                     f"{_fmt_bytes(e['dram_bytes'])} | {_fmt_energy(e['energy_pj'])} |")
+    return lines
+
+
+def einsum_table(r: dict) -> Any:
+    """The per-Einsum numbers of one result as a rich Table."""
+    from rich.table import Table
+
+    t = Table(title=f"{r['design']} {r['model']} {format_seq(r['seq'])}: per Einsum")
+    for col in ("Einsum", "unit", "when", "busy cycles", "share", "MACs", "DRAM", "energy"):
+        t.add_column(col, justify="left" if col in ("Einsum", "unit", "when") else "right")
+    for e in r.get("per_einsum", []):
+        t.add_row(e["name"], e["unit"], _stage_text(e["stage"]), f"{e['busy_cycles']:.3e}",
+                  f"{100 * e['busy_cycles'] / max(r['cycles'], 1):.1f}%", f"{e['macs']:.3e}",
+                  _fmt_bytes(e["dram_bytes"]), _fmt_energy(e["energy_pj"]))
+    return t
 
 
 def _trend(group: list[dict]) -> str:

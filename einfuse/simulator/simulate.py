@@ -17,7 +17,7 @@ from einfuse.errors import PassError, SimulatorError
 from einfuse.ir.cascade import Cascade
 from einfuse.simulator.arch import Arch, load_arch
 from einfuse.simulator.engine import UNITS, Engine
-from einfuse.simulator.mapping import Plan, describe, make_plan
+from einfuse.simulator.mapping import Plan, describe, make_plan, refine_kv_buffers
 from einfuse.simulator.program import Compiler
 from einfuse.simulator.tiles import classify
 from einfuse.simulator.tree import build_program
@@ -129,6 +129,7 @@ def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool
     stage_members = {g.segment: [p.work.index for h in plan.groups if h.segment == g.segment for p in h.einsums]
                      for g in plan.groups}
     tiles = [classify(c, g.roles, sizes, workload.heads, stage_members[g.segment]) for g in plan.groups]
+    plan = refine_kv_buffers(plan, [t.min_row_tiles(g.p1) for t, g in zip(tiles, plan.groups)])
     comp = Compiler(plan, tiles)
     prog = build_program(comp, workload.batch, workload.heads)
     eng = Engine(comp.counters.size, comp.window_keys, comp.causes, comp.compile, comp.release_keys, comp.keys,

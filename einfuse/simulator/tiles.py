@@ -36,6 +36,19 @@ class Tiles:
     def heads(self) -> int:
         return 1 if self.kinds is None else self.kinds.shape[0]
 
+    def min_row_tiles(self, p1: int) -> int:
+        """Fewest non-empty tiles in a key-tile row of a row block of ``p1`` sub-blocks."""
+        if self.kinds is None:
+            return p1
+        nonempty = self.kinds != EMPTY                     # (heads, sub-blocks, key tiles)
+        h, n_sub, n_stream = nonempty.shape
+        blocks = -(-n_sub // p1)
+        pad = np.zeros((h, blocks * p1, n_stream), bool)
+        pad[:, :n_sub] = nonempty
+        counts = pad.reshape(h, blocks, p1, n_stream).sum(axis=2)
+        counts = counts[counts > 0]
+        return int(counts.min()) if counts.size else p1
+
     def skipped_fraction(self) -> float:
         if self.kinds is None:
             return 0.0

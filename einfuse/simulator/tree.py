@@ -69,7 +69,6 @@ def _row_block(comp: Compiler, gi: int, qcols: tuple, kinds: np.ndarray | None) 
 def _stream(comp: Compiler, gi: int, k: int, qcols: tuple, kinds: np.ndarray | None) -> list:
     roles = comp.roles
     n = roles.n_stream
-    vecs: list[tuple] = []
     if kinds is None:
         full = tuple([FULL] * len(qcols))
         last_rows = comp.rows_n(n - 1)
@@ -78,18 +77,25 @@ def _stream(comp: Compiler, gi: int, k: int, qcols: tuple, kinds: np.ndarray | N
             runs.append((("row", gi, k, last_rows, qcols, full), 1))
         return _runs_to_nodes([r for r in runs if r[1] > 0])
     cols_kinds = np.ascontiguousarray(kinds.T)            # (key tiles, sub-blocks)
-    for s in range(n):
-        col = cols_kinds[s]
-        if not col.any():
+    rows = np.array([comp.rows_n(s) for s in range(n)]) if comp.rows_n(n - 1) != roles.rows_tile else None
+    # run boundaries: key tiles whose class vector (or tile height) differs from the previous one
+    change = np.ones(n, bool)
+    change[1:] = (cols_kinds[1:] != cols_kinds[:-1]).any(axis=1)
+    if rows is not None:
+        change[1:] |= rows[1:] != rows[:-1]
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], n)
+    nonempty = cols_kinds.any(axis=1)
+    runs: list[tuple] = []
+    for s0, s1 in zip(starts.tolist(), ends.tolist()):
+        if not nonempty[s0]:
             continue
-        vecs.append(("row", gi, k, comp.rows_n(s), qcols, tuple(int(x) for x in col)))
-    runs: list[list] = []
-    for v in vecs:
-        if runs and runs[-1][0] == v:
-            runs[-1][1] += 1
+        vec = ("row", gi, k, comp.rows_n(s0), qcols, tuple(cols_kinds[s0].tolist()))
+        if runs and runs[-1][0] == vec:
+            runs[-1] = (vec, runs[-1][1] + s1 - s0)
         else:
-            runs.append([v, 1])
-    return _runs_to_nodes([tuple(r) for r in runs])
+            runs.append((vec, s1 - s0))
+    return _runs_to_nodes(runs)
 
 
 def _runs_to_nodes(runs: list[tuple]) -> list:
