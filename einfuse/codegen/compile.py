@@ -153,16 +153,15 @@ def compile(spec: str | Cascade, *, target: str = "triton", sizes: Mapping[str, 
     if target not in TARGETS:
         raise CodegenError(f"target {target!r} is not supported; choose one of {', '.join(TARGETS)}")
     c = spec if isinstance(spec, Cascade) else load_spec(spec)
-    try:
-        family = _family(c)
-    except CodegenError:
-        from einfuse.codegen import stages
+    from einfuse.codegen import stages
 
-        if not stages.is_multistage(c):
-            raise
-        # several attention stages (Agent, BASED): one kernel per stage, launched directly
+    if stages.is_multistage(c):
+        # several score products (Agent, BASED): one kernel per stage, launched directly. Decided
+        # before the one-stage analysers run: they trace one softmax chain and would not notice the
+        # other stage (BASED's window branch alone passes them), so their acceptance is no proof.
         return stages.compile_stages(c, sizes=sizes, decode=decode, decode_options=decode_options,
                                      **options)
+    family = _family(c)
     if family == "linear":
         kernel = _builder("linear", "build_linear")(c, **options)
         lowered = getattr(kernel, "cascade", c)
