@@ -33,7 +33,7 @@ from einfuse.ir.expr import (
     Const,
     Expr,
     Unary,
-    rename_tensors,
+    map_accesses,
     substitute,
     walk,
 )
@@ -49,8 +49,9 @@ CONVENTION = {"query": "P", "key": "M", "head": "E", "value": "F"}
 class Stage:
     """One generator-accepted stage: ``cascade`` (renamed) computes ``output`` of the original.
 
-    ``bind`` gives the original tensors passed as the kernel's q, k, v; ``transpose`` is set when
-    the original output is stored ``[value, query]`` (the kernel returns ``[query, value]``).
+    ``bind`` gives the original tensors passed as the kernel's q, k, v; ``flip`` says which of them
+    are stored the other way round (``K[E,M]``: transposed before the launch); ``transpose`` is set
+    when the original output is stored ``[value, query]`` (the kernel returns ``[query, value]``).
     """
 
     cascade: Cascade
@@ -59,6 +60,7 @@ class Stage:
     bind: tuple[str, str, str]
     einsums: tuple[str, ...]
     transpose: bool = False
+    flip: tuple[bool, bool, bool] = (False, False, False)
     rank_map: dict[str, str] = field(default_factory=dict)
 
 
@@ -204,6 +206,9 @@ def as_stage(c: Cascade, target: str, available: set[str]) -> Stage:
     if sorted(out_ranks) != sorted((q_rank, v_ranks[0])):
         raise CodegenError(f"stage output {target}[{','.join(out_ranks)}] must be indexed by the query rank "
                            f"{q_rank} and the value rank {v_ranks[0]}")
+    convention = {q_leaf: (q_rank, e_rank), k_leaf: (k_rank, e_rank), v_leaf: (k_rank, v_ranks[0]),
+                  target: (q_rank, v_ranks[0])}
+    flipped = {t for t, want in convention.items() if c.tensors[t].ranks == want[::-1]}
     tensors_used = set(leaves) | {c.einsums[i].name for i in idx}
     used_ranks = {r for t in tensors_used for r in c.tensors[t].ranks}
     for r in used_ranks - set(rmap):
@@ -224,16 +229,18 @@ def as_stage(c: Cascade, target: str, available: set[str]) -> Stage:
     for t in sorted(tensors_used, key=list(c.tensors).index):
         tt = c.tensors[t]
         rs = tuple(rmap[r] for r in tt.ranks)
-        if t == target and out_ranks[0] != q_rank:
+        if t in flipped:
             rs = rs[::-1]
         tensors[tmap[t]] = Tensor(tmap[t], rs, tt.dtype, frozenset(rmap[r] for r in tt.iterative))
     einsums = []
     for i in idx:
         e = c.einsums[i]
         oi = tuple(_rename_syms(x, syms) for x in e.output.indices)
-        if e.name == target and out_ranks[0] != q_rank:
+        if e.name in flipped:
             oi = oi[::-1]
-        einsums.append(Einsum(Access(tmap[e.name], oi), rename_tensors(_rename_syms(e.expr, syms), tmap),
+        expr = map_accesses(_rename_syms(e.expr, syms), lambda a: Access(
+            tmap[a.tensor], a.indices[::-1] if a.tensor in flipped else a.indices))
+        einsums.append(Einsum(Access(tmap[e.name], oi), expr,
                               e.reduce, _rename_syms(e.where, syms), e.comment))
     attrs = {k: v for k, v in c.attrs.items() if k != "family"}
     sub = Cascade(f"{c.name}_{target}", ranks, tensors, tuple(einsums), ("Q", "K", "V"), ("O",),
@@ -245,7 +252,7 @@ def as_stage(c: Cascade, target: str, available: set[str]) -> Stage:
     family = _accepting_family(sub)
     sub = replace(sub, attrs={**attrs, "family": family})
     return Stage(sub, family, target, (q_leaf, k_leaf, v_leaf), tuple(c.einsums[i].name for i in idx),
-                 out_ranks[0] != q_rank, rmap)
+                 target in flipped, tuple(t in flipped for t in (q_leaf, k_leaf, v_leaf)), rmap)
 
 
 def _accepting_family(sub: Cascade) -> str:
@@ -421,7 +428,8 @@ class MultiStageAttention:
         env: dict[str, Any] = dict(zip(qkv_names(c), (q, k, v)))
         env.update(extra_inputs)
         for st, kern in zip(self.plan.stages, self.kernels):
-            out = kern.run(*(env[t] for t in st.bind))
+            args = (env[t].transpose(2, 3).contiguous() if f else env[t] for t, f in zip(st.bind, st.flip))
+            out = kern.run(*args)
             env[st.output] = out.transpose(2, 3) if st.transpose else out
         for e in self.plan.combine:
             env[e.name] = eval_elementwise(c, e, env)

@@ -123,3 +123,20 @@ def test_every_builtin_compiles_or_names_an_einsum(name):
         assert "Einsum " in str(exc), str(exc)
         return
     assert callable(f) and f.cascade.name
+
+
+def test_agent_with_transposed_value_and_stage_output():
+    # V stored [F,M] and AV1 stored [F,N]: stages see V[M,F] (transposed before launch) and the
+    # stage-1 output is transposed back to AV1's layout before stage 2 reads it as its value
+    text = (str(einfuse.load_spec("agent")).replace("tensor AV1[N,F]", "tensor AV1[F,N]")
+            .replace("AV1[n,f]", "AV1[f,n]").replace("input V[M,F]", "input V[F,M]").replace("V[m,f]", "V[f,m]"))
+    c = parse_cascade(text)
+    plan = split_stages(c)
+    assert [(s.flip, s.transpose) for s in plan.stages] == [((False, False, True), True),
+                                                             ((False, False, True), False)]
+    q, k, _, ag = inputs()
+    v = torch.randn(2, 2, 20, 53, generator=torch.Generator().manual_seed(1))  # (B, Hkv, F, M)
+    out = einfuse.compile(c, decode=False)(q, k, v, AG=ag)
+    ref = run_cascade(c, {"Q": q, "K": k, "V": v, "AG": ag})["O"]
+    assert out.shape == (2, 4, 45, 20)
+    assert rel_err(out.numpy().astype(np.float64), ref) < 1e-3
