@@ -27,11 +27,12 @@ def register(cli: click.Group) -> None:
               help="write results.json, report.md and PNG plots into this folder")
 @click.option("--json", "as_json", is_flag=True, help="print the result rows as JSON instead of a table")
 @click.option("--why", is_flag=True, help="print which unit stalls on what for every result")
+@click.option("--per-einsum", is_flag=True, help="print a per-Einsum table for every result")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @click.option("--list", "list_", is_flag=True, help="list the built-in designs and models")
 def simulate_cmd(spec: str | None, arch: str, compare: str | None, model: str, seq: str, batch: int,
-                 sizes: tuple[str, ...], report: str | None, as_json: bool, why: bool, no_progress: bool,
-                 list_: bool) -> None:
+                 sizes: tuple[str, ...], report: str | None, as_json: bool, why: bool, per_einsum: bool,
+                 no_progress: bool, list_: bool) -> None:
     """Simulate SPEC (a built-in variant, .py or cascade file) on accelerator designs.
 
     \b
@@ -52,7 +53,7 @@ def simulate_cmd(spec: str | None, arch: str, compare: str | None, model: str, s
     if not spec:
         raise SimulatorError("give a SPEC to simulate (e.g. softmax, causal, sliding_window:window=256)")
     from einfuse.frontends import load_spec
-    from einfuse.simulator.report import table, write_report
+    from einfuse.simulator.report import einsum_table, table, write_report
     from einfuse.simulator.sweep import sweep
 
     designs = [d.strip() for d in (compare or arch).split(",") if d.strip()]
@@ -75,8 +76,10 @@ def simulate_cmd(spec: str | None, arch: str, compare: str | None, model: str, s
         click.echo(json.dumps(rows, indent=1, default=float))
     else:
         console.print(table(rows, title=f"{cascade.name}: simulated attention layer (batch {batch})"))
-        if why:
-            for r in results:
+        for r, row in zip(results, rows):
+            if per_einsum:
+                console.print(einsum_table(row))
+            if why:
                 console.print(f"[bold]{r.design} {r.model} {r.seq}[/bold]: {r.explain()}")
     if report:
         paths = write_report(results, report)

@@ -105,7 +105,7 @@ def markdown(rows: Sequence[dict], images: Sequence[str] = ()) -> str:
             out.append("")
         for r in (group[0], group[-1]) if len(group) > 1 else (group[0],):
             out.append(f"- **{format_seq(r['seq'])}**: {r.get('explanation', '')}")
-            notes = [m for m in r.get("mapping", []) if "spilled" in m or "window" in m.lower()]
+            notes = [m.strip() for m in r.get("mapping", []) if "spilled" in m or m.startswith("pipeline window")]
             for n in notes:
                 out.append(f"  - mapping: {n}")
         out.append("")
@@ -173,7 +173,24 @@ def _trend(group: list[dict]) -> str:
     top = _top_stall(b, "2d")
     why = f"; at {format_seq(b['seq'])} the 2-D array mostly waits for {top}" if top else ""
     return (f"2-D utilisation {move} from {100 * a['util_2d']:.1f}% at {format_seq(a['seq'])} to "
-            f"{100 * b['util_2d']:.1f}% at {format_seq(b['seq'])}{why}.")
+            f"{100 * b['util_2d']:.1f}% at {format_seq(b['seq'])}{why}. {_bottleneck(b)}")
+
+
+def _bottleneck(r: dict) -> str:
+    """The busiest unit and the Einsums (or transfers) that keep it busy."""
+    busy = {"2d": r.get("busy_2d", 0.0), "1d": r.get("busy_1d", 0.0), "dram": r.get("busy_dram", 0.0)}
+    unit = max(busy, key=busy.get)
+    names = {"2d": "2-D array", "1d": "1-D array", "dram": "DRAM"}
+    if unit == "dram":
+        movers = sorted(r.get("per_einsum", []), key=lambda e: -e["dram_bytes"])[:3]
+        total = sum(e["dram_bytes"] for e in r.get("per_einsum", [])) or 1
+        what = ", ".join(f"{e['name']} {100 * e['dram_bytes'] / total:.0f}%" for e in movers if e["dram_bytes"])
+        return f"Busiest unit: DRAM ({100 * busy[unit]:.0f}% of the time; bytes moved for {what})."
+    mine = [e for e in r.get("per_einsum", []) if e["unit"] == unit]
+    total = sum(e["busy_cycles"] for e in mine) or 1
+    top = sorted(mine, key=lambda e: -e["busy_cycles"])[:4]
+    what = ", ".join(f"{e['name']} {100 * e['busy_cycles'] / total:.0f}%" for e in top)
+    return f"Busiest unit: the {names[unit]} ({100 * busy[unit]:.0f}% of the time; {what} of its work)."
 
 
 def _top_stall(r: dict, unit: str) -> str:
