@@ -24,7 +24,7 @@ from einfuse.errors import CodegenError, EinfuseError
 from einfuse.ir.cascade import Cascade
 
 if TYPE_CHECKING:
-    from einfuse.codegen.stages import MultiStageAttention
+    from einfuse.codegen.stages_run import MultiStageAttention
 
 DECODE_MAX_QUERIES = 16
 TARGETS = ("triton",)
@@ -145,7 +145,7 @@ def compile(spec: str | Cascade, *, target: str = "triton", sizes: Mapping[str, 
     float32 inputs), ``tile_order`` ('auto' | 'flat' | 'box'); for linear attention the options of
     ``build_linear``. ``decode=False`` keeps short query blocks on the main kernel;
     ``decode_options`` go to ``build_decode``. ``torch_op=False`` skips the custom op.
-    A cascade with several attention stages that the one-stage path refuses is split by
+    A cascade with several score products (several attention stages) is split by
     :mod:`einfuse.codegen.stages`: the result is called ``fn(q, k, v, **extra_inputs)``.
     """
     from einfuse.frontends import load_spec

@@ -8,7 +8,7 @@ renamed to the generators' conventions (``Q[P,E]``, ``K[M,E]``, ``V[M,F]``, outp
 and offered to the analysers; the first tensor whose closure one of them accepts ends a stage, and
 becomes an input of later stages. So every stage is the smallest sub-cascade a generator accepts.
 Einsums left over must be elementwise combinations of stage outputs and inputs (BASED's
-``O = LO + WO``); they run as torch ops on the stage outputs (:func:`eval_elementwise`).
+``O = LO + WO``); they run as torch ops on the stage outputs (:mod:`einfuse.codegen.stages_run`).
 
 What cannot be split that way is refused with a :class:`CodegenError` naming the Einsums no
 generator accepts (BASED's Taylor branch ``T = 1 + s + s^2/2``: the linear generator needs the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sympy
 
@@ -40,6 +40,9 @@ from einfuse.ir.expr import (
 from einfuse.ir.printer import format_einsum
 from einfuse.ir.ranks import Rank, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
+
+if TYPE_CHECKING:
+    from einfuse.codegen.stages_run import MultiStageAttention
 
 CONVENTION = {"query": "P", "key": "M", "head": "E", "value": "F"}
 """Rank names the generators read: queries P, keys M, head dim E, value dim F."""
@@ -199,7 +202,8 @@ def as_stage(c: Cascade, target: str, available: set[str]) -> Stage:
     if len(c.tensors[v_leaf].ranks) != 2 or len(v_ranks) != 1:
         raise CodegenError(f"value {v_leaf}[{','.join(c.tensors[v_leaf].ranks)}] must be indexed by the key "
                            f"rank {k_rank} and one value rank")
-    rmap = {q_rank: "P", k_rank: "M", e_rank: "E", v_ranks[0]: "F"}
+    roles = {"query": q_rank, "key": k_rank, "head": e_rank, "value": v_ranks[0]}
+    rmap = {r: CONVENTION[role] for role, r in roles.items()}
     if len(set(rmap)) != 4:
         raise CodegenError(f"the stage computing {target} uses rank(s) in two roles: {rmap}")
     out_ranks = c.tensors[target].ranks
@@ -331,129 +335,11 @@ def split_stages(c: Cascade) -> StagePlan:
     return StagePlan(c, tuple(stages), tuple(combine))
 
 
-# ---- the elementwise evaluator -------------------------------------------------------------------
-
-def eval_elementwise(c: Cascade, e: Einsum, env: Mapping[str, Any]) -> Any:
-    """Evaluate an elementwise Einsum on torch tensors laid out ``(B, H, *ranks)``.
-
-    Absent elements of stage outputs are 0 (the kernels' and the reference's convention), so sums
-    and products of them agree with the reference's presence rules; a quotient by an absent element
-    would not (it is not needed by any built-in).
-    """
-    import torch
-
-    out_syms = [sympy.sympify(i) for i in e.output.indices]
-
-    def access(a: Access) -> Any:
-        x = env[a.tensor]
-        pos = [list(a.indices).index(s) if s in a.indices else None for s in out_syms]
-        extra = [i for i in range(len(a.indices)) if a.indices[i] not in out_syms]
-        if extra:
-            raise CodegenError(f"Einsum {e.name}: operand {a.tensor} is indexed by a rank not in the output")
-        x = x.permute(0, 1, *[2 + p for p in pos if p is not None])
-        shape = list(x.shape[:2])
-        it = iter(x.shape[2:])
-        for p in pos:
-            shape.append(1 if p is None else next(it))
-        return x.reshape(shape)
-
-    unary_ops = {
-        "exp": torch.exp, "log": torch.log, "neg": torch.neg, "sigmoid": torch.sigmoid,
-        "relu": torch.relu, "reciprocal": torch.reciprocal, "tanh": torch.tanh, "sqrt": torch.sqrt,
-        "abs": torch.abs, "square": torch.square,
-        "elu1": lambda t: torch.nn.functional.elu(t) + 1.0,
-    }
-    binary_ops = {
-        "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
-        "max": torch.maximum, "min": torch.minimum,
-    }
-
-    def ev(x: Expr) -> Any:
-        if isinstance(x, Access):
-            return access(x)
-        if isinstance(x, Const):
-            return x.value
-        if isinstance(x, Binary):
-            left, right = ev(x.left), ev(x.right)
-            if not isinstance(left, torch.Tensor) and not isinstance(right, torch.Tensor):
-                raise CodegenError(f"Einsum {e.name}: constant sub-expression {x} was not folded")
-            if not isinstance(left, torch.Tensor):
-                left = torch.as_tensor(left, dtype=right.dtype, device=right.device)
-            return binary_ops[x.op](left, right)
-        if isinstance(x, Unary):
-            return unary_ops[x.op](ev(x.arg))
-        raise CodegenError(f"Einsum {e.name}: the elementwise evaluator does not take {type(x).__name__} "
-                           "nodes (index values, selects)")
-
-    return ev(e.expr)
-
-
-# ---- the compiled object -------------------------------------------------------------------------
-
-@dataclass
-class MultiStageAttention:
-    """A compiled multi-stage cascade: call ``fn(q, k, v, **extra_inputs)`` (e.g. ``AG=agents``).
-
-    Same interface as :class:`~einfuse.codegen.compile.CompiledAttention`; stages launch directly
-    (no custom op). ``lowered`` is the tuple of the stages' lowered cascades, in execution order.
-    """
-
-    name: str
-    cascade: Cascade
-    plan: StagePlan
-    kernels: tuple[Any, ...]
-    family: str = "multistage"
-
-    @property
-    def lowered(self) -> tuple[Cascade, ...]:
-        return tuple(k.lowered for k in self.kernels)
-
-    @property
-    def stages(self) -> tuple[Stage, ...]:
-        return self.plan.stages
-
-    def __call__(self, q: Any, k: Any, v: Any, **extra_inputs: Any) -> Any:
-        return self.run(q, k, v, **extra_inputs)
-
-    def run(self, q: Any, k: Any, v: Any, **extra_inputs: Any) -> Any:
-        c = self.cascade
-        want = self.plan.extra_inputs
-        unknown = sorted(set(extra_inputs) - set(want))
-        missing = [t for t in want if t not in extra_inputs]
-        if unknown or missing:
-            raise CodegenError(f"{self.name}: call as fn(q, k, v{''.join(f', {t}=...' for t in want)}); "
-                               + (f"missing {', '.join(missing)}" if missing else "")
-                               + ("; " if missing and unknown else "")
-                               + (f"unknown {', '.join(unknown)}" if unknown else ""))
-        env: dict[str, Any] = dict(zip(qkv_names(c), (q, k, v)))
-        env.update(extra_inputs)
-        for st, kern in zip(self.plan.stages, self.kernels):
-            args = (env[t].transpose(2, 3).contiguous() if f else env[t] for t, f in zip(st.bind, st.flip))
-            out = kern.run(*args)
-            env[st.output] = out.transpose(2, 3) if st.transpose else out
-        for e in self.plan.combine:
-            env[e.name] = eval_elementwise(c, e, env)
-        return env[c.outputs[0]]
-
-    @property
-    def source(self) -> str:
-        """Every stage's generated module, each under a header saying what it computes."""
-        parts = []
-        for i, (st, kern) in enumerate(zip(self.plan.stages, self.kernels), 1):
-            q, k, v = st.bind
-            parts.append(f"# ==== stage {i}/{len(self.kernels)}: {st.output} ({st.family}) = "
-                         f"attention(q={q}, k={k}, v={v}); Einsums {', '.join(st.einsums)}\n"
-                         f"{kern.source}")
-        if self.plan.combine:
-            lines = "\n".join(f"#   {format_einsum(self.cascade, e)}" for e in self.plan.combine)
-            parts.append(f"# ==== combined with torch ops on the stage outputs:\n{lines}\n")
-        return "\n".join(parts)
-
-
 def compile_stages(c: Cascade, *, sizes: Mapping[str, int] | None = None, decode: bool = True,
                    decode_options: Mapping[str, Any] | None = None, **options: Any) -> MultiStageAttention:
     """Split ``c`` (:func:`split_stages`) and compile each stage with the one-stage generators."""
     from einfuse.codegen.compile import compile as compile_one
+    from einfuse.codegen.stages_run import MultiStageAttention
 
     plan = split_stages(c)
     kernels = []
@@ -465,12 +351,10 @@ def compile_stages(c: Cascade, *, sizes: Mapping[str, int] | None = None, decode
 
 
 __all__ = [
-    "MultiStageAttention",
     "Stage",
     "StagePlan",
     "as_stage",
     "compile_stages",
-    "eval_elementwise",
     "is_multistage",
     "is_score_product",
     "qkv_names",

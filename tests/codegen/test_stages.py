@@ -7,7 +7,8 @@ import torch
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
-from einfuse.codegen.stages import MultiStageAttention, is_multistage, split_stages
+from einfuse.codegen.stages import is_multistage, split_stages
+from einfuse.codegen.stages_run import MultiStageAttention
 from einfuse.errors import CodegenError
 from einfuse.ir import parse_cascade
 
