@@ -86,7 +86,7 @@ class BufferLevel:
 
 @dataclass(frozen=True)
 class MappingPolicy:
-    """How the design maps a cascade (see ``archs/README`` comments in each YAML file)."""
+    """How the design maps a cascade (each shipped YAML file comments its choices)."""
 
     lowering: str                   # none | online_softmax
     fusion: str                     # none | per_unit | row_block
