@@ -316,8 +316,11 @@ def split_stages(c: Cascade) -> StagePlan:
         """Make ``t`` available: elementwise producers run as combiners, anything else is refused."""
         if t in available:
             return
-        (i,) = c.producers(t)
-        e = c.einsums[i]
+        prods = c.producers(t)
+        if len(prods) != 1:
+            raise CodegenError(f"cascade {c.name}: tensor {t} has {len(prods)} producing Einsums and no "
+                               "stage computes it")
+        e = c.einsums[prods[0]]
         if _is_elementwise(c, e):
             for x in e.operand_tensors():
                 need(x)
