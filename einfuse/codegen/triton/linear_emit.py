@@ -12,15 +12,9 @@ function needs it. Names of index symbols and size symbols are chosen by the cal
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
-import os
-import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import ModuleType
 
 import sympy
 from sympy.core.relational import Relational
@@ -271,44 +265,8 @@ def emit_value(e: Expr, leaf: Callable[[Access], str], index: IndexPrinter) -> s
     raise CodegenError(f"cannot emit expression node {e!r} as Triton code")
 
 
-# ---- loading generated source ------------------------------------------------------------------
-
-def cache_dir() -> str:
-    """Where generated kernel modules are written (Triton's JIT reads kernel source from files)."""
-    root = os.environ.get("EINFUSE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "einfuse")
-    path = os.path.join(root, "kernels")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        path = os.path.join(tempfile.gettempdir(), "einfuse-kernels")
-        os.makedirs(path, exist_ok=True)
-    return path
-
-
-def load_module(source: str, stem: str) -> ModuleType:
-    """Write ``source`` to ``<cache>/<stem>_<hash>.py`` and import it (once per process)."""
-    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
-    name = f"einfuse_gen_{stem}_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = os.path.join(cache_dir(), f"{stem}_{digest}.py")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(source)
-        os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise CodegenError(f"cannot import generated kernel module {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        sys.modules.pop(name, None)
-        raise
-    return module
+# ---- loading generated source: one loader and cache for every generator -------------------------
+from einfuse.codegen.triton.loader import load_module  # noqa: E402,F401  (re-exported for the generators)
 
 
 def indent(text: str, spaces: int) -> str:
