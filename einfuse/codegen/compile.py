@@ -166,8 +166,12 @@ def compile(spec: str | Cascade, *, target: str = "triton", sizes: Mapping[str, 
         kernel = _builder("linear", "build_linear")(c, **options)
         lowered = getattr(kernel, "cascade", c)
     else:
+        from einfuse.codegen.triton.analysis import analyze
+        from einfuse.codegen.triton.plan_check import check_plan
         from einfuse.codegen.triton.runtime import AttentionKernel
         from einfuse.codegen.triton.tile_order import grid_of
+
+        check_plan(c, analyze(c))  # the kernel must compute this cascade, not a part of it
 
         lowered, how = lower_for_triton(c) if family == "softmax" else (c, "as written (no reduction to fuse)")
         bound = {k: int(v) for k, v in (sizes or {}).items()}

@@ -1,0 +1,39 @@
+"""The generator refuses cascades it would only partly compute, and accepts every built-in it reads."""
+
+import pytest
+
+import einfuse
+from einfuse.codegen.triton.analysis import analyze
+from einfuse.codegen.triton.plan_check import check_plan
+from einfuse.errors import CodegenError
+from einfuse.ir import format_cascade, parse_cascade
+
+
+def with_extra_output_einsum(spec: str, rhs: str):
+    text = format_cascade(einfuse.load_spec(spec))
+    text = text.replace("output O[P,F]", "output O2[P,F]\ntensor O[P,F]") + f"O2[p,f] = {rhs}\n"
+    return parse_cascade(text)
+
+
+@pytest.mark.parametrize("rhs", ["O[p,f] * 2.0 + 1.0", "O[p,f] + O[p,f] * O[p,f]", "exp(O[p,f])"])
+def test_einsums_off_the_attention_chain_are_refused(rhs):
+    c = with_extra_output_einsum("causal", rhs)
+    with pytest.raises(CodegenError, match="computes something else"):
+        check_plan(c, analyze(c))
+    with pytest.raises(CodegenError, match="computes something else"):
+        einfuse.compile(c, torch_op=False)
+
+
+def test_every_single_stage_builtin_plan_matches_its_cascade():
+    checked = 0
+    for name in einfuse.BUILTINS:
+        c = einfuse.load_spec(name)
+        try:
+            plan = analyze(c)
+        except CodegenError:
+            continue  # linear or multi-stage: other generators
+        if c.attrs.get("family") in ("based", "agent"):
+            continue  # multi-stage cascades go to the stage splitter before this check
+        check_plan(c, plan)
+        checked += 1
+    assert checked >= 12
