@@ -260,7 +260,8 @@ def as_stage(c: Cascade, target: str, available: set[str]) -> Stage:
 
 
 def _accepting_family(sub: Cascade) -> str:
-    """softmax | sigmoid | linear: the generator whose analyser accepts ``sub``, or raise with both reasons."""
+    """softmax | sigmoid | normsum | linear: the generator whose analyser accepts ``sub``, or raise
+    with both reasons."""
     from einfuse.codegen.triton.analysis import analyze
     from einfuse.codegen.triton.linear_analysis import analyse_linear
 

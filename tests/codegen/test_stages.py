@@ -107,13 +107,15 @@ def test_combined_branches_with_fully_masked_rows():
     assert np.abs(ref[:, :, :3]).max() > 0
 
 
-def test_based_is_a_documented_gap_naming_the_taylor_einsum():
-    with pytest.raises(CodegenError, match=r"Einsum T \(T\[m,p\] = 1\.0 \+ LQK"):
-        einfuse.compile("based")
-    # the window branch alone is a stage the generators accept
+def test_based_splits_into_a_normalised_sum_stage_and_a_window_stage():
+    # the Taylor branch LO = (sum_m T*V) / (sum_m T) is one normalised-weighted-sum stage; the
+    # unnormalised LNV alone is still refused (no generator takes a bare sum of Taylor weights)
     c = einfuse.load_spec("based")
-    with pytest.raises(CodegenError, match="no Triton generator accepts"):
-        split_stages(c)
+    plan = split_stages(c)
+    assert [(s.output, s.family) for s in plan.stages] == [("LO", "normsum"), ("WO", "softmax")]
+    assert [e.name for e in plan.combine] == ["O"]
+    with pytest.raises(CodegenError, match=r"Einsum T"):
+        split_stages(parse_cascade(str(c).replace("O[p,f] = LO[p,f] + WO[p,f]", "O[p,f] = LNV[p,f] + WO[p,f]")))
 
 
 @pytest.mark.parametrize("name", sorted(einfuse.BUILTINS))

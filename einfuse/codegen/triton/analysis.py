@@ -1,7 +1,8 @@
 """Read a softmax/sigmoid-family cascade into the few facts a one-pass attention kernel needs.
 
 The generator does not pattern-match variant names: it walks the cascade. Starting from the
-normalisation (the ``exp(X - Y)`` whose ``Y`` is a running or global max, or a ``sigmoid(X)``), it
+normalisation (the ``exp(X - Y)`` whose ``Y`` is a running or global max, a ``sigmoid(X)``, or the
+weights ``W`` of a normalised weighted sum ``(sum_m W*V) / (sum_m W)``, family "normsum"), it
 inlines ``X``'s producers Einsum by Einsum until it reaches the one Einsum that reduces over the head
 dimension with ``Q`` and ``K`` operands (the ``Q.K`` product). What remains is the *score
 expression*: a value expression over the dot product (the leaf :data:`DOT`) and index values of
@@ -118,6 +119,9 @@ def analyze(c: Cascade) -> AttentionPlan:
 
 def _find_normalisation(c: Cascade, tracer: _ScoreTracer) -> tuple[str, Access, int]:
     """(family, the access of the normalised score, index of the normalising Einsum)."""
+    found = _find_normalised_sum(c, tracer)
+    if found is not None:
+        return found
     maxish = {e.output.tensor for e in c.einsums if e.reduce == "max"
               or (isinstance(e.expr, Binary) and e.expr.op == "max")}
     for i, e in enumerate(c.einsums):
@@ -139,6 +143,48 @@ def _find_normalisation(c: Cascade, tracer: _ScoreTracer) -> tuple[str, Access, 
     raise CodegenError(f"cascade {c.name} (family {fam}): no softmax (exp(score - max) with a max "
                        "reduction) or sigmoid normalisation of a Q.K score found; linear-family cascades "
                        "go through einfuse.codegen.triton.linear")
+
+
+def _sum_over_one(c: Cascade, t: str) -> Einsum | None:
+    """The Einsum producing ``t`` when it is the only one, a sum over one rank, with no constraint."""
+    prods = c.producers(t)
+    if len(prods) != 1 or c.tensors[t].iterative:
+        return None
+    e = c.einsums[prods[0]]
+    if e.reduce != "sum" or len(c.reduced_vars(e)) != 1 or e.where is not None:
+        return None
+    return e
+
+
+def _find_normalised_sum(c: Cascade, tracer: _ScoreTracer) -> tuple[str, Access, int] | None:
+    """The "normalised weighted sum" ``O = (sum_m W*V) / (sum_m W)`` with ``W`` an elementwise function
+    of the Q.K score (Based's Taylor branch): weights need no max, so the kernel keeps a running sum
+    of ``W`` next to the ``W.V`` accumulator and divides once at the end."""
+    for e in c.einsums:
+        x = e.expr
+        if not (isinstance(x, Binary) and x.op == "div" and isinstance(x.left, Access)
+                and isinstance(x.right, Access)) or c.reduced_vars(e):
+            continue
+        num, den = _sum_over_one(c, x.left.tensor), _sum_over_one(c, x.right.tensor)
+        if num is None or den is None or not isinstance(den.expr, Access):
+            continue
+        w = den.expr
+        factors = _product_factors(num.expr)
+        if factors is None or len(factors) != 2 or w not in factors:
+            continue
+        other = factors[1] if factors[0] == w else factors[0]
+        if not (isinstance(other, Access) and other.tensor in c.inputs):
+            continue
+        if c.reduced_vars(num) != c.reduced_vars(den) or w.tensor in c.inputs:
+            continue
+        prods = c.producers(w.tensor)
+        if len(prods) != 1:
+            continue
+        w_e = c.einsums[prods[0]]
+        if w.indices != w_e.output.indices or not tracer.reaches_dot(w):
+            continue
+        return "normsum", w, prods[0]
+    return None
 
 
 class _ScoreTracer:

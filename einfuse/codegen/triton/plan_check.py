@@ -18,7 +18,7 @@ from einfuse.codegen.reference import run_cascade
 from einfuse.errors import CodegenError, EinfuseError
 from einfuse.frontends import dsl
 from einfuse.ir.cascade import Cascade
-from einfuse.ir.expr import Access, map_accesses
+from einfuse.ir.expr import Access, binary, map_accesses
 
 CHECK_SIZES = {"B": 1, "H": 4, "P": 11, "M": 13, "E": 5, "F": 6}
 
@@ -31,9 +31,24 @@ def plan_cascade(plan) -> Cascade:
         return map_accesses(plan.score, lambda a: s if a.tensor == DOT else a)
 
     mask = plan.mask
+    if plan.family == "normsum":
+        return _normsum_cascade(plan, score_mod, mask)
     return dsl.attention(f"{plan.name}_plan", score_mod=score_mod,
                          mask_mod=(lambda b, h, q, kv: mask) if mask is not None else None,
                          normalization=plan.family, params=dict(plan.params))
+
+
+def _normsum_cascade(plan, score_mod, mask) -> Cascade:
+    """``O = (sum_m W*V) / (sum_m W)`` with ``W`` the plan's score (the DSL has no such normalisation)."""
+    cb = dsl.CascadeBuilder(f"{plan.name}_plan")
+    cb.params.update(plan.params)
+    cb.attrs["family"] = "normsum"
+    w = dsl._qk_einsums(cb, None, score_mod, (lambda b, h, q, kv: mask) if mask is not None else None)
+    va = cb.input("V", "M", "F")
+    ws = cb.einsum("WS", ("P",), w, comment="sum of the weights")
+    nv = cb.einsum("NV", ("P", "F"), binary("mul", w, va), comment="weighted sum")
+    cb.einsum("O", ("P", "F"), binary("div", nv, ws), reduce=None, output=True)
+    return cb.build()
 
 
 def check_plan(c: Cascade, plan) -> None:

@@ -1,4 +1,4 @@
-"""Launching a generated softmax/sigmoid kernel: input checks, configuration, block tables, grid.
+"""Launching a generated softmax/sigmoid/normsum kernel: input checks, configuration, block tables, grid.
 
 :class:`AttentionKernel` is what ``einfuse.compile`` returns for softmax-family cascades (wrapped in
 the torch custom op). It owns the generated modules (one per tile order), the block tables cached
@@ -106,7 +106,7 @@ def check_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, int, int,
 
 @dataclass
 class AttentionKernel:
-    """A compiled softmax/sigmoid-family attention: ``kernel(q, k, v) -> out`` on (B, H, N, D) tensors."""
+    """A compiled softmax/sigmoid/normsum attention: ``kernel(q, k, v) -> out`` on (B, H, N, D) tensors."""
 
     cascade: Cascade
     plan: AttentionPlan
