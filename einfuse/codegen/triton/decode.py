@@ -20,10 +20,9 @@ from einfuse.codegen.triton.decode_analysis import DecodePlan, analyse_decode
 from einfuse.codegen.triton.decode_kernels import decode_source
 from einfuse.codegen.triton.decode_lowering import lower_decode
 from einfuse.codegen.triton.linear_emit import load_module
+from einfuse.codegen.triton.options import cdiv, parse_options, pow2
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
-
-_IGNORED = {"autotune", "device", "dtype"}
 
 
 @dataclass(frozen=True)
@@ -41,30 +40,10 @@ class DecodeOptions:
 
     @staticmethod
     def of(options: dict[str, Any]) -> DecodeOptions:
-        valid = set(DecodeOptions.__dataclass_fields__)
-        bad = set(options) - valid - _IGNORED
-        if bad:
-            raise CodegenError(f"unknown decode option(s) {', '.join(sorted(bad))}; "
-                               f"valid: {', '.join(sorted(valid))}")
-        opts = DecodeOptions(**{k: v for k, v in options.items() if k in valid})
-        for name in ("block_n", "block_rows"):
-            val = getattr(opts, name)
-            if val < 16 or val & (val - 1):
-                raise CodegenError(f"option {name}={val} must be a power of two >= 16")
+        opts = parse_options(DecodeOptions, options, "decode", ("block_n", "block_rows"))
         if opts.splits < 0:
             raise CodegenError(f"option splits={opts.splits} must be >= 0 (0 = automatic)")
         return opts
-
-
-def _pow2(n: int, lo: int = 16) -> int:
-    p = lo
-    while p < n:
-        p *= 2
-    return p
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _sm_count(device: Any) -> int:
@@ -93,10 +72,10 @@ class DecodeKernel:
         want = splits or self.options.splits
         if not want:
             target = _sm_count(device) * self.options.programs_per_sm
-            want = _cdiv(target, B * Hkv * row_blocks)
-        want = max(1, min(want, _cdiv(NK, bn)))
-        split_len = _cdiv(_cdiv(NK, want), bn) * bn
-        return _cdiv(NK, split_len), split_len
+            want = cdiv(target, B * Hkv * row_blocks)
+        want = max(1, min(want, cdiv(NK, bn)))
+        split_len = cdiv(cdiv(NK, want), bn) * bn
+        return cdiv(NK, split_len), split_len
 
     def _sizes(self, B: int, H: int, NQ: int, NK: int, D: int, DV: int, given: dict[str, Any]) -> list[int]:
         known: dict[str, float] = {**self.plan.params, "B": B, "H": H, "P": NQ, "M": NK, "E": D, "F": DV}
@@ -124,8 +103,8 @@ class DecodeKernel:
             raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
         size_args = self._sizes(B, H, NQ, NK, D, DV, sizes)
         group_rows = (H // Hkv) * NQ
-        rows = min(self.options.block_rows, _pow2(group_rows))
-        row_blocks = _cdiv(group_rows, rows)
+        rows = min(self.options.block_rows, pow2(group_rows))
+        row_blocks = cdiv(group_rows, rows)
         n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, q.device, splits)
         dev = q.device
         mws = torch.empty((B * H * NQ * n_splits,), device=dev, dtype=torch.float32)
@@ -135,11 +114,11 @@ class DecodeKernel:
         self.module.decode_partial[(B * Hkv, n_splits, row_blocks)](
             q, k, v, mws, lws, ows, *q.stride(), *k.stride(), *v.stride(),
             NQ, NK, H, Hkv, D, DV, split_len, n_splits, float(self.plan.scale), *size_args,
-            ROWS=rows, BLOCK_N=self.options.block_n, BD=_pow2(D), BDV=_pow2(DV),
+            ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV),
             num_warps=self.options.num_warps, num_stages=self.options.num_stages)
         self.module.decode_combine[(B * H * NQ,)](
             mws, lws, ows, o, *o.stride(), H, NQ, DV, n_splits,
-            BS=_pow2(n_splits, 2), BDV=_pow2(DV), num_warps=4)
+            BS=pow2(n_splits, 2), BDV=pow2(DV), num_warps=4)
         return o
 
 

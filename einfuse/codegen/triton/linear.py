@@ -16,11 +16,11 @@ from einfuse.codegen.triton.linear_analysis import LinearPlan, analyse_linear
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.linear_kernels import linear_source
 from einfuse.codegen.triton.linear_lowering import lower_linear
+from einfuse.codegen.triton.options import parse_options, pow2
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
 
 # options every Triton builder may be handed by the dispatcher and that this one does not use
-_IGNORED = {"autotune", "device", "dtype"}
 
 
 @dataclass(frozen=True)
@@ -49,16 +49,7 @@ class LinearOptions:
 
     @staticmethod
     def of(options: dict[str, Any]) -> LinearOptions:
-        valid = set(LinearOptions.__dataclass_fields__)
-        bad = set(options) - valid - _IGNORED
-        if bad:
-            raise CodegenError(f"unknown linear-attention option(s) {', '.join(sorted(bad))}; "
-                               f"valid: {', '.join(sorted(valid))}")
-        opts = LinearOptions(**{k: v for k, v in options.items() if k in valid})
-        for name in ("chunk", "block_k", "block_v"):
-            val = getattr(opts, name)
-            if val < 16 or val & (val - 1):
-                raise CodegenError(f"option {name}={val} must be a power of two >= 16")
+        opts = parse_options(LinearOptions, options, "linear-attention", ("chunk", "block_k", "block_v"))
         if opts.state_chunk and (opts.state_chunk < opts.chunk or opts.state_chunk % opts.chunk
                                  or opts.state_chunk & (opts.state_chunk - 1)):
             raise CodegenError(f"option state_chunk={opts.state_chunk} must be a power-of-two multiple "
@@ -66,13 +57,6 @@ class LinearOptions:
         if opts.state_dtype not in ("input", "fp32"):
             raise CodegenError(f"option state_dtype={opts.state_dtype!r} must be 'input' or 'fp32'")
         return opts
-
-
-def _pow2(n: int, lo: int = 16) -> int:
-    p = lo
-    while p < n:
-        p *= 2
-    return p
 
 
 @dataclass(frozen=True)
@@ -109,14 +93,14 @@ class LinearKernel:
         states = torch.empty((B * H, nt, D, DV), device=q.device, dtype=sdt)
         zs = torch.empty((B * H, nt, D), device=q.device, dtype=torch.float32) if self.plan.normalize \
             else states
-        bk = min(opt.block_k, _pow2(D))
-        bv = min(opt.block_v, _pow2(DV))
+        bk = min(opt.block_k, pow2(D))
+        bv = min(opt.block_v, pow2(DV))
         grid_s = (triton.cdiv(D, bk) * triton.cdiv(DV, bv), B * H)
         self.module.linear_states[grid_s](
             k, v, states, zs, *k.stride(), *v.stride(), H, Hkv, N, nt, D, DV,
             CHUNK=schunk, BK=bk, BV=bv, num_warps=opt.num_warps_states, num_stages=opt.num_stages_states)
-        bd = _pow2(D)
-        bo = _pow2(DV) if opt.block_o == 0 else min(opt.block_o, _pow2(DV))
+        bd = pow2(D)
+        bo = pow2(DV) if opt.block_o == 0 else min(opt.block_o, pow2(DV))
         grid_o = (triton.cdiv(N, chunk), triton.cdiv(DV, bo), B * H)
         self.module.linear_output[grid_o](
             q, k, v, states, zs, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),

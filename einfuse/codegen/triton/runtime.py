@@ -18,6 +18,7 @@ from einfuse.codegen.triton.analysis import AttentionPlan, analyze
 from einfuse.codegen.triton.blocks import BlockTables, build_tables, dense_tables
 from einfuse.codegen.triton.emit import KERNEL_NAME, emit_module
 from einfuse.codegen.triton.loader import load_module
+from einfuse.codegen.triton.options import pow2
 from einfuse.codegen.triton.tile_order import FLAT, TileOrder
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
@@ -55,10 +56,6 @@ class LaunchOptions:
             if v is not None and (v < 16 or v & (v - 1)):
                 raise CodegenError(f"option {name}={v}: must be a power of two >= 16")
         return opts
-
-
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (max(n, 1) - 1).bit_length())
 
 
 def check_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, int, int, int, int, str]:
@@ -203,8 +200,8 @@ class AttentionKernel:
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             *tables.kernel_args(dummy),
             Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=_pow2(D), HEAD_DV=Dv,
-            BLOCK_DV=_pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D), HEAD_DV=Dv,
+            BLOCK_DV=pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
             PART_CONTIG=tables.part_contig, BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1],
             BK2=bk[2], FAST_MATH=fast, DOT_PRECISION=precision,
             UPCAST=interp and q.dtype == torch.bfloat16, EVEN_KV=order.whole(Nkv, cfg.block_n),
