@@ -6,8 +6,8 @@ TRITON_INTERPRET=1), at small ragged shapes: N not a multiple of the chunk, D no
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from _helpers import rel_err
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -21,12 +21,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 2e-5 if DEVICE == "cpu" else 3e-3  # the GPU runs float32 dots as tf32
 
 
-def _rel_err(out: torch.Tensor, ref: np.ndarray) -> float:
-    got = out.double().cpu().numpy()
-    assert np.isfinite(got).all()
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-
-
 def _check(cascade: einfuse.Cascade, B: int, H: int, Hkv: int, N: int, D: int, DV: int,
            seed: int, tol: float | None = None, **options: object) -> None:
     gen = torch.Generator().manual_seed(seed)
@@ -37,7 +31,7 @@ def _check(cascade: einfuse.Cascade, B: int, H: int, Hkv: int, N: int, D: int, D
     out = fn(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE))
     assert out.shape == (B, H, N, DV)
     ref = run_cascade(cascade, {"Q": q, "K": k, "V": v})["O"]
-    assert _rel_err(out, ref) < (tol or TOL)
+    assert rel_err(out, ref) < (tol or TOL)
 
 
 @pytest.mark.parametrize("spec,N,D,chunk", [

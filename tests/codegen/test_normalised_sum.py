@@ -5,6 +5,7 @@ and run in the Triton interpreter against the float64 reference executor."""
 import numpy as np
 import pytest
 import torch
+from _helpers import rel_err
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
@@ -32,10 +33,6 @@ WS[p] = W[m,p]
 NV[p,f] = W[m,p] * V[m,f]
 O[p,f] = NV[p,f] / WS[p]
 """
-
-
-def rel_err(out, ref):
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def inputs(B=2, H=4, Hkv=2, N=45, M=45, D=24, seed=0, scale=0.3):

@@ -3,15 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from _helpers import rel_err
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
 from einfuse.errors import ExecutionError
 from einfuse.ir import parse_cascade
-
-
-def rel_err(a, b):
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
 def rand(rng, *shape, scale=1.0):

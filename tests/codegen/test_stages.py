@@ -4,6 +4,7 @@ Triton kernel run in the interpreter, against the float64 reference executor on 
 import numpy as np
 import pytest
 import torch
+from _helpers import rel_err
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
@@ -40,10 +41,6 @@ SO[p,f] = SA[m,p] * V[m,f]
 G[p,f] = tanh(SO[p,f]) * 0.5
 O[p,f] = WO[p,f] + G[p,f]
 """
-
-
-def rel_err(out, ref):
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def inputs(B=2, H=4, Hkv=2, N=45, M=53, D=24, agents=7, seed=0, scale=1.0):

@@ -6,14 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import rel_err
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
 from einfuse.codegen.triton.tile_order import grid_of
-
-
-def rel_err(out, ref):
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def check(spec, B=2, H=4, Hkv=2, N=45, M=53, D=24, Dv=None, seed=0, scale=1.0, **options):

@@ -1,18 +1,14 @@
 """Numerics of generated kernels at the edges: fully masked rows, large logits, cross-attention
 lengths, 16-bit inputs, tile configurations and the hand-written one-pass cascade."""
 
-import numpy as np
 import pytest
 import sympy
 import torch
+from _helpers import rel_err
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
 from einfuse.ir import parse_cascade
-
-
-def rel_err(out, ref):
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def rand(*shape, seed=0, scale=1.0, dtype=torch.float32):
