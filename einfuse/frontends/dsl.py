@@ -134,9 +134,15 @@ def trace_score(score_mod: ScoreMod | None, score: Expr) -> Expr:
         raise SpecError(f"score_mod returned something that is not a score: {exc}") from None
 
 
-def _qk_einsums(cb: CascadeBuilder, scale: float | None, score_mod: ScoreMod | None,
-                mask_mod: MaskMod | None, q: str = "Q", k: str = "K") -> Access:
-    """Score Einsums ``QK[m,p] = Q[p,e]*K[m,e]*scale : mask`` and, with a score_mod, ``S[m,p]``."""
+def qk_einsums(cb: CascadeBuilder, scale: float | None, score_mod: ScoreMod | None,
+               mask_mod: MaskMod | None, q: str = "Q", k: str = "K") -> Access:
+    """Add the score Einsums ``QK[m,p] = Q[p,e]*K[m,e]*scale : mask`` and, with a score_mod,
+    ``S[m,p]`` to ``cb``; return the access to the final score (``QK`` or ``S``).
+
+    Public because every builder of an attention-like cascade must write the score exactly as
+    :func:`attention` does (same tensor names, same mask on both Einsums) for its cascade to be
+    comparable; the kernel plan check restates plans through it. ``scale=None`` or 1 adds no factor.
+    """
     qa, ka = cb.input(q, "P", "E"), cb.input(k, "M", "E")
     where = trace_mask(mask_mod)
     prod: Expr = binary("mul", qa, ka)
@@ -169,7 +175,7 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
     cb = CascadeBuilder(name)
     cb.params.update(params or {})
     cb.attrs["family"] = normalization
-    score = _qk_einsums(cb, scale, score_mod, mask_mod)
+    score = qk_einsums(cb, scale, score_mod, mask_mod)
     va = cb.input("V", "M", "F")
     if normalization == "softmax":
         gm = cb.einsum("GM", ("P",), score, reduce="max", comment="pass 1: global max")

@@ -43,7 +43,7 @@ def _normsum_cascade(plan, score_mod, mask) -> Cascade:
     cb = dsl.CascadeBuilder(f"{plan.name}_plan")
     cb.params.update(plan.params)
     cb.attrs["family"] = "normsum"
-    w = dsl._qk_einsums(cb, None, score_mod, (lambda b, h, q, kv: mask) if mask is not None else None)
+    w = dsl.qk_einsums(cb, None, score_mod, (lambda b, h, q, kv: mask) if mask is not None else None)
     va = cb.input("V", "M", "F")
     ws = cb.einsum("WS", ("P",), w, comment="sum of the weights")
     nv = cb.einsum("NV", ("P", "F"), binary("mul", w, va), comment="weighted sum")
