@@ -142,7 +142,7 @@ def compile(spec: str | Cascade, *, target: str = "triton", sizes: Mapping[str, 
     ``options`` go to the kernel builder: for softmax/sigmoid ``block_m``, ``block_n``,
     ``num_warps``, ``num_stages`` (a fixed configuration), ``autotune=True`` (time candidates on the
     GPU once per shape class; cached on disk), ``fast_math``, ``precision`` ('ieee' | 'tf32' for
-    float32 inputs), ``tile_order`` ('auto' | 'flat' | 'box'); for linear attention the options of
+    float32 inputs), ``tile_order`` ('auto' | 'flat' | 'box' | 'span'); for linear attention the options of
     ``build_linear``. ``decode=False`` keeps short query blocks on the main kernel;
     ``decode_options`` go to ``build_decode``. ``torch_op=False`` skips the custom op.
     A cascade with several score products (several attention stages) is split by

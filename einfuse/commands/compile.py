@@ -20,18 +20,20 @@ def kernel_source(spec: str, sizes: dict[str, int], tile_order: str) -> str:
     """Source of the module ``einfuse compile`` writes for SPEC."""
     import einfuse
     from einfuse.codegen.triton.runtime import AttentionKernel
-    from einfuse.codegen.triton.tile_order import FLAT, TileOrder
+    from einfuse.codegen.triton.tile_order import FLAT, SpanBoxes, TileOrder
 
     compiled = einfuse.compile(spec, sizes=sizes, torch_op=False)
     kern = compiled.kernel
     if isinstance(kern, AttentionKernel):
         grid = kern.grid_hint
-        if tile_order == "box" and not grid:
+        if tile_order in ("box", "span") and not grid:
             from einfuse.errors import CodegenError
 
-            raise CodegenError(f"{compiled.name}: --tile-order box needs a token grid (neighbourhood specs)")
+            raise CodegenError(f"{compiled.name}: --tile-order {tile_order} needs a token grid "
+                               "(neighbourhood specs)")
         order = TileOrder(tuple(grid)) if grid and tile_order != "flat" else FLAT
-        return kern.source(order)
+        # the file holds one layout; its launcher generates another if a call picks it
+        return kern.source(order, SpanBoxes(tuple(grid)) if tile_order == "span" else None)
     from einfuse.ir.printer import format_cascade
 
     # another generator (linear attention): its source plus a launcher that rebuilds it from the cascade
@@ -50,8 +52,9 @@ def register(cli: click.Group) -> None:
     @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
                   help="write the kernel module to this file (default: print it)")
     @click.option("--size", "sizes", multiple=True, help="bind a cascade param, NAME=VALUE (e.g. X1=64)")
-    @click.option("--tile-order", type=click.Choice(["auto", "flat", "box"]), default="auto",
-                  show_default=True, help="tiles as contiguous runs or boxes of the token grid")
+    @click.option("--tile-order", type=click.Choice(["auto", "flat", "box", "span"]), default="auto",
+                  show_default=True, help="tiles as contiguous runs or boxes of the token grid "
+                  "(span: key boxes laid over each query tile's key span)")
     def compile_cmd(spec: str, target: str, output: str | None, sizes: tuple[str, ...], tile_order: str) -> None:
         """Generate the kernel for SPEC (with a launcher, attention(q, k, v))."""
         source = kernel_source(spec, _parse_sizes(sizes), tile_order)

@@ -57,6 +57,9 @@ def test_builtin_kernel_matches_reference(spec):
     ("na2d:shape=8x8,kernel=5,dilation=1", "flat"),
     ("na2d:shape=7x8,kernel=3,dilation=2,causal=1x0", "box"),
     ("na3d:shape=3x4x5,kernel=3", "box"),
+    ("na2d:shape=9x11,kernel=5", "span"),
+    ("na2d:shape=7x8,kernel=3,dilation=2,causal=1x0", "span"),
+    ("na3d:shape=5x6x7,kernel=3", "span"),
 ])
 def test_neighborhood_kernels_match_reference(spec, order):
     grid = grid_of(einfuse.load_spec(spec).attrs, {})

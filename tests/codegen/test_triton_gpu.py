@@ -103,3 +103,47 @@ def test_autotune_times_candidates_and_caches(tmp_path, monkeypatch):
                                                            scale=0.125)
     assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
     assert analyze(f.lowered).family == "softmax"
+
+
+def _reference_inputs(tensors: dict) -> dict:
+    return {name: t.float().cpu() for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_agent_two_stages_on_gpu(decode):
+    # multi-stage: agents attend to K/V (split-KV decode kernel or the main kernel), queries to agents
+    c = einfuse.load_spec("agent:head_dim=64")
+    q, k, v = inputs(2, 4, 2, 1000, 1200, 64, torch.bfloat16, seed=7)
+    ag = torch.randn(2, 4, 49, 64, device="cuda", generator=torch.Generator(device="cuda").manual_seed(8))
+    ag = ag.to(torch.bfloat16)
+    out = einfuse.compile(c, decode=decode)(q, k, v, AG=ag)
+    ref = run_cascade(c, _reference_inputs({"Q": q, "K": k, "V": v, "AG": ag}))["O"]
+    assert torch.isfinite(out).all()
+    assert rel_err(out.float().cpu().numpy(), ref) < 1e-2
+
+
+def test_based_normalised_sum_and_window_stages_on_gpu():
+    c = einfuse.load_spec("based:window=64")
+    q, k, v = inputs(1, 4, 4, 700, 700, 64, torch.bfloat16, seed=9)
+    f = einfuse.compile(c, decode=False)
+    q, k = q * 0.3, k * 0.3  # keep the Taylor weights 1 + s + s^2/2 away from cancellation in bf16
+    out = f(q, k, v)
+    ref = run_cascade(c, _reference_inputs({"Q": q, "K": k, "V": v}))["O"]
+    assert torch.isfinite(out).all()
+    assert rel_err(out.float().cpu().numpy(), ref) < 2e-2
+    # the Taylor (normsum) stage alone, so the window branch cannot hide an error in it
+    i, st = next((i, s) for i, s in enumerate(f.plan.stages) if s.family == "normsum")
+    t_out = f.kernels[i].run(q, k, v)
+    t_ref = run_cascade(st.cascade, _reference_inputs({"Q": q, "K": k, "V": v}))[st.cascade.outputs[0]]
+    assert rel_err(t_out.float().cpu().numpy(), t_ref) < 2e-2
+
+
+@pytest.mark.parametrize("spec", ["lightning", "linear:feature_map=elu1,normalize=true",
+                                  "linear:feature_map=relu,causal=false"])
+def test_linear_family_on_gpu(spec):
+    # ragged length (not a multiple of the chunk), GQA heads
+    check(spec, B=2, H=4, Hkv=2, N=1000, D=64, tol=2e-2)
+
+
+def test_split_kv_decode_gqa_long_context():
+    check("decode:head_dim=128", B=2, H=8, Hkv=2, N=1, M=20000, D=128)

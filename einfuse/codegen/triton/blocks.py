@@ -46,6 +46,7 @@ class BlockTables:
     head_dependent: bool = False
     visited_fraction: float = 1.0
     method: str = "dense"
+    k_box: tuple[int, int, int] | None = None  # span tables: the key box extents (indices are origins)
 
     def cost(self, block_n: int, partial_weight: float = 1.25) -> float:
         """Key positions visited per query tile, partial tiles weighted for their mask arithmetic."""

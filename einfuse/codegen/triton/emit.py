@@ -92,6 +92,7 @@ def emit_module(plan: AttentionPlan, sizes: dict[str, int], q_order: TileOrder, 
                  f"MASK_USES_HEAD = {plan.mask_uses(HEAD_INDEX)}\n"
                  f"MASK_USES_BATCH = {plan.mask_uses(BATCH_INDEX)}\n"
                  f"Q_GRID = {q_order.grid!r}\nK_GRID = {k_order.grid!r}\n"
+                 f"K_SPAN = {not k_order.is_flat and not isinstance(k_order, TileOrder)}\n"
                  f"SIZES = {dict(sizes)!r}\nLOWERING = {lowering!r}\n"
                  f"CASCADE_TEXT = r\"\"\"\n{cascade_text}\"\"\"\n")
     parts.append(INDEX_HELPERS)
@@ -204,16 +205,24 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
             unmasked += f'''{num_c.replace("    #", "        #")}        p = tl.math.exp2(s - m_sub[:, None])
 {corr_c.replace("    #", "        #")}        alpha = tl.math.exp2(m_i - m_sub)
 '''
+        if fast_max:  # mask the raw products; scale the row max, then one FMA per element as below
+            masked_score = "qk"
+            row_max = f"tl.max(s, 1) * {const_code(scale * LOG2E)}"
+            numerator = f"s * {const_code(scale * LOG2E)} - m_sub[:, None]"
+        else:
+            masked_score = "_score(qk, qi, ki, h, b, N_Q, N_KV, H, FAST_MATH)"
+            row_max = "tl.max(s, 1)"
+            numerator = "s - m_sub[:, None]"
         body += f'''    if MASKED:
-        s = _score(qk, qi, ki, h, b, N_Q, N_KV, H, FAST_MATH)
+        s = {masked_score}
         keep = _keep(qi, ki, h, b, N_Q, N_KV, H)
         if not EVEN_KV:  # some key tile runs past the keys: bounds join the mask
             keep = keep & kvalid[None, :]
         s = tl.where(keep, s, float('-inf'))
-{max_c.replace("    #", "        #")}        m_new = tl.maximum(m_i, tl.max(s, 1))
+{max_c.replace("    #", "        #")}        m_new = tl.maximum(m_i, {row_max})
         # a row with every key masked so far keeps max -inf: subtract 0 instead (exp2(-inf) = 0, no NaN)
         m_sub = tl.where(m_new == float('-inf'), 0.0, m_new)
-{num_c.replace("    #", "        #")}        p = tl.math.exp2(s - m_sub[:, None])
+{num_c.replace("    #", "        #")}        p = tl.math.exp2({numerator})
 {corr_c.replace("    #", "        #")}        alpha = tl.math.exp2(m_i - m_sub)
     else:
 {unmasked}{sum_c}    l_i = l_i * alpha + tl.sum(p, 1)

@@ -19,9 +19,15 @@ from einfuse.codegen.triton.blocks import BlockTables, build_tables, dense_table
 from einfuse.codegen.triton.emit import KERNEL_NAME, emit_module
 from einfuse.codegen.triton.loader import load_module
 from einfuse.codegen.triton.options import pow2
-from einfuse.codegen.triton.tile_order import FLAT, TileOrder
+from einfuse.codegen.triton.span_tables import build_span_tables
+from einfuse.codegen.triton.tile_order import FLAT, SpanBoxes, TileOrder
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
+from einfuse.ir.ranks import BATCH_INDEX
+
+# (query tile order, key tile order): contiguous/contiguous, boxes/boxes, or boxes/boxes over key spans
+Layout = tuple[TileOrder, "TileOrder | SpanBoxes"]
+_FLAT_LAYOUT: Layout = (FLAT, FLAT)
 
 _DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
 MAX_HEAD_DIM = 256
@@ -49,8 +55,8 @@ class LaunchOptions:
         opts = LaunchOptions(**kwargs)
         if opts.precision not in (None, "ieee", "tf32"):
             raise CodegenError(f"option precision={opts.precision!r}: use 'ieee' or 'tf32'")
-        if opts.tile_order not in ("auto", "flat", "box"):
-            raise CodegenError(f"option tile_order={opts.tile_order!r}: use 'auto', 'flat' or 'box'")
+        if opts.tile_order not in ("auto", "flat", "box", "span"):
+            raise CodegenError(f"option tile_order={opts.tile_order!r}: use 'auto', 'flat', 'box' or 'span'")
         for name in ("block_m", "block_n"):
             v = getattr(opts, name)
             if v is not None and (v < 16 or v & (v - 1)):
@@ -129,40 +135,45 @@ class AttentionKernel:
         return kern
 
     # ---- code -----------------------------------------------------------------------------------
-    def source(self, order: TileOrder = FLAT) -> str:
-        return self.module(order).__source__
+    def source(self, order: TileOrder = FLAT, k_order: TileOrder | SpanBoxes | None = None) -> str:
+        return self.module((order, k_order or order)).__source__
 
-    def module(self, order: TileOrder):
-        if order not in self._modules:
+    def module(self, layout: Layout):
+        if layout not in self._modules:
             from einfuse.ir.printer import format_cascade
 
-            text = emit_module(self.plan, self.sizes, order, order, format_cascade(self.cascade),
+            text = emit_module(self.plan, self.sizes, layout[0], layout[1], format_cascade(self.cascade),
                                self.lowering)
             mod = load_module(text, self.plan.name)
             mod.__source__ = text
             _KERNELS[mod.__name__] = self
-            self._modules[order] = mod
-        return self._modules[order]
+            self._modules[layout] = mod
+        return self._modules[layout]
 
-    def order_for(self, q: Any, k: Any, opts: LaunchOptions) -> TileOrder:
-        """Contiguous tiles, or boxes of the token grid when the spec has one: with 'auto', the order
-        whose block tables visit fewer key positions per query tile (at the heuristic tile sizes)."""
+    def order_for(self, q: Any, k: Any, opts: LaunchOptions) -> Layout:
+        """Contiguous tiles, or boxes of the token grid when the spec has one (key boxes as a fixed
+        partition, 'box', or laid over each query tile's key span, 'span'): with 'auto', the layout
+        whose block tables visit the fewest key positions per query tile (at the heuristic tile sizes)."""
         B, H, n_q, D = q.shape
         n_kv = k.shape[2]
         grid = self.grid_hint
         fits = grid is not None and math.prod(grid) == n_q == n_kv
-        if opts.tile_order == "box":
+        if opts.tile_order in ("box", "span"):
             if not fits:
-                raise CodegenError(f"{self.plan.name}: tile_order='box' needs a token grid whose size "
-                                   f"equals the query and key lengths (grid {grid}, N_q={n_q}, N_kv={n_kv})")
-            return TileOrder(tuple(grid))
+                raise CodegenError(f"{self.plan.name}: tile_order={opts.tile_order!r} needs a token grid whose "
+                                   f"size equals the query and key lengths (grid {grid}, N_q={n_q}, N_kv={n_kv})")
+            box = TileOrder(tuple(grid))
+            return (box, box) if opts.tile_order == "box" else (box, SpanBoxes(tuple(grid)))
         if opts.tile_order != "auto" or not fits:
-            return FLAT
+            return _FLAT_LAYOUT
         key = ("order", n_q, n_kv, H, str(q.device))
         if key not in self._configs:
             box = TileOrder(tuple(grid))
             cfg = autotune.heuristic(D, _DTYPES[str(q.dtype)], n_q, n_kv, q.device.type != "cuda", boxed=True)
-            costs = {o: self.tables(n_q, n_kv, H, B, cfg, o, q.device).cost(cfg.block_n) for o in (FLAT, box)}
+            layouts = [_FLAT_LAYOUT, (box, box)]
+            if not self.plan.mask_uses(BATCH_INDEX):
+                layouts.append((box, SpanBoxes(tuple(grid))))
+            costs = {lay: self.tables(n_q, n_kv, H, B, cfg, lay, q.device).cost(cfg.block_n) for lay in layouts}
             self._configs[key] = min(costs, key=costs.get)
         return self._configs[key]
 
@@ -179,19 +190,21 @@ class AttentionKernel:
         self._launch(q, k, v, out, cfg, order, opts)
         return out
 
-    def _launch(self, q, k, v, out, cfg: KernelConfig, order: TileOrder, opts: LaunchOptions) -> None:
+    def _launch(self, q, k, v, out, cfg: KernelConfig, layout: Layout, opts: LaunchOptions) -> None:
         import torch
 
         B, H, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[3]
-        tables = self.tables(Nq, Nkv, H, B, cfg, order, q.device)
+        tables = self.tables(Nq, Nkv, H, B, cfg, layout, q.device)
         self.last_config, self.last_tables = cfg, tables
-        kernel = getattr(self.module(order), KERNEL_NAME)
+        kernel = getattr(self.module(layout), KERNEL_NAME)
+        order, k_order = layout
         interp = q.device.type != "cuda"
         fast = opts.fast_math if opts.fast_math is not None else (not interp and q.dtype != torch.float32)
         # fp32 inputs: exact fp32 products unless tf32 is asked for; 16-bit inputs ignore it
         precision = opts.precision or ("ieee" if q.dtype == torch.float32 else "tf32")
-        bq, bk = order.box(cfg.block_m), order.box(cfg.block_n)
+        bq = order.box(cfg.block_m)
+        bk = tables.k_box if isinstance(k_order, SpanBoxes) else k_order.box(cfg.block_n)
         dummy = tables.full_num if not tables.dense else torch.zeros(1, dtype=torch.int32, device=q.device)
         grid = (order.num_tiles(Nq, cfg.block_m), B * H)
         kernel[grid](
@@ -204,42 +217,50 @@ class AttentionKernel:
             BLOCK_DV=pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
             PART_CONTIG=tables.part_contig, BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1],
             BK2=bk[2], FAST_MATH=fast, DOT_PRECISION=precision,
-            UPCAST=interp and q.dtype == torch.bfloat16, EVEN_KV=order.whole(Nkv, cfg.block_n),
+            UPCAST=interp and q.dtype == torch.bfloat16, EVEN_KV=k_order.whole(Nkv, cfg.block_n),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
-    def tables(self, n_q: int, n_kv: int, heads: int, batch: int, cfg: KernelConfig, order: TileOrder,
+    def tables(self, n_q: int, n_kv: int, heads: int, batch: int, cfg: KernelConfig, layout: Layout,
                device: Any) -> BlockTables:
-        key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, order, str(device))
+        key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, layout, str(device))
         if key not in self._tables:
+            order, k_order = layout
+            mask = self.plan.mask if self.plan.mask is not None else _always()
+            sizes = {**self.sizes, "P": n_q, "M": n_kv, "H": heads, "B": batch}
             if self.plan.mask is None and order.is_flat:
                 t = dense_tables(n_kv, cfg.block_n, masked=False)
+            elif isinstance(k_order, SpanBoxes) and not self.plan.mask_uses(BATCH_INDEX):
+                t = build_span_tables(mask, sizes, n_q, n_kv, heads, cfg.block_m, cfg.block_n, order,
+                                      k_order.grid, device)
+            elif isinstance(k_order, SpanBoxes):  # batch-dependent masks: one box per key, nothing skipped
+                raise CodegenError(f"{self.plan.name}: tile_order='span' needs a mask that does not depend "
+                                   "on the batch index; use 'box' or 'flat'")
             else:
-                sizes = {**self.sizes, "P": n_q, "M": n_kv, "H": heads, "B": batch}
-                mask = self.plan.mask if self.plan.mask is not None else _always()
                 t = build_tables(self.cascade, mask, sizes, n_q, n_kv, heads, cfg.block_m, cfg.block_n,
-                                 order, order, device)
+                                 order, k_order, device)
             self._tables[key] = t
         return self._tables[key]
 
-    def config(self, q, k, v, order: TileOrder, opts: LaunchOptions) -> KernelConfig:
+    def config(self, q, k, v, layout: Layout, opts: LaunchOptions) -> KernelConfig:
         """Explicit options, else the tuned (cached) configuration, else the heuristic one."""
         B, H, Nq, D = q.shape
         Hkv, Nkv = k.shape[1], k.shape[2]
         dt = _DTYPES[str(q.dtype)]
         interp = q.device.type != "cuda"
         fixed = [opts.block_m, opts.block_n, opts.num_warps, opts.num_stages]
-        memo = (order, dt, D, v.shape[3], Nq, Nkv, H // Hkv, str(q.device), opts.autotune, *fixed)
+        memo = (layout, dt, D, v.shape[3], Nq, Nkv, H // Hkv, str(q.device), opts.autotune, *fixed)
         if memo in self._configs:  # launches stay cheap: no hashing or device queries per call
             return self._configs[memo]
-        base = autotune.heuristic(max(D, v.shape[3]), dt, Nq, Nkv, interp, boxed=not order.is_flat)
+        boxed = not layout[0].is_flat
+        base = autotune.heuristic(max(D, v.shape[3]), dt, Nq, Nkv, interp, boxed=boxed)
         if any(x is not None for x in fixed) or interp:
             cfg = KernelConfig(opts.block_m or base.block_m, opts.block_n or base.block_n,
                                opts.num_warps or base.num_warps, opts.num_stages or base.num_stages)
             self._configs[memo] = cfg
             return cfg
         klass = autotune.shape_class(dt, D, v.shape[3], Nq, Nkv, H // Hkv)
-        key = f"{self.variant_key(order)}|{klass}|{autotune.device_key(q.device)}"
+        key = f"{self.variant_key(layout)}|{klass}|{autotune.device_key(q.device)}"
         cache = autotune.TuneCache()
         cfg = cache.get(key)
         if cfg is None and opts.autotune:
@@ -248,18 +269,18 @@ class AttentionKernel:
             out = torch.empty((B, H, Nq, v.shape[3]), dtype=q.dtype, device=q.device)
 
             def make_run(c: KernelConfig):
-                return lambda: self._launch(q, k, v, out, c, order, opts)
+                return lambda: self._launch(q, k, v, out, c, layout, opts)
 
-            cfg = autotune.tune(make_run, autotune.candidates(max(D, v.shape[3]), dt, not order.is_flat),
+            cfg = autotune.tune(make_run, autotune.candidates(max(D, v.shape[3]), dt, boxed),
                                 key, cache)
         cfg = cfg or base
         self._configs[memo] = cfg
         return cfg
 
-    def variant_key(self, order: TileOrder) -> str:
+    def variant_key(self, layout: Layout) -> str:
         import hashlib
 
-        return hashlib.sha256(self.source(order).encode()).hexdigest()[:16]
+        return hashlib.sha256(self.module(layout).__source__.encode()).hexdigest()[:16]
 
 
 def _non_default(opts: LaunchOptions) -> dict[str, Any]:
@@ -295,6 +316,8 @@ def launcher_for_module(module_name: str, namespace: dict[str, Any] | None = Non
     mod = SimpleNamespace(**ns)
     with open(ns["__file__"], encoding="utf-8") as fh:
         mod.__source__ = fh.read()
-    kern._modules[TileOrder(tuple(ns["Q_GRID"]))] = mod
+    q_order = TileOrder(tuple(ns["Q_GRID"]))
+    k_order = SpanBoxes(tuple(ns["K_GRID"])) if ns.get("K_SPAN") else TileOrder(tuple(ns["K_GRID"]))
+    kern._modules[(q_order, k_order)] = mod
     _KERNELS[key] = kern
     return kern

@@ -125,6 +125,64 @@ class TileOrder:
 FLAT = TileOrder()
 
 
+@dataclass(frozen=True)
+class SpanBoxes:
+    """Key tiles laid over each query tile's *key span* instead of a fixed partition of the grid.
+
+    With a fixed partition, a neighbourhood's span (query box + kernel - 1 per axis) straddles box
+    boundaries and pays up to a whole extra box per axis: 16x32x32 grid, kernel 7, 4x4x4 query boxes
+    need 10 keys per axis and visit three 4-wide key boxes (12), 1728 key positions per query tile for
+    1000 in the span. Boxes laid from the span's first key, with a shape chosen to fit it (any extents,
+    e.g. 2x5x5 in a 64-lane tile), visit 1280. The box shape and each query tile's box origins are
+    decided with the block tables (:mod:`span_tables`); the kernel reads a tile as ``(origin token,
+    box extents)``. Lanes past the box or the grid do not exist (masked like a ragged tile), so such
+    tiles are never FULL.
+    """
+
+    grid: tuple[int, ...]
+
+    @property
+    def is_flat(self) -> bool:
+        return False
+
+    def whole(self, n: int, block: int) -> bool:
+        return False  # a box may have fewer tokens than lanes, or reach past the grid
+
+    def describe(self) -> str:
+        return (f"boxes laid over each query tile's key span on the {'x'.join(map(str, self.grid))} "
+                "token grid (box shape and origins from the block tables)")
+
+    def triton_function(self, name: str, block: str) -> str:
+        """Source of ``name(t, offs, N, BLOCK, S0, S1, S2) -> (positions, valid)`` where ``t`` is the
+        box's first token and ``S0..S2`` its extents (constexpr; not necessarily powers of two)."""
+        nd = len(self.grid)
+        ext = [f"S{3 - nd + ax}" for ax in range(nd)]
+        lines = [f"@triton.jit\ndef {name}(t, offs, N, {block}: tl.constexpr, S0: tl.constexpr, "
+                 f"S1: tl.constexpr, S2: tl.constexpr):\n"
+                 f'    """Tile t is the {"x".join(ext)} box whose first token is t on the '
+                 f'{"x".join(map(str, self.grid))} token grid; lanes past the box or the grid do not exist."""']
+        rest, stride = "t", 1
+        for ax in range(nd - 1, 0, -1):  # the origin's coordinates
+            lines.append(f"    o{ax} = ({rest}) % {self.grid[ax]}" if ax == nd - 1 else
+                         f"    o{ax} = (t // {stride}) % {self.grid[ax]}")
+            stride *= self.grid[ax]
+        lines.append(f"    o0 = t // {stride}")
+        inner = "1"
+        for ax in range(nd - 1, -1, -1):  # the lane's coordinates inside the box
+            local = "offs" if inner == "1" else f"(offs // ({inner}))"
+            if ax > 0:
+                local = f"{local} % {ext[ax]}"
+            lines.append(f"    l{ax} = {local}")
+            lines.append(f"    c{ax} = o{ax} + l{ax}")
+            inner = ext[ax] if inner == "1" else f"{inner} * {ext[ax]}"
+        flat = "c0"
+        for ax in range(1, nd):
+            flat = f"({flat}) * {self.grid[ax]} + c{ax}"
+        valid = " & ".join(["(l0 < " + ext[0] + ")"] + [f"(c{ax} < {self.grid[ax]})" for ax in range(nd)])
+        lines.append(f"    return {flat}, {valid}")
+        return "\n".join(lines) + "\n"
+
+
 def grid_of(cascade_attrs: dict, params: dict[str, float]) -> tuple[int, ...] | None:
     """The token grid a cascade declares (``attrs['neighborhood']['shape']``), if any."""
     info = cascade_attrs.get("neighborhood")
