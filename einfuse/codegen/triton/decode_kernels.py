@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from einfuse.codegen.triton.decode_analysis import DecodePlan
 from einfuse.codegen.triton.decode_lowering import SplitKV
+from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.linear_analysis import M_IDX, P_IDX
-from einfuse.codegen.triton.linear_emit import HELPERS, IndexPrinter, emit_value
+from einfuse.codegen.triton.linear_emit import HELPERS, emit_value
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
 
 
@@ -29,7 +30,7 @@ def _size_args(plan: DecodePlan) -> str:
 def _printer(plan: DecodePlan) -> IndexPrinter:
     names = {P_IDX: "p", M_IDX: "m", HEAD_INDEX: "h", BATCH_INDEX: "b"}
     names.update({size_symbol(s): f"sz_{s}" for s in plan.sizes})
-    return IndexPrinter(names)
+    return IndexPrinter(names, context=f"cascade {plan.name}")
 
 
 def _logit_fn(plan: DecodePlan) -> str:
@@ -49,7 +50,7 @@ def _mask_fn(plan: DecodePlan) -> str:
 @triton.jit
 def visible(p, m, h, b{_size_args(plan)}):
     # score constraint: {plan.mask}
-    return {_printer(plan)(plan.mask).text}
+    return {_printer(plan).predicate(plan.mask)}
 '''
 
 

@@ -9,15 +9,22 @@ operands non-negative (the common case: ``p``, ``m``, ``h`` are non-negative ind
 Each printed sub-expression carries a kind (``int``, ``float``, ``bool``) so that integer division
 is only used where sympy's division is exact-integer, and float literals appear only where the
 value really is fractional.
+
+This is the one sympy -> Triton printer: the attention generator (``emit.py``, through
+``score_printer.py``) and the linear-attention and decode generators (``linear_emit.py``) all use it.
+Names may be bound to ``tl.constexpr`` arguments (Python ints inside the kernel), so the printed
+code never calls tensor methods on a bare name and the helpers are exact for Python ints as well.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import sympy
 from sympy.core.relational import Relational
+from sympy.logic.boolalg import BooleanFunction, to_nnf
 
 from einfuse.errors import CodegenError
 
@@ -53,9 +60,13 @@ class IndexPrinter:
         return self._p(sympy.sympify(e)).code
 
     def float_value(self, e: sympy.Basic) -> str:
-        """A numeric expression forced to float32 (for use in score arithmetic)."""
-        out = self._p(sympy.sympify(e))
-        return out.code if out.kind == "float" else f"({out.code}).to(tl.float32)"
+        """A numeric expression forced to float32 (for use in score arithmetic).
+
+        Converted by ``* 1.0`` rather than ``.to(tl.float32)``: a name may hold a ``tl.constexpr``
+        (a Python int in the kernel, e.g. a block size, or a size Triton specialised), which has no
+        ``.to``; int32 times a float scalar is float32 either way.
+        """
+        return _as_float(self._p(sympy.sympify(e)))
 
     def predicate(self, e: sympy.Basic) -> str:
         out = self._p(sympy.sympify(e))
@@ -76,10 +87,8 @@ class IndexPrinter:
             return Printed(self.names[e], "int" if e.is_integer is not False else "float")
         if isinstance(e, sympy.Integer):
             return Printed(str(int(e)), "int")
-        if e.is_Number:
-            if e in (sympy.oo, -sympy.oo):
-                return Printed("float('inf')" if e == sympy.oo else "float('-inf')", "float")
-            return Printed(repr(float(e)), "float")
+        if e.is_Number or isinstance(e, sympy.NumberSymbol):  # floats, rationals, oo, nan, E, pi
+            return Printed(float_literal(float(e)), "float")
         if isinstance(e, sympy.Add):
             parts = [self._p(a) for a in _ordered_args(e)]
             kind = "int" if all(p.kind == "int" for p in parts) else "float"
@@ -127,18 +136,27 @@ class IndexPrinter:
             return Printed("(" + " | ".join(self.predicate(a) for a in e.args) + ")", "bool")
         if isinstance(e, sympy.Not):
             return Printed(f"({self.predicate(e.args[0])} == 0)", "bool")
+        if isinstance(e, BooleanFunction):  # Xor, Implies, Equivalent, ITE: rewrite with And/Or/Not
+            return self._p(to_nnf(e))
         if isinstance(e, sympy.Piecewise):
-            code = None
-            for val, cond in reversed(e.args):
-                v = self.float_value(val)
-                code = v if code is None else f"tl.where({self.predicate(cond)}, {v}, {code})"
-            return Printed(code or "0.0", "float")
+            return self._piecewise(e)
         raise CodegenError(f"{self.context}: cannot print {e} ({type(e).__name__}) as Triton code")
 
     def _range_test(self, x: sympy.Expr, lo: sympy.Expr, width: int) -> str:
         """``lo <= x < lo + width`` as one unsigned comparison of ``x - lo`` (negative wraps high)."""
         diff = self._p(sympy.expand(x - lo))
         return f"(({diff.code}).to(tl.uint32) < {width})"
+
+    def _piecewise(self, e: sympy.Piecewise) -> Printed:
+        """Nested ``tl.where``; integer (or boolean) branches stay integer (boolean), so an index
+        such as ``p + 2**25`` picked by a condition is not rounded to float32."""
+        vals = [self._p(val) for val, _ in e.args]
+        kind = vals[0].kind if all(v.kind == vals[0].kind for v in vals) else "float"
+        code = None
+        for v, (_, cond) in zip(reversed(vals), reversed(e.args)):
+            vc = v.code if kind != "float" else _as_float(v)
+            code = vc if code is None else f"tl.where({self.predicate(cond)}, {vc}, {code})"
+        return Printed(code, kind)
 
     def _mul(self, e: sympy.Mul) -> Printed:
         coeff, rest = e.as_coeff_Mul()
@@ -167,21 +185,22 @@ class IndexPrinter:
         if base == 2:
             return Printed(f"tl.exp2({self.float_value(ex)})", "float")
         if base.is_number and float(base) > 0:
-            import math
-
             return Printed(f"tl.exp2({self.float_value(ex)} * {math.log2(float(base))!r})", "float")
         return Printed(f"tl.exp2({self.float_value(ex)} * tl.log2({self.float_value(base)}))", "float")
 
     def _floor(self, arg: sympy.Expr) -> Printed:
+        """Exact integer division when ``arg`` is an integer over a positive integer, the divisor
+        a constant or a size symbol (``floor(p/W)``); a float floor of ``p * (1/41)`` would give 0
+        at ``p = 41``."""
         num, den = sympy.fraction(sympy.together(arg))
-        if den.is_Integer and int(den) > 0 and num.is_integer:
-            n = self._p(sympy.expand(num))
-            if n.kind == "int":
-                if int(den) == 1:
+        if num.is_integer and den.is_integer and den.is_positive:
+            n, d = self._p(sympy.expand(num)), self._p(den)
+            if n.kind == "int" and d.kind == "int":
+                if den == 1:
                     return n
                 if num.is_nonnegative:
-                    return Printed(f"({n.code} // {int(den)})", "int")
-                return Printed(f"_floordiv({n.code}, {int(den)})", "int")
+                    return Printed(f"({n.code} // {d.code})", "int")
+                return Printed(f"_floordiv({n.code}, {d.code})", "int")
         a = self._p(arg)
         if a.kind == "int":
             return a
@@ -251,6 +270,25 @@ def _clear_denominators(e: Relational) -> tuple[sympy.Expr, sympy.Expr]:
     return pos, neg
 
 
+def float_literal(v: float) -> str:
+    """A Python float as Triton source; inf and nan have no literal of their own."""
+    if math.isinf(v):
+        return "float('inf')" if v > 0 else "float('-inf')"
+    if math.isnan(v):
+        return "float('nan')"
+    return repr(v)
+
+
+def _as_float(out: Printed) -> str:
+    """``out`` as a float32 expression; an integer literal becomes ``3.0`` (no ``.to`` on a
+    constant), anything else ``(x * 1.0)``, which also works on ``tl.constexpr`` names."""
+    if out.kind == "float":
+        return out.code
+    if out.code.lstrip("-").isdigit():
+        return f"{out.code}.0"
+    return f"({out.code} * 1.0)"
+
+
 def _ordered_args(e: sympy.Add) -> list[sympy.Expr]:
     """Terms of a sum with the positive ones first, so ``m - p`` prints as ``m - p``, not ``-p + m``."""
     args = list(e.as_ordered_terms())
@@ -263,9 +301,10 @@ def _ordered_args(e: sympy.Add) -> list[sympy.Expr]:
 HELPERS = '''
 @triton.jit
 def _floordiv(a, d):
-    """floor(a / d) for a positive divisor d (Triton's // truncates toward zero)."""
+    """floor(a / d) for a positive divisor d, whether // truncates (tensors) or floors (Python
+    ints, i.e. constexpr operands): the remainder a - q*d is negative only after truncation."""
     q = a // d
-    return tl.where((a % d != 0) & (a < 0), q - 1, q)
+    return tl.where(a - q * d < 0, q - 1, q)
 
 
 @triton.jit

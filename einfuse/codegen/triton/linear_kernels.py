@@ -18,8 +18,9 @@ printed from the cascade's Einsums (see :mod:`linear_emit`), and parts a variant
 
 from __future__ import annotations
 
+from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.linear_analysis import M_IDX, P_IDX, LinearPlan
-from einfuse.codegen.triton.linear_emit import HELPERS, IndexPrinter, emit_value, indent
+from einfuse.codegen.triton.linear_emit import HELPERS, emit_value, indent
 from einfuse.codegen.triton.linear_lowering import BLOCK, M0, P0, DecayParts
 from einfuse.ir.ranks import HEAD_EXTENT, HEAD_INDEX
 
@@ -28,7 +29,7 @@ def _feature_fn(name: str, fm, what: str) -> str:
     if fm is None:
         body = "return x"
     else:
-        index = IndexPrinter({})
+        index = IndexPrinter({}, context=f"feature map of the {what}")
         body = f"return {emit_value(fm, lambda a: 'x', index)}"
     return f'''
 @triton.jit
@@ -42,7 +43,8 @@ def _decay_fns(plan: LinearPlan, parts: DecayParts) -> str:
     """intra/key/state/query decay factors, printed from the lowered cascade's index values."""
     if plan.decay is None:
         return ""
-    index = IndexPrinter({P0: "p0", M0: "m0", BLOCK: "P0", HEAD_INDEX: "h", HEAD_EXTENT: "H"})
+    index = IndexPrinter({P0: "p0", M0: "m0", BLOCK: "P0", HEAD_INDEX: "h", HEAD_EXTENT: "H"},
+                         context=f"cascade {plan.name}: decay")
     docs = {"intra": "within a block, key m0 to query p0", "key": "a block's key m0 to the block end",
             "state": "the running state across one block", "query": "the state to query p0"}
     args = {"intra": "p0, m0, h, H, P0", "key": "m0, h, H, P0", "state": "h, H, P0", "query": "p0, h, H, P0"}
@@ -54,7 +56,7 @@ def _decay_fns(plan: LinearPlan, parts: DecayParts) -> str:
 @triton.jit
 def {name}_decay({args[name]}):
     # {docs[name]}: {e}
-    return {index(e).as_float()}
+    return {index.float_value(e)}
 ''')
     return "\n".join(out)
 
@@ -62,12 +64,12 @@ def {name}_decay({args[name]}):
 def _mask_fn(plan: LinearPlan) -> str:
     if plan.mask is None:
         return ""
-    index = IndexPrinter({P_IDX: "p", M_IDX: "m"})
+    index = IndexPrinter({P_IDX: "p", M_IDX: "m"}, context=f"cascade {plan.name}: mask")
     return f'''
 @triton.jit
 def visible(p, m):
     # score constraint: {plan.mask}
-    return {index(plan.mask).text}
+    return {index.predicate(plan.mask)}
 '''
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from einfuse.codegen.triton.analysis import DOT
-from einfuse.codegen.triton.index_printer import IndexPrinter
+from einfuse.codegen.triton.index_printer import IndexPrinter, float_literal
 from einfuse.errors import CodegenError
 from einfuse.ir.expr import Access, Binary, Const, Empty, Expr, IndexValue, Select, Unary
 
@@ -32,11 +32,8 @@ _UNARY = {
 
 
 def const_code(v: float) -> str:
-    if math.isinf(v):
-        return "float('inf')" if v > 0 else "float('-inf')"
-    if math.isnan(v):
-        return "float('nan')"
-    return repr(float(v))
+    """A constant of the score as Triton source (the index printer's literal format)."""
+    return float_literal(float(v))
 
 
 def print_score(e: Expr, idx: IndexPrinter, dot: str = "qk") -> str:
