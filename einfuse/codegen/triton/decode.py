@@ -111,10 +111,12 @@ class DecodeKernel:
         lws = torch.empty_like(mws)
         ows = torch.empty((B * H * NQ * n_splits, DV), device=dev, dtype=torch.float32)
         o = torch.empty((B, H, NQ, DV), device=dev, dtype=q.dtype)
+        # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see decode_kernels)
+        upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
         self.module.decode_partial[(B * Hkv, n_splits, row_blocks)](
             q, k, v, mws, lws, ows, *q.stride(), *k.stride(), *v.stride(),
             NQ, NK, H, Hkv, D, DV, split_len, n_splits, float(self.plan.scale), *size_args,
-            ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV),
+            ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
             num_warps=self.options.num_warps, num_stages=self.options.num_stages)
         self.module.decode_combine[(B * H * NQ,)](
             mws, lws, ows, o, *o.stride(), H, NQ, DV, n_splits,

@@ -63,7 +63,8 @@ def _partial_kernel(plan: DecodePlan, split: SplitKV) -> str:
 @triton.jit
 def decode_partial(Q, K, V, Mws, Lws, Ows, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d,
                    sv_b, sv_h, sv_n, sv_d, NQ, NK, H, HKV, D, DV, SPLIT_LEN, N_SPLITS, scale{sz},
-                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr):
+                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                   UPCAST: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     rb = tl.program_id(2)
@@ -82,6 +83,8 @@ def decode_partial(Q, K, V, Mws, Lws, Ows, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, s
     f_ok = offs_f < DV
     q = tl.load(Q + b.to(tl.int64) * sq_b + h[:, None] * sq_h + i[:, None] * sq_n + offs_d[None, :] * sq_d,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:  # CPU interpreter only: its bf16 tl.dot is wrong, so every dot runs in fp32
+        q = q.to(tl.float32)
     k_base = K + b.to(tl.int64) * sk_b + hkv * sk_h
     v_base = V + b.to(tl.int64) * sv_b + hkv * sv_h
     lo = split * SPLIT_LEN
@@ -94,6 +97,8 @@ def decode_partial(Q, K, V, Mws, Lws, Ows, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, s
         m_ok = m < hi
         kt = tl.load(k_base + m[None, :] * sk_n + offs_d[:, None] * sk_d,
                      mask=m_ok[None, :] & d_ok[:, None], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
         # {plan.score}[m,p] = Q[p,e] * K[m,e] * scale
         qk = tl.dot(q, kt) * scale
         s = logit(qk, i[:, None], m[None, :], h[:, None], b{sz})
@@ -106,6 +111,8 @@ def decode_partial(Q, K, V, Mws, Lws, Ows, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, s
         l_i = l_i * alpha + tl.sum(pr, 1)
         v = tl.load(v_base + m[:, None] * sv_n + offs_f[None, :] * sv_d,
                     mask=m_ok[:, None] & f_ok[None, :], other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
         m_i = m_new
 {split.comment("partial_norm")}    po = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]

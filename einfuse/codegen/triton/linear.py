@@ -93,19 +93,21 @@ class LinearKernel:
         states = torch.empty((B * H, nt, D, DV), device=q.device, dtype=sdt)
         zs = torch.empty((B * H, nt, D), device=q.device, dtype=torch.float32) if self.plan.normalize \
             else states
+        # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see linear_kernels)
+        upcast = q.device.type != "cuda" and q.dtype == torch.bfloat16
         bk = min(opt.block_k, pow2(D))
         bv = min(opt.block_v, pow2(DV))
         grid_s = (triton.cdiv(D, bk) * triton.cdiv(DV, bv), B * H)
         self.module.linear_states[grid_s](
             k, v, states, zs, *k.stride(), *v.stride(), H, Hkv, N, nt, D, DV,
-            CHUNK=schunk, BK=bk, BV=bv, num_warps=opt.num_warps_states, num_stages=opt.num_stages_states)
+            CHUNK=schunk, BK=bk, BV=bv, UPCAST=upcast, num_warps=opt.num_warps_states, num_stages=opt.num_stages_states)
         bd = pow2(D)
         bo = pow2(DV) if opt.block_o == 0 else min(opt.block_o, pow2(DV))
         grid_o = (triton.cdiv(N, chunk), triton.cdiv(DV, bo), B * H)
         self.module.linear_output[grid_o](
             q, k, v, states, zs, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
             H, Hkv, N, nt, D, DV, float(self.plan.scale),
-            CHUNK=chunk, SCHUNK=schunk, BD=bd, BV=bo, num_warps=opt.num_warps_output, num_stages=opt.num_stages_output)
+            CHUNK=chunk, SCHUNK=schunk, BD=bd, BV=bo, UPCAST=upcast, num_warps=opt.num_warps_output, num_stages=opt.num_stages_output)
         return o
 
 

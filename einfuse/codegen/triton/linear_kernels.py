@@ -73,6 +73,12 @@ def visible(p, m):
 '''
 
 
+# The Triton CPU interpreter multiplies bfloat16 tl.dot operands wrongly (relative error ~1e9);
+# with UPCAST (set by the launcher in the interpreter for bf16 inputs only) the dot operands are
+# cast to float32 after loading. On the GPU UPCAST is False and the branch compiles away.
+_UPCAST_V = ["if UPCAST:", "    v = v.to(tl.float32)"]
+
+
 def _states_kernel(plan: LinearPlan) -> str:
     dec = plan.decay is not None
     norm = plan.normalize
@@ -80,7 +86,7 @@ def _states_kernel(plan: LinearPlan) -> str:
         "@triton.jit",
         "def linear_states(K, V, S, Z, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,",
         "                  H, HKV, N, NT, D, DV,",
-        "                  CHUNK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):",
+        "                  CHUNK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, UPCAST: tl.constexpr):",
         "    # running state S[e,f] of the chunks before each chunk: inter-chunk part of",
         "    #   O[p,f] = sum_m A[m,p] * V[m,f]   for m in earlier chunks",
         "    pid = tl.program_id(0)",
@@ -131,6 +137,7 @@ def _states_kernel(plan: LinearPlan) -> str:
     body += [
         "v = tl.load(v_base + m[:, None] * sv_n + offs_f[None, :] * sv_d,",
         "            mask=m_ok[:, None] & (offs_f[None, :] < DV), other=0.0)",
+        *_UPCAST_V,
     ]
     if dec:
         body.append("state = state * chunk_decay")
@@ -157,7 +164,8 @@ def _output_kernel(plan: LinearPlan) -> str:
         "def linear_output(Q, K, V, S, Z, O, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d,",
         "                  sv_b, sv_h, sv_n, sv_d, so_b, so_h, so_n, so_d,",
         "                  H, HKV, N, NT, D, DV, scale,",
-        "                  CHUNK: tl.constexpr, SCHUNK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):",
+        "                  CHUNK: tl.constexpr, SCHUNK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,",
+        "                  UPCAST: tl.constexpr):",
         "    # queries of block c (CHUNK positions); states are stored every SCHUNK positions",
         "    c = tl.program_id(0)",
         "    vb = tl.program_id(1)",
@@ -174,6 +182,8 @@ def _output_kernel(plan: LinearPlan) -> str:
         "    f_ok = offs_f < DV",
         "    q = tl.load(Q + b.to(tl.int64) * sq_b + h * sq_h + p[:, None] * sq_n + offs_e[None, :] * sq_d,",
         "                mask=p_ok[:, None] & e_ok[None, :], other=0.0)",
+        "    if UPCAST:  # CPU interpreter only: its bf16 tl.dot is wrong, so every dot runs in fp32",
+        "        q = q.to(tl.float32)",
         "    dt = q.dtype",
         "    fq = tl.where(p_ok[:, None] & e_ok[None, :], phi_q(q.to(tl.float32)), 0.0) * scale",
     ]
@@ -190,6 +200,7 @@ def _output_kernel(plan: LinearPlan) -> str:
         load_v = [
             "v = tl.load(V + b.to(tl.int64) * sv_b + hkv * sv_h + m[:, None] * sv_n + offs_f[None, :] * sv_d,",
             "            mask=m_ok[:, None] & f_ok[None, :], other=0.0)",
+            *_UPCAST_V,
         ]
         lines += [
             "    sc = (c * CHUNK) // SCHUNK",
