@@ -46,11 +46,15 @@ CASES = [
     ("float_name", A, "float"),
     ("xor", sympy.Xor(p > m, m > 7), "predicate"),
     ("implies", sympy.Implies(p > 40, m < 3), "predicate"),
+    # non-negative numerators over the tensors p, m: unsigned // and % (no signed rounding fix-up)
+    ("udiv", sympy.floor((p + 3 * m) / 8), "value"),
+    ("umod", sympy.Mod(p + m, 6), "value"),
+    ("umod_nested", sympy.Mod(sympy.floor(p / 4), 3) - sympy.Mod(m, 4), "value"),
 ]
 
 
 def _module():
-    pr = IndexPrinter(NAMES, context="test")
+    pr = IndexPrinter(NAMES, context="test", tensors=(p, m))
     kernels = []
     for name, e, how in CASES:
         code = {"value": pr.value, "float": pr.float_value, "predicate": pr.predicate}[how](e)
@@ -106,3 +110,12 @@ def test_cases_cover_both_signs_and_the_float_traps():
 def test_float_value_does_not_call_to_on_names():
     pr = IndexPrinter(NAMES)
     assert ".to(" not in pr.float_value(A) and pr.float_value(sympy.Integer(3)) == "3.0"
+
+
+def test_nonnegative_tensor_numerators_divide_unsigned():
+    pr = IndexPrinter(NAMES, context="test", tensors=(p, m))
+    assert "tl.uint32) // 8" in pr.value(sympy.floor((p + 3 * m) / 8))
+    assert "tl.uint32) % 6" in pr.value(sympy.Mod(p + m, 6))
+    # a numerator that may be negative keeps the floor helpers; one without tensors stays signed
+    assert "_floordiv" in pr.value(sympy.floor((p - m) / 3))
+    assert "uint32" not in IndexPrinter(NAMES, context="test").value(sympy.Mod(p + m, 6))

@@ -63,7 +63,7 @@ def emit_module(plan: AttentionPlan, sizes: dict[str, int], q_order: TileOrder, 
     from einfuse.codegen.triton.score_printer import const_code
 
     names = kernel_names(plan, sizes)
-    idx = IndexPrinter(names, context=f"cascade {plan.name}")
+    idx = IndexPrinter(names, context=f"cascade {plan.name}", tensors=(P_IDX, M_IDX))
     score = _bind_params_expr(plan.score, sizes)
     softmax = plan.family == "softmax"
     scale = plan.plain_scale

@@ -19,7 +19,7 @@ code never calls tensor methods on a bare name and the helpers are exact for Pyt
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import sympy
@@ -50,9 +50,14 @@ class IndexPrinter:
     it as 0 would produce a wrong kernel.
     """
 
-    def __init__(self, names: Mapping[sympy.Symbol, str], context: str = "expression") -> None:
+    def __init__(self, names: Mapping[sympy.Symbol, str], context: str = "expression",
+                 tensors: Iterable[sympy.Symbol] = ()) -> None:
         self.names = dict(names)
         self.context = context
+        # symbols whose Triton names are always int32 tensors (never constexpr): a non-negative
+        # numerator over them divides and takes remainders unsigned (one shift/and for powers of two,
+        # where signed // and % need a rounding fix-up; per element in a mask, that is most of its cost)
+        self.tensors = frozenset(tensors)
 
     # ---- entry points ----------------------------------------------------------------------------
     def value(self, e: sympy.Basic) -> str:
@@ -198,6 +203,8 @@ class IndexPrinter:
             if n.kind == "int" and d.kind == "int":
                 if den == 1:
                     return n
+                if num.is_nonnegative and den.is_Integer and self._unsigned(num):
+                    return Printed(f"(({n.code}).to(tl.uint32) // {d.code}).to(tl.int32)", "int")
                 if num.is_nonnegative:
                     return Printed(f"({n.code} // {d.code})", "int")
                 return Printed(f"_floordiv({n.code}, {d.code})", "int")
@@ -206,11 +213,18 @@ class IndexPrinter:
             return a
         return Printed(f"tl.floor({a.code}).to(tl.int32)", "int")
 
+    def _unsigned(self, numerator: sympy.Expr) -> bool:
+        """Whether to divide unsigned: the numerator is a tensor (Triton refuses uint32 // int32
+        tensors, so callers also require a literal divisor)."""
+        return bool(numerator.free_symbols & self.tensors)
+
     def _mod(self, a: sympy.Expr, c: sympy.Expr) -> Printed:
         pa, pc = self._p(a), self._p(c)
         if pa.kind != "int" or pc.kind != "int":
             fa, fc = self.float_value(a), self.float_value(c)
             return Printed(f"({fa} - {fc} * tl.floor({fa} / {fc}))", "float")
+        if a.is_nonnegative and c.is_Integer and c.is_positive and self._unsigned(a):
+            return Printed(f"(({pa.code}).to(tl.uint32) % {pc.code}).to(tl.int32)", "int")
         if a.is_nonnegative and c.is_positive:
             return Printed(f"({pa.code} % {pc.code})", "int")
         return Printed(f"_floormod({pa.code}, {pc.code})", "int")
