@@ -72,7 +72,7 @@ def heuristic(head_dim: int, dtype: str, n_q: int, n_kv: int, interpreter: bool,
     wide = dtype == "fp32"
     if d <= 64:
         # mask-heavy grid tiles (neighbourhoods) run best with 64-row tiles (measured on H100)
-        cfg = KernelConfig(64, 32, 4, 3) if boxed else KernelConfig(128, 128, 4, 3)
+        cfg = KernelConfig(64, 64, 4, 3) if boxed else KernelConfig(128, 128, 4, 3)
     elif d <= 128:
         cfg = KernelConfig(128, 64, 8, 3)
     else:

@@ -152,8 +152,11 @@ class AttentionKernel:
 
     def order_for(self, q: Any, k: Any, opts: LaunchOptions) -> Layout:
         """Contiguous tiles, or boxes of the token grid when the spec has one (key boxes as a fixed
-        partition, 'box', or laid over each query tile's key span, 'span'): with 'auto', the layout
-        whose block tables visit the fewest key positions per query tile (at the heuristic tile sizes)."""
+        partition, 'box', or laid over each query tile's key span, 'span'). With 'auto', flat or box,
+        whichever's block tables visit fewer key positions per query tile (at the heuristic tile
+        sizes). 'span' is never picked by 'auto': it visits 12-33% fewer keys, but its tiles need
+        bounds checks (lanes past the box or grid), and on an H100 that cost more than it saved
+        (na3d 16x32x32 k7: 0.383 ms vs 0.354 ms for box; benchmarks/notes-softmax.md, run 4)."""
         B, H, n_q, D = q.shape
         n_kv = k.shape[2]
         grid = self.grid_hint
@@ -171,8 +174,6 @@ class AttentionKernel:
             box = TileOrder(tuple(grid))
             cfg = autotune.heuristic(D, _DTYPES[str(q.dtype)], n_q, n_kv, q.device.type != "cuda", boxed=True)
             layouts = [_FLAT_LAYOUT, (box, box)]
-            if not self.plan.mask_uses(BATCH_INDEX):
-                layouts.append((box, SpanBoxes(tuple(grid))))
             costs = {lay: self.tables(n_q, n_kv, H, B, cfg, lay, q.device).cost(cfg.block_n) for lay in layouts}
             self._configs[key] = min(costs, key=costs.get)
         return self._configs[key]
