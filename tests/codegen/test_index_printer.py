@@ -4,7 +4,9 @@ Two printers used to exist (index_printer.py for attention, a second one in line
 linear and decode kernels) and disagreed on several points; these cases pin the merged behaviour
 where they differed: floor division of negatives with constexpr (Python-int) operands, floor and
 modulo by a size symbol, fractional bounds in comparisons, the unsigned window compare, integer
-Piecewise values, Min/Max, float conversion of constexpr names, and Xor/Implies. The oracle is
+Piecewise values, Min/Max, float conversion of constexpr names, Xor/Implies, and fractional
+coefficients inside Max/Min/Mod (``floor(Max(0, p/3 - m/3))`` printed as a difference of float32
+thirds was wrong at 61 points of a 64x32 grid; now over one common denominator). The oracle is
 sympy itself on Integers (exact rationals), not symeval: symeval's float64 sum of ``p/3 - m/3``
 floors ``(8 - 5)/3`` to 0.
 """
@@ -50,6 +52,12 @@ CASES = [
     ("udiv", sympy.floor((p + 3 * m) / 8), "value"),
     ("umod", sympy.Mod(p + m, 6), "value"),
     ("umod_nested", sympy.Mod(sympy.floor(p / 4), 3) - sympy.Mod(m, 4), "value"),
+    # fractional coefficients inside Max/Min/Mod: one common denominator, integer // and %
+    ("floor_max_frac", sympy.floor(sympy.Max(0, p / 3 - m / 3)), "value"),
+    ("max_frac_bound", sympy.Max(0, p / 3 - m / 3) >= 1, "predicate"),
+    ("mod_frac", sympy.Mod((p - m) / 3, 2), "float"),
+    ("mod_frac_eq", sympy.Eq(sympy.Mod((p - m) / 3, 2), 0), "predicate"),
+    ("ceil_min_frac", sympy.ceiling(sympy.Min(m / 3 - p / 6, p / 2 - 5)), "value"),
 ]
 
 

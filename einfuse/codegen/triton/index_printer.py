@@ -94,6 +94,10 @@ class IndexPrinter:
             return Printed(str(int(e)), "int")
         if e.is_Number or isinstance(e, sympy.NumberSymbol):  # floats, rationals, oo, nan, E, pi
             return Printed(float_literal(float(e)), "float")
+        if isinstance(e, (sympy.Add, sympy.Max, sympy.Min)):
+            form = common_form(e)
+            if form is not None and form[1] != 1:  # p/3 - m/3: one rounding of (p - m) / 3
+                return Printed(f"({self._p(form[0]).code} / {float(form[1])!r})", "float")
         if isinstance(e, sympy.Add):
             parts = [self._p(a) for a in _ordered_args(e)]
             kind = "int" if all(p.kind == "int" for p in parts) else "float"
@@ -197,7 +201,9 @@ class IndexPrinter:
         """Exact integer division when ``arg`` is an integer over a positive integer, the divisor
         a constant or a size symbol (``floor(p/W)``); a float floor of ``p * (1/41)`` would give 0
         at ``p = 41``."""
-        num, den = sympy.fraction(sympy.together(arg))
+        form = common_form(arg)
+        num, den = ((form[0], sympy.Integer(form[1])) if form is not None
+                    else sympy.fraction(sympy.together(arg)))
         if num.is_integer and den.is_integer and den.is_positive:
             n, d = self._p(sympy.expand(num)), self._p(den)
             if n.kind == "int" and d.kind == "int":
@@ -219,6 +225,12 @@ class IndexPrinter:
         return bool(numerator.free_symbols & self.tensors)
 
     def _mod(self, a: sympy.Expr, c: sympy.Expr) -> Printed:
+        fa, fc = common_form(a), common_form(c)
+        if fa is not None and fc is not None and fa[1] * fc[1] != 1:
+            # Mod(a/b, c/d) = Mod(a*d, c*b) / (b*d) for positive b, d: an integer Mod, divided once
+            (an, ad), (cn, cd) = fa, fc
+            inner = self._mod(sympy.expand(an * cd), sympy.expand(cn * ad))
+            return Printed(f"({_as_float(inner)} / {float(ad * cd)!r})", "float")
         pa, pc = self._p(a), self._p(c)
         if pa.kind != "int" or pc.kind != "int":
             fa, fc = self.float_value(a), self.float_value(c)
@@ -275,13 +287,60 @@ def _clear_denominators(e: Relational) -> tuple[sympy.Expr, sympy.Expr]:
     diff = e.lhs - e.rhs
     if diff.is_number:
         return e.lhs, e.rhs
-    num, den = sympy.fraction(sympy.together(diff))
+    form = common_form(diff)  # reaches into Max/Min/Mod, where together does not
+    num, den = ((form[0], sympy.Integer(form[1])) if form is not None
+                else sympy.fraction(sympy.together(diff)))
     if den == 1 or not den.is_positive:
         return e.lhs, e.rhs
     terms = sympy.Add.make_args(sympy.expand(num))
     pos = sympy.Add(*[t for t in terms if not t.could_extract_minus_sign()])
     neg = -sympy.Add(*[t for t in terms if t.could_extract_minus_sign()])
     return pos, neg
+
+
+def common_form(e: sympy.Expr) -> tuple[sympy.Expr, int] | None:
+    """``(num, den)`` with ``e == num / den``, ``num`` integer-valued and ``den`` a positive int,
+    or None when ``e`` is not an integer expression with rational coefficients.
+
+    Why: ``(p - m)/3`` is stored by sympy as ``p/3 - m/3``, and printing each third as a float32
+    division makes ``5/3 - 2/3`` land below 1. Over a common denominator the integer parts stay
+    exact and floor/Mod/comparisons use integer arithmetic. Unlike ``sympy.together``, this also
+    goes inside ``Max``/``Min``/``Mod``/``Abs``: ``Max(a/d, b/d) = Max(a, b)/d`` for positive ``d``
+    and ``Mod(a/b, c/d) = Mod(a*d, c*b)/(b*d)``.
+    """
+    if isinstance(e, sympy.Rational):
+        return sympy.Integer(e.p), int(e.q)
+    if isinstance(e, sympy.Add):
+        forms = [common_form(a) for a in e.args]
+        if any(f is None for f in forms):
+            return None
+        lcm = math.lcm(*(d for _, d in forms))
+        return sympy.Add(*(n * (lcm // d) for n, d in forms)), lcm
+    if isinstance(e, sympy.Mul):
+        forms = [common_form(a) for a in e.args]
+        if any(f is None for f in forms):
+            return None
+        return sympy.Mul(*(n for n, _ in forms)), math.prod(d for _, d in forms)
+    if isinstance(e, (sympy.Max, sympy.Min)):
+        forms = [common_form(a) for a in e.args]
+        if any(f is None for f in forms):
+            return None
+        lcm = math.lcm(*(d for _, d in forms))
+        return type(e)(*(sympy.expand(n * (lcm // d)) for n, d in forms)), lcm
+    if isinstance(e, sympy.Mod):
+        fa, fc = common_form(e.args[0]), common_form(e.args[1])
+        if fa is None or fc is None:
+            return None
+        (an, ad), (cn, cd) = fa, fc
+        if ad * cd == 1:
+            return e, 1
+        return sympy.Mod(sympy.expand(an * cd), sympy.expand(cn * ad)), ad * cd
+    if isinstance(e, sympy.Abs):
+        f = common_form(e.args[0])
+        return None if f is None else (sympy.Abs(f[0]), f[1])
+    if e.is_integer:
+        return e, 1
+    return None
 
 
 def float_literal(v: float) -> str:
