@@ -16,31 +16,18 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-from _helpers import rel_err  # noqa: E402
+from _helpers import FRACTION_SUM_CASES, M_SYM, P_SYM, X_SYM, exact_value, rel_err  # noqa: E402
 
 import einfuse  # noqa: E402
 from einfuse.codegen.reference import run_cascade  # noqa: E402
 from einfuse.codegen.triton import blocks, torch_eval  # noqa: E402
 from einfuse.codegen.triton.torch_eval import compile_expr, evaluate  # noqa: E402
 
-p, m = sympy.symbols("p m", integer=True)
-X = sympy.Symbol("X", integer=True, positive=True)
+p, m, X = P_SYM, M_SYM, X_SYM
+_exact = exact_value
 
 
-def _exact(e: sympy.Basic, env: dict) -> float:
-    v = e.xreplace({s: sympy.Integer(int(x)) for s, x in env.items()})
-    return float(bool(v)) if isinstance(v, sympy.logic.boolalg.BooleanAtom) else float(v)
-
-
-@pytest.mark.parametrize("expr,env,want", [
-    (sympy.floor((p - m) / 3), {p: 8, m: 5}, 1),
-    (sympy.ceiling((m - p) / 3), {p: 8, m: 5}, -1),
-    (sympy.Mod(sympy.floor((p - m) / 3), 2), {p: 11, m: 5}, 0),
-    (sympy.Mod((p - m) / 3, 1), {p: 8, m: 5}, 0),
-    (sympy.Ge(p / 3 - m / 3, 1), {p: 5, m: 2}, True),
-    (sympy.Eq(p / 3 - m / 3, 1), {p: 5, m: 2}, True),
-    (sympy.floor(p / X - m / X), {p: 8, m: 5, X: 3}, 1),
-    (sympy.Max(p / 3 - m / 3, 0) >= 1, {p: 5, m: 2}, True),
+@pytest.mark.parametrize("expr,env,want", FRACTION_SUM_CASES + [
     (sympy.floor(sympy.Min(p / 3 - m / 3, 7)), {p: 8, m: 5}, 1),
 ])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.int64])

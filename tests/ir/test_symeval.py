@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy
-from _helpers import rel_err
+from _helpers import FRACTION_SUM_CASES, M_SYM, P_SYM, X_SYM, exact_value, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,25 +19,11 @@ import einfuse
 from einfuse.codegen.reference import run_cascade
 from einfuse.ir.symeval import evaluate, evaluate_int
 
-p, m = sympy.symbols("p m", integer=True)
-X = sympy.Symbol("X", integer=True, positive=True)
+p, m, X = P_SYM, M_SYM, X_SYM
+_exact = exact_value
 
 
-def _exact(e: sympy.Basic, env: dict) -> float:
-    v = e.xreplace({s: sympy.Integer(int(x)) for s, x in env.items()})
-    return float(bool(v)) if isinstance(v, sympy.logic.boolalg.BooleanAtom) else float(v)
-
-
-@pytest.mark.parametrize("expr,env,want", [
-    (sympy.floor((p - m) / 3), {p: 8, m: 5}, 1),
-    (sympy.ceiling((m - p) / 3), {p: 8, m: 5}, -1),
-    (sympy.Mod(sympy.floor((p - m) / 3), 2), {p: 11, m: 5}, 0),
-    (sympy.Mod((p - m) / 3, 1), {p: 8, m: 5}, 0),
-    (sympy.Ge(p / 3 - m / 3, 1), {p: 5, m: 2}, True),
-    (sympy.Eq(p / 3 - m / 3, 1), {p: 5, m: 2}, True),
-    (sympy.floor(p / X - m / X), {p: 8, m: 5, X: 3}, 1),
-    (sympy.Max(p / 3 - m / 3, 0) >= 1, {p: 5, m: 2}, True),
-])
+@pytest.mark.parametrize("expr,env,want", FRACTION_SUM_CASES)
 def test_fraction_sums_are_exact(expr, env, want):
     assert evaluate(expr, env) == want
     assert _exact(expr, env) == want  # the case really is what the comment says

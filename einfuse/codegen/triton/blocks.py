@@ -96,14 +96,14 @@ def build_tables(cascade, mask: sympy.Basic, sizes: dict[str, int], n_q: int, n_
     if n_kv % block_n and k_order.is_flat:  # a ragged last key tile must take the bounds-checked path
         last = kinds[..., -1]
         kinds[..., -1] = torch.where(last == FULL, torch.full_like(last, PARTIAL), last)
-    full_num, full_idx, full_contig = _pack(kinds == FULL)
-    part_num, part_idx, part_contig = _pack(kinds == PARTIAL)
+    full_num, full_idx, full_contig = pack_lists(kinds == FULL)
+    part_num, part_idx, part_contig = pack_lists(kinds == PARTIAL)
     visited = float((kinds != EMPTY).float().mean()) if kinds.numel() else 0.0
     return BlockTables(False, kinds.shape[-1], 0, full_num, full_idx, part_num, part_idx,
                        full_contig, part_contig, head_dep, visited, method)
 
 
-def _pack(sel):
+def pack_lists(sel):
     """(counts, indices padded to the longest list, whether every list is one consecutive run)."""
     import torch
 

@@ -16,7 +16,7 @@ import math
 
 import sympy
 
-from einfuse.codegen.triton.blocks import EMPTY, FULL, PARTIAL, BlockTables, _pack
+from einfuse.codegen.triton.blocks import EMPTY, FULL, PARTIAL, BlockTables, pack_lists
 from einfuse.codegen.triton.tile_order import TileOrder
 from einfuse.ir.ranks import HEAD_INDEX, size_symbol
 
@@ -52,8 +52,8 @@ def build_span_tables(mask: sympy.Basic, sizes: dict[str, int], n_q: int, n_kv: 
     width = max(k.shape[-1] for k in kinds)
     kinds = torch.stack([torch.nn.functional.pad(k, (0, width - k.shape[-1]), value=EMPTY) for k in kinds])
     origins = torch.stack([torch.nn.functional.pad(o, (0, width - o.shape[-1])) for o in origins])
-    full_num, full_sel, _ = _pack(kinds == FULL)
-    part_num, part_sel, _ = _pack(kinds == PARTIAL)
+    full_num, full_sel, _ = pack_lists(kinds == FULL)
+    part_num, part_sel, _ = pack_lists(kinds == PARTIAL)
     full_idx = torch.gather(origins, -1, full_sel.long()).to(torch.int32).contiguous()
     part_idx = torch.gather(origins, -1, part_sel.long()).to(torch.int32).contiguous()
     visited = float((kinds != EMPTY).float().sum(-1).mean()) * block_n / max(n_kv, 1)
