@@ -19,8 +19,11 @@ import sympy
 import torch
 from sympy.core.relational import Relational
 
-from einfuse.codegen.triton.decode_analysis import analyse_decode
-from einfuse.codegen.triton.linear_analysis import (
+from einfuse.ir.cascade import Cascade
+from einfuse.ir.expr import Access, Binary, Const, Expr, IndexValue, Select, Unary
+from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
+from einfuse.lowering.decode import analyse_decode
+from einfuse.lowering.linear import (
     DIST,
     M_IDX,
     P_IDX,
@@ -28,9 +31,6 @@ from einfuse.codegen.triton.linear_analysis import (
     inline_elementwise,
     product_factors,
 )
-from einfuse.ir.cascade import Cascade
-from einfuse.ir.expr import Access, Binary, Const, Expr, IndexValue, Select, Unary
-from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
 
 _REL = {
     sympy.StrictLessThan: torch.lt, sympy.LessThan: torch.le, sympy.StrictGreaterThan: torch.gt,

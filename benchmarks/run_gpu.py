@@ -82,9 +82,9 @@ def _slice(case: Case) -> tuple[int, torch.Tensor, torch.Tensor]:
 def _prep(case: Case, cascade: einfuse.Cascade) -> dict[str, Any]:
     prep: dict[str, Any] = {}
     if case.variant == "lightning":
-        from einfuse.codegen.triton.linear_analysis import DIST, analyse_linear
         from einfuse.ir.ranks import HEAD_EXTENT, HEAD_INDEX
         from einfuse.ir.symeval import evaluate
+        from einfuse.lowering.linear import DIST, analyse_linear
 
         plan = analyse_linear(cascade)
         import numpy as np

@@ -1,16 +1,18 @@
 """einfuse: declare an attention variant once as an Einsum cascade; get a fused GPU kernel and a
 cycle-level estimate of the same variant on a spatial-array accelerator."""
 
-from einfuse.codegen.compile import compile as compile  # einfuse.compile(spec, **options)
+from einfuse.api import compile as compile  # einfuse.compile(spec, **options)
+from einfuse.api import plan as plan  # einfuse.plan(spec): the kernel plan
 from einfuse.errors import EinfuseError
 from einfuse.frontends import BUILTINS, attention, linear_attention, load_spec
 from einfuse.ir import Cascade, format_cascade, parse_cascade
 from einfuse.ir.expr import exp, log, maximum, minimum, reciprocal, relu, sigmoid, tanh, where
+from einfuse.lowering import format_plan
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BUILTINS", "Cascade", "EinfuseError", "attention", "exp", "format_cascade", "linear_attention",
-    "load_spec", "log", "maximum", "minimum", "parse_cascade", "reciprocal", "relu", "sigmoid", "tanh",
+    "BUILTINS", "Cascade", "EinfuseError", "attention", "exp", "format_cascade", "format_plan", "linear_attention",
+    "load_spec", "log", "maximum", "minimum", "parse_cascade", "plan", "reciprocal", "relu", "sigmoid", "tanh",
     "where",
 ]

@@ -179,7 +179,7 @@ def demo(spec: str, shape: str, arch: str, model: str, seq: str) -> None:
         raise SpecError("the kernel check needs torch: pip install torch") from None
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from einfuse.codegen.compile import compile as compile_variant
+    from einfuse.api import compile as compile_variant
     from einfuse.codegen.reference import run_cascade
 
     fn = compile_variant(c)

@@ -1,7 +1,7 @@
 """Run a split multi-stage cascade: stage kernels in order, then the elementwise combiners in torch.
 
-:func:`einfuse.codegen.stages.compile_stages` builds the :class:`MultiStageAttention` defined here;
-the split itself (which Einsums form which stage) lives in :mod:`einfuse.codegen.stages`.
+:func:`einfuse.lowering.stages.compile_stages` builds the :class:`MultiStageAttention` defined here;
+the split itself (which Einsums form which stage) lives in :mod:`einfuse.lowering.stages`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 
 import sympy
 
-from einfuse.codegen.stages import Stage, StagePlan, qkv_names
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import Access, Binary, Const, Expr, Unary
 from einfuse.ir.printer import format_einsum
+from einfuse.lowering.stages import Stage, StagePlan, qkv_names, split_stages
 
 # ---- the elementwise evaluator -------------------------------------------------------------------
 
@@ -139,3 +139,16 @@ class MultiStageAttention:
 
 
 __all__ = ["MultiStageAttention", "eval_elementwise"]
+
+
+def compile_stages(c: Cascade, *, sizes: Mapping[str, int] | None = None, decode: bool = True,
+                   decode_options: Mapping[str, Any] | None = None, **options: Any) -> MultiStageAttention:
+    """Split ``c`` (:func:`split_stages`) and compile each stage with the one-stage generators."""
+    from einfuse.codegen.compile import compile as compile_one
+    plan = split_stages(c)
+    kernels = []
+    for st in plan.stages:
+        bound = {st.rank_map.get(n, n): int(v) for n, v in (sizes or {}).items()}
+        kernels.append(compile_one(st.cascade, sizes=bound, decode=decode, decode_options=decode_options,
+                                   torch_op=False, **options))
+    return MultiStageAttention(c.name, c, plan, tuple(kernels))

@@ -22,8 +22,8 @@ def run_bench(spec: str, shape: tuple[int, int, int, int], kv_len: int | None, k
     import torch
 
     import einfuse
+    from einfuse.codegen import peers as peer_mod
     from einfuse.codegen.autotune import time_config
-    from einfuse.codegen.triton import peers as peer_mod
     from einfuse.codegen.triton.runtime import AttentionKernel
     from einfuse.errors import CodegenError
 

@@ -20,7 +20,7 @@ def kernel_source(spec: str, sizes: dict[str, int], tile_order: str) -> str:
     """Source of the module ``einfuse compile`` writes for SPEC."""
     import einfuse
     from einfuse.codegen.triton.runtime import AttentionKernel
-    from einfuse.codegen.triton.tile_order import FLAT, SpanBoxes, TileOrder
+    from einfuse.lowering.tile_order import FLAT, SpanBoxes, TileOrder
 
     compiled = einfuse.compile(spec, sizes=sizes, torch_op=False)
     kern = compiled.kernel

@@ -1,7 +1,7 @@
 """``einfuse passes SPEC``: pass analysis, lowering pipelines and block sparsity from the command line.
 
     einfuse passes causal                         # passes over M of each Einsum, with the reason
-    einfuse passes alibi --print-after-all        # lower (auto pipeline) and print every step
+    einfuse passes alibi --print-after-all        # lower (auto pipeline), print every step and the kernel plan
     einfuse passes decode --pipeline "split_kv[splits=4],fuse[tile=32]" --verify
     einfuse passes na2d:shape=64x64,kernel=7 --sparsity 4096 --tiles 128x128
     einfuse passes --builtins                     # pass counts of every built-in before/after lowering
@@ -54,6 +54,30 @@ def _builtins_table() -> str:
                          str(count_passes(low.cascade, rank).passes), ",".join(low.passes_run) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _plan_text(c, full: bool) -> str:
+    """The kernel plan the back ends would print (in full), or one line naming the lowering chosen."""
+    from einfuse.errors import EinfuseError
+    from einfuse.lowering import format_plan, kernel_plan
+
+    try:
+        plan = kernel_plan(c)
+    except EinfuseError as exc:
+        return f"kernel plan: none ({exc})"
+    if full:
+        return format_plan(plan)
+    stages = f", {len(plan.stages)} stages ({', '.join(s.family for s in plan.stages)})" if plan.stages else ""
+    after = ""
+    if not plan.stages and "M" in plan.cascade.ranks:
+        try:
+            from einfuse.passes.pass_analysis import count_passes
+
+            after = f", {count_passes(plan.cascade, 'M').passes}-pass over M"
+        except EinfuseError:
+            pass
+    return (f"kernel plan: {plan.family}{stages}{after}; {plan.lowering}. "
+            "--print-after-all shows the plan in full")
 
 
 def _tiles(text: str) -> tuple[int, int]:
@@ -110,6 +134,8 @@ def register(cli: click.Group) -> None:
             click.echo(result.format(print_after_all))
             for rank in analysed:
                 click.echo("after lowering: " + _summary_line(result.cascade, rank))
+        click.echo("")
+        click.echo(_plan_text(c, print_after_all))
         if sparsity is not None:
             tq, tk = _tiles(tiles)
             tm = classify_tiles(c, {"P": sparsity, "M": sparsity, **extra}, tq, tk)

@@ -16,6 +16,10 @@ BATCH_INDEX = sympy.Symbol("b", integer=True, nonnegative=True)
 HEAD_INDEX = sympy.Symbol("h", integer=True, nonnegative=True)
 BATCH_EXTENT = sympy.Symbol("B", integer=True, positive=True)
 HEAD_EXTENT = sympy.Symbol("H", integer=True, positive=True)
+QUERY_INDEX = sympy.Symbol("p", integer=True, nonnegative=True)
+"""The query position ``p`` of the attention conventions (``Q[P,E]``, ``O[P,F]``)."""
+KEY_INDEX = sympy.Symbol("m", integer=True, nonnegative=True)
+"""The key position ``m`` (``K[M,E]``, ``V[M,F]``)."""
 
 
 def index_symbol(rank_name: str) -> sympy.Symbol:

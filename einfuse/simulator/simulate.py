@@ -13,8 +13,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from einfuse.errors import PassError, SimulatorError
+from einfuse.errors import EinfuseError
 from einfuse.ir.cascade import Cascade
+from einfuse.lowering.plan import KernelPlan
 from einfuse.simulator.arch import Arch, load_arch
 from einfuse.simulator.engine import UNITS, Engine
 from einfuse.simulator.mapping import Plan, describe, make_plan, refine_kv_buffers
@@ -98,22 +99,50 @@ def explain(stalls: dict[str, dict[str, int]], cycles: int, busy: dict[str, floa
     return ". ".join(parts) + "."
 
 
+def design_plan(cascade: Cascade, arch: Arch) -> KernelPlan | None:
+    """The kernel plan of ``cascade`` for this design: the same plan the GPU back ends print, with the
+    key tile set to the 2-D array's height (the streamed rank's tile on the array). None when the
+    cascade has no plan (the simulator then maps the cascade as written)."""
+    from einfuse.lowering import kernel_plan
+
+    try:
+        return kernel_plan(cascade, key_tile=arch.pe_array.rows, check=False)
+    except EinfuseError:
+        return None
+
+
 def prepare(cascade: Cascade, arch: Arch) -> Cascade:
-    """Apply the design's lowering (FuseMax: the 1-pass online-softmax cascade)."""
+    """The cascade the design maps: with the design's ``online_softmax`` lowering (FuseMax), the
+    kernel plan's one-pass cascade (key tile = array rows); otherwise the cascade as written."""
     if arch.mapping.lowering != "online_softmax":
         return cascade
     if cascade.attrs.get("lowered") == "online_softmax" or cascade.partitions:
         return cascade
     if cascade.attrs.get("family") in ("sigmoid", "linear"):
         return cascade            # no softmax: nothing to lower, simulate as written
-    try:
-        from einfuse.passes.fusion import fuse_online_softmax
-    except ImportError:
-        raise SimulatorError(f"design {arch.name} needs einfuse.passes.fusion.fuse_online_softmax") from None
-    try:
-        return fuse_online_softmax(cascade, tile=arch.pe_array.rows)
-    except PassError:
+    plan = design_plan(cascade, arch)
+    if plan is not None and plan.family == "softmax":
+        return plan.cascade
+    from einfuse.lowering.lower import one_pass_cascade
+
+    try:  # several stages (agent, based): fuse what the pass recognises, as a whole
+        return one_pass_cascade(cascade, arch.pe_array.rows)[0]
+    except EinfuseError:
         return cascade            # no softmax normalisation the pass recognises: simulate as written
+
+
+def plan_lines(cascade: Cascade, arch: Arch) -> list[str]:
+    """What the kernel plan says of this design's mapping: tile, state kept on chip, passes."""
+    plan = design_plan(cascade, arch)
+    if plan is None:
+        return ["kernel plan: none (the cascade is mapped as written)"]
+    plans = plan.stages or (plan,)
+    out = []
+    for p in plans:
+        state = ", ".join(f"{v.name}[{v.shape}]" for v in p.state) or "none"
+        out.append(f"kernel plan {p.name}: {p.family}, loop over {p.loop.rank} in tiles of {p.loop.tile}, "
+                   f"state on chip {state}")
+    return out
 
 
 def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool = True,
@@ -189,7 +218,7 @@ def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles_list, c
         busy_2d=busy["2d"] / cyc, busy_1d=busy["1d"] / cyc, busy_dram=busy["dram"] / cyc,
         dram_bytes=dram_total, energy_pj=float(sum(breakdown.values())), energy_breakdown=breakdown,
         buffer_bytes=int(plan.buffer_bytes), macs=int(macs_total), per_einsum=tuple(per), stalls=stalls,
-        mapping=tuple(describe(plan)), technology_nm=arch.technology_nm,
+        mapping=tuple(describe(plan)) + tuple(plan_lines(cascade, arch)), technology_nm=arch.technology_nm,
         sim={"wall_s": wall, "segments_run": eng.stats.segments_run, "tasks_placed": eng.stats.tasks_placed,
              "skipped_iterations": eng.stats.skipped_iterations, "memo_hits": eng.stats.memo_hits,
              "tile_iterations": int(vec[ix[("iterations",)]]),

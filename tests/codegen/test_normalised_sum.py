@@ -9,11 +9,11 @@ from _helpers import rel_err
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
-from einfuse.codegen.stages import split_stages
-from einfuse.codegen.triton.analysis import analyze
-from einfuse.codegen.triton.plan_check import check_plan, plan_cascade
 from einfuse.errors import CodegenError
 from einfuse.ir import parse_cascade
+from einfuse.lowering.onepass import analyze
+from einfuse.lowering.plan_check import check_plan, plan_cascade
+from einfuse.lowering.stages import split_stages
 
 # weights with an index term (so the mask must stay on them), a mask that empties rows p < 3, and a
 # key length (53) that is not a multiple of any tile

@@ -10,7 +10,7 @@ from _helpers import rel_err
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
-from einfuse.codegen.triton.tile_order import grid_of
+from einfuse.lowering.tile_order import grid_of
 
 
 def check(spec, B=2, H=4, Hkv=2, N=45, M=53, D=24, Dv=None, seed=0, scale=1.0, **options):

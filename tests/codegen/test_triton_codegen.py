@@ -16,14 +16,14 @@ import einfuse
 from einfuse.cli import cli
 from einfuse.codegen import autotune
 from einfuse.codegen.reference import run_cascade
-from einfuse.codegen.triton.analysis import DOT, analyze
-from einfuse.codegen.triton.blocks import EMPTY, FULL, PARTIAL, build_tables
 from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.loader import load_module
-from einfuse.codegen.triton.tile_order import FLAT, TileOrder, box_for
 from einfuse.errors import CodegenError
 from einfuse.frontends.dsl import m, p
 from einfuse.ir.expr import Access
+from einfuse.lowering.blocks import EMPTY, FULL, PARTIAL, build_tables
+from einfuse.lowering.onepass import DOT, analyze
+from einfuse.lowering.tile_order import FLAT, TileOrder, box_for
 
 # ---- analysis ------------------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ def test_cli_bench_without_gpu_fails_with_one_line(monkeypatch):
 
 
 def test_flex_peer_mods_match_the_reference():
-    from einfuse.codegen.triton import peers
+    from einfuse.codegen import peers
 
     c = einfuse.load_spec("softcap:cap=4,causal=true")
     plan = analyze(c)

@@ -9,8 +9,8 @@ import torch
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
-from einfuse.codegen.triton.analysis import analyze
-from einfuse.codegen.triton.tile_order import grid_of
+from einfuse.lowering.onepass import analyze
+from einfuse.lowering.tile_order import grid_of
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

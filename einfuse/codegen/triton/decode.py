@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from einfuse.codegen.triton.decode_analysis import DecodePlan, analyse_decode
 from einfuse.codegen.triton.decode_kernels import decode_source
-from einfuse.codegen.triton.decode_lowering import lower_decode
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.options import cdiv, parse_options, pow2
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
+from einfuse.lowering.decode import DecodePlan
+from einfuse.lowering.lower import DEFAULT_SPLITS, kernel_plan
+from einfuse.lowering.plan import KernelPlan
 
 
 @dataclass(frozen=True)
@@ -124,18 +125,21 @@ class DecodeKernel:
         return o
 
 
-def build_decode(cascade: Cascade, **options: Any) -> DecodeKernel:
-    """Generate and load the split-KV decode kernels of a softmax cascade.
+def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
+    """Generate and load the split-KV decode kernels of a decode plan.
 
-    Options: see :class:`DecodeOptions`. Raises :class:`CodegenError` for cascades that are not a
-    softmax over keys of a ``Q.K`` score (sigmoid and linear attention have their own back ends).
+    ``plan``: a :class:`KernelPlan` of family decode (a softmax cascade is lowered first). Options:
+    see :class:`DecodeOptions`. Sigmoid and linear attention have their own plans and kernels.
     """
     opts = DecodeOptions.of(dict(options))
-    plan = analyse_decode(cascade)
-    split = lower_decode(cascade, opts.splits or 16)
-    source = decode_source(plan, split)
-    module = load_module(source, f"decode_{plan.name}")
-    return DecodeKernel(plan, opts, source, module, split.cascade or cascade, split.how)
+    if isinstance(plan, Cascade):
+        plan = kernel_plan(plan, decode=True, splits=opts.splits or DEFAULT_SPLITS)
+    if plan.family != "decode":
+        raise CodegenError(f"{plan.name}: build_decode takes a plan of the decode family, not {plan.family}")
+    dec, split = plan.detail.plan, plan.detail.split
+    source = decode_source(dec, split)
+    module = load_module(source, f"decode_{dec.name}")
+    return DecodeKernel(dec, opts, source, module, plan.cascade, plan.lowering)
 
 
 __all__ = ["DecodeKernel", "DecodeOptions", "build_decode"]

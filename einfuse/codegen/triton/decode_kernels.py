@@ -15,12 +15,12 @@ The logit (score_mod) and the mask are printed from the cascade into ``logit`` a
 
 from __future__ import annotations
 
-from einfuse.codegen.triton.decode_analysis import DecodePlan
-from einfuse.codegen.triton.decode_lowering import SplitKV
 from einfuse.codegen.triton.index_printer import IndexPrinter
-from einfuse.codegen.triton.linear_analysis import M_IDX, P_IDX
 from einfuse.codegen.triton.linear_emit import HELPERS, emit_value
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
+from einfuse.lowering.decode import DecodePlan
+from einfuse.lowering.linear import M_IDX, P_IDX
+from einfuse.lowering.split_kv import SplitKV
 
 
 def _size_args(plan: DecodePlan) -> str:

@@ -2,7 +2,7 @@
 
 One skeleton serves the whole family (FlashAttention-2's loop: load a query tile, walk key tiles,
 update running max/sum/output, store), and everything variant-specific is generated from the
-:class:`~einfuse.codegen.triton.analysis.AttentionPlan`:
+:class:`~einfuse.lowering.onepass.OnePassPlan`:
 
 * ``_score``: the score expression (scale, ALiBi bias, soft-cap, ...) in log2 units for softmax;
 * ``_keep``: the mask predicate, called only on PARTIAL tiles;
@@ -22,21 +22,21 @@ import textwrap
 
 import sympy
 
-from einfuse.codegen.triton.analysis import AttentionPlan
 from einfuse.codegen.triton.index_printer import HELPERS as INDEX_HELPERS
 from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.score_printer import HELPERS as SCORE_HELPERS
 from einfuse.codegen.triton.score_printer import may_be_minus_inf, print_score
-from einfuse.codegen.triton.tile_order import TileOrder
-from einfuse.frontends.dsl import m as M_IDX
-from einfuse.frontends.dsl import p as P_IDX
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
+from einfuse.ir.ranks import KEY_INDEX as M_IDX
+from einfuse.ir.ranks import QUERY_INDEX as P_IDX
+from einfuse.lowering.onepass import OnePassPlan
+from einfuse.lowering.tile_order import TileOrder
 
 LOG2E = math.log2(math.e)
 KERNEL_NAME = "attn_fwd"
 
 
-def kernel_names(plan: AttentionPlan, sizes: dict[str, int]) -> dict[sympy.Symbol, str]:
+def kernel_names(plan: OnePassPlan, sizes: dict[str, int]) -> dict[sympy.Symbol, str]:
     """Triton names of the symbols a score or mask may use; params become literal constants."""
     names = {P_IDX: "qi", M_IDX: "ki", HEAD_INDEX: "h", BATCH_INDEX: "b",
              size_symbol("P"): "N_Q", size_symbol("M"): "N_KV", size_symbol("H"): "H",
@@ -57,7 +57,7 @@ def _comment(roles: tuple[tuple[str, str], ...], *wanted: str, indent: str = "  
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def emit_module(plan: AttentionPlan, sizes: dict[str, int], q_order: TileOrder, k_order: TileOrder,
+def emit_module(plan: OnePassPlan, sizes: dict[str, int], q_order: TileOrder, k_order: TileOrder,
                 cascade_text: str, lowering: str) -> str:
     """The complete Python source of the generated module."""
     from einfuse.codegen.triton.score_printer import const_code
@@ -131,7 +131,7 @@ _SCHEDULES = {
 }
 
 
-def _header(plan: AttentionPlan, cascade_text: str, lowering: str, q_order: TileOrder,
+def _header(plan: OnePassPlan, cascade_text: str, lowering: str, q_order: TileOrder,
             k_order: TileOrder) -> str:
     body = textwrap.indent(cascade_text.rstrip(), "    ")
     return f'''"""einfuse kernel for cascade `{plan.name}` ({plan.family} family).
@@ -147,7 +147,7 @@ EMPTY tiles never.
 '''
 
 
-def _tile_fn(plan: AttentionPlan, roles, softmax: bool, fast_max: bool, guard_full: bool,
+def _tile_fn(plan: OnePassPlan, roles, softmax: bool, fast_max: bool, guard_full: bool,
              scale: float | None) -> str:
     """The body run for one key tile: load K, score, mask, normalise, accumulate P.V."""
     from einfuse.codegen.triton.score_printer import const_code
@@ -258,7 +258,7 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
     return head + body
 
 
-def _kernel_fn(plan: AttentionPlan, roles, softmax: bool) -> str:
+def _kernel_fn(plan: OnePassPlan, roles, softmax: bool) -> str:
     final_c = _comment(roles, "final", "normalise")
     init_c = _comment(roles, "init")
     if softmax or plan.family == "normsum":

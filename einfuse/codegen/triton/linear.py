@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from einfuse.codegen.triton.linear_analysis import LinearPlan, analyse_linear
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.linear_kernels import linear_source
-from einfuse.codegen.triton.linear_lowering import lower_linear
 from einfuse.codegen.triton.options import parse_options, pow2
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
+from einfuse.lowering.linear import LinearPlan
+from einfuse.lowering.lower import kernel_plan
+from einfuse.lowering.plan import KernelPlan
 
 # options every Triton builder may be handed by the dispatcher and that this one does not use
 
@@ -111,21 +112,26 @@ class LinearKernel:
         return o
 
 
-def build_linear(cascade: Cascade, **options: Any) -> LinearKernel:
-    """Generate and load the chunked Triton kernels of a linear-attention cascade.
+def build_linear(plan: KernelPlan | Cascade, **options: Any) -> LinearKernel:
+    """Generate and load the chunked Triton kernels of a linear-attention plan.
 
-    Options: see :class:`LinearOptions`. Raises :class:`CodegenError` for cascades the chunked
-    schedule cannot run exactly (non-causal masks, decays that are not multiplicative in p - m).
+    ``plan``: a :class:`KernelPlan` of family linear (a cascade is lowered first, at the state block
+    the options imply). Options: see :class:`LinearOptions`. The plan layer refuses cascades the
+    chunked schedule cannot run exactly (non-causal masks, decays not multiplicative in p - m).
     """
     opts = LinearOptions.of(dict(options))
-    if cascade.attrs.get("lowered") == "lightning":
-        raise CodegenError(f"{cascade.name}: pass the unlowered cascade; build_linear runs split_lightning "
-                           "itself, with the block = the state_chunk option")
-    plan = analyse_linear(cascade)
-    lowered, parts, how = lower_linear(cascade, plan, opts.state_chunk or 2 * opts.chunk)
-    source = linear_source(plan, parts)
-    module = load_module(source, f"linear_{plan.name}")
-    return LinearKernel(plan, opts, source, module, lowered or cascade, how)
+    block = opts.state_chunk or 2 * opts.chunk
+    if isinstance(plan, Cascade):
+        plan = kernel_plan(plan, state_block=block)
+    if plan.family != "linear":
+        raise CodegenError(f"{plan.name}: build_linear takes a plan of the linear family, not {plan.family}")
+    if plan.detail.state_block != block:
+        raise CodegenError(f"{plan.name}: the plan was lowered for a state block of {plan.detail.state_block} "
+                           f"positions; these options need {block}")
+    lin = plan.detail.plan
+    source = linear_source(lin, plan.detail.parts)
+    module = load_module(source, f"linear_{lin.name}")
+    return LinearKernel(lin, opts, source, module, plan.cascade, plan.lowering)
 
 
 __all__ = ["LinearKernel", "LinearOptions", "build_linear"]

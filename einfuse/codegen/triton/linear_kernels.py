@@ -19,10 +19,10 @@ printed from the cascade's Einsums (see :mod:`linear_emit`), and parts a variant
 from __future__ import annotations
 
 from einfuse.codegen.triton.index_printer import IndexPrinter
-from einfuse.codegen.triton.linear_analysis import M_IDX, P_IDX, LinearPlan
 from einfuse.codegen.triton.linear_emit import HELPERS, emit_value, indent
-from einfuse.codegen.triton.linear_lowering import BLOCK, M0, P0, DecayParts
 from einfuse.ir.ranks import HEAD_EXTENT, HEAD_INDEX
+from einfuse.lowering.linear import M_IDX, P_IDX, LinearPlan
+from einfuse.lowering.linear_split import BLOCK, M0, P0, DecayParts
 
 
 def _feature_fn(name: str, fm, what: str) -> str:

@@ -14,16 +14,18 @@ from typing import Any
 
 from einfuse.codegen import autotune
 from einfuse.codegen.autotune import KernelConfig
-from einfuse.codegen.triton.analysis import AttentionPlan, analyze
-from einfuse.codegen.triton.blocks import BlockTables, build_tables, dense_tables
 from einfuse.codegen.triton.emit import KERNEL_NAME, emit_module
 from einfuse.codegen.triton.loader import load_module
 from einfuse.codegen.triton.options import pow2
-from einfuse.codegen.triton.span_tables import build_span_tables
-from einfuse.codegen.triton.tile_order import FLAT, SpanBoxes, TileOrder
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.ranks import BATCH_INDEX
+from einfuse.lowering.blocks import BlockTables, build_tables, dense_tables
+from einfuse.lowering.lower import kernel_plan
+from einfuse.lowering.onepass import OnePassPlan
+from einfuse.lowering.plan import KernelPlan
+from einfuse.lowering.span_tables import build_span_tables
+from einfuse.lowering.tile_order import FLAT, SpanBoxes, TileOrder
 
 # (query tile order, key tile order): contiguous/contiguous, boxes/boxes, or boxes/boxes over key spans
 Layout = tuple[TileOrder, "TileOrder | SpanBoxes"]
@@ -112,7 +114,7 @@ class AttentionKernel:
     """A compiled softmax/sigmoid/normsum attention: ``kernel(q, k, v) -> out`` on (B, H, N, D) tensors."""
 
     cascade: Cascade
-    plan: AttentionPlan
+    plan: OnePassPlan
     sizes: dict[str, int]
     lowering: str
     defaults: LaunchOptions = field(default_factory=LaunchOptions)
@@ -124,13 +126,16 @@ class AttentionKernel:
     last_tables: BlockTables | None = None
 
     @staticmethod
-    def build(cascade: Cascade, lowering: str, sizes: dict[str, int] | None = None,
+    def build(plan: KernelPlan, sizes: dict[str, int] | None = None,
               grid_hint: tuple[int, ...] | None = None, **options: Any) -> AttentionKernel:
-        plan = analyze(cascade)
-        bound = {k: int(v) for k, v in cascade.params.items() if float(v).is_integer()}
+        """The kernel of a one-pass plan (softmax, sigmoid, normsum); ``sizes`` bind params."""
+        if plan.family not in ("softmax", "sigmoid", "normsum"):
+            raise CodegenError(f"{plan.name}: the one-pass kernel takes softmax/sigmoid/normsum plans, "
+                               f"not {plan.family}")
+        bound = {k: int(v) for k, v in plan.cascade.params.items() if float(v).is_integer()}
         bound.update({k: int(v) for k, v in (sizes or {}).items()})
-        kern = AttentionKernel(cascade, plan, bound, lowering, LaunchOptions.from_kwargs(options),
-                               grid_hint)
+        kern = AttentionKernel(plan.cascade, plan.detail, bound, plan.lowering,
+                               LaunchOptions.from_kwargs(options), grid_hint)
         kern.source(FLAT)  # generate (and import) now: errors surface at compile time
         return kern
 
@@ -313,7 +318,8 @@ def launcher_for_module(module_name: str, namespace: dict[str, Any] | None = Non
         return _KERNELS[key]
     cascade = parse_cascade(ns["CASCADE_TEXT"])
     grid = tuple(ns["Q_GRID"]) or None
-    kern = AttentionKernel(cascade, analyze(cascade), dict(ns["SIZES"]), ns["LOWERING"], grid_hint=grid)
+    detail = kernel_plan(cascade, check=False).detail
+    kern = AttentionKernel(cascade, detail, dict(ns["SIZES"]), ns["LOWERING"], grid_hint=grid)
     mod = SimpleNamespace(**ns)
     with open(ns["__file__"], encoding="utf-8") as fh:
         mod.__source__ = fh.read()

@@ -1,6 +1,6 @@
 """Print a score expression (an IR value expression over the Q.K product) as Triton code.
 
-The leaf :data:`~einfuse.codegen.triton.analysis.DOT` becomes ``qk`` (the fp32 tile of dot
+The leaf :data:`~einfuse.lowering.onepass.DOT` becomes ``qk`` (the fp32 tile of dot
 products); index values become index arithmetic on the tile's positions (``qi`` for queries, ``ki``
 for keys) through :class:`~einfuse.codegen.triton.index_printer.IndexPrinter`. One IR node becomes
 one Triton operation, so the printed line reads like the Einsum it came from.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 
-from einfuse.codegen.triton.analysis import DOT
 from einfuse.codegen.triton.index_printer import IndexPrinter, float_literal
 from einfuse.errors import CodegenError
 from einfuse.ir.expr import Access, Binary, Const, Empty, Expr, IndexValue, Select, Unary
+from einfuse.lowering.onepass import DOT
 
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _UNARY = {

@@ -16,18 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
-from einfuse.codegen.triton.linear_analysis import (
+from einfuse.errors import CodegenError
+from einfuse.ir.cascade import Cascade
+from einfuse.ir.expr import Access, Const, Expr, Unary, accesses, index_symbols, walk
+from einfuse.ir.printer import format_einsum
+from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX
+from einfuse.lowering.linear import (
     M_IDX,
     P_IDX,
     _find_score,
     inline_elementwise,
     product_factors,
 )
-from einfuse.errors import CodegenError
-from einfuse.ir.cascade import Cascade
-from einfuse.ir.expr import Access, Const, Expr, Unary, accesses, index_symbols, walk
-from einfuse.ir.printer import format_einsum
-from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
-from einfuse.codegen.triton.linear_analysis import DIST, LinearPlan, product_factors
 from einfuse.errors import CodegenError, EinfuseError
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import Access, IndexValue
 from einfuse.ir.printer import format_einsum
 from einfuse.ir.ranks import HEAD_EXTENT, HEAD_INDEX, index_symbol, size_symbol
 from einfuse.ir.symeval import evaluate
+from einfuse.lowering.linear import DIST, LinearPlan, product_factors
 
 # canonical block-relative symbols the printed decay functions take
 P0, M0 = index_symbol("P0"), index_symbol("M0")
@@ -136,3 +136,13 @@ def lower_linear(c: Cascade, plan: LinearPlan, block: int) -> tuple[Cascade | No
     parts = _from_lowered(lowered) if lowered is not None else _from_decay(plan)
     _check(plan, parts, block)
     return lowered, parts, why or "lowered by split_lightning"
+
+
+@dataclass(frozen=True)
+class LinearDetail:
+    """What the linear kernels print from: the plan read from the cascade, the decay factors of its
+    lowering, and the state block they were derived for."""
+
+    plan: LinearPlan
+    parts: DecayParts
+    state_block: int

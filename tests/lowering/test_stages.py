@@ -1,4 +1,4 @@
-"""Multi-stage cascades (einfuse.codegen.stages): split into generator-accepted stages, each stage's
+"""Multi-stage cascades (einfuse.lowering.stages): split into generator-accepted stages, each stage's
 Triton kernel run in the interpreter, against the float64 reference executor on the whole cascade."""
 
 import numpy as np
@@ -8,10 +8,10 @@ from _helpers import rel_err
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
-from einfuse.codegen.stages import is_multistage, split_stages
 from einfuse.codegen.stages_run import MultiStageAttention
 from einfuse.errors import CodegenError
 from einfuse.ir import parse_cascade
+from einfuse.lowering.stages import is_multistage, split_stages
 
 TWO_BRANCH = """cascade two_branch
 ranks P, E, M, F

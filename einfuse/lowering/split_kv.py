@@ -17,6 +17,7 @@ from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import Binary, Unary, walk
 from einfuse.ir.printer import format_einsum
 from einfuse.ir.ranks import index_symbol
+from einfuse.lowering.decode import DecodePlan
 
 ROLES = ("partial_max", "partial_num", "partial_sum", "partial_out", "partial_norm", "global_max", "weight",
          "denominator", "weighted", "output")
@@ -84,3 +85,11 @@ def lower_decode(c: Cascade, splits: int) -> SplitKV:
         raise CodegenError(f"{c.name}: the split_kv cascade has no {', '.join(missing)} Einsum; "
                            "the decode kernels implement exactly those roles")
     return SplitKV(low, lines, "lowered by split_kv")
+
+
+@dataclass(frozen=True)
+class DecodeDetail:
+    """What the decode kernels print from: the logit/mask plan and the split/combine Einsum lines."""
+
+    plan: DecodePlan
+    split: SplitKV

@@ -8,7 +8,7 @@ renamed to the generators' conventions (``Q[P,E]``, ``K[M,E]``, ``V[M,F]``, outp
 and offered to the analysers; the first tensor whose closure one of them accepts ends a stage, and
 becomes an input of later stages. So every stage is the smallest sub-cascade a generator accepts.
 Einsums left over must be elementwise combinations of stage outputs and inputs (BASED's
-``O = LO + WO``); they run as torch ops on the stage outputs (:mod:`einfuse.codegen.stages_run`).
+``O = LO + WO``); they run as torch ops on the stage outputs (:mod:`einfuse.codegen.stages_run`, which also compiles each stage).
 
 What cannot be split that way is refused with a :class:`CodegenError` naming the Einsums no
 generator accepts (BASED's Taylor branch ``T = 1 + s + s^2/2``: the linear generator needs the
@@ -18,9 +18,8 @@ Taylor kernel, whose feature space has ``1 + E + E^2`` dimensions).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sympy
 
@@ -40,9 +39,6 @@ from einfuse.ir.expr import (
 from einfuse.ir.printer import format_einsum
 from einfuse.ir.ranks import Rank, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
-
-if TYPE_CHECKING:
-    from einfuse.codegen.stages_run import MultiStageAttention
 
 CONVENTION = {"query": "P", "key": "M", "head": "E", "value": "F"}
 """Rank names the generators read: queries P, keys M, head dim E, value dim F."""
@@ -262,8 +258,8 @@ def as_stage(c: Cascade, target: str, available: set[str]) -> Stage:
 def _accepting_family(sub: Cascade) -> str:
     """softmax | sigmoid | normsum | linear: the generator whose analyser accepts ``sub``, or raise
     with both reasons."""
-    from einfuse.codegen.triton.analysis import analyze
-    from einfuse.codegen.triton.linear_analysis import analyse_linear
+    from einfuse.lowering.linear import analyse_linear
+    from einfuse.lowering.onepass import analyze
 
     try:
         return analyze(sub).family
@@ -339,26 +335,10 @@ def split_stages(c: Cascade) -> StagePlan:
     return StagePlan(c, tuple(stages), tuple(combine))
 
 
-def compile_stages(c: Cascade, *, sizes: Mapping[str, int] | None = None, decode: bool = True,
-                   decode_options: Mapping[str, Any] | None = None, **options: Any) -> MultiStageAttention:
-    """Split ``c`` (:func:`split_stages`) and compile each stage with the one-stage generators."""
-    from einfuse.codegen.compile import compile as compile_one
-    from einfuse.codegen.stages_run import MultiStageAttention
-
-    plan = split_stages(c)
-    kernels = []
-    for st in plan.stages:
-        bound = {st.rank_map.get(n, n): int(v) for n, v in (sizes or {}).items()}
-        kernels.append(compile_one(st.cascade, sizes=bound, decode=decode, decode_options=decode_options,
-                                   torch_op=False, **options))
-    return MultiStageAttention(c.name, c, plan, tuple(kernels))
-
-
 __all__ = [
     "Stage",
     "StagePlan",
     "as_stage",
-    "compile_stages",
     "is_multistage",
     "is_score_product",
     "qkv_names",

@@ -23,10 +23,10 @@ from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import Access, Binary, Const, Expr, IndexValue, map_accesses, substitute
 from einfuse.ir.printer import format_einsum
-from einfuse.ir.ranks import HEAD_EXTENT, HEAD_INDEX, index_symbol
+from einfuse.ir.ranks import HEAD_EXTENT, HEAD_INDEX, KEY_INDEX, QUERY_INDEX
 from einfuse.ir.symeval import evaluate
 
-P_IDX, M_IDX = index_symbol("P"), index_symbol("M")
+P_IDX, M_IDX = QUERY_INDEX, KEY_INDEX
 DIST = sympy.Symbol("d", integer=True)
 SCORE_LEAF = "__score__"
 _KERNEL_SYMBOLS = {DIST, HEAD_INDEX, HEAD_EXTENT}

@@ -3,10 +3,10 @@
 import pytest
 
 import einfuse
-from einfuse.codegen.triton.analysis import analyze
-from einfuse.codegen.triton.plan_check import check_plan
 from einfuse.errors import CodegenError
 from einfuse.ir import format_cascade, parse_cascade
+from einfuse.lowering.onepass import analyze
+from einfuse.lowering.plan_check import check_plan
 
 
 def with_extra_output_einsum(spec: str, rhs: str):

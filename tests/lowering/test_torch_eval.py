@@ -20,8 +20,8 @@ from _helpers import FRACTION_SUM_CASES, M_SYM, P_SYM, X_SYM, exact_value, rel_e
 
 import einfuse  # noqa: E402
 from einfuse.codegen.reference import run_cascade  # noqa: E402
-from einfuse.codegen.triton import blocks, torch_eval  # noqa: E402
-from einfuse.codegen.triton.torch_eval import compile_expr, evaluate  # noqa: E402
+from einfuse.lowering import blocks, torch_eval  # noqa: E402
+from einfuse.lowering.torch_eval import compile_expr, evaluate  # noqa: E402
 
 p, m, X = P_SYM, M_SYM, X_SYM
 _exact = exact_value

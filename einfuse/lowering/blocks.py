@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
-from einfuse.codegen.triton.tile_order import TileOrder
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
+from einfuse.lowering.tile_order import TileOrder
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 _CHUNK = 1 << 23  # (query, key) pairs checked at once by the dense classifier
@@ -147,9 +147,9 @@ def _classify_dense(mask: sympy.Basic, sizes: dict[str, int], n_q: int, n_kv: in
     """Exact tile kinds by checking every (query, key) pair, a chunk of query tiles at a time."""
     import torch
 
-    from einfuse.codegen.triton import torch_eval
-    from einfuse.frontends.dsl import m as m_sym
-    from einfuse.frontends.dsl import p as p_sym
+    from einfuse.ir.ranks import KEY_INDEX as m_sym
+    from einfuse.ir.ranks import QUERY_INDEX as p_sym
+    from einfuse.lowering import torch_eval
 
     bound = mask.subs({size_symbol(k): v for k, v in sizes.items()})
     qpos, qok = q_order.positions(n_q, block_m, device)

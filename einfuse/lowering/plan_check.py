@@ -1,11 +1,11 @@
 """Check that the kernel generator's reading of a cascade computes the cascade.
 
-:func:`einfuse.codegen.triton.analysis.analyze` reduces a softmax/sigmoid cascade to an
-:class:`AttentionPlan` (score expression over the Q.K product, mask, normalisation) by following the
+:func:`einfuse.lowering.onepass.analyze` reduces a softmax/sigmoid cascade to an
+:class:`OnePassPlan` (score expression over the Q.K product, mask, normalisation) by following the
 chain from the normalisation back to the product. Anything off that chain, e.g. an extra Einsum that
 rescales the output or a second branch added to it, is not part of the plan, and a kernel generated
 from the plan would silently compute something else. So before generating, rebuild the cascade the
-plan describes with the DSL and compare both with the float64 reference executor on small random
+plan describes (Einsum by Einsum, no front end involved) and compare both with the float64 reference executor on small random
 inputs. Cheap (two reference runs on a few dozen positions) and independent of how the cascade was
 written or lowered.
 """
@@ -16,38 +16,40 @@ import numpy as np
 
 from einfuse.codegen.reference import run_cascade
 from einfuse.errors import CodegenError, EinfuseError
-from einfuse.frontends import dsl
+from einfuse.ir.builder import CascadeBuilder
 from einfuse.ir.cascade import Cascade
-from einfuse.ir.expr import Access, binary, map_accesses
+from einfuse.ir.expr import Access, binary, map_accesses, unary
+from einfuse.lowering.onepass import DOT
 
 CHECK_SIZES = {"B": 1, "H": 4, "P": 11, "M": 13, "E": 5, "F": 6}
 
 
 def plan_cascade(plan) -> Cascade:
-    """The cascade an :class:`AttentionPlan` describes, written with the DSL."""
-    from einfuse.codegen.triton.analysis import DOT
-
-    def score_mod(s, b, h, q, kv):
-        return map_accesses(plan.score, lambda a: s if a.tensor == DOT else a)
-
-    mask = plan.mask
-    if plan.family == "normsum":
-        return _normsum_cascade(plan, score_mod, mask)
-    return dsl.attention(f"{plan.name}_plan", score_mod=score_mod,
-                         mask_mod=(lambda b, h, q, kv: mask) if mask is not None else None,
-                         normalization=plan.family, params=dict(plan.params))
-
-
-def _normsum_cascade(plan, score_mod, mask) -> Cascade:
-    """``O = (sum_m W*V) / (sum_m W)`` with ``W`` the plan's score (the DSL has no such normalisation)."""
-    cb = dsl.CascadeBuilder(f"{plan.name}_plan")
+    """The cascade an :class:`OnePassPlan` describes, written out Einsum by Einsum: the score
+    ``QK[m,p] = Q[p,e]*K[m,e]`` (and ``S[m,p]``, the plan's score expression), under the plan's mask,
+    then the family's normalisation."""
+    cb = CascadeBuilder(f"{plan.name}_plan")
     cb.params.update(plan.params)
-    cb.attrs["family"] = "normsum"
-    w = dsl.qk_einsums(cb, None, score_mod, (lambda b, h, q, kv: mask) if mask is not None else None)
-    va = cb.input("V", "M", "F")
-    ws = cb.einsum("WS", ("P",), w, comment="sum of the weights")
-    nv = cb.einsum("NV", ("P", "F"), binary("mul", w, va), comment="weighted sum")
-    cb.einsum("O", ("P", "F"), binary("div", nv, ws), reduce=None, output=True)
+    cb.attrs["family"] = plan.family
+    qa, ka, va = cb.input("Q", "P", "E"), cb.input("K", "M", "E"), cb.input("V", "M", "F")
+    mask = plan.mask
+    qk = cb.einsum("QK", ("M", "P"), binary("mul", qa, ka), where=mask, comment="scores")
+    score = map_accesses(plan.score, lambda a: qk if a.tensor == DOT else a)
+    if score != qk:
+        score = cb.einsum("S", ("M", "P"), score, reduce=None, where=mask, comment="score")
+    if plan.family == "softmax":
+        gm = cb.einsum("GM", ("P",), score, reduce="max")
+        sn = cb.einsum("SN", ("M", "P"), unary("exp", binary("sub", score, gm)), reduce=None)
+        sd = cb.einsum("SD", ("P",), sn)
+        a = cb.einsum("A", ("M", "P"), binary("div", sn, sd), reduce=None)
+        cb.einsum("O", ("P", "F"), binary("mul", a, va), output=True)
+    elif plan.family == "sigmoid":
+        a = cb.einsum("A", ("M", "P"), unary("sigmoid", score), reduce=None, where=mask)
+        cb.einsum("O", ("P", "F"), binary("mul", a, va), output=True)
+    else:  # normsum: O = (sum_m W*V) / (sum_m W), W the plan's score
+        ws = cb.einsum("WS", ("P",), score, comment="sum of the weights")
+        nv = cb.einsum("NV", ("P", "F"), binary("mul", score, va), comment="weighted sum")
+        cb.einsum("O", ("P", "F"), binary("div", nv, ws), reduce=None, output=True)
     return cb.build()
 
 

@@ -15,20 +15,20 @@ from typing import Any
 
 import sympy
 
-from einfuse.codegen.triton import torch_eval
-from einfuse.codegen.triton.analysis import DOT, AttentionPlan
 from einfuse.errors import CodegenError
-from einfuse.frontends.dsl import m as M_IDX
-from einfuse.frontends.dsl import p as P_IDX
 from einfuse.ir.expr import Access, Binary, Const, Expr, IndexValue, Select, Unary, walk
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
+from einfuse.ir.ranks import KEY_INDEX as M_IDX
+from einfuse.ir.ranks import QUERY_INDEX as P_IDX
+from einfuse.lowering import torch_eval
+from einfuse.lowering.onepass import DOT, OnePassPlan
 
 
 def _bind(e: sympy.Basic, sizes: dict[str, int]) -> sympy.Basic:
     return sympy.sympify(e).subs({size_symbol(k): v for k, v in sizes.items()})
 
 
-def mask_fn(plan: AttentionPlan, sizes: dict[str, int]) -> Callable[..., Any] | None:
+def mask_fn(plan: OnePassPlan, sizes: dict[str, int]) -> Callable[..., Any] | None:
     """``mask_mod(b, h, q_idx, kv_idx)`` for FlexAttention (None: no mask)."""
     if plan.mask is None:
         return None
@@ -41,11 +41,11 @@ def mask_fn(plan: AttentionPlan, sizes: dict[str, int]) -> Callable[..., Any] | 
     return mask_mod
 
 
-def score_fn(plan: AttentionPlan, sizes: dict[str, int]) -> Callable[..., Any] | None:
+def score_fn(plan: OnePassPlan, sizes: dict[str, int]) -> Callable[..., Any] | None:
     """``score_mod(score, b, h, q_idx, kv_idx)`` for FlexAttention, the score scale included."""
     import torch
 
-    from einfuse.codegen.triton.analysis import plain_scale
+    from einfuse.lowering.onepass import plain_scale
 
     expr = plan.score
     if plain_scale(expr) is not None:
@@ -89,7 +89,7 @@ def score_fn(plan: AttentionPlan, sizes: dict[str, int]) -> Callable[..., Any] |
     return score_mod
 
 
-def flex_runner(plan: AttentionPlan, sizes: dict[str, int], q: Any, k: Any, v: Any) -> Callable[[], Any]:
+def flex_runner(plan: OnePassPlan, sizes: dict[str, int], q: Any, k: Any, v: Any) -> Callable[[], Any]:
     """A compiled FlexAttention call of the same variant (block mask built once, outside timing)."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -105,7 +105,7 @@ def flex_runner(plan: AttentionPlan, sizes: dict[str, int], q: Any, k: Any, v: A
         heads = H if plan.mask_uses(HEAD_INDEX) else None
         block_mask = create_block_mask(mm, B=None, H=heads, Q_LEN=Nq, KV_LEN=Nkv, device=q.device)
     sm = score_fn(plan, sizes)
-    from einfuse.codegen.triton.analysis import plain_scale
+    from einfuse.lowering.onepass import plain_scale
 
     scale = plain_scale(plan.score) if sm is None else 1.0
     fn = torch.compile(flex_attention, dynamic=False)
@@ -113,12 +113,12 @@ def flex_runner(plan: AttentionPlan, sizes: dict[str, int], q: Any, k: Any, v: A
     return lambda: fn(q, k, v, score_mod=sm, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
-def sdpa_runner(plan: AttentionPlan, backend: str, q: Any, k: Any, v: Any) -> Callable[[], Any]:
+def sdpa_runner(plan: OnePassPlan, backend: str, q: Any, k: Any, v: Any) -> Callable[[], Any]:
     """torch SDPA with one back end ('flash' or 'cudnn'); unmasked or causal (top-left) only."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from einfuse.codegen.triton.analysis import plain_scale
+    from einfuse.lowering.onepass import plain_scale
 
     causal = plan.mask is not None and plan.mask in (sympy.Le(M_IDX, P_IDX), sympy.Ge(P_IDX, M_IDX))
     scale = plain_scale(plan.score)
@@ -136,7 +136,7 @@ def sdpa_runner(plan: AttentionPlan, backend: str, q: Any, k: Any, v: Any) -> Ca
     return run
 
 
-def kept_pairs(plan: AttentionPlan, sizes: dict[str, int], n_q: int, n_kv: int, heads: int,
+def kept_pairs(plan: OnePassPlan, sizes: dict[str, int], n_q: int, n_kv: int, heads: int,
                device: Any = "cpu") -> int:
     """Number of (head, query, key) pairs the mask keeps, summed over heads (exact, chunked)."""
     import torch

@@ -16,9 +16,9 @@ import math
 
 import sympy
 
-from einfuse.codegen.triton.blocks import EMPTY, FULL, PARTIAL, BlockTables, pack_lists
-from einfuse.codegen.triton.tile_order import TileOrder
 from einfuse.ir.ranks import HEAD_INDEX, size_symbol
+from einfuse.lowering.blocks import EMPTY, FULL, PARTIAL, BlockTables, pack_lists
+from einfuse.lowering.tile_order import TileOrder
 
 _CHUNK = 1 << 23  # (query, key) pairs checked at once
 
@@ -101,9 +101,9 @@ def _spans(bound, qpos, qok, coords, n_kv: int, head: int):
     """Per query tile: first key coordinate and span length per axis (length 0: no key kept)."""
     import torch
 
-    from einfuse.codegen.triton import torch_eval
-    from einfuse.frontends.dsl import m as m_sym
-    from einfuse.frontends.dsl import p as p_sym
+    from einfuse.ir.ranks import KEY_INDEX as m_sym
+    from einfuse.ir.ranks import QUERY_INDEX as p_sym
+    from einfuse.lowering import torch_eval
 
     nt, bm = qpos.shape
     nd = coords.shape[0]
@@ -130,9 +130,9 @@ def _classify(bound, qpos, qok, lo, length, box: tuple[int, ...], grid: tuple[in
     """Kinds (nt, NB) of each query tile's boxes over its span, and the boxes' origin tokens."""
     import torch
 
-    from einfuse.codegen.triton import torch_eval
-    from einfuse.frontends.dsl import m as m_sym
-    from einfuse.frontends.dsl import p as p_sym
+    from einfuse.ir.ranks import KEY_INDEX as m_sym
+    from einfuse.ir.ranks import QUERY_INDEX as p_sym
+    from einfuse.lowering import torch_eval
 
     dev = qpos.device
     nt, bm = qpos.shape

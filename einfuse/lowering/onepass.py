@@ -38,16 +38,16 @@ from einfuse.ir.expr import (
     substitute,
     walk,
 )
-from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, index_symbol, size_symbol
+from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, KEY_INDEX, QUERY_INDEX, index_symbol, size_symbol
 
 DOT = "__dot__"
 """Leaf tensor name standing for ``sum_e Q[p,e] * K[m,e]`` in a score expression."""
 
-P_SYM, M_SYM = index_symbol("P"), index_symbol("M")
+P_SYM, M_SYM = QUERY_INDEX, KEY_INDEX
 
 
 @dataclass(frozen=True)
-class AttentionPlan:
+class OnePassPlan:
     """What the one-pass kernel skeleton needs to know about a softmax/sigmoid cascade.
 
     ``score`` is over ``Access(DOT, (m, p))`` and index values of ``p`` (query position), ``m`` (key
@@ -88,8 +88,8 @@ def plain_scale(score: Expr) -> float | None:
     return None
 
 
-def analyze(c: Cascade) -> AttentionPlan:
-    """The :class:`AttentionPlan` of a softmax or sigmoid attention cascade (naive, tiled or fused)."""
+def analyze(c: Cascade) -> OnePassPlan:
+    """The :class:`OnePassPlan` of a softmax or sigmoid attention cascade (naive, tiled or fused)."""
     if len(c.outputs) != 1:
         raise CodegenError(f"cascade {c.name}: the Triton generator needs exactly one output, got "
                            f"{', '.join(c.outputs) or 'none'}")
@@ -111,7 +111,7 @@ def analyze(c: Cascade) -> AttentionPlan:
     v, f_rank = _value_input(c, q, k, folding)
     _check_symbols(c, score, mask)
     roles = _roles(c, tracer.chain, norm_idx)
-    return AttentionPlan(c.name, family, score, mask, q, k, v, c.outputs[0], e_rank, f_rank,
+    return OnePassPlan(c.name, family, score, mask, q, k, v, c.outputs[0], e_rank, f_rank,
                          dict(c.params), roles)
 
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 import einfuse
-from einfuse.codegen.triton import torch_eval
-from einfuse.codegen.triton.analysis import analyze
-from einfuse.codegen.triton.blocks import build_tables
-from einfuse.codegen.triton.span_tables import build_span_tables, choose_box
-from einfuse.codegen.triton.tile_order import SpanBoxes, TileOrder
 from einfuse.frontends.dsl import m as m_sym
 from einfuse.frontends.dsl import p as p_sym
 from einfuse.ir.ranks import HEAD_INDEX, size_symbol
+from einfuse.lowering import torch_eval
+from einfuse.lowering.blocks import build_tables
+from einfuse.lowering.onepass import analyze
+from einfuse.lowering.span_tables import build_span_tables, choose_box
+from einfuse.lowering.tile_order import SpanBoxes, TileOrder
 
 
 def _box_keys(origin: int, box, grid):
