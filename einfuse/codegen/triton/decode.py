@@ -88,7 +88,11 @@ class DecodeKernel:
             out.append(int(known[s]))
         return out
 
-    def __call__(self, q: Any, k: Any, v: Any, splits: int | None = None, **sizes: Any) -> Any:
+    def __call__(self, q: Any, k: Any, v: Any, splits: int | None = None, return_lse: bool = False,
+                 **sizes: Any) -> Any:
+        """The output ``(B, H, N_q, D_v)``; with ``return_lse`` also the float32 log-sum-exp of each
+        row's logits ``(B, H, N_q)`` (-inf for a row with no visible key), which is what combining
+        partial results over key shards needs (:mod:`einfuse.distributed`)."""
         import torch
 
         if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -119,10 +123,11 @@ class DecodeKernel:
             NQ, NK, H, Hkv, D, DV, split_len, n_splits, float(self.plan.scale), *size_args,
             ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
             num_warps=self.options.num_warps, num_stages=self.options.num_stages)
+        lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else mws
         self.module.decode_combine[(B * H * NQ,)](
-            mws, lws, ows, o, *o.stride(), H, NQ, DV, n_splits,
-            BS=pow2(n_splits, 2), BDV=pow2(DV), num_warps=4)
-        return o
+            mws, lws, ows, o, lse, *o.stride(), H, NQ, DV, n_splits,
+            BS=pow2(n_splits, 2), BDV=pow2(DV), WRITE_LSE=return_lse, num_warps=4)
+        return (o, lse) if return_lse else o
 
 
 def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:

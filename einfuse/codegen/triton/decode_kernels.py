@@ -127,8 +127,8 @@ def _combine_kernel(split: SplitKV) -> str:
     c = split.comment
     return f'''
 @triton.jit
-def decode_combine(Mws, Lws, Ows, O, so_b, so_h, so_n, so_d, H, NQ, DV, N_SPLITS,
-                   BS: tl.constexpr, BDV: tl.constexpr):
+def decode_combine(Mws, Lws, Ows, O, LSE, so_b, so_h, so_n, so_d, H, NQ, DV, N_SPLITS,
+                   BS: tl.constexpr, BDV: tl.constexpr, WRITE_LSE: tl.constexpr):
     # merge the splits of one (batch, head, query); 0 where no split saw a visible key
     row = tl.program_id(0)
     offs_s = tl.arange(0, BS)
@@ -150,6 +150,8 @@ def decode_combine(Mws, Lws, Ows, O, so_b, so_h, so_n, so_d, H, NQ, DV, N_SPLITS
     i = row % NQ
     tl.store(O + b.to(tl.int64) * so_b + h * so_h + i * so_n + offs_f * so_d,
              o.to(O.dtype.element_ty), mask=f_ok)
+    if WRITE_LSE:  # log-sum-exp of the row's logits (-inf when no key is visible): combines across devices
+        tl.store(LSE + row, tl.where(l > 0, m + tl.log(tl.where(l > 0, l, 1.0)), float("-inf")))
 '''
 
 

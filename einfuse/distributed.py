@@ -1,0 +1,137 @@
+"""Attention offloading: split-KV decode with the KV cache sharded over a ``torch.distributed`` group.
+
+Each rank of the group holds a contiguous shard of every sequence's keys and values (shards may
+differ in length, and may be empty). A decode step runs the generated split-KV kernel on each shard
+(the decode plan of :mod:`einfuse.lowering`, with the log-sum-exp as a second output), gathers the
+small per-row pairs (output, log-sum-exp) with one all-gather, and combines them with the decode
+plan's combine rule: ``O = sum_r exp(lse_r - max) o_r / sum_r exp(lse_r - max)``, 0 for a row no
+shard sees. Collectives are ``torch.distributed``'s own (NCCL on GPUs, gloo on CPUs); their timeout
+is the process group's (``init_process_group(timeout=...)``).
+
+A rank whose kernel raises does not leave the others waiting: every rank first all-gathers a status
+flag, so all ranks raise an :class:`EinfuseError` naming the failed ranks (the failed rank re-raises
+its own error).
+
+Lamina's query side: with ``src=r`` the queries exist on rank ``r`` only (the compute device), are
+broadcast to the attention ranks, and every rank gets the combined output back.
+
+Masks and score modifications that depend on the key position are refused: a shard's kernel numbers
+its keys from 0, so they would be evaluated at the wrong positions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from einfuse.errors import CodegenError, EinfuseError
+from einfuse.ir.cascade import Cascade
+from einfuse.ir.expr import IndexValue, Select, walk
+from einfuse.ir.ranks import KEY_INDEX, size_symbol
+
+
+class DistributedDecode:
+    """A decode variant whose KV cache is sharded over the ranks of ``group`` (default: the world).
+
+    Call it on every rank as ``fn(q, k_shard, v_shard)`` with ``(B, H, N_q, D)`` queries and this
+    rank's ``(B, H_kv, N_shard, D)`` keys and values; every rank gets the ``(B, H, N_q, D_v)`` output.
+    """
+
+    def __init__(self, spec: str | Cascade, group: Any = None, **decode_options: Any) -> None:
+        from einfuse.codegen.triton.decode import build_decode
+        from einfuse.lowering import kernel_plan
+
+        if isinstance(spec, Cascade):
+            c = spec
+        else:
+            from einfuse.frontends import load_spec
+
+            c = load_spec(spec)
+        plan = kernel_plan(c, decode=True)
+        dec = plan.detail.plan
+        uses = set(dec.mask.free_symbols) if dec.mask is not None else set()
+        for node in walk(dec.logit):  # index terms of the score (the Q.K leaf itself is read at [m, p])
+            if isinstance(node, IndexValue):
+                uses |= node.expr.free_symbols
+            elif isinstance(node, Select) and hasattr(node.cond, "free_symbols"):
+                uses |= node.cond.free_symbols
+        if KEY_INDEX in uses or size_symbol("M") in uses:
+            raise CodegenError(f"{c.name}: its mask or score depends on the key position ({dec.mask}); "
+                               "a sharded KV cache numbers each shard's keys from 0, so only variants "
+                               "without key-position terms can be decoded over shards")
+        self.name = c.name
+        self.plan = plan
+        self.group = group
+        self.kernel = build_decode(plan, **decode_options)
+
+    def __call__(self, q: Any, k: Any, v: Any, src: int | None = None) -> Any:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise EinfuseError(f"{self.name}: distributed decode needs torch.distributed initialised "
+                               "(init_process_group) on every rank")
+        if src is not None:
+            q = self._broadcast_queries(q, k, src)
+        rank, world = dist.get_rank(self.group), dist.get_world_size(self.group)
+        error: Exception | None = None
+        try:
+            o, lse = self._local(q, k, v)
+        except Exception as exc:  # noqa: BLE001 - reported to every rank below, then re-raised here
+            error = exc
+        status = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=k.device)
+        flags = [torch.zeros_like(status) for _ in range(world)]
+        dist.all_gather(flags, status, group=self.group)
+        failed = [r for r, f in enumerate(flags) if int(f.item())]
+        if error is not None:
+            raise error
+        if failed:
+            raise EinfuseError(f"{self.name}: distributed decode failed on rank(s) "
+                               f"{', '.join(map(str, failed))} (this is rank {rank}); see their errors")
+        # one all-gather of the small pairs: outputs in float32 with the log-sum-exp as a last column
+        packed = torch.cat([o.float(), lse.unsqueeze(-1)], dim=-1).contiguous()
+        parts = [torch.empty_like(packed) for _ in range(world)]
+        dist.all_gather(parts, packed, group=self.group)
+        stacked = torch.stack(parts)                      # (ranks, B, H, N_q, D_v + 1)
+        return combine(stacked[..., :-1], stacked[..., -1]).to(q.dtype)
+
+    def _local(self, q: Any, k: Any, v: Any) -> tuple[Any, Any]:
+        import torch
+
+        if k.dim() == 4 and k.shape[2] == 0:  # an empty shard sees no key
+            B, H, NQ = q.shape[:3]
+            return (torch.zeros((B, H, NQ, v.shape[-1]), dtype=torch.float32, device=q.device),
+                    torch.full((B, H, NQ), float("-inf"), dtype=torch.float32, device=q.device))
+        return self.kernel(q, k, v, return_lse=True)
+
+    def _broadcast_queries(self, q: Any, k: Any, src: int) -> Any:
+        import torch
+        import torch.distributed as dist
+
+        mine = dist.get_rank(self.group) == src
+        meta = torch.tensor(list(q.shape) if mine else [0, 0, 0, 0], dtype=torch.int64, device=k.device)
+        dist.broadcast(meta, src, group=self.group)
+        buf = q.contiguous() if mine else torch.empty(tuple(int(x) for x in meta), dtype=k.dtype, device=k.device)
+        dist.broadcast(buf, src, group=self.group)
+        return buf
+
+
+def combine(outputs: Any, lse: Any) -> Any:
+    """Merge per-shard results: ``outputs`` (S, ..., D_v) normalised per shard, ``lse`` (S, ...) their
+    log-sum-exps (-inf: the shard saw no key). The split-KV plan's combine, over shards."""
+    import torch
+
+    top = lse.max(dim=0).values
+    safe = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+    w = torch.exp(lse - safe)                             # 0 for empty shards
+    den = w.sum(dim=0)
+    num = (w.unsqueeze(-1) * outputs).sum(dim=0)
+    return num / torch.where(den > 0, den, torch.ones_like(den)).unsqueeze(-1)
+
+
+def decode(spec: str | Cascade, q: Any, k: Any, v: Any, group: Any = None, src: int | None = None,
+           **decode_options: Any) -> Any:
+    """One-shot :class:`DistributedDecode` (build it once and reuse it in a serving loop)."""
+    return DistributedDecode(spec, group=group, **decode_options)(q, k, v, src=src)
+
+
+__all__ = ["DistributedDecode", "combine", "decode"]
