@@ -15,6 +15,7 @@ import sympy
 from sympy.parsing.sympy_parser import parse_expr
 
 from einfuse.errors import ParseError
+from einfuse.ir.bitwise import BITWISE
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import UNARY_OPS, Access, Const, Empty, Expr, as_expr, binary, select, unary
@@ -29,7 +30,7 @@ _SYMPY_FUNCS = {
     "Max": sympy.Max, "Min": sympy.Min, "And": sympy.And, "Or": sympy.Or, "Not": sympy.Not,
     "Eq": sympy.Eq, "Ne": sympy.Ne, "exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt,
     "Piecewise": sympy.Piecewise, "true": sympy.true, "false": sympy.false, "oo": sympy.oo,
-    "Rational": sympy.Rational, "Integer": sympy.Integer, "Float": sympy.Float,
+    "Rational": sympy.Rational, "Integer": sympy.Integer, "Float": sympy.Float, **BITWISE,
 }
 
 
