@@ -7,6 +7,10 @@ Every tensor is a dense array plus a *presence* mask (the fibertree's non-empty 
 * ``*``, ``/`` and ``-`` intersect their operands' presence, ``+``, ``max`` and ``min`` take the union
   (an absent operand acts as the identity), unary operators pass presence through;
 * a reduction over no present element is absent; reading past a rank's end (ragged tiles) is absent;
+* a ``max`` (``min``) reduction whose result is ``-inf`` (``+inf``), the identity of the reduction, is
+  absent too: in fibertree terms the identity is the empty value of a max-reduced tensor, so a score
+  row sent entirely to ``-inf`` by a score_mod behaves like a fully masked row (output 0, as in
+  FlexAttention and the generated kernels) instead of producing ``exp(-inf - -inf) = NaN``;
 * cascade outputs are materialised with 0 where absent, so a fully masked query row yields 0.
 
 Arrays are laid out ``(B, H, *ranks)``; an input may carry fewer heads than the queries (GQA/MQA):
@@ -183,11 +187,14 @@ class _Executor:
     def _reduce(self, e: Einsum, data: np.ndarray, present: np.ndarray | None, axes: tuple[int, ...]):
         if e.reduce == "sum":
             summed = np.sum(data if present is None else np.where(present, data, 0.0), axis=axes)
-        else:
-            ident = -np.inf if e.reduce == "max" else np.inf
-            fn = np.max if e.reduce == "max" else np.min
-            summed = fn(data if present is None else np.where(present, data, ident), axis=axes)
-        return summed, None if present is None else np.any(present, axis=axes)
+            return summed, None if present is None else np.any(present, axis=axes)
+        ident = -np.inf if e.reduce == "max" else np.inf
+        fn = np.max if e.reduce == "max" else np.min
+        summed = fn(data if present is None else np.where(present, data, ident), axis=axes)
+        found = summed != ident  # the identity is the empty value (module docstring)
+        if present is not None:
+            found &= np.any(present, axis=axes)
+        return summed, None if found.all() else found
 
     def _product_sum(self, e: Einsum, env: dict, shape: tuple[int, ...], n_out: int):
         """``sum`` of a product of accesses and constants, as one ``np.einsum`` (saves the full grid)."""
