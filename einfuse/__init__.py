@@ -4,13 +4,31 @@ cycle-level estimate of the same variant on a spatial-array accelerator."""
 from einfuse.codegen.compile import compile as compile  # einfuse.compile(spec, **options)
 from einfuse.errors import EinfuseError
 from einfuse.frontends import BUILTINS, attention, linear_attention, load_spec
+from einfuse.frontends.symbolic import (
+    abs,
+    clamp,
+    cos,
+    eq,
+    exp,
+    log,
+    maximum,
+    minimum,
+    ne,
+    reciprocal,
+    relu,
+    sigmoid,
+    sin,
+    sqrt,
+    tan,
+    tanh,
+    where,
+)
 from einfuse.ir import Cascade, format_cascade, parse_cascade
-from einfuse.ir.expr import exp, log, maximum, minimum, reciprocal, relu, sigmoid, tanh, where
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BUILTINS", "Cascade", "EinfuseError", "attention", "exp", "format_cascade", "linear_attention",
-    "load_spec", "log", "maximum", "minimum", "parse_cascade", "reciprocal", "relu", "sigmoid", "tanh",
-    "where",
+    "BUILTINS", "Cascade", "EinfuseError", "abs", "attention", "clamp", "cos", "eq", "exp", "format_cascade",
+    "linear_attention", "load_spec", "log", "maximum", "minimum", "ne", "parse_cascade", "reciprocal", "relu",
+    "sigmoid", "sin", "sqrt", "tan", "tanh", "where",
 ]
