@@ -3,8 +3,11 @@
 import math
 
 import pytest
+import torch
+from _helpers import rel_err
 
 import einfuse
+from einfuse.codegen.reference import run_cascade
 from einfuse.codegen.triton.analysis import analyze
 from einfuse.codegen.triton.plan_check import check_plan
 from einfuse.errors import CodegenError
@@ -55,3 +58,9 @@ def test_a_sigmoid_inside_the_score_mod_is_part_of_the_score(normalization):
     plan = analyze(c)
     assert plan.family == normalization and format_expr(plan.score) == "__dot__[m,p] * sigmoid(__dot__[m,p])"
     check_plan(c, plan)
+    # and the kernel computes it (Triton interpreter, ragged sizes, GQA)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(1, 4, 21, 16, generator=g), torch.randn(1, 2, 27, 16, generator=g), \
+        torch.randn(1, 2, 27, 16, generator=g)
+    out = einfuse.compile(c, torch_op=False, decode=False)(q, k, v)
+    assert rel_err(out, run_cascade(c, {"Q": q, "K": k, "V": v})["O"]) < 2e-5
