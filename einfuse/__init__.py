@@ -5,14 +5,32 @@ from einfuse.api import compile as compile  # einfuse.compile(spec, **options)
 from einfuse.api import plan as plan  # einfuse.plan(spec): the kernel plan
 from einfuse.errors import EinfuseError
 from einfuse.frontends import BUILTINS, attention, linear_attention, load_spec
+from einfuse.frontends.symbolic import (
+    abs,
+    clamp,
+    cos,
+    eq,
+    exp,
+    log,
+    maximum,
+    minimum,
+    ne,
+    reciprocal,
+    relu,
+    sigmoid,
+    sin,
+    sqrt,
+    tan,
+    tanh,
+    where,
+)
 from einfuse.ir import Cascade, format_cascade, parse_cascade
-from einfuse.ir.expr import exp, log, maximum, minimum, reciprocal, relu, sigmoid, tanh, where
 from einfuse.lowering import format_plan
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BUILTINS", "Cascade", "EinfuseError", "attention", "exp", "format_cascade", "format_plan", "linear_attention",
-    "load_spec", "log", "maximum", "minimum", "parse_cascade", "plan", "reciprocal", "relu", "sigmoid", "tanh",
-    "where",
+    "BUILTINS", "Cascade", "EinfuseError", "abs", "attention", "clamp", "cos", "eq", "exp", "format_cascade",
+    "format_plan", "linear_attention", "load_spec", "log", "maximum", "minimum", "ne", "parse_cascade", "plan",
+    "reciprocal", "relu", "sigmoid", "sin", "sqrt", "tan", "tanh", "where",
 ]

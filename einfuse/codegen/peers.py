@@ -16,7 +16,7 @@ from typing import Any
 import sympy
 
 from einfuse.errors import CodegenError
-from einfuse.ir.expr import Access, Binary, Const, Expr, IndexValue, Select, Unary, walk
+from einfuse.ir.expr import Access, Binary, Compare, Const, Expr, IndexValue, Select, Unary, walk
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
 from einfuse.ir.ranks import KEY_INDEX as M_IDX
 from einfuse.ir.ranks import QUERY_INDEX as P_IDX
@@ -54,7 +54,7 @@ def score_fn(plan: OnePassPlan, sizes: dict[str, int]) -> Callable[..., Any] | N
     for node in walk(expr):
         if isinstance(node, IndexValue):
             compiled[id(node)] = torch_eval.compile_expr(_bind(node.expr, sizes))
-        elif isinstance(node, Select):
+        elif isinstance(node, Select) and not isinstance(node.cond, Compare):
             compiled[id(node)] = torch_eval.compile_expr(_bind(node.cond, sizes))
 
     def ev(e: Expr, score: Any, env: dict) -> Any:
@@ -68,7 +68,8 @@ def score_fn(plan: OnePassPlan, sizes: dict[str, int]) -> Callable[..., Any] | N
             x = ev(e.arg, score, env)
             fns = {"exp": torch.exp, "log": torch.log, "neg": torch.neg, "sigmoid": torch.sigmoid,
                    "tanh": torch.tanh, "relu": torch.relu, "sqrt": torch.sqrt, "abs": torch.abs,
-                   "reciprocal": torch.reciprocal, "square": torch.square}
+                   "reciprocal": torch.reciprocal, "square": torch.square, "sin": torch.sin,
+                   "cos": torch.cos, "tan": torch.tan}
             if e.op not in fns:
                 raise CodegenError(f"no torch form of {e.op} for the FlexAttention peer")
             return fns[e.op](x)
@@ -77,9 +78,13 @@ def score_fn(plan: OnePassPlan, sizes: dict[str, int]) -> Callable[..., Any] | N
             if e.op in ("max", "min"):
                 return (torch.maximum if e.op == "max" else torch.minimum)(torch.as_tensor(a), torch.as_tensor(b))
             return {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b, "div": lambda: a / b}[e.op]()
+        if isinstance(e, Compare):
+            a, b = torch.as_tensor(ev(e.left, score, env)), torch.as_tensor(ev(e.right, score, env))
+            return {"lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq,
+                    "ne": torch.ne}[e.op](a, b)
         if isinstance(e, Select):
-            return torch.where(compiled[id(e)](env), ev(e.then, score, env),
-                               ev(e.otherwise, score, env))
+            cond = ev(e.cond, score, env) if isinstance(e.cond, Compare) else compiled[id(e)](env)
+            return torch.where(cond, ev(e.then, score, env), ev(e.otherwise, score, env))
         raise CodegenError(f"no torch form of {e!r} for the FlexAttention peer")
 
     def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:

@@ -7,6 +7,10 @@ Every tensor is a dense array plus a *presence* mask (the fibertree's non-empty 
 * ``*``, ``/`` and ``-`` intersect their operands' presence, ``+``, ``max`` and ``min`` take the union
   (an absent operand acts as the identity), unary operators pass presence through;
 * a reduction over no present element is absent; reading past a rank's end (ragged tiles) is absent;
+* a ``max`` (``min``) reduction whose result is ``-inf`` (``+inf``), the identity of the reduction, is
+  absent too: in fibertree terms the identity is the empty value of a max-reduced tensor, so a score
+  row sent entirely to ``-inf`` by a score_mod behaves like a fully masked row (output 0, as in
+  FlexAttention and the generated kernels) instead of producing ``exp(-inf - -inf) = NaN``;
 * cascade outputs are materialised with 0 where absent, so a fully masked query row yields 0.
 
 Arrays are laid out ``(B, H, *ranks)``; an input may carry fewer heads than the queries (GQA/MQA):
@@ -24,7 +28,7 @@ import sympy
 from einfuse.errors import ExecutionError
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
-from einfuse.ir.expr import Access, Binary, Const, Empty, Expr, IndexValue, Select, Unary, substitute
+from einfuse.ir.expr import Access, Binary, Compare, Const, Empty, Expr, IndexValue, Select, Unary, substitute
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
 from einfuse.ir.schedule import schedule
 from einfuse.ir.symeval import evaluate, evaluate_int
@@ -49,8 +53,10 @@ _UNARY = {
     "exp": np.exp, "log": np.log, "neg": np.negative, "sigmoid": _sigmoid,
     "relu": lambda x: np.maximum(x, 0.0), "reciprocal": lambda x: 1.0 / x, "tanh": np.tanh,
     "sqrt": np.sqrt, "abs": np.abs, "elu1": lambda x: np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0))),
-    "square": np.square,
+    "square": np.square, "sin": np.sin, "cos": np.cos, "tan": np.tan,
 }
+_COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal,
+            "ne": np.not_equal}
 _BINARY = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
     "max": np.maximum, "min": np.minimum,
@@ -143,14 +149,19 @@ class _Executor:
                 return Value(np.where(pa, out, b.data), None)
             data = np.where(pa & pb, out, np.where(pa, a.data, b.data))
             return Value(data, pa | pb)
+        if isinstance(e, Compare):
+            a, b = self.eval(e.left, env), self.eval(e.right, env)
+            return Value(_COMPARE[e.op](a.data, b.data), _and(a.present, b.present))
         if isinstance(e, Select):
-            cond = evaluate(e.cond, env).astype(bool)
+            # a comparison of values is present where its operands are, and so is the select
+            cv = self.eval(e.cond, env) if isinstance(e.cond, Compare) else Value(evaluate(e.cond, env), None)
+            cond = np.asarray(cv.data).astype(bool)
             t, o = self.eval(e.then, env), self.eval(e.otherwise, env)
             data = np.where(cond, t.data, o.data)
             if t.present is None and o.present is None:
-                return Value(data, None)
-            return Value(data, np.where(cond, t.mask() if t.present is not None else True,
-                                        o.mask() if o.present is not None else True))
+                return Value(data, cv.present)
+            return Value(data, _and(cv.present, np.where(cond, t.mask() if t.present is not None else True,
+                                                          o.mask() if o.present is not None else True)))
         raise ExecutionError(f"cannot evaluate expression node {e!r}")
 
     def run_einsum(self, e: Einsum) -> None:
@@ -176,11 +187,14 @@ class _Executor:
     def _reduce(self, e: Einsum, data: np.ndarray, present: np.ndarray | None, axes: tuple[int, ...]):
         if e.reduce == "sum":
             summed = np.sum(data if present is None else np.where(present, data, 0.0), axis=axes)
-        else:
-            ident = -np.inf if e.reduce == "max" else np.inf
-            fn = np.max if e.reduce == "max" else np.min
-            summed = fn(data if present is None else np.where(present, data, ident), axis=axes)
-        return summed, None if present is None else np.any(present, axis=axes)
+            return summed, None if present is None else np.any(present, axis=axes)
+        ident = -np.inf if e.reduce == "max" else np.inf
+        fn = np.max if e.reduce == "max" else np.min
+        summed = fn(data if present is None else np.where(present, data, ident), axis=axes)
+        found = summed != ident  # the identity is the empty value (module docstring)
+        if present is not None:
+            found &= np.any(present, axis=axes)
+        return summed, None if found.all() else found
 
     def _product_sum(self, e: Einsum, env: dict, shape: tuple[int, ...], n_out: int):
         """``sum`` of a product of accesses and constants, as one ``np.einsum`` (saves the full grid)."""

@@ -48,7 +48,7 @@ def eval_elementwise(c: Cascade, e: Einsum, env: Mapping[str, Any]) -> Any:
     unary_ops = {
         "exp": torch.exp, "log": torch.log, "neg": torch.neg, "sigmoid": torch.sigmoid,
         "relu": torch.relu, "reciprocal": torch.reciprocal, "tanh": torch.tanh, "sqrt": torch.sqrt,
-        "abs": torch.abs, "square": torch.square,
+        "abs": torch.abs, "square": torch.square, "sin": torch.sin, "cos": torch.cos, "tan": torch.tan,
         "elu1": lambda t: torch.nn.functional.elu(t) + 1.0,
     }
     binary_ops = {

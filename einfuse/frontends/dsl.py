@@ -7,8 +7,10 @@ The common case is one call, as with FlexAttention::
                         mask_mod=lambda b, h, q, kv: q >= kv)
 
 ``score_mod(score, b, h, q_idx, kv_idx)`` and ``mask_mod(b, h, q_idx, kv_idx)`` are traced once with
-symbolic arguments: indices are sympy symbols (so ``q >= kv`` is a predicate and ``kv - q`` an index
-expression) and ``score`` is an IR expression (use ``ef.tanh``, ``ef.exp``, ``ef.where`` ... on it).
+symbolic arguments: indices are :class:`~einfuse.frontends.symbolic.Index` wrappers of sympy symbols
+(so ``q >= kv`` and ``q // 32 == kv // 32`` are predicates and ``kv - q`` an index expression) and
+``score`` is an IR expression (use ``ef.tanh``, ``ef.exp``, ``ef.where`` ... on it; ``s > 0`` is a
+condition on the score).
 The result is the naive 3-pass softmax cascade of the FuseMax paper, with the mask as the
 iteration-space constraint of the score Einsum; passes lower it from there.
 
@@ -25,9 +27,10 @@ from collections.abc import Callable, Mapping
 import sympy
 
 from einfuse.errors import SpecError
+from einfuse.frontends import symbolic
 from einfuse.ir.builder import CascadeBuilder, acc  # noqa: F401  (part of the DSL's API)
 from einfuse.ir.cascade import Cascade
-from einfuse.ir.expr import Access, Const, Expr, as_expr, binary, unary
+from einfuse.ir.expr import Access, Compare, Condition, Const, Expr, as_expr, binary, unary
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, KEY_INDEX, QUERY_INDEX, index_symbol, size_symbol
 
 ScoreMod = Callable[..., object]
@@ -52,15 +55,23 @@ def _call_user(fn: Callable[..., object], kind: str, args: tuple) -> object:
         raise
     except Exception as exc:
         raise SpecError(f"{kind} could not be traced symbolically: {type(exc).__name__}: {exc}. "
-                        "Use einfuse functions (ef.exp, ef.tanh, ef.where) instead of torch/math ones") from None
+                        "Use einfuse functions (ef.exp, ef.tanh, ef.where, ef.maximum, ef.abs) instead of "
+                        "torch/math ones") from None
+
+
+_INDEX_ARGS = tuple(symbolic.Index(s) for s in (b, h, p, m))
 
 
 def trace_mask(mask_mod: MaskMod | None) -> sympy.Basic | None:
     """The iteration-space constraint of a mask_mod (None for no mask)."""
     if mask_mod is None:
         return None
-    pred = _call_user(mask_mod, "mask_mod", (b, h, p, m))
+    pred = symbolic.unwrap(_call_user(mask_mod, "mask_mod", _INDEX_ARGS))
+    if isinstance(pred, (Compare, Condition)):
+        raise SpecError("mask_mod must not depend on the score; put conditions on the score in score_mod "
+                        "(ef.where(s > t, s, -inf))")
     if isinstance(pred, bool):
+        _check_constant_mask(mask_mod, pred)
         pred = sympy.true if pred else sympy.false
     if not isinstance(pred, sympy.Basic) or not (pred.is_Relational or isinstance(pred, sympy.logic.boolalg.Boolean)):
         raise SpecError(f"mask_mod must return a predicate such as q_idx >= kv_idx, got {pred!r}")
@@ -69,10 +80,37 @@ def trace_mask(mask_mod: MaskMod | None) -> sympy.Basic | None:
     return None if pred is sympy.true else pred
 
 
+# (b, h, q, kv) points where a mask that traced to a Python constant is called with plain integers
+_PROBE = [(bb, hh, qq, kk) for bb in (0, 1) for hh in (0, 1, 3)
+          for qq in (0, 1, 2, 3, 5, 8, 13, 31, 33, 64, 100, 129) for kk in (0, 1, 2, 4, 7, 15, 32, 34, 63, 97, 130)]
+
+
+def _check_constant_mask(mask_mod: MaskMod, value: bool) -> None:
+    """A mask that traced to a Python bool is either truly constant or compared sympy expressions
+    structurally (``sympy.floor(q/32) == sympy.floor(kv/32)`` is False at trace time): call it on
+    integers, where Python's operators are exact, and refuse it if the answer changes."""
+    for point in _PROBE:
+        try:
+            got = _concrete_truth(symbolic.unwrap(mask_mod(*point)))
+        except Exception:
+            return  # not callable on plain integers: nothing to compare with
+        if got is not None and got != value:
+            raise SpecError(f"mask_mod traced to the constant {value} but is {got} at (b, h, q_idx, kv_idx) = "
+                            f"{point}: {symbolic.PYTHON_BOOL_HINT}")
+
+
+def _concrete_truth(x: object) -> bool | None:
+    if isinstance(x, sympy.logic.boolalg.BooleanAtom):
+        return x is sympy.true
+    if isinstance(x, bool) or type(x).__name__ == "bool_":  # Python or NumPy bool
+        return bool(x)
+    return None
+
+
 def trace_score(score_mod: ScoreMod | None, score: Expr) -> Expr:
     if score_mod is None:
         return score
-    out = _call_user(score_mod, "score_mod", (score, b, h, p, m))
+    out = symbolic.unwrap(_call_user(score_mod, "score_mod", (score,) + _INDEX_ARGS))
     try:
         return as_expr(out)
     except TypeError as exc:

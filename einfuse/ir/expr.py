@@ -2,9 +2,10 @@
 
 An expression is a small immutable tree: tensor accesses, constants, index values (a symbolic
 function of rank indices, e.g. ``m - p`` for ALiBi), map operators (``+ - * / max min``), unary
-operators (``exp``, ``sigmoid``, ...) and a ``where`` select on an index predicate. Index arithmetic
-stays in sympy so that passes can reason about it; value arithmetic stays in this tree so that
-back ends can emit it one node at a time.
+operators (``exp``, ``sigmoid``, ...) and a ``where`` select on an index predicate or on a
+comparison of values (``where(S[m,p] > 0, ...)``). Index arithmetic stays in sympy so that passes
+can reason about it; value arithmetic stays in this tree so that back ends can emit it one node at
+a time.
 
 Nodes are built through :func:`binary`, :func:`unary` and :func:`select`, which fold constant and
 index-only sub-trees. That canonical form is what makes print -> parse round-trip exactly, and it is
@@ -23,7 +24,10 @@ import sympy
 BINARY_OPS: tuple[str, ...] = ("add", "sub", "mul", "div", "max", "min")
 UNARY_OPS: tuple[str, ...] = (
     "exp", "log", "neg", "sigmoid", "relu", "reciprocal", "tanh", "sqrt", "abs", "elu1", "square",
+    "sin", "cos", "tan",
 )
+COMPARE_OPS: dict[str, str] = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+"""Comparisons of values (a :class:`Compare` condition) and their infix spelling."""
 INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 PRECEDENCE = {"add": 1, "sub": 1, "mul": 2, "div": 2}
 
@@ -59,6 +63,23 @@ class Expr:
 
     def __neg__(self) -> Expr:
         return unary("neg", self)
+
+    def __abs__(self) -> Expr:
+        return unary("abs", self)
+
+    # ordering builds a condition on values (``where(s > 0, s, 0.1 * s)``); ``==`` stays structural
+    # equality of trees (passes compare expressions), so equality of values is ``ef.eq(a, b)``
+    def __lt__(self, other: ExprLike) -> Compare | sympy.Basic:
+        return compare("lt", self, other)
+
+    def __le__(self, other: ExprLike) -> Compare | sympy.Basic:
+        return compare("le", self, other)
+
+    def __gt__(self, other: ExprLike) -> Compare | sympy.Basic:
+        return compare("gt", self, other)
+
+    def __ge__(self, other: ExprLike) -> Compare | sympy.Basic:
+        return compare("ge", self, other)
 
     def exp(self) -> Expr:
         return unary("exp", self)
@@ -133,15 +154,79 @@ class Unary(Expr):
         return (self.arg,)
 
 
+class _Logic:
+    """``&``, ``|``, ``~`` on value conditions build a :class:`Condition` (for :func:`select`)."""
+
+    def __and__(self, other: object) -> Condition:
+        return Condition("and", (self, _as_condition(other)))
+
+    def __rand__(self, other: object) -> Condition:
+        return Condition("and", (_as_condition(other), self))
+
+    def __or__(self, other: object) -> Condition:
+        return Condition("or", (self, _as_condition(other)))
+
+    def __ror__(self, other: object) -> Condition:
+        return Condition("or", (_as_condition(other), self))
+
+    def __invert__(self) -> Condition:
+        return Condition("not", (self,))
+
+    def __bool__(self) -> bool:
+        raise TypeError("a comparison of scores has no truth value while tracing: use ef.where(cond, a, b) "
+                        "instead of if/else, and & | ~ instead of and/or/not")
+
+
+@dataclass(frozen=True, eq=True)
+class Compare(_Logic, Expr):
+    """``left <op> right`` on values, e.g. ``S[m,p] > 0``: a boolean that only a :class:`Select`
+    condition holds (comparisons of index values are sympy predicates instead)."""
+
+    op: str
+    left: Expr
+    right: Expr
+
+    def children(self) -> tuple[Expr, ...]:
+        return (self.left, self.right)
+
+    @property
+    def free_symbols(self) -> set[sympy.Symbol]:
+        """Symbols the comparison mentions, like a sympy predicate's (readers of ``Select.cond``)."""
+        return index_symbols(self)
+
+
+@dataclass(frozen=True)
+class Condition(_Logic):
+    """A logical combination (``and``, ``or``, ``not``) of :class:`Compare` conditions and sympy
+    predicates, built while tracing a score_mod. Not an IR node: :func:`select` expands it into
+    nested selects (``where(a & b, x, y)`` is ``where(a, where(b, x, y), y)``)."""
+
+    op: str
+    args: tuple[object, ...]
+
+
+def _as_condition(c: object) -> object:
+    if isinstance(c, (Compare, Condition)):
+        return c
+    if hasattr(c, "_sympy_") and not isinstance(c, sympy.Basic):
+        c = c._sympy_()
+    if isinstance(c, sympy.Basic) and (c.is_Relational or isinstance(c, sympy.logic.boolalg.Boolean)):
+        return c
+    raise TypeError(f"{c!r} is not a condition; combine comparisons (s > 0, q >= kv) with & | ~")
+
+
 @dataclass(frozen=True, eq=True)
 class Select(Expr):
-    """``where(cond, then, otherwise)`` with ``cond`` a sympy predicate over indices."""
+    """``where(cond, then, otherwise)``: ``cond`` is a sympy predicate over indices or a
+    :class:`Compare` of values."""
 
-    cond: sympy.Basic
+    cond: sympy.Basic | Compare
     then: Expr
     otherwise: Expr
 
     def children(self) -> tuple[Expr, ...]:
+        if isinstance(self.cond, Compare):
+            return (self.cond, self.then, self.otherwise)
         return (self.then, self.otherwise)
 
 
@@ -150,13 +235,22 @@ _SYMPY_BINARY: dict[str, Callable[[sympy.Expr, sympy.Expr], sympy.Expr]] = {
     "sub": lambda a, b: a - b,
     "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b,
+    "max": sympy.Max,
+    "min": sympy.Min,
 }
 
 
 def as_expr(value: ExprLike) -> Expr:
-    """Lift a Python number or sympy index expression into an expression node."""
+    """Lift a Python number or sympy index expression into an expression node (objects with a
+    ``_sympy_`` method, such as the DSL's traced indices, count as sympy expressions)."""
+    if isinstance(value, Compare):
+        raise TypeError("a comparison of values is not a value; use where(cond, a, b)")
     if isinstance(value, Expr):
         return value
+    if isinstance(value, Condition):
+        raise TypeError("a condition is not a value; use where(cond, a, b)")
+    if hasattr(value, "_sympy_") and not isinstance(value, sympy.Basic):
+        value = value._sympy_()
     if isinstance(value, bool):
         raise TypeError("a boolean is not a value; use where(cond, a, b) for predicates")
     if isinstance(value, (int, float)):
@@ -191,6 +285,7 @@ def binary(op: str, left: Expr, right: Expr) -> Expr:
     """Build a map-operator node, folding index/constant arithmetic into one leaf."""
     if op not in BINARY_OPS:
         raise ValueError(f"unknown map operator {op!r}; expected one of {', '.join(BINARY_OPS)}")
+    left, right = as_expr(left), as_expr(right)
     if isinstance(left, Const) and isinstance(right, Const):
         a, b = left.value, right.value
         if op == "div":
@@ -207,10 +302,29 @@ def binary(op: str, left: Expr, right: Expr) -> Expr:
     return Binary(op, left, right)
 
 
+_SYMPY_COMPARE = {"lt": sympy.Lt, "le": sympy.Le, "gt": sympy.Gt, "ge": sympy.Ge, "eq": sympy.Eq,
+                  "ne": sympy.Ne}
+
+
+def compare(op: str, left: ExprLike, right: ExprLike) -> Compare | sympy.Basic:
+    """``left <op> right``: a sympy predicate when both sides are index values or integer constants
+    (the canonical form of an index comparison), else a :class:`Compare` of values."""
+    if op not in COMPARE_OPS:
+        raise ValueError(f"unknown comparison {op!r}; expected one of {', '.join(COMPARE_OPS)}")
+    a, b = as_expr(left), as_expr(right)
+    sa, sb = _as_sympy(a), _as_sympy(b)
+    if sa is not None and sb is not None:
+        return _SYMPY_COMPARE[op](sa, sb)
+    if isinstance(a, Const) and isinstance(b, Const):
+        return sympy.true if _SYMPY_COMPARE[op](a.value, b.value) else sympy.false
+    return Compare(op, a, b)
+
+
 def unary(op: str, arg: Expr) -> Expr:
     """Build a unary node; ``neg`` of a constant or index value folds."""
     if op not in UNARY_OPS:
         raise ValueError(f"unknown unary operator {op!r}; expected one of {', '.join(UNARY_OPS)}")
+    arg = as_expr(arg)
     if op == "neg":
         if isinstance(arg, Const):
             return Const(-arg.value)
@@ -220,8 +334,18 @@ def unary(op: str, arg: Expr) -> Expr:
     return Unary(op, arg)
 
 
-def select(cond: sympy.Basic, then: ExprLike, otherwise: ExprLike) -> Expr:
-    """``where(cond, then, otherwise)``; a constant predicate folds to one branch."""
+def select(cond: sympy.Basic | Compare | Condition, then: ExprLike, otherwise: ExprLike) -> Expr:
+    """``where(cond, then, otherwise)``; a constant predicate folds to one branch, and a
+    :class:`Condition` expands into nested selects of its comparisons."""
+    if isinstance(cond, Condition):
+        if cond.op == "not":
+            return select(cond.args[0], otherwise, then)
+        a, b = cond.args
+        if cond.op == "and":
+            return select(a, select(b, then, otherwise), otherwise)
+        return select(a, then, select(b, then, otherwise))
+    if isinstance(cond, Compare):
+        return Select(cond, as_expr(then), as_expr(otherwise))
     cond = sympy.sympify(cond)
     if cond is sympy.true:
         return as_expr(then)
@@ -251,7 +375,7 @@ def index_symbols(e: Expr) -> set[sympy.Symbol]:
                 out |= i.free_symbols
         elif isinstance(n, IndexValue):
             out |= n.expr.free_symbols
-        elif isinstance(n, Select):
+        elif isinstance(n, Select) and not isinstance(n.cond, Compare):
             out |= n.cond.free_symbols
     return out
 
@@ -269,7 +393,10 @@ def substitute(e: Expr, mapping: dict) -> Expr:
     if isinstance(e, Unary):
         return unary(e.op, substitute(e.arg, mapping))
     if isinstance(e, Select):
-        return select(e.cond.subs(mapping), substitute(e.then, mapping), substitute(e.otherwise, mapping))
+        return select(substitute(e.cond, mapping) if isinstance(e.cond, Compare) else e.cond.subs(mapping),
+                      substitute(e.then, mapping), substitute(e.otherwise, mapping))
+    if isinstance(e, Compare):
+        return compare(e.op, substitute(e.left, mapping), substitute(e.right, mapping))
     return e
 
 
@@ -287,7 +414,10 @@ def map_accesses(e: Expr, fn: Callable[[Access], Expr]) -> Expr:
     if isinstance(e, Unary):
         return unary(e.op, map_accesses(e.arg, fn))
     if isinstance(e, Select):
-        return select(e.cond, map_accesses(e.then, fn), map_accesses(e.otherwise, fn))
+        return select(map_accesses(e.cond, fn) if isinstance(e.cond, Compare) else e.cond,
+                      map_accesses(e.then, fn), map_accesses(e.otherwise, fn))
+    if isinstance(e, Compare):
+        return compare(e.op, map_accesses(e.left, fn), map_accesses(e.right, fn))
     return e
 
 

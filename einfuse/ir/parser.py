@@ -15,9 +15,23 @@ import sympy
 from sympy.parsing.sympy_parser import parse_expr
 
 from einfuse.errors import ParseError
+from einfuse.ir.bitwise import BITWISE
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
-from einfuse.ir.expr import UNARY_OPS, Access, Const, Empty, Expr, as_expr, binary, select, unary
+from einfuse.ir.expr import (
+    COMPARE_OPS,
+    UNARY_OPS,
+    Access,
+    Compare,
+    Const,
+    Empty,
+    Expr,
+    as_expr,
+    binary,
+    compare,
+    select,
+    unary,
+)
 from einfuse.ir.ranks import Partition, Rank, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
 from einfuse.ir.validate import validate
@@ -29,8 +43,9 @@ _SYMPY_FUNCS = {
     "Max": sympy.Max, "Min": sympy.Min, "And": sympy.And, "Or": sympy.Or, "Not": sympy.Not,
     "Eq": sympy.Eq, "Ne": sympy.Ne, "exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt,
     "Piecewise": sympy.Piecewise, "true": sympy.true, "false": sympy.false, "oo": sympy.oo,
-    "Rational": sympy.Rational, "Integer": sympy.Integer, "Float": sympy.Float,
+    "Rational": sympy.Rational, "Integer": sympy.Integer, "Float": sympy.Float, **BITWISE,
 }
+_COMPARE_BY_TEXT = {text: op for op, text in COMPARE_OPS.items()}
 
 
 def parse_index_expr(text: str, line: str = "") -> sympy.Basic:
@@ -167,6 +182,35 @@ class _ExprParser:
             return Empty()
         return as_expr(parse_index_expr(name, self.line))
 
+    def value_condition(self, text: str) -> Compare | None:
+        """``S[m,p] > 0.0``: a comparison of values (one comparison operator outside brackets, and a
+        side that is not an index value); None for an index predicate, which sympy parses."""
+        depth, found = 0, []
+        i = 0
+        while i < len(text):
+            ch = text[i]
+            if ch in "([":
+                depth += 1
+            elif ch in ")]":
+                depth -= 1
+            elif depth == 0 and ch in "<>=!":
+                op = text[i:i + 2] if text[i:i + 2] in _COMPARE_BY_TEXT else ch
+                if op in _COMPARE_BY_TEXT:
+                    found.append((i, op))
+                i += len(op)
+                continue
+            i += 1
+        if len(found) != 1:
+            return None
+        at, op = found[0]
+        try:
+            left = _ExprParser(text[:at], self.line).parse()
+            right = _ExprParser(text[at + len(op):], self.line).parse()
+        except ParseError:
+            return None
+        cond = compare(_COMPARE_BY_TEXT[op], left, right)
+        return cond if isinstance(cond, Compare) else None
+
     def call(self, name: str) -> Expr:
         if name == "idx":
             return as_expr(parse_index_expr(self.balanced(")"), self.line))
@@ -174,8 +218,8 @@ class _ExprParser:
             parts = split_top(self.balanced(")"))
             if len(parts) != 3:
                 raise self.error("where(cond, a, b) takes 3 arguments")
-            cond = parse_index_expr(parts[0], self.line)
-            return select(cond, _ExprParser(parts[1], self.line).parse(),
+            cond = self.value_condition(parts[0])
+            return select(parse_index_expr(parts[0], self.line) if cond is None else cond, _ExprParser(parts[1], self.line).parse(),
                           _ExprParser(parts[2], self.line).parse())
         args = [_ExprParser(p, self.line).parse() for p in split_top(self.balanced(")"))]
         if name in ("max", "min"):

@@ -26,7 +26,20 @@ import sympy
 
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
-from einfuse.ir.expr import INFIX, PRECEDENCE, Access, Binary, Const, Empty, Expr, IndexValue, Select, Unary
+from einfuse.ir.expr import (
+    COMPARE_OPS,
+    INFIX,
+    PRECEDENCE,
+    Access,
+    Binary,
+    Compare,
+    Const,
+    Empty,
+    Expr,
+    IndexValue,
+    Select,
+    Unary,
+)
 
 
 def format_index(i: sympy.Expr) -> str:
@@ -65,7 +78,10 @@ def format_expr(e: Expr) -> str:
             return f"-{inner}" if _prec(e.arg) >= 3 else f"-({inner})"
         return f"{e.op}({format_expr(e.arg)})"
     if isinstance(e, Select):
-        return f"where({e.cond}, {format_expr(e.then)}, {format_expr(e.otherwise)})"
+        return f"where({format_expr(e.cond) if isinstance(e.cond, Compare) else e.cond}, " \
+               f"{format_expr(e.then)}, {format_expr(e.otherwise)})"
+    if isinstance(e, Compare):
+        return f"{format_expr(e.left)} {COMPARE_OPS[e.op]} {format_expr(e.right)}"
     if isinstance(e, Binary):
         if e.op not in INFIX:
             return f"{e.op}({format_expr(e.left)}, {format_expr(e.right)})"

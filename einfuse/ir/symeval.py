@@ -22,6 +22,8 @@ import numpy as np
 import sympy
 from sympy.core.relational import Relational
 
+from einfuse.ir.bitwise import NUMPY_NAMES
+
 _REL = {
     sympy.StrictLessThan: np.less, sympy.LessThan: np.less_equal,
     sympy.StrictGreaterThan: np.greater, sympy.GreaterThan: np.greater_equal,
@@ -106,12 +108,18 @@ def _q(e: sympy.Basic, env: Mapping[sympy.Symbol, object]) -> Frac:
     if isinstance(e, sympy.sign):
         n, d = _q(e.args[0], env)
         return (np.sign(n) if isinstance(d, int) else np.sign(n) * np.sign(d)), 1
+    if type(e) in NUMPY_NAMES:  # bitand/bitor/bitxor of integers
+        fn = getattr(np, NUMPY_NAMES[type(e)])
+        ints = [np.rint(np.asarray(_ev(a, env), dtype=np.float64)).astype(np.int64) for a in e.args]
+        return fn(*ints).astype(np.float64), 1
     if isinstance(e, sympy.And):
         return functools.reduce(np.logical_and, (_ev(a, env) for a in e.args)), 1
     if isinstance(e, sympy.Or):
         return functools.reduce(np.logical_or, (_ev(a, env) for a in e.args)), 1
     if isinstance(e, sympy.Not):
         return np.logical_not(_ev(e.args[0], env)), 1
+    if isinstance(e, sympy.Xor):
+        return functools.reduce(np.logical_xor, (_ev(a, env) for a in e.args)), 1
     if isinstance(e, sympy.Piecewise):
         out = None
         for val, cond in reversed(e.args):

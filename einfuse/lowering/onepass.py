@@ -134,6 +134,10 @@ def _find_normalisation(c: Cascade, tracer: _ScoreTracer) -> tuple[str, Access, 
                     raise CodegenError(f"Einsum {e.name}: exp(score - max) is never divided by its sum; "
                                        "the kernel supports normalised softmax only")
                 return "softmax", node.arg.left, i
+    # sigmoid attention only when no softmax normalises the score (a sigmoid inside a score_mod,
+    # SiLU s * sigmoid(s), is part of the score): the last sigmoid of the chain, outermost first
+    for i, e in reversed(list(enumerate(c.einsums))):
+        for node in walk(e.expr):
             if isinstance(node, Unary) and node.op == "sigmoid":
                 arg = node.arg
                 if tracer.reaches_dot_expr(arg):

@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 import sympy
 from sympy.core.relational import Relational
 
+from einfuse.ir.bitwise import NUMPY_NAMES
+
 # numerator / denominator: the denominator is a positive Python int (constant coefficients: exact
 # LCMs stay small) or a tensor / float of either sign (symbolic denominators such as p/X)
 Frac = tuple[object, object]
@@ -137,12 +139,21 @@ def _c(e: sympy.Basic) -> _Fn:
     for cls, fn1 in unary.items():
         if isinstance(e, cls):
             return lambda env, fn1=fn1: (fn1(_t(_value(args[0](env)))), 1)
+    if type(e) in NUMPY_NAMES:  # bitand/bitor/bitxor of integers, in int64, back to float64
+        fn2 = getattr(torch, NUMPY_NAMES[type(e)])
+
+        def bitwise(env, fn2=fn2):
+            a, b = (_int64(_value(f(env))) for f in args)
+            return fn2(a, b).double(), 1
+        return bitwise
     if isinstance(e, sympy.And):
         return lambda env: (functools.reduce(operator.and_, (_value(f(env)) for f in args)), 1)
     if isinstance(e, sympy.Or):
         return lambda env: (functools.reduce(operator.or_, (_value(f(env)) for f in args)), 1)
     if isinstance(e, sympy.Not):
         return lambda env: (~_t(_value(args[0](env))), 1)
+    if isinstance(e, sympy.Xor):
+        return lambda env: (functools.reduce(operator.xor, (_t(_value(f(env))) for f in args)), 1)
     raise TypeError(f"cannot evaluate {e} ({type(e).__name__}) on tensors")
 
 
@@ -227,6 +238,14 @@ def _pow(e: sympy.Pow, args: list[_Fn]) -> _Fn:
             return _t(n) ** kk, (d**kk if isinstance(d, int) else _t(d) ** kk)
         return ipow
     return lambda env: (_t(_value(args[0](env))) ** _value(args[1](env)), 1)
+
+
+def _int64(x):
+    """An integer-valued tensor or number as an int64 tensor (float64 integers are exact)."""
+    import torch
+
+    t = _t(x)
+    return t if t.dtype == torch.int64 else torch.round(t).to(torch.int64) if t.is_floating_point() else t.long()
 
 
 def _t(x):

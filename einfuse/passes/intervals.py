@@ -21,6 +21,9 @@ from collections.abc import Mapping
 import numpy as np
 import sympy
 from sympy.core.relational import Relational
+from sympy.logic.boolalg import BooleanFunction, to_nnf
+
+from einfuse.ir.bitwise import bitand, bitor, bitxor
 
 Interval = tuple[np.ndarray, np.ndarray]
 _WIDEN = 1e-9
@@ -116,6 +119,8 @@ class IntervalEvaluator:
             lo, hi = self.value(e.args[0])
             return (np.where(lo >= 0, lo, np.where(hi <= 0, -hi, 0.0)),
                     np.maximum(np.abs(lo), np.abs(hi)))
+        if isinstance(e, (bitand, bitor, bitxor)):
+            return self._bitwise(e)
         if isinstance(e, sympy.Piecewise):
             ivs = [self.value(v) for v, _ in e.args]
             return (np.minimum.reduce(np.broadcast_arrays(*[i[0] for i in ivs])),
@@ -134,6 +139,19 @@ class IntervalEvaluator:
             if isinstance(e, sympy.floor):
                 return _clean(np.floor_divide(lo, den), np.floor_divide(hi, den))
             return _clean(-np.floor_divide(-lo, den), -np.floor_divide(-hi, den))
+
+    def _bitwise(self, e: sympy.Basic) -> Interval:
+        """Bounds for non-negative operands: ``0 <= a & b <= min(a, b)``; ``a | b`` and ``a ^ b`` stay
+        below the next power of two above both (``a | b`` is also at least ``max(a, b)``)."""
+        (alo, ahi), (blo, bhi) = (self.value(a) for a in e.args)
+        ok = (alo >= 0) & (blo >= 0) & np.isfinite(ahi) & np.isfinite(bhi)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            top = np.exp2(np.ceil(np.log2(np.maximum(ahi, bhi) + 1.0))) - 1.0
+        if isinstance(e, bitand):
+            lo, hi = np.asarray(0.0), np.minimum(ahi, bhi)
+        else:
+            lo, hi = (np.maximum(alo, blo) if isinstance(e, bitor) else np.asarray(0.0)), top
+        return np.where(ok, lo, -np.inf), np.where(ok, hi, np.inf)
 
     def _mod(self, e: sympy.Basic) -> Interval:
         x, n = e.args
@@ -166,6 +184,8 @@ class IntervalEvaluator:
             return f, t
         if isinstance(pred, Relational):
             return self._relation(pred)
+        if isinstance(pred, BooleanFunction):  # Xor, Equivalent, ...: in And/Or/Not form
+            return self.truth(to_nnf(pred))
         return np.asarray(False), np.asarray(False)
 
     def _relation(self, r: Relational) -> tuple[np.ndarray, np.ndarray]:

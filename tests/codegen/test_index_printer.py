@@ -6,7 +6,8 @@ where they differed: floor division of negatives with constexpr (Python-int) ope
 modulo by a size symbol, fractional bounds in comparisons, the unsigned window compare, integer
 Piecewise values, Min/Max, float conversion of constexpr names, Xor/Implies, and fractional
 coefficients inside Max/Min/Mod (``floor(Max(0, p/3 - m/3))`` printed as a difference of float32
-thirds was wrong at 61 points of a 64x32 grid; now over one common denominator). The oracle is
+thirds was wrong at 61 points of a 64x32 grid; now over one common denominator), and the bitwise
+index functions. The oracle is
 sympy itself on Integers (exact rationals), not symeval: symeval's float64 sum of ``p/3 - m/3``
 floors ``(8 - 5)/3`` to 0.
 """
@@ -23,6 +24,7 @@ pytest.importorskip("triton")
 from einfuse.codegen.triton.index_printer import HELPERS, IndexPrinter
 from einfuse.codegen.triton.loader import load_module
 from einfuse.frontends.dsl import m, p
+from einfuse.ir.bitwise import bitand, bitor, bitxor
 from einfuse.ir.ranks import HEAD_EXTENT as H
 
 A = sympy.Symbol("A", integer=True)  # bound to a tl.constexpr: a Python int inside the kernel
@@ -58,6 +60,11 @@ CASES = [
     ("mod_frac", sympy.Mod((p - m) / 3, 2), "float"),
     ("mod_frac_eq", sympy.Eq(sympy.Mod((p - m) / 3, 2), 0), "predicate"),
     ("ceil_min_frac", sympy.ceiling(sympy.Min(m / 3 - p / 6, p / 2 - 5)), "value"),
+    # bitwise index functions (Morton-order masks); negative operands are two's complement
+    ("bitand", bitand(p, 6) + bitand(m - p, 5), "value"),
+    ("bitor_xor", bitor(p, 2 * m) - bitxor(p - m, 9), "value"),
+    ("bits_eq", sympy.Eq(bitand(p, 3), bitand(m, 3)), "predicate"),
+    ("shift", sympy.floor(bitxor(p, m) / 4) * 2 >= m, "predicate"),
 ]
 
 

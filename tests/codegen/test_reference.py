@@ -1,5 +1,7 @@
 """The reference executor against independent formulas (torch SDPA, NumPy), in float64."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -50,6 +52,23 @@ def test_fully_masked_rows_are_zero_not_nan():
     mask = np.arange(11)[None, :] <= np.arange(11)[:, None] - 4
     ref = sdpa(q[:, :, 4:], k, v, mask[4:], scale=1.0)
     assert rel_err(out[:, :, 4:], ref) < 1e-12
+
+
+@pytest.mark.parametrize("lowered", [False, True])
+def test_rows_a_score_mod_sends_to_minus_inf_are_zero_not_nan(lowered):
+    """``where(q < 4, s, -inf)`` leaves queries 4.. without a finite score: like a fully masked row
+    they give 0 (as FlexAttention and the kernels do), in the naive and the one-pass cascade."""
+    from einfuse.passes.fusion import fuse_online_softmax
+
+    c = einfuse.attention(score_mod=lambda s, b, h, q, kv: einfuse.where((q < 4) & (kv <= q + 6), s, -math.inf))
+    if lowered:
+        c = fuse_online_softmax(c, tile=4)
+    rng = np.random.default_rng(3)
+    q, k, v = (rand(rng, 1, 2, 11, 8) for _ in range(3))
+    out = run_cascade(c, {"Q": q, "K": k, "V": v})["O"]
+    assert np.isfinite(out).all() and np.all(out[:, :, 4:] == 0)
+    mask = np.arange(11)[None, :] <= np.arange(11)[:, None] + 6
+    assert rel_err(out[:, :, :4], sdpa(q[:, :, :4], k, v, mask[:4], scale=1.0)) < 1e-12
 
 
 def test_hand_written_one_pass_cascade_equals_dense_formula(flash_text):

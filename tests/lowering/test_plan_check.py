@@ -1,10 +1,16 @@
 """The generator refuses cascades it would only partly compute, and accepts every built-in it reads."""
 
+import math
+
 import pytest
+import torch
+from _helpers import rel_err
 
 import einfuse
+from einfuse.codegen.reference import run_cascade
 from einfuse.errors import CodegenError
 from einfuse.ir import format_cascade, parse_cascade
+from einfuse.ir.printer import format_expr
 from einfuse.lowering.onepass import analyze
 from einfuse.lowering.plan_check import check_plan
 
@@ -37,3 +43,24 @@ def test_every_single_stage_builtin_plan_matches_its_cascade():
         check_plan(c, plan)
         checked += 1
     assert checked >= 12
+
+
+@pytest.mark.parametrize("limit", [4, 11, 38])
+def test_score_mods_emptying_whole_rows_are_accepted_whatever_the_constant(limit):
+    # the check runs at P=11: limit 4 leaves rows without a finite score, 38 leaves none
+    c = einfuse.attention(score_mod=lambda s, b, h, q, kv: einfuse.where(q < limit, s, -math.inf))
+    check_plan(c, analyze(c))
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "sigmoid"])
+def test_a_sigmoid_inside_the_score_mod_is_part_of_the_score(normalization):
+    c = einfuse.attention(score_mod=lambda s, b, h, q, kv: s * einfuse.sigmoid(s), normalization=normalization)
+    plan = analyze(c)
+    assert plan.family == normalization and format_expr(plan.score) == "__dot__[m,p] * sigmoid(__dot__[m,p])"
+    check_plan(c, plan)
+    # and the kernel computes it (Triton interpreter, ragged sizes, GQA)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(1, 4, 21, 16, generator=g), torch.randn(1, 2, 27, 16, generator=g), \
+        torch.randn(1, 2, 27, 16, generator=g)
+    out = einfuse.compile(c, torch_op=False, decode=False)(q, k, v)
+    assert rel_err(out, run_cascade(c, {"Q": q, "K": k, "V": v})["O"]) < 2e-5

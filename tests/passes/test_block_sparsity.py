@@ -90,6 +90,23 @@ def test_random_predicates_match_the_dense_mask(pred, P, M, tq, tk):
     check_against_dense(c, {"P": P, "M": M, "H": 3}, tq, tk)
 
 
+DSL_MASKS = {  # ==, != and bitwise operators of the DSL, as users write them
+    "block_diagonal": lambda b_, h_, q, kv: q // 8 == kv // 8,
+    "sink_or_block": lambda b_, h_, q, kv: (kv < 4) | (q // 8 == kv // 8),
+    "causal_no_diagonal": lambda b_, h_, q, kv: (q >= kv) & (q != kv),
+    "bit_groups": lambda b_, h_, q, kv: (q & 12) == (kv & 12),
+    "xor_window": lambda b_, h_, q, kv: ((q ^ kv) >> 3) == 0,
+}
+
+
+@pytest.mark.parametrize("name", sorted(DSL_MASKS))
+def test_dsl_equality_and_bitwise_masks_match_the_dense_mask(name):
+    c = einfuse.attention(mask_mod=DSL_MASKS[name])
+    tm = check_against_dense(c, {"P": 61, "M": 53, "H": 2}, 8, 8)
+    if name != "causal_no_diagonal":
+        assert tm.skipped_fraction > 0.4  # blocks without a visible key are skipped, not merely masked
+
+
 def test_kv_tile_ranges_of_neighbourhood_attention():
     c = einfuse.load_spec("na2d:shape=16x16,kernel=5")
     tm = classify_tiles(c, {"P": 256, "M": 256}, 16, 16)

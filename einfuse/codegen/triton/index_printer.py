@@ -27,6 +27,7 @@ from sympy.core.relational import Relational
 from sympy.logic.boolalg import BooleanFunction, to_nnf
 
 from einfuse.errors import CodegenError
+from einfuse.ir.bitwise import TRITON_INFIX
 
 _REL_OPS = {
     sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
@@ -129,6 +130,11 @@ class IndexPrinter:
             for p in parts[1:]:
                 code = f"{fn}({code}, {p.code})"
             return Printed(code, kind)
+        if type(e) in TRITON_INFIX:  # bitand/bitor/bitxor: integer operands only
+            a, c = self._p(e.args[0]), self._p(e.args[1])
+            if a.kind != "int" or c.kind != "int":
+                raise CodegenError(f"{self.context}: {e} needs integer operands")
+            return Printed(f"({a.code} {TRITON_INFIX[type(e)]} {c.code})", "int")
         if isinstance(e, sympy.exp):
             return Printed(f"tl.exp({self.float_value(e.args[0])})", "float")
         if isinstance(e, sympy.log):

@@ -18,7 +18,18 @@ from collections.abc import Callable
 from einfuse.codegen.triton.index_printer import HELPERS as INDEX_HELPERS
 from einfuse.codegen.triton.index_printer import IndexPrinter, float_literal
 from einfuse.errors import CodegenError
-from einfuse.ir.expr import Access, Binary, Const, Empty, Expr, IndexValue, Select, Unary
+from einfuse.ir.expr import (
+    COMPARE_OPS,
+    Access,
+    Binary,
+    Compare,
+    Const,
+    Empty,
+    Expr,
+    IndexValue,
+    Select,
+    Unary,
+)
 
 # Elementwise helpers every generated module carries: the index printer's exact floor division and
 # modulo, then the value functions emit_value may call.
@@ -39,6 +50,7 @@ _UNARY_FMT: dict[str, str] = {
     "exp": "tl.exp({})", "log": "tl.log({})", "neg": "(-{})", "sigmoid": "tl.sigmoid({})",
     "relu": "tl.maximum({}, 0.0)", "reciprocal": "(1.0 / {})", "tanh": "_ef_tanh({})",
     "sqrt": "tl.sqrt({})", "abs": "tl.abs({})", "elu1": "_ef_elu1({})", "square": "({0} * {0})",
+    "sin": "tl.sin({})", "cos": "tl.cos({})", "tan": "(tl.sin({0}) / tl.cos({0}))",
 }
 _BINARY_FMT: dict[str, str] = {
     "add": "({} + {})", "sub": "({} - {})", "mul": "({} * {})", "div": "({} / {})",
@@ -58,8 +70,10 @@ def emit_value(e: Expr, leaf: Callable[[Access], str], index: IndexPrinter) -> s
         return _UNARY_FMT[e.op].format(emit_value(e.arg, leaf, index))
     if isinstance(e, Binary):
         return _BINARY_FMT[e.op].format(emit_value(e.left, leaf, index), emit_value(e.right, leaf, index))
+    if isinstance(e, Compare):
+        return f"({emit_value(e.left, leaf, index)} {COMPARE_OPS[e.op]} {emit_value(e.right, leaf, index)})"
     if isinstance(e, Select):
-        cond = index.predicate(e.cond)
+        cond = emit_value(e.cond, leaf, index) if isinstance(e.cond, Compare) else index.predicate(e.cond)
         return f"tl.where({cond}, {emit_value(e.then, leaf, index)}, {emit_value(e.otherwise, leaf, index)})"
     if isinstance(e, Empty):
         raise CodegenError("an `empty` value cannot appear inside a generated score expression")

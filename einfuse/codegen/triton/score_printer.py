@@ -12,7 +12,18 @@ import math
 
 from einfuse.codegen.triton.index_printer import IndexPrinter, float_literal
 from einfuse.errors import CodegenError
-from einfuse.ir.expr import Access, Binary, Const, Empty, Expr, IndexValue, Select, Unary
+from einfuse.ir.expr import (
+    COMPARE_OPS,
+    Access,
+    Binary,
+    Compare,
+    Const,
+    Empty,
+    Expr,
+    IndexValue,
+    Select,
+    Unary,
+)
 from einfuse.lowering.onepass import DOT
 
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -28,6 +39,9 @@ _UNARY = {
     "abs": "tl.abs({})",
     "elu1": "_elu1({})",
     "square": "_square({})",
+    "sin": "tl.sin({})",
+    "cos": "tl.cos({})",
+    "tan": "_tan({})",
 }
 
 
@@ -56,8 +70,10 @@ def print_score(e: Expr, idx: IndexPrinter, dot: str = "qk") -> str:
             return f"({a} {_INFIX[e.op]} {b})"
         return f"tl.{'maximum' if e.op == 'max' else 'minimum'}({a}, {b})"
     if isinstance(e, Select):
-        return f"tl.where({idx.predicate(e.cond)}, {print_score(e.then, idx, dot)}, " \
-               f"{print_score(e.otherwise, idx, dot)})"
+        cond = print_score(e.cond, idx, dot) if isinstance(e.cond, Compare) else idx.predicate(e.cond)
+        return f"tl.where({cond}, {print_score(e.then, idx, dot)}, {print_score(e.otherwise, idx, dot)})"
+    if isinstance(e, Compare):
+        return f"({print_score(e.left, idx, dot)} {COMPARE_OPS[e.op]} {print_score(e.right, idx, dot)})"
     if isinstance(e, Empty):
         raise CodegenError("an empty value cannot appear inside a score expression")
     raise CodegenError(f"cannot print score node {e!r}")
@@ -107,4 +123,9 @@ def _elu1(x):
 @triton.jit
 def _square(x):
     return x * x
+
+
+@triton.jit
+def _tan(x):
+    return tl.sin(x) / tl.cos(x)
 '''
