@@ -324,7 +324,7 @@ def _mapping(r: _Reader, data: Any) -> MappingPolicy:
     rows = tuple(str(x) for x in (spatial.get("rows") or []))
     cols = tuple(str(x) for x in (spatial.get("cols") or []))
     rb = d.get("row_block", "auto")
-    pw = d.get("pipeline_window", 2)
+    pw = d.get("pipeline_window", "auto")
     row_block = None if rb == "auto" else r.integer(rb, "mapping.row_block", minimum=1)
     return MappingPolicy(
         lowering=lowering, fusion=fusion, spatial_rows=rows, spatial_cols=cols,

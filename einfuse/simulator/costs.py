@@ -21,6 +21,7 @@ from einfuse.simulator.engine import UNITS
 from einfuse.simulator.mapping import Group, Placed, Plan, Roles
 from einfuse.simulator.work import extent
 
+STORAGE_KEYS = ("rf_2d", "rf_1d", "global", "global_write", "dram")   # pJ/B, not actions
 FIELDS = ("busy", "points", "partial_points", "macs", "pe_cycles", "dram_rd", "dram_wr", "gb_rd", "gb_wr",
           "rf_bytes")
 
@@ -30,7 +31,7 @@ class Counters:
 
     def __init__(self, plan: Plan) -> None:
         self.einsums = [p.name for g in plan.groups for p in g.einsums]
-        self.actions = sorted(set(plan.arch.energy_pj) - {"rf_2d", "rf_1d", "global", "dram"})
+        self.actions = sorted(set(plan.arch.energy_pj) - set(STORAGE_KEYS))
         self.index: dict[tuple, int] = {}
         for e in self.einsums:
             for f in FIELDS:

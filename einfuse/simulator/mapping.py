@@ -60,6 +60,8 @@ class Group:
     resident_2d: frozenset[str]     # stay in the PEs' registers between Einsums of a tile
     linked: frozenset[str]          # cross between the arrays over the 2-D -> 1-D links
     producer_stage: dict[str, int] = field(default_factory=dict)
+    spill: dict[str, float] = field(default_factory=dict)   # fraction of a key fiber sent to DRAM
+    inplace: dict[str, str] = field(default_factory=dict)   # fiber -> dead fiber whose storage it reuses
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,10 @@ def make_plan(c: Cascade, arch: Arch, sizes: dict[str, int]) -> Plan:
             if len(stages) > 1 and roles.cols in tv[t] and any(roles.keyed(v) for v in tv[t]):
                 fiber[t] = True       # read from DRAM in several passes: keep it or read it again
         resident, linked = _homes(c, placed, roles, arch, tv)
+        inplace = _in_place(placed, fiber, tv, set(external))
         proto.append({"einsums": placed, "roles": roles, "segment": seg_of[ms[0]], "n_passes": n_passes, "external": frozenset(external),
                       "stored": frozenset(stored), "fiber": fiber, "resident_2d": resident, "linked": linked,
-                      "producer_stage": pstage})
+                      "producer_stage": pstage, "inplace": inplace, "spill": {}})
     window = arch.mapping.pipeline_window
     rf = arch.buffer("rf_2d")
     n_res = max([_live_registers(g["einsums"], g["resident_2d"]) for g in proto] + [0])
@@ -217,21 +220,60 @@ def make_plan(c: Cascade, arch: Arch, sizes: dict[str, int]) -> Plan:
         notes.append(f"2-D register file holds {entries} words < {n_res} resident tiles: "
                      "tiles go through the global buffer")
         n_res = 0
-    if window is None:   # auto: as many key tiles as the PE register files can hold
-        window = max(1, min(MAX_AUTO_WINDOW, entries // n_res)) if n_res else 2
-        notes.append(f"pipeline window {window} key tiles (auto: {entries}-word PE register file, "
-                     f"{n_res or 'no'} resident word(s) per tile)")
+    auto = window is None
+    if auto:
+        # the same rule for every design: tiles kept in the PEs' registers are bounded by the
+        # register file; tiles staged through the global buffer by the buffer (each in-flight tile
+        # has its own slot in the footprint below), up to MAX_AUTO_WINDOW
+        window = max(1, min(MAX_AUTO_WINDOW, entries // n_res)) if n_res else MAX_AUTO_WINDOW
     elif n_res and entries < n_res * window:
         window = max(1, entries // n_res)
         notes.append(f"pipeline window clamped to {window} by the 2-D register file "
                      f"({entries} words, {n_res} resident tiles per key tile)")
-    groups = []
-    worst = 0
-    for g in proto:
-        p1, fp = _choose_row_block(c, arch, sizes, g, tv, window, notes)
-        worst = max(worst, fp)
-        groups.append(Group(p1=p1, kv_buffers=kv_buffers(window, p1), **g))
+    while True:
+        trial: list[str] = []
+        try:
+            groups, worst = [], 0
+            for g in proto:
+                gd = dict(g, fiber=dict(g["fiber"]))
+                p1, fp = _choose_row_block(c, arch, sizes, gd, tv, window, trial)
+                worst = max(worst, fp)
+                groups.append(Group(p1=p1, kv_buffers=kv_buffers(window, p1), **gd))
+            break
+        except SimulatorError:
+            if not auto or n_res or window == 1:
+                raise
+            window //= 2          # fewer tiles in flight, so the row block's footprint fits
+    if auto:
+        why = (f"{entries}-word PE register file, {n_res} resident word(s) per tile" if n_res else
+               "tiles staged through the global buffer, one slot each")
+        notes.append(f"pipeline window {window} key tiles (auto: {why})")
+    notes.extend(trial)
     return Plan(c, arch, sizes, tuple(groups), window, worst, tv, tuple(notes))
+
+
+def _in_place(placed: tuple[Placed, ...], fiber: dict[str, bool], tv: dict[str, frozenset[str]],
+              external: set[str]) -> dict[str, str]:
+    """Key fibers that overwrite a dead one in place: ``T = f(U, ...)`` where ``U`` is a fiber of the
+    same shape read by nobody after ``T``'s producer (SN = exp(QK - GM) reuses QK's storage)."""
+    last_read: dict[str, int] = {}
+    for p in placed:
+        for o in p.work.operands:
+            last_read[o.tensor] = max(last_read.get(o.tensor, -1), p.stage)
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for p in placed:
+        t = p.name
+        if t not in fiber or t in external:
+            continue
+        for o in p.work.operands:
+            u = o.tensor
+            if u in fiber and u not in external and u not in taken and u != t and tv[u] == tv[t] \
+                    and last_read.get(u, -1) <= p.stage:
+                out[t] = u
+                taken.add(u)
+                break
+    return out
 
 
 def _homes(c: Cascade, placed: tuple[Placed, ...], roles: Roles, arch: Arch,
@@ -302,8 +344,15 @@ def footprint(c: Cascade, arch: Arch, sizes: dict[str, int], g: dict,
         keyed = any(roles.keyed(x) for x in v)
         if t in g["resident_2d"] or t in g["linked"]:
             continue
+        spill = g.get("spill", {}).get(t, 0.0)
         if not keyed:
             out[t] = _elems(v, c, sizes, roles, block) * w
+        elif t in g["fiber"] and t not in spilled and g.get("inplace", {}).get(t, t) not in spilled | {t}:
+            continue                  # overwrites a dead fiber in place: no storage of its own
+        elif t in g["fiber"] and t not in spilled and spill > 0:
+            # the kept part of the fiber, plus staging slots for the spilled tiles
+            out[t] = math.ceil(_elems(v, c, sizes, roles, block, fiber=True) * w * (1 - spill)) + \
+                _elems(v, c, sizes, roles, roles.cols_tile) * w * max(dbl, window)
         elif t in g["fiber"] and t not in spilled:
             out[t] = _elems(v, c, sizes, roles, block, fiber=True) * w
         elif t in g["external"] and roles.cols not in v:
@@ -331,6 +380,13 @@ def _choose_row_block(c, arch, sizes, g, tv, window, notes) -> tuple[int, int]:
     for p1 in candidates:
         if size(p1, set()) <= cap:
             return p1, size(p1, set())
+    found = _partial_spill(c, arch, sizes, g, tv, window, candidates, cap)
+    if found is not None:
+        p1, f = found
+        notes.append(f"partly spilled to DRAM (whole key fiber does not fit {cap} B on chip): "
+                     f"{100 * f:.1f}% of {', '.join(sorted(g['spill']))}")
+        return p1, size(p1, set())
+    g["spill"] = {}
     fiber_sizes = footprint(c, arch, sizes, g, tv, candidates[-1], window, set())
     spilled: set[str] = set()
     for t in sorted(g["fiber"], key=lambda k: -fiber_sizes.get(k, 0)):
@@ -338,6 +394,7 @@ def _choose_row_block(c, arch, sizes, g, tv, window, notes) -> tuple[int, int]:
         for p1 in candidates:
             if size(p1, spilled) <= cap:
                 g["fiber"] = {k: k not in spilled for k in g["fiber"]}
+                g["spill"] = {k: 1.0 for k in spilled if k not in g["external"]}
                 notes.append(f"spilled to DRAM (whole key fiber does not fit {cap} B on chip): "
                              f"{', '.join(sorted(spilled))}")
                 return p1, size(p1, spilled)
@@ -346,6 +403,47 @@ def _choose_row_block(c, arch, sizes, g, tv, window, notes) -> tuple[int, int]:
     raise SimulatorError(
         f"mapping of Einsum {g['einsums'][0].name} on {arch.name}: tiles need {sum(parts.values())} B "
         f"but the global buffer holds {cap} B ({detail})")
+
+
+def _partial_spill(c, arch, sizes, g, tv, window, candidates, cap) -> tuple[int, float] | None:
+    """Partial spilling: keep the largest fraction of the group's internal key fibers that fits and
+    send the rest to DRAM (written once, read back by the later passes), choosing among row blocks
+    the one that moves the fewest DRAM bytes (spilled bytes plus the key-tile inputs, which every
+    row block reads again). Sets ``g['spill']`` and ``g['fiber']``; None when nothing fits."""
+    roles = g["roles"]
+    internal = sorted(t for t in g["fiber"] if t not in g["external"])
+    if not internal:
+        return None
+    w = arch.word_bytes
+    kv = sum(_elems(tv[t], c, sizes, roles, 1, fiber=True) * w for t in g["external"]
+             if any(roles.keyed(x) for x in tv[t]) and roles.cols not in tv[t])
+    best = None
+    for p1 in candidates:
+        g["spill"] = {t: 1.0 for t in internal}
+        base = sum(footprint(c, arch, sizes, g, tv, p1, window, set()).values())
+        block = p1 * roles.cols_tile
+        full = sum(_elems(tv[t], c, sizes, roles, block, fiber=True) * w for t in internal
+                   if g["inplace"].get(t) not in internal)
+        if base > cap or not full:
+            continue
+        f = min(1.0, max(0.0, 1.0 - (cap - base) / full))
+        for _ in range(200):          # ceil rounding of the kept part: nudge until it fits
+            g["spill"] = {t: f for t in internal}
+            if sum(footprint(c, arch, sizes, g, tv, p1, window, set()).values()) <= cap or f >= 1.0:
+                break
+            f = min(1.0, f + 0.001)
+        blocks = math.ceil(roles.n_sub / p1)
+        traffic = blocks * (2 * f * full + kv)
+        if best is None or traffic < best[0]:
+            best = (traffic, p1, f)
+    if best is None:
+        g["spill"] = {}
+        return None
+    _, p1, f = best
+    g["spill"] = {t: f for t in internal}
+    g["fiber"] = {t: (t in g["external"] and kept) or (t not in g["external"] and f < 1.0)
+                  for t, kept in g["fiber"].items()}
+    return p1, f
 
 
 def kv_buffers(window: int, p1: int) -> int:
@@ -392,8 +490,11 @@ def describe(plan: Plan) -> list[str]:
                      f"columns: {r.cols} (sub-block {r.cols_tile}, row block {g.p1 * r.cols_tile} = "
                      f"{g.p1} sub-blocks); {g.kv_buffers} key-tile buffers")
         if g.fiber:
-            lines.append("  live across passes: " + ", ".join(
-                f"{t} ({'on chip' if k else 'spilled'})" for t, k in g.fiber.items()))
+            def where(t: str, kept: bool) -> str:
+                f = g.spill.get(t, 0.0 if kept else 1.0)
+                text = "on chip" if f == 0 else ("spilled" if f >= 1 else f"{100 * f:.1f}% spilled")
+                return text + (f", in place of {g.inplace[t]}" if t in g.inplace and f < 1 else "")
+            lines.append("  live across passes: " + ", ".join(f"{t} ({where(t, k)})" for t, k in g.fiber.items()))
     lines.append(f"window: {plan.window} key tiles in flight")
     lines.extend(plan.notes)
     return lines

@@ -162,7 +162,7 @@ class Compiler:
             if g.fiber.get(t) and p.stage != self._first_stage(g, t):
                 return self.k(("ld", t, q)), False
             return self.sk(("ld", t), slot), False
-        if t in g.fiber and not g.fiber[t] and g.producer_stage.get(t, p.stage) < p.stage:
+        if g.spill.get(t, 0.0) > 0 and g.producer_stage.get(t, p.stage) < p.stage:
             return self.sk(("ld", t), slot), False
         prod = next((x for x in g.einsums if x.name == t), None)
         if prod is not None and roles.cols not in prod.work.ivars and prod.stage % 2 == 1:
@@ -292,7 +292,7 @@ class Compiler:
         for p in once:
             self._compute(head, vec, g, p, 0, rows_n, 1, gate0, False, slot=offset % W, parity=parity)
         tile_loads = sorted(t for t in readers if self._tile_load(g, t, stage))
-        spill_stores = sorted(t for t in (g.stored | {x for x, kept in g.fiber.items() if not kept})
+        spill_stores = sorted(t for t in (g.stored | {x for x, f in g.spill.items() if f > 0})
                               if g.producer_stage.get(t) == stage and
                               any(roles.keyed(v) for v in self.plan.tensor_vars[t]))
         stages = self.stages(gi, k) if self.arch.mapping.interleave else {}
@@ -306,7 +306,7 @@ class Compiler:
             it += 1
             by_stage: list[list] = [[] for _ in range(self.n_stages)]
             for t in tile_loads:
-                nbytes = self.elems(self.plan.tensor_vars[t], rows_n, cols_n) * self.w
+                nbytes = self._spill_bytes(g, t, self.elems(self.plan.tensor_vars[t], rows_n, cols_n) * self.w)
                 deps = [slot]
                 if t in g.fiber and t not in g.external:
                     deps.append(self.k(("st", t, q)))
@@ -318,7 +318,7 @@ class Compiler:
             outs = [self._compute(by_stage[stages.get(p.name, 0)], vec, g, p, q, rows_n, cols_n, slot,
                                   kind == PARTIAL, slot=si, parity=parity) for p in per_q]
             for t in spill_stores:   # a stage later, so the next tile's loads go first (prefetch)
-                nbytes = self.elems(self.plan.tensor_vars[t], rows_n, cols_n) * self.w
+                nbytes = self._spill_bytes(g, t, self.elems(self.plan.tensor_vars[t], rows_n, cols_n) * self.w)
                 st = min(stages.get(t, 0) + 1, self.n_stages - 1)
                 self._dram(by_stage[st], vec, t, t, nbytes, (slot, self.sk((t,), si)),
                            self.k(("st", t, q)), store=True)
@@ -387,13 +387,20 @@ class Compiler:
         self._g = saved
         return out
 
+    @staticmethod
+    def _spill_bytes(g: Group, t: str, nbytes: int) -> int:
+        """Bytes of a tile of ``t`` that go to DRAM: all of an output or input, the spilled fraction
+        of a partly spilled key fiber (spread evenly over its tiles)."""
+        f = g.spill.get(t)
+        return nbytes if f is None or t in g.stored else math.ceil(nbytes * f)
+
     def _tile_load(self, g: Group, t: str, stage: int) -> bool:
         roles = self.roles
         tv = self.plan.tensor_vars[t]
         keyed = any(roles.keyed(v) for v in tv)
         if t in g.external:
             return keyed and roles.cols in tv and (not g.fiber.get(t) or stage == self._first_stage(g, t))
-        return t in g.fiber and not g.fiber[t] and g.producer_stage.get(t, stage) < stage
+        return g.spill.get(t, 0.0) > 0 and g.producer_stage.get(t, stage) < stage
 
 
 # ---- the program tree ------------------------------------------------------------------------------

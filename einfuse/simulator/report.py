@@ -80,7 +80,7 @@ def markdown(rows: Sequence[dict], images: Sequence[str] = ()) -> str:
     specs = sorted({r.get("spec", "") for r in rows})
     out = ["# einfuse simulate report", "",
            (f"Variant(s): {', '.join(specs)}. Energies at {', '.join(f'{n} nm' for n in nodes)} "
-           "(Horowitz ISSCC'14 / Accelergy defaults unless the architecture file overrides them). "
+           "(the FuseMax artifact's Accelergy/CACTI 45 nm tables, sources in each architecture file). "
            f"Batch {', '.join(sorted({str(r['batch']) for r in rows}))}; speedups against `{base}`."), "",
            ("| design | model | seq | cycles | latency | 2-D util | 1-D util | DRAM | energy | on-chip buffer "
            f"| speedup vs {base} |"),

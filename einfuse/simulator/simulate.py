@@ -189,15 +189,16 @@ def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles_list, c
             comp_e = sum(vec[ix[(n, "act", a)]] * e[a] for a in comp.counters.actions)
             rf_e = vec[ix[(n, "rf_bytes")]] * e["rf_2d" if p.unit == "2d" else "rf_1d"]
             gb_bytes = vec[ix[(n, "gb_rd")]] + vec[ix[(n, "gb_wr")]]
+            gb_e = vec[ix[(n, "gb_rd")]] * e["global"] + vec[ix[(n, "gb_wr")]] * e.get("global_write", e["global"])
             dram_bytes = vec[ix[(n, "dram_rd")]] + vec[ix[(n, "dram_wr")]]
             breakdown[f"{p.unit} compute"] += comp_e
             breakdown["register files"] += rf_e
-            breakdown["global buffer"] += gb_bytes * e["global"]
+            breakdown["global buffer"] += gb_e
             breakdown["dram"] += dram_bytes * e["dram"]
             macs_total += round(macs)
             per.append(EinsumStats(n, p.unit, p.stage, int(vec[ix[(n, "busy")]]), round(macs),
                                    int(pts), round(useful), int(dram_bytes), int(gb_bytes),
-                                   float(comp_e + rf_e + gb_bytes * e["global"] + dram_bytes * e["dram"])))
+                                   float(comp_e + rf_e + gb_e + dram_bytes * e["dram"])))
     busy = {u: vec[ix[("unit", u)]] for u in UNITS}
     stalls: dict[str, dict[str, int]] = {u: {} for u in UNITS}
     for (u, cause), v in eng.stalls.items():
