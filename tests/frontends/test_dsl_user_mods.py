@@ -136,7 +136,7 @@ def test_index_helpers_give_indices_and_operators_match_flex():
     for traced, dense in mods:
         c = ef.attention(mask_mod=lambda b, h, q, kv: traced(q, kv))
         env = {ef_sym: arr.double() for ef_sym, arr in zip(_PM, (qi, ki))}
-        from einfuse.codegen.triton import torch_eval
+        from einfuse.lowering import torch_eval
 
         got = torch_eval.evaluate(c.einsums[0].where, env)
         assert torch.equal(torch.broadcast_to(got, (70, 50)), dense(qi, ki)), str(c.einsums[0].where)

@@ -33,7 +33,7 @@ def _python(e: sympy.Basic, pv: int, mv: int) -> int:
 @pytest.mark.parametrize("e", EXPRS, ids=str)
 def test_numpy_and_torch_evaluation_are_exact(e):
     torch = pytest.importorskip("torch")
-    from einfuse.codegen.triton import torch_eval
+    from einfuse.lowering import torch_eval
 
     P, M = np.arange(70.0).reshape(-1, 1), np.arange(40.0).reshape(1, -1)
     want = np.array([[_python(e, i, j) for j in range(40)] for i in range(70)], dtype=np.float64)
