@@ -33,9 +33,7 @@ def kernel_source(spec: str, sizes: dict[str, int], tile_order: str, target: str
 
             raise CodegenError(f"{c.name}: the CUTLASS back end has no kernel for staged plans (several "
                                "score products); use --target triton")
-        plan = kernel_plan(c)
-        bound = {k: int(v) for k, v in plan.cascade.params.items() if float(v).is_integer()}
-        return emit_source(plan, {**bound, **sizes})
+        return emit_source(kernel_plan(c), sizes)
     from einfuse.codegen.triton.runtime import AttentionKernel
     from einfuse.lowering.tile_order import FLAT, SpanBoxes, TileOrder
 
@@ -83,6 +81,6 @@ def register(cli: click.Group) -> None:
         from einfuse.codegen.triton.loader import write_atomic
 
         write_atomic(Path(output), source)
-        how = ("nvcc -std=c++17 -arch=sm_90a -I<cutlass include> -c it, or load it as a torch extension with "
+        how = ("nvcc -std=c++20 -arch=sm_90a -I<cutlass include> -c it, or load it as a torch extension with "
                "-DEINFUSE_TORCH_EXTENSION" if target == "cutlass" else "import it and call attention(q, k, v)")
         click.echo(f"wrote {output} ({len(source.splitlines())} lines, target {target}); {how}")

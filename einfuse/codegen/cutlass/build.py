@@ -3,6 +3,8 @@
 * Headers: the ``nvidia-cutlass`` wheel (``pip install nvidia-cutlass==4.2.0.0``, or the
   ``einfuse[cutlass]`` extra) ships ``cute/`` and ``cutlass/`` under
   ``cutlass_library/source/include``; CUTLASS is never vendored into this repository.
+* Flags: C++20 (torch's headers need it; CUTLASS 4 takes it), fast math, half/bfloat16 operators on
+  (torch's extension flags turn them off; CuTe's numeric types need them).
 * Arch: ``sm_90a`` on Hopper, the device's own ``sm_XY`` elsewhere (the SM80-style kernel needs
   sm_80 or newer).
 * Cache: one build folder per (source, arch, nvcc, torch, CUTLASS) hash under
@@ -24,7 +26,7 @@ from types import ModuleType
 from einfuse.codegen.triton.loader import cache_dir, write_atomic
 from einfuse.errors import CodegenError
 
-NVCC_FLAGS = ("-std=c++17", "-O3", "--expt-relaxed-constexpr", "--use_fast_math",
+NVCC_FLAGS = ("-std=c++20", "-O3", "--expt-relaxed-constexpr", "--use_fast_math",
               "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
               "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
               "-diag-suppress=177")
@@ -123,7 +125,6 @@ def load_extension(source: str, arch: str) -> ModuleType:
     os.environ.setdefault("CUDA_HOME", str(Path(nvcc).parent.parent))
     try:
         mod = load(name=name, sources=[str(src)], extra_include_paths=[str(inc)],
-                   extra_cflags=["-O3", "-std=c++17"],
                    extra_cuda_cflags=[*NVCC_FLAGS, arch_flag(arch), "-DEINFUSE_TORCH_EXTENSION"],
                    build_directory=str(folder), verbose=bool(os.environ.get("EINFUSE_VERBOSE_BUILD")))
     except (RuntimeError, subprocess.CalledProcessError) as exc:

@@ -32,6 +32,7 @@ class CutlassAttention:
     _sources: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     last_tables: BlockTables | None = None
+    checks_inputs = True  # (class attribute) its own checks: CUDA tensors, bf16/fp16, head dim 64/128
 
     @staticmethod
     def build(plan: KernelPlan, sizes: dict[str, int] | None = None, **options: Any) -> CutlassAttention:
