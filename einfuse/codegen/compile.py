@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from einfuse.lowering.plan import KernelPlan
 
 DECODE_MAX_QUERIES = 16
-TARGETS = ("triton",)
+TARGETS = ("triton", "cutlass")
 
 
 @dataclass
@@ -58,7 +58,7 @@ class CompiledAttention:
 
     def run(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         """Launch directly (no custom op): decode kernel for short query blocks, else the main one."""
-        if self.family != "linear":
+        if self.family != "linear" and not getattr(self.kernel, "checks_inputs", False):
             from einfuse.codegen.triton.runtime import check_inputs
 
             check_inputs(self.name, q, k, v)  # the same clear errors whichever kernel runs
@@ -79,8 +79,13 @@ class CompiledAttention:
 
     @property
     def source(self) -> str:
-        """The generated module (for the softmax/sigmoid kernel: the tile order the spec implies)."""
+        """The generated module (for the softmax/sigmoid kernel: the tile order the spec implies; for
+        the CUTLASS back end the .cu source with every (dtype, head dim) instance)."""
         src = getattr(self.kernel, "source", None)
+        from einfuse.codegen.cutlass.runtime import CutlassAttention
+
+        if isinstance(self.kernel, CutlassAttention):
+            return self.kernel.source()
         if callable(src):
             from einfuse.lowering.tile_order import FLAT, TileOrder
 
@@ -132,6 +137,8 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
                            "spec strings")
     from einfuse.lowering.stages import is_multistage
 
+    if target == "cutlass":
+        return _compile_cutlass(c, sizes=sizes, torch_op=torch_op, **options)
     if is_multistage(c):
         # several score products (Agent, BASED): one kernel per stage, launched directly. Decided
         # before the one-stage analysers run: they trace one softmax chain and would not notice the
@@ -161,5 +168,28 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
         from einfuse.codegen import torch_op as op
 
         out.key = f"{c.name}-{id(out):x}"
+        op.register(out.key, out.run)
+    return out
+
+
+def _compile_cutlass(c: Cascade, *, sizes: Mapping[str, int] | None, torch_op: bool,
+                     **options: Any) -> CompiledAttention:
+    """The CUTLASS back end prints one-pass plans only; other families get a CodegenError naming them."""
+    from einfuse.lowering.lower import kernel_plan
+    from einfuse.lowering.stages import is_multistage
+
+    if is_multistage(c):
+        raise CodegenError(f"{c.name}: the CUTLASS back end has no kernel for staged plans (several score "
+                           "products); use target='triton'")
+    from einfuse.codegen.cutlass.runtime import CutlassAttention
+
+    plan = kernel_plan(c)
+    kernel = CutlassAttention.build(plan, sizes=sizes, **options)
+    out = CompiledAttention(c.name, plan.family, c, plan.cascade, kernel, decode=False,
+                            use_torch_op=torch_op, plan=plan)
+    if torch_op:
+        from einfuse.codegen import torch_op as op
+
+        out.key = f"{c.name}-cutlass-{id(out):x}"
         op.register(out.key, out.run)
     return out

@@ -1,4 +1,5 @@
-"""``einfuse compile SPEC --target triton -o kernel.py``: write the generated kernel and its launcher.
+"""``einfuse compile SPEC --target triton -o kernel.py`` (or ``--target cutlass -o kernel.cu``): write the
+generated kernel and its launcher.
 
 The written module is self-contained apart from einfuse's runtime helpers: it holds the Triton
 kernel (each Einsum of the lowered cascade as a comment above its code), the cascade text, and
@@ -16,9 +17,23 @@ def _parse_sizes(items: tuple[str, ...]) -> dict[str, int]:
     return parse_sizes(items)
 
 
-def kernel_source(spec: str, sizes: dict[str, int], tile_order: str) -> str:
-    """Source of the module ``einfuse compile`` writes for SPEC."""
+def kernel_source(spec: str, sizes: dict[str, int], tile_order: str, target: str = "triton") -> str:
+    """Source of the module ``einfuse compile`` writes for SPEC (a .cu file for ``cutlass``)."""
     import einfuse
+
+    if target == "cutlass":
+        from einfuse.codegen.cutlass.emit import emit_source
+        from einfuse.frontends import load_spec
+        from einfuse.lowering import kernel_plan
+        from einfuse.lowering.stages import is_multistage
+
+        c = load_spec(spec)
+        if is_multistage(c):
+            from einfuse.errors import CodegenError
+
+            raise CodegenError(f"{c.name}: the CUTLASS back end has no kernel for staged plans (several "
+                               "score products); use --target triton")
+        return emit_source(kernel_plan(c), sizes)
     from einfuse.codegen.triton.runtime import AttentionKernel
     from einfuse.lowering.tile_order import FLAT, SpanBoxes, TileOrder
 
@@ -47,7 +62,7 @@ def kernel_source(spec: str, sizes: dict[str, int], tile_order: str) -> str:
 def register(cli: click.Group) -> None:
     @cli.command("compile")
     @click.argument("spec")
-    @click.option("--target", type=click.Choice(["triton"]), default="triton", show_default=True,
+    @click.option("--target", type=click.Choice(["triton", "cutlass"]), default="triton", show_default=True,
                   help="code generator")
     @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
                   help="write the kernel module to this file (default: print it)")
@@ -57,7 +72,7 @@ def register(cli: click.Group) -> None:
                   "(span: key boxes laid over each query tile's key span)")
     def compile_cmd(spec: str, target: str, output: str | None, sizes: tuple[str, ...], tile_order: str) -> None:
         """Generate the kernel for SPEC (with a launcher, attention(q, k, v))."""
-        source = kernel_source(spec, _parse_sizes(sizes), tile_order)
+        source = kernel_source(spec, _parse_sizes(sizes), tile_order, target)
         if output is None:
             click.echo(source, nl=False)
             return
@@ -66,5 +81,6 @@ def register(cli: click.Group) -> None:
         from einfuse.codegen.triton.loader import write_atomic
 
         write_atomic(Path(output), source)
-        click.echo(f"wrote {output} ({len(source.splitlines())} lines, target {target}); "
-                   f"import it and call attention(q, k, v)")
+        how = ("nvcc -std=c++20 -arch=sm_90a -I<cutlass include> -c it, or load it as a torch extension with "
+               "-DEINFUSE_TORCH_EXTENSION" if target == "cutlass" else "import it and call attention(q, k, v)")
+        click.echo(f"wrote {output} ({len(source.splitlines())} lines, target {target}); {how}")

@@ -8,41 +8,12 @@ one Triton operation, so the printed line reads like the Einsum it came from.
 
 from __future__ import annotations
 
-import math
-
+from einfuse.codegen import index_base
+from einfuse.codegen.index_base import may_be_minus_inf
 from einfuse.codegen.triton.index_printer import IndexPrinter, float_literal
-from einfuse.errors import CodegenError
-from einfuse.ir.expr import (
-    COMPARE_OPS,
-    Access,
-    Binary,
-    Compare,
-    Const,
-    Empty,
-    Expr,
-    IndexValue,
-    Select,
-    Unary,
-)
-from einfuse.lowering.onepass import DOT
+from einfuse.ir.expr import Expr
 
-_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-_UNARY = {
-    "exp": "tl.exp({})",
-    "log": "tl.log({})",
-    "neg": "(-{})",
-    "sigmoid": "_sigmoid({}, FAST_MATH)",
-    "tanh": "_tanh({}, FAST_MATH)",
-    "relu": "tl.maximum({}, 0.0)",
-    "reciprocal": "(1.0 / {})",
-    "sqrt": "tl.sqrt({})",
-    "abs": "tl.abs({})",
-    "elu1": "_elu1({})",
-    "square": "_square({})",
-    "sin": "tl.sin({})",
-    "cos": "tl.cos({})",
-    "tan": "_tan({})",
-}
+__all__ = ["HELPERS", "const_code", "may_be_minus_inf", "print_score"]
 
 
 def const_code(v: float) -> str:
@@ -51,48 +22,9 @@ def const_code(v: float) -> str:
 
 
 def print_score(e: Expr, idx: IndexPrinter, dot: str = "qk") -> str:
-    """Triton expression for ``e``; ``dot`` names the tile of Q.K products."""
-    if isinstance(e, Access):
-        if e.tensor != DOT:
-            raise CodegenError(f"score reads tensor {e.tensor}; only the Q.K product can be read here")
-        return dot
-    if isinstance(e, Const):
-        return const_code(e.value)
-    if isinstance(e, IndexValue):
-        return idx.float_value(e.expr)
-    if isinstance(e, Unary):
-        if e.op not in _UNARY:
-            raise CodegenError(f"score operator {e.op} has no Triton form")
-        return _UNARY[e.op].format(print_score(e.arg, idx, dot))
-    if isinstance(e, Binary):
-        a, b = print_score(e.left, idx, dot), print_score(e.right, idx, dot)
-        if e.op in _INFIX:
-            return f"({a} {_INFIX[e.op]} {b})"
-        return f"tl.{'maximum' if e.op == 'max' else 'minimum'}({a}, {b})"
-    if isinstance(e, Select):
-        cond = print_score(e.cond, idx, dot) if isinstance(e.cond, Compare) else idx.predicate(e.cond)
-        return f"tl.where({cond}, {print_score(e.then, idx, dot)}, {print_score(e.otherwise, idx, dot)})"
-    if isinstance(e, Compare):
-        return f"({print_score(e.left, idx, dot)} {COMPARE_OPS[e.op]} {print_score(e.right, idx, dot)})"
-    if isinstance(e, Empty):
-        raise CodegenError("an empty value cannot appear inside a score expression")
-    raise CodegenError(f"cannot print score node {e!r}")
-
-
-def may_be_minus_inf(e: Expr) -> bool:
-    """Whether a score can be -inf (or NaN) on finite inputs, so full tiles need the masked-row guard."""
-    from einfuse.ir.expr import walk
-
-    for n in walk(e):
-        if isinstance(n, Const) and not math.isfinite(n.value):
-            return True
-        if isinstance(n, Unary) and n.op in ("log", "reciprocal", "sqrt"):
-            return True
-        if isinstance(n, Binary) and n.op == "div" and not isinstance(n.right, Const):
-            return True
-        if isinstance(n, Select):
-            return True
-    return False
+    """Triton expression for ``e``; ``dot`` names the tile of Q.K products (the rules are
+    :func:`einfuse.codegen.index_base.print_score`'s, the spellings ``idx``'s)."""
+    return index_base.print_score(e, idx, dot)
 
 
 # Elementwise helpers the printed code may call (emitted into every generated module).

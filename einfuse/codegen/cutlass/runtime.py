@@ -1,0 +1,100 @@
+"""Launching a generated CUTLASS kernel: input checks, block tables, build on first use, launch.
+
+:class:`CutlassAttention` is what ``einfuse.compile(spec, target="cutlass")`` wraps: called as
+``fn(q, k, v)`` on ``(B, H, N, D)`` CUDA tensors it returns ``(B, H, N_q, D)``; ``return_lse=True``
+also returns the natural-log log-sum-exp ``(B, H, N_q)`` in float32 (softmax plans; ``-inf`` for
+rows with every key masked), which the backward pass needs. One extension is built per (dtype,
+head dim, arch) on first use, so a call pays nvcc once per configuration and machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from einfuse.codegen.cutlass.build import arch_of, load_extension
+from einfuse.codegen.cutlass.emit import ALL_CONFIGS, BLOCK_M, BLOCK_N, check_config, check_plan, emit_source
+from einfuse.errors import CodegenError
+from einfuse.ir.ranks import BATCH_INDEX
+from einfuse.lowering.blocks import BlockTables, build_tables, dense_tables
+from einfuse.lowering.plan import KernelPlan
+from einfuse.lowering.tile_order import FLAT
+
+_DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
+
+
+@dataclass
+class CutlassAttention:
+    """A softmax/sigmoid/normsum plan printed as a CuTe kernel: ``kernel(q, k, v) -> out``."""
+
+    plan: KernelPlan
+    sizes: dict[str, int]
+    _sources: dict = field(default_factory=dict)
+    _tables: dict = field(default_factory=dict)
+    last_tables: BlockTables | None = None
+    checks_inputs = True  # (class attribute) its own checks: CUDA tensors, bf16/fp16, head dim 64/128
+
+    @staticmethod
+    def build(plan: KernelPlan, sizes: dict[str, int] | None = None, **options: Any) -> CutlassAttention:
+        check_plan(plan)
+        if options:
+            raise CodegenError(f"{plan.name}: the CUTLASS back end takes no options yet "
+                               f"(got {', '.join(sorted(options))}); tiles are {BLOCK_M}x{BLOCK_N}")
+        bound = {k: int(v) for k, v in plan.cascade.params.items() if float(v).is_integer()}
+        bound.update({k: int(v) for k, v in (sizes or {}).items()})
+        kern = CutlassAttention(plan, bound)
+        kern.source(ALL_CONFIGS[:1])  # print now: printer errors surface at compile time
+        return kern
+
+    def source(self, configs: tuple[tuple[str, int], ...] = ALL_CONFIGS) -> str:
+        if configs not in self._sources:
+            self._sources[configs] = emit_source(self.plan, self.sizes, configs)
+        return self._sources[configs]
+
+    def __call__(self, q: Any, k: Any, v: Any, return_lse: bool = False) -> Any:
+        import torch
+
+        name = self.plan.name
+        from einfuse.codegen.triton.runtime import check_inputs
+
+        if not (isinstance(q, torch.Tensor) and q.is_cuda):
+            raise CodegenError(f"{name}: the CUTLASS kernel needs CUDA tensors"
+                               + (f"; q is on {q.device}" if isinstance(q, torch.Tensor) else ""))
+        B, H, _, Nq, Nkv, D, _ = check_inputs(name, q, k, v)
+        dt = _DTYPES.get(str(q.dtype), str(q.dtype).replace("torch.", ""))
+        check_config(name, dt, D, v.shape[3])
+        if return_lse and self.plan.family != "softmax":
+            raise CodegenError(f"{name}: return_lse is for softmax plans; this one is {self.plan.family}")
+        q, k, v = (_aligned(t) for t in (q, k, v))
+        tables = self.tables(Nq, Nkv, H, B, q.device)
+        self.last_tables = tables
+        mod = load_extension(self.source(((dt, D),)), arch_of(q.device))
+        out = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
+        lse = torch.empty((B, H, Nq) if return_lse else (0,), dtype=torch.float32, device=q.device)
+        dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
+        fn, fi, pn, pi, *strides = tables.kernel_args(dummy)
+        ints = [0, D, int(not tables.dense), int(tables.full_contig), int(tables.part_contig), tables.n_full,
+                tables.n_k_tiles, *(int(s) for s in strides)]
+        mod.fwd(q, k, v, out, lse, fn, fi, pn, pi, ints)
+        return (out, lse) if return_lse else out
+
+    def tables(self, n_q: int, n_kv: int, heads: int, batch: int, device: Any) -> BlockTables:
+        """Block tables for the kernel's tiles (``BLOCK_M`` x ``BLOCK_N``), cached per shape."""
+        key = (n_q, n_kv, heads, batch if self.plan.detail.mask_uses(BATCH_INDEX) else 0, str(device))
+        if key not in self._tables:
+            mask = self.plan.detail.mask
+            if mask is None:
+                t = dense_tables(n_kv, BLOCK_N, masked=False)
+            else:
+                sizes = {**self.sizes, "P": n_q, "M": n_kv, "H": heads, "B": batch}
+                t = build_tables(self.plan.cascade, mask, sizes, n_q, n_kv, heads, BLOCK_M, BLOCK_N, FLAT, FLAT,
+                                 device)
+            self._tables[key] = t
+        return self._tables[key]
+
+
+def _aligned(t: Any) -> Any:
+    """cp.async moves 16 bytes: rows must start 16-byte aligned (strides multiples of 8 elements)."""
+    if t.data_ptr() % 16 or any(s % 8 for s in t.stride()[:3]):
+        t = t.contiguous()
+    return t
