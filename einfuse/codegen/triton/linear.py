@@ -19,6 +19,7 @@ from einfuse.codegen.triton.linear_lowering import lower_linear
 from einfuse.codegen.triton.options import parse_options, pow2
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
+from einfuse.ir.positions import equal_length_cascade
 
 # options every Triton builder may be handed by the dispatcher and that this one does not use
 
@@ -121,6 +122,9 @@ def build_linear(cascade: Cascade, **options: Any) -> LinearKernel:
     if cascade.attrs.get("lowered") == "lightning":
         raise CodegenError(f"{cascade.name}: pass the unlowered cascade; build_linear runs split_lightning "
                            "itself, with the block = the state_chunk option")
+    # the chunked kernels take as many queries as keys (checked per call), where every query
+    # alignment agrees: read a bottom-right `m <= p + M - P` as `m <= p`
+    cascade = equal_length_cascade(cascade)
     plan = analyse_linear(cascade)
     lowered, parts, how = lower_linear(cascade, plan, opts.state_chunk or 2 * opts.chunk)
     source = linear_source(plan, parts)
