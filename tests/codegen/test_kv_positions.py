@@ -174,3 +174,12 @@ def test_sdpa_peer_recognises_both_causal_alignments():
            for s in ("causal", "causal:align=top_left", "causal:align=offset", "sliding_window", "softmax")}
     assert got == {"causal": "bottom_right", "causal:align=top_left": "top_left", "causal:align=offset": None,
                    "sliding_window": None, "softmax": None}
+
+
+@pytest.mark.parametrize("n_q", [3, 21])
+def test_multistage_based_follows_the_query_positions(n_q):
+    """BASED (Taylor normalised sum + window softmax, two kernels): both stages read the aligned mask."""
+    c = einfuse.load_spec("based:window=6")
+    q, k, v = (x * s for x, s in zip(_qkv(n_q, seed=6), (0.3, 0.3, 1.0)))
+    out = einfuse.compile(c)(q, k, v)
+    assert rel_err(out, run_cascade(c, {"Q": q, "K": k, "V": v})["O"]) < 2e-5
