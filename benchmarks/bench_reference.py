@@ -21,6 +21,7 @@ from sympy.core.relational import Relational
 
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import Access, Binary, Const, Expr, IndexValue, Select, Unary
+from einfuse.ir.positions import equal_length_cascade
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
 from einfuse.lowering.decode import analyse_decode
 from einfuse.lowering.linear import (
@@ -160,7 +161,7 @@ def reference(c: Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: 
         den = w.sum(-1, keepdim=True)
         return torch.einsum("hpm,hmf->hpf", w, vs) / torch.where(den > 0, den, 1.0)
     if family == "linear":
-        plan = analyse_linear(c)
+        plan = analyse_linear(equal_length_cascade(c))  # as build_linear reads it: one sequence, N_q = N_kv
         fq = qs if plan.q_map is None else expr_eval(plan.q_map, lambda a: qs, env)
         fk = ks if plan.k_map is None else expr_eval(plan.k_map, lambda a: ks, env)
         w = torch.einsum("hpe,hme->hpm", fq, fk) * plan.scale

@@ -82,11 +82,12 @@ def _slice(case: Case) -> tuple[int, torch.Tensor, torch.Tensor]:
 def _prep(case: Case, cascade: einfuse.Cascade) -> dict[str, Any]:
     prep: dict[str, Any] = {}
     if case.variant == "lightning":
+        from einfuse.ir.positions import equal_length_cascade
         from einfuse.ir.ranks import HEAD_EXTENT, HEAD_INDEX
         from einfuse.ir.symeval import evaluate
         from einfuse.lowering.linear import DIST, analyse_linear
 
-        plan = analyse_linear(cascade)
+        plan = analyse_linear(equal_length_cascade(cascade))  # as build_linear reads it
         import numpy as np
 
         g1 = evaluate(plan.decay, {DIST: np.float64(1), HEAD_INDEX: np.arange(case.H, dtype=np.float64),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
+from einfuse.ir.positions import Q_OFFSET
 
 if TYPE_CHECKING:
     from einfuse.codegen.stages_run import MultiStageAttention
@@ -57,15 +58,24 @@ class CompiledAttention:
         return torch_op.call(self.key, q, k, v)
 
     def run(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
-        """Launch directly (no custom op): decode kernel for short query blocks, else the main one."""
+        """Launch directly (no custom op): decode kernel for short query blocks, else the main one.
+
+        ``q_offset=`` sets the position of query 0 of a variant built with ``align="offset"``
+        (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs."""
         if self.family != "linear" and not getattr(self.kernel, "checks_inputs", False):
             from einfuse.codegen.triton.runtime import check_inputs
 
             check_inputs(self.name, q, k, v)  # the same clear errors whichever kernel runs
+        q_offset = runtime.pop("q_offset", None)
+        if q_offset is not None and Q_OFFSET not in self.cascade.params:
+            raise CodegenError(f"{self.name}: q_offset is given but the variant does not use a query offset; "
+                               "build it with align='offset' (einfuse.ir.positions)")
         if self.family == "softmax" and self.decode and q.shape[2] <= DECODE_MAX_QUERIES:
             dec = self.decode_kernel()
             if dec is not None:
-                return dec(q, k, v, **runtime)
+                return dec(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
+        if q_offset is not None:
+            runtime["q_offset"] = q_offset
         return self.kernel(q, k, v, **runtime)
 
     def decode_kernel(self) -> Any:

@@ -17,6 +17,7 @@ import sympy
 
 from einfuse.errors import CodegenError
 from einfuse.ir.expr import Access, Binary, Compare, Const, Expr, IndexValue, Select, Unary, walk
+from einfuse.ir.positions import query_position
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
 from einfuse.ir.ranks import KEY_INDEX as M_IDX
 from einfuse.ir.ranks import QUERY_INDEX as P_IDX
@@ -118,26 +119,43 @@ def flex_runner(plan: OnePassPlan, sizes: dict[str, int], q: Any, k: Any, v: Any
     return lambda: fn(q, k, v, score_mod=sm, block_mask=block_mask, scale=scale, enable_gqa=gqa)
 
 
+def causal_alignment(mask: sympy.Basic | None) -> str | None:
+    """'top_left' for ``m <= p``, 'bottom_right' for ``m <= p + M - P`` (einfuse.ir.positions), else None."""
+    if mask is None:
+        return None
+    for align in ("top_left", "bottom_right"):
+        qpos = query_position(align)
+        if mask in (sympy.Le(M_IDX, qpos), sympy.Ge(qpos, M_IDX)):
+            return align
+    return None
+
+
 def sdpa_runner(plan: OnePassPlan, backend: str, q: Any, k: Any, v: Any) -> Callable[[], Any]:
-    """torch SDPA with one back end ('flash' or 'cudnn'); unmasked or causal (top-left) only."""
+    """torch SDPA with one back end ('flash' or 'cudnn'); unmasked or causal (either alignment:
+    ``is_causal`` when the lengths are equal, torch's ``causal_upper_left``/``causal_lower_right``
+    bias otherwise)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.bias import causal_lower_right, causal_upper_left
 
     from einfuse.lowering.onepass import plain_scale
 
-    causal = plan.mask is not None and plan.mask in (sympy.Le(M_IDX, P_IDX), sympy.Ge(P_IDX, M_IDX))
+    align = causal_alignment(plan.mask)
     scale = plain_scale(plan.score)
-    if plan.family != "softmax" or scale is None or (plan.mask is not None and not causal):
+    if plan.family != "softmax" or scale is None or (plan.mask is not None and align is None):
         raise CodegenError("SDPA runs plain softmax attention, unmasked or causal, only")
-    if q.shape[2] != k.shape[2] and causal:
-        raise CodegenError("SDPA's causal mask differs from the cascade's when lengths differ")
     be = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
     gqa = k.shape[1] != q.shape[1]
+    n_q, n_kv = q.shape[2], k.shape[2]
+    bias = None
+    if align is not None and n_q != n_kv:
+        bias = (causal_lower_right if align == "bottom_right" else causal_upper_left)(n_q, n_kv)
 
     def run() -> Any:
         with sdpa_kernel([be]):
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
-                                                                    enable_gqa=gqa)
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, is_causal=align is not None and bias is None, scale=scale,
+                enable_gqa=gqa)
     return run
 
 
@@ -168,4 +186,4 @@ def attention_flops(pairs_per_batch: int, batch: int, head_dim: int, value_dim: 
     return 2.0 * batch * pairs_per_batch * (head_dim + value_dim)
 
 
-__all__ = ["attention_flops", "flex_runner", "kept_pairs", "mask_fn", "score_fn", "sdpa_runner"]
+__all__ = ["attention_flops", "causal_alignment", "flex_runner", "kept_pairs", "mask_fn", "score_fn", "sdpa_runner"]

@@ -10,10 +10,11 @@ from __future__ import annotations
 import sympy
 
 from einfuse.errors import SpecError
-from einfuse.frontends.dsl import CascadeBuilder, m, p
+from einfuse.frontends.dsl import CascadeBuilder, m
 from einfuse.frontends.library import _scale, builtin
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import Access, Const, Expr, binary, unary
+from einfuse.ir.positions import offset_params, query_position
 
 
 def scaled_product(a: Access, b: Access, scale: float | None) -> Expr:
@@ -59,23 +60,26 @@ def agent(head_dim: int = 0, scale: float = 0.0) -> Cascade:
 
 
 @builtin("based")
-def based(window: int = 64, head_dim: int = 0, scale: float = 0.0) -> Cascade:
+def based(window: int = 64, head_dim: int = 0, scale: float = 0.0, align: str = "bottom_right") -> Cascade:
     """BASED: causal normalised Taylor linear attention (1 + s + s^2/2) plus sliding-window softmax.
 
     With ``s = q.k * scale`` the linear branch is ``LO = sum_{m<=p} T V / sum_{m<=p} T`` with
     ``T = 1 + s + s^2/2`` (the 2nd-order Taylor kernel of exp, always > 0), written quadratically
     here. The window branch is causal softmax attention over ``p - window < m <= p``. The output is
     the **sum** of the two branches, ``O = LO + WO`` (BASED stacks the two as separate layers; one
-    cascade with both lets passes fuse them). Both branches read the same Q and K.
+    cascade with both lets passes fuse them). Both branches read the same Q and K. ``p`` is the
+    query's position (``align``, einfuse.ir.positions).
     """
     if window < 1:
         raise SpecError(f"option window must be >= 1, got {window}")
     sc = _scale(head_dim, scale)
     cb = CascadeBuilder("based")
+    cb.params.update(offset_params(align))
     cb.attrs["family"] = "based"
+    qpos = query_position(align)
     q, k = cb.input("Q", "P", "E"), cb.input("K", "M", "E")
     v = cb.input("V", "M", "F")
-    causal = m <= p
+    causal = m <= qpos
     s = cb.einsum("LQK", ("M", "P"), scaled_product(q, k, sc), where=causal, comment="linear branch scores")
     # the constraint is repeated on T: `1 + s` would otherwise make masked points present (union rule)
     taylor = binary("add", binary("add", Const(1.0), s), binary("mul", binary("mul", s, s), Const(0.5)))
@@ -83,7 +87,8 @@ def based(window: int = 64, head_dim: int = 0, scale: float = 0.0) -> Cascade:
     lsd = cb.einsum("LSD", ("P",), t, comment="normaliser")
     lnv = cb.einsum("LNV", ("P", "F"), binary("mul", t, v))
     lo = cb.einsum("LO", ("P", "F"), binary("div", lnv, lsd), reduce=None)
-    w = cb.einsum("QK", ("M", "P"), scaled_product(q, k, sc), where=causal & (p - m < sympy.Integer(window)),
+    w = cb.einsum("QK", ("M", "P"), scaled_product(q, k, sc),
+                  where=causal & (qpos - m < sympy.Integer(window)),
                   comment="window branch scores")
     wo = softmax_stage(cb, "", w, "M", "P", v, "WO", ("P", "F"))
     cb.einsum("O", ("P", "F"), binary("add", lo, wo), reduce=None, output=True, comment="sum of branches")

@@ -20,6 +20,7 @@ Index conventions of every built-in: queries ``Q[P,E]``, keys ``K[M,E]``, values
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from einfuse.frontends import symbolic
 from einfuse.ir.builder import CascadeBuilder, acc  # noqa: F401  (part of the DSL's API)
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import Access, Compare, Condition, Const, Expr, as_expr, binary, unary
+from einfuse.ir.positions import offset_params, query_position
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, KEY_INDEX, QUERY_INDEX, index_symbol, size_symbol
 
 ScoreMod = Callable[..., object]
@@ -107,6 +109,20 @@ def _concrete_truth(x: object) -> bool | None:
     return None
 
 
+def aligned(fn: Callable[..., object] | None, align: str) -> Callable[..., object] | None:
+    """``fn`` (a mask_mod or score_mod) called with the query's *position* under ``align``
+    (:mod:`einfuse.ir.positions`) as its ``q_idx`` instead of the raw index ``p``."""
+    if fn is None or align == "top_left":
+        query_position(align)  # validates
+        return fn
+    qpos = symbolic.Index(query_position(align))  # traced like q_idx: == and != build predicates
+
+    @functools.wraps(fn)  # the signature check of _call_user reads the user's function
+    def call(*args: object) -> object:
+        return fn(*args[:-2], qpos, args[-1])
+    return call
+
+
 def trace_score(score_mod: ScoreMod | None, score: Expr) -> Expr:
     if score_mod is None:
         return score
@@ -143,7 +159,8 @@ def qk_einsums(cb: CascadeBuilder, scale: float | None, score_mod: ScoreMod | No
 def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
               mask_mod: MaskMod | None = None, scale: float | None = None,
               normalization: str = "softmax", head_dim: int | None = None,
-              bias: float | None = None, params: Mapping[str, float] | None = None) -> Cascade:
+              bias: float | None = None, params: Mapping[str, float] | None = None,
+              align: str = "top_left") -> Cascade:
     """Softmax (or sigmoid) attention as the naive 3-pass cascade.
 
     ``scale`` defaults to ``1/sqrt(head_dim)`` when ``head_dim`` is given, else it is left to the
@@ -152,13 +169,18 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
     ``params`` declares named sizes (upper case, with default values) that the mask or score may
     mention, e.g. the grid sizes of neighbourhood attention; they stay symbolic in the cascade and
     can be overridden at run time (``run_cascade(..., sizes=...)``).
+    ``align`` says what ``q_idx`` the functions receive when there are fewer queries than keys:
+    ``"top_left"`` (the raw query index, FlexAttention's meaning), ``"bottom_right"`` (the query's
+    position ``q + M - P`` at the end of the keys, as over a KV cache) or ``"offset"`` (``q + QOFF``,
+    ``QOFF`` given per call); see :mod:`einfuse.ir.positions`.
     """
     if scale is None and head_dim is not None:
         scale = 1.0 / math.sqrt(head_dim)
     cb = CascadeBuilder(name)
     cb.params.update(params or {})
+    cb.params.update(offset_params(align))
     cb.attrs["family"] = normalization
-    score = qk_einsums(cb, scale, score_mod, mask_mod)
+    score = qk_einsums(cb, scale, aligned(score_mod, align), aligned(mask_mod, align))
     va = cb.input("V", "M", "F")
     if normalization == "softmax":
         gm = cb.einsum("GM", ("P",), score, reduce="max", comment="pass 1: global max")
@@ -183,27 +205,30 @@ FEATURE_MAPS = ("identity", "elu1", "relu", "exp")
 
 def linear_attention(name: str = "linear", *, feature_map: str = "identity", causal: bool = True,
                      decay: bool | str = False, normalize: bool = False,
-                     mask_mod: MaskMod | None = None) -> Cascade:
+                     mask_mod: MaskMod | None = None, align: str = "top_left") -> Cascade:
     """Linear attention ``O = (phi(Q) phi(K)^T [* decay] [masked]) V``, optionally normalised.
 
     ``decay=True`` uses Lightning Attention's per-head rate ``s_h = 2**(-8(h+1)/H)`` and multiplies
     each score by ``exp(-s_h (p - m))``. Written quadratically here; the lightning split pass
-    rewrites it into intra-block and inter-block (running KV state) parts.
+    rewrites it into intra-block and inter-block (running KV state) parts. ``align`` places the
+    queries among the keys as in :func:`attention` (for the causal mask and the decay too).
     """
     if feature_map not in FEATURE_MAPS:
         raise SpecError(f"feature_map {feature_map!r} is not one of {', '.join(FEATURE_MAPS)}")
     cb = CascadeBuilder(name)
+    cb.params.update(offset_params(align))
     cb.attrs["family"] = "linear"
+    qpos = query_position(align)
     qa, ka = cb.input("Q", "P", "E"), cb.input("K", "M", "E")
     va = cb.input("V", "M", "F")
     if feature_map != "identity":
         qa = cb.einsum("FQ", ("P", "E"), unary(feature_map, qa), reduce=None, comment="feature map")
         ka = cb.einsum("FK", ("M", "E"), unary(feature_map, ka), reduce=None)
-    where = trace_mask(mask_mod) if mask_mod is not None else (m <= p if causal else None)
+    where = trace_mask(aligned(mask_mod, align)) if mask_mod is not None else (m <= qpos if causal else None)
     score = cb.einsum("QK", ("M", "P"), binary("mul", qa, ka), where=where, comment="scores")
     if decay:
         rate = sympy.Integer(2) ** (-8 * (h + 1) / size_symbol("H"))
-        score = cb.einsum("A", ("M", "P"), binary("mul", score, as_expr(sympy.exp(-rate * (p - m)))),
+        score = cb.einsum("A", ("M", "P"), binary("mul", score, as_expr(sympy.exp(-rate * (qpos - m)))),
                           reduce=None, comment="decay")
     if normalize:
         den = cb.einsum("SD", ("P",), score, comment="normaliser")

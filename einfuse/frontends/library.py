@@ -20,6 +20,7 @@ from einfuse.frontends import dsl
 from einfuse.frontends.dsl import h, m, p
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import tanh
+from einfuse.ir.positions import check_align
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,18 @@ def load_builtin(spec: str) -> Cascade:
 
 
 # ---- softmax family ----------------------------------------------------------------------------
+#
+# Variants whose mask or score compares positions take ``align`` (einfuse.ir.positions): with fewer
+# queries than keys, query p sits at position p + M - P by default (``bottom_right``: the queries are
+# the newest tokens, as over a KV cache), at p with ``top_left``, at p + QOFF with ``offset`` (QOFF
+# given per call). Inside the mask and score lambdas below, ``q`` is that position.
+
+def _align(align: str, positional: bool) -> str:
+    """``align`` checked; variants with nothing positional (no causal mask) keep plain indices, so
+    their cascade does not change with an option it does not use."""
+    check_align(align)
+    return align if positional else "top_left"
+
 
 def _scale(head_dim: int, scale: float) -> float | None:
     """The score scale: ``scale`` if set, else ``1/sqrt(head_dim)`` if set, else None (unscaled)."""
@@ -137,28 +150,30 @@ def _scale(head_dim: int, scale: float) -> float | None:
 
 
 @builtin("softmax")
-def softmax(head_dim: int = 0, scale: float = 0.0, causal: bool = False) -> Cascade:
+def softmax(head_dim: int = 0, scale: float = 0.0, causal: bool = False,
+            align: str = "bottom_right") -> Cascade:
     """Multi-head softmax attention (MHA; GQA/MQA when K/V carry fewer heads)."""
     mask = (lambda b_, h_, q, kv: q >= kv) if causal else None
     return dsl.attention("softmax_causal" if causal else "softmax", mask_mod=mask,
-                         scale=_scale(head_dim, scale))
+                         scale=_scale(head_dim, scale), align=_align(align, causal))
 
 
 @builtin("causal")
-def causal(head_dim: int = 0, scale: float = 0.0) -> Cascade:
-    """Causal softmax attention (key m visible to query p when m <= p)."""
-    return softmax(head_dim=head_dim, scale=scale, causal=True)
+def causal(head_dim: int = 0, scale: float = 0.0, align: str = "bottom_right") -> Cascade:
+    """Causal softmax attention (key m visible to the query at position p when m <= p)."""
+    return softmax(head_dim=head_dim, scale=scale, causal=True, align=align)
 
 
 @builtin("gqa")
-def gqa(head_dim: int = 0, scale: float = 0.0, causal: bool = False) -> Cascade:
+def gqa(head_dim: int = 0, scale: float = 0.0, causal: bool = False, align: str = "bottom_right") -> Cascade:
     """Grouped-query attention: the softmax cascade; K/V inputs carry H/groups heads."""
-    c = softmax(head_dim=head_dim, scale=scale, causal=causal)
+    c = softmax(head_dim=head_dim, scale=scale, causal=causal, align=align)
     return c.replace(name="gqa", attrs={**c.attrs, "gqa": True})
 
 
 @builtin("sliding_window")
-def sliding_window(window: int = 256, causal: bool = True, head_dim: int = 0, scale: float = 0.0) -> Cascade:
+def sliding_window(window: int = 256, causal: bool = True, head_dim: int = 0, scale: float = 0.0,
+                   align: str = "bottom_right") -> Cascade:
     """Sliding-window attention: |p - m| < window (and m <= p when causal)."""
     if window < 1:
         raise SpecError(f"option window must be >= 1, got {window}")
@@ -167,7 +182,7 @@ def sliding_window(window: int = 256, causal: bool = True, head_dim: int = 0, sc
         mask = lambda b_, h_, q, kv: (kv <= q) & (q - kv < w)
     else:
         mask = lambda b_, h_, q, kv: sympy.Abs(q - kv) < w
-    return dsl.attention("sliding_window", mask_mod=mask, scale=_scale(head_dim, scale))
+    return dsl.attention("sliding_window", mask_mod=mask, scale=_scale(head_dim, scale), align=align)
 
 
 def alibi_slope(head: sympy.Expr) -> sympy.Expr:
@@ -176,45 +191,49 @@ def alibi_slope(head: sympy.Expr) -> sympy.Expr:
 
 
 @builtin("alibi")
-def alibi(causal: bool = True, head_dim: int = 0, scale: float = 0.0) -> Cascade:
+def alibi(causal: bool = True, head_dim: int = 0, scale: float = 0.0, align: str = "bottom_right") -> Cascade:
     """ALiBi: score + slope_h * (m - p), slopes 2^(-8(h+1)/H)."""
     mask = (lambda b_, h_, q, kv: q >= kv) if causal else None
     return dsl.attention("alibi", score_mod=lambda s, b_, h_, q, kv: s + alibi_slope(h_) * (kv - q),
-                         mask_mod=mask, scale=_scale(head_dim, scale))
+                         mask_mod=mask, scale=_scale(head_dim, scale), align=align)
 
 
 @builtin("softcap")
-def softcap(cap: float = 30.0, causal: bool = False, head_dim: int = 0, scale: float = 0.0) -> Cascade:
+def softcap(cap: float = 30.0, causal: bool = False, head_dim: int = 0, scale: float = 0.0,
+            align: str = "bottom_right") -> Cascade:
     """tanh soft-capping of scores: cap * tanh(score / cap) (Gemma 2)."""
     if not math.isfinite(cap) or cap <= 0:
         raise SpecError(f"option cap must be a finite number > 0, got {cap}")
     mask = (lambda b_, h_, q, kv: q >= kv) if causal else None
     return dsl.attention("softcap", score_mod=lambda s, b_, h_, q, kv: cap * tanh(s / cap),
-                         mask_mod=mask, scale=_scale(head_dim, scale))
+                         mask_mod=mask, scale=_scale(head_dim, scale), align=_align(align, causal))
 
 
 # ---- sigmoid and linear ------------------------------------------------------------------------
 
 @builtin("sigmoid")
-def sigmoid(bias: float = 0.0, causal: bool = False, head_dim: int = 0, scale: float = 0.0) -> Cascade:
+def sigmoid(bias: float = 0.0, causal: bool = False, head_dim: int = 0, scale: float = 0.0,
+            align: str = "bottom_right") -> Cascade:
     """Sigmoid attention: sigmoid(score + bias) @ V, no normalisation (FlashSigmoid)."""
     if not math.isfinite(bias):
         raise SpecError(f"option bias must be finite, got {bias}")
     mask = (lambda b_, h_, q, kv: q >= kv) if causal else None
     return dsl.attention("sigmoid", mask_mod=mask, scale=_scale(head_dim, scale),
-                         normalization="sigmoid", bias=bias)
+                         normalization="sigmoid", bias=bias, align=_align(align, causal))
 
 
 @builtin("linear")
-def linear(feature_map: str = "elu1", causal: bool = True, normalize: bool = False) -> Cascade:
+def linear(feature_map: str = "elu1", causal: bool = True, normalize: bool = False,
+           align: str = "bottom_right") -> Cascade:
     """Linear attention phi(Q) phi(K)^T V with a feature map (identity, elu1, relu, exp)."""
-    return dsl.linear_attention("linear", feature_map=feature_map, causal=causal, normalize=normalize)
+    return dsl.linear_attention("linear", feature_map=feature_map, causal=causal, normalize=normalize,
+                                align=_align(align, causal))
 
 
 @builtin("lightning")
-def lightning(feature_map: str = "identity") -> Cascade:
+def lightning(feature_map: str = "identity", align: str = "bottom_right") -> Cascade:
     """Lightning Attention: causal linear attention with per-head decay exp(-s_h (p - m))."""
-    return dsl.linear_attention("lightning", feature_map=feature_map, causal=True, decay=True)
+    return dsl.linear_attention("lightning", feature_map=feature_map, causal=True, decay=True, align=align)
 
 
 __all__ = ["BUILTINS", "Builtin", "alibi_slope", "builtin", "h", "load_builtin", "m", "p", "parse_spec"]

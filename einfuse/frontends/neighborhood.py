@@ -26,7 +26,10 @@ NATTEN >= 0.20):
 The constraint is one sympy predicate over the flat ``p`` and ``m`` (``floor``/``Mod``/``Min``/``Max``),
 with the grid sizes as cascade params ``X0, X1, X2`` so that it stays symbolic: the tokens must number
 ``X0*...*Xn-1``, and other grid sizes can be bound at run time (``run_cascade(c, x, sizes={"X1": 9})``).
-``na1d`` without a ``shape`` uses the key length ``M`` itself as the axis length.
+``na1d`` without a ``shape`` uses the key length ``M`` itself as the axis length. The keys are the
+grid's tokens; fewer queries than keys are its *last* tokens by default (query ``p`` is token
+``p + M - P``, ``align=bottom_right``: generating the last frames of a video with a cache of the
+earlier ones), the first ones with ``align=top_left`` (see :mod:`einfuse.ir.positions`).
 
 Options take one value for every axis or one per axis: ``na2d:shape=96x96,kernel=13,dilation=2``,
 ``na3d:shape=8x16x16,kernel=3x7x7,causal=1x0x0``.
@@ -43,6 +46,7 @@ from einfuse.errors import SpecError
 from einfuse.frontends import dsl
 from einfuse.frontends.library import _scale, builtin
 from einfuse.ir.cascade import Cascade
+from einfuse.ir.positions import check_align, offset_params, query_position
 from einfuse.ir.ranks import size_symbol
 
 PerAxis = int | bool | Sequence[int] | Sequence[bool]
@@ -100,9 +104,11 @@ def flat_coordinates(flat: sympy.Expr, sizes: Sequence[sympy.Expr]) -> list[symp
 
 
 def neighborhood_mask(kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int],
-                      causal: Sequence[bool], sizes: Sequence[sympy.Expr]) -> sympy.Basic:
-    """The NA constraint over flat ``p`` (query) and ``m`` (key) on a grid of (symbolic) ``sizes``."""
-    cq, ck = flat_coordinates(dsl.p, sizes), flat_coordinates(dsl.m, sizes)
+                      causal: Sequence[bool], sizes: Sequence[sympy.Expr],
+                      align: str = "top_left") -> sympy.Basic:
+    """The NA constraint over flat ``p`` (query) and ``m`` (key) on a grid of (symbolic) ``sizes``;
+    the query's flat token is its position under ``align`` (einfuse.ir.positions)."""
+    cq, ck = flat_coordinates(query_position(align), sizes), flat_coordinates(dsl.m, sizes)
     terms = [axis_window(cq[i], ck[i], sizes[i], kernel[i], dilation[i], stride[i], bool(causal[i]))
              for i in range(len(sizes))]
     return sympy.And(*terms)
@@ -110,8 +116,9 @@ def neighborhood_mask(kernel: Sequence[int], dilation: Sequence[int], stride: Se
 
 def neighborhood_attention(ndim: int, kernel: PerAxis, dilation: PerAxis = 1, stride: PerAxis = 1,
                            causal: PerAxis = False, shape: Sequence[int] = (), head_dim: int = 0,
-                           scale: float = 0.0) -> Cascade:
-    """Softmax attention restricted to the NATTEN neighbourhood (see the module docstring)."""
+                           scale: float = 0.0, align: str = "bottom_right") -> Cascade:
+    """Softmax attention restricted to the NATTEN neighbourhood (see the module docstring). With
+    fewer queries than tokens, the queries are the last tokens of the grid (``align``)."""
     k = _per_axis("kernel", kernel, ndim)
     d = _per_axis("dilation", dilation, ndim)
     s = _per_axis("stride", stride, ndim)
@@ -140,9 +147,9 @@ def neighborhood_attention(ndim: int, kernel: PerAxis, dilation: PerAxis = 1, st
         names = AXIS_SIZE_NAMES[:ndim]
         params = {n: float(v) for n, v in zip(names, grid)}
         sizes = [size_symbol(n) for n in names]
-    where = neighborhood_mask(k, d, s, [bool(v) for v in cz], sizes)
+    where = neighborhood_mask(k, d, s, [bool(v) for v in cz], sizes, check_align(align))
     c = dsl.attention(f"na{ndim}d", mask_mod=lambda b_, h_, q, kv: where, scale=_scale(head_dim, scale),
-                      params=params)
+                      params={**params, **offset_params(align)})
     info = {"ndim": ndim, "shape": list(_per_axis("shape", shape, ndim)) if shape else [],
             "kernel": list(k), "dilation": list(d), "stride": list(s), "causal": [bool(v) for v in cz]}
     return c.replace(attrs={**c.attrs, "neighborhood": info})
@@ -150,23 +157,25 @@ def neighborhood_attention(ndim: int, kernel: PerAxis, dilation: PerAxis = 1, st
 
 @builtin("na1d")
 def na1d(kernel: tuple = (7,), dilation: tuple = (1,), stride: tuple = (1,), causal: tuple = (False,),
-         shape: tuple = (), head_dim: int = 0, scale: float = 0.0) -> Cascade:
+         shape: tuple = (), head_dim: int = 0, scale: float = 0.0, align: str = "bottom_right") -> Cascade:
     """1-D neighborhood attention (NATTEN): shifted k-window per query, dilation, stride, causal."""
-    return neighborhood_attention(1, kernel, dilation, stride, causal, shape, head_dim, scale)
+    return neighborhood_attention(1, kernel, dilation, stride, causal, shape, head_dim, scale, align)
 
 
 @builtin("na2d")
 def na2d(shape: tuple = (16, 16), kernel: tuple = (7,), dilation: tuple = (1,), stride: tuple = (1,),
-         causal: tuple = (False,), head_dim: int = 0, scale: float = 0.0) -> Cascade:
+         causal: tuple = (False,), head_dim: int = 0, scale: float = 0.0,
+         align: str = "bottom_right") -> Cascade:
     """2-D neighborhood attention (NATTEN) over a row-major flattened X0 x X1 grid."""
-    return neighborhood_attention(2, kernel, dilation, stride, causal, shape, head_dim, scale)
+    return neighborhood_attention(2, kernel, dilation, stride, causal, shape, head_dim, scale, align)
 
 
 @builtin("na3d")
 def na3d(shape: tuple = (8, 8, 8), kernel: tuple = (3,), dilation: tuple = (1,), stride: tuple = (1,),
-         causal: tuple = (False,), head_dim: int = 0, scale: float = 0.0) -> Cascade:
+         causal: tuple = (False,), head_dim: int = 0, scale: float = 0.0,
+         align: str = "bottom_right") -> Cascade:
     """3-D neighborhood attention (NATTEN) over a row-major flattened X0 x X1 x X2 grid."""
-    return neighborhood_attention(3, kernel, dilation, stride, causal, shape, head_dim, scale)
+    return neighborhood_attention(3, kernel, dilation, stride, causal, shape, head_dim, scale, align)
 
 
 def grid_tokens(shape: Sequence[int]) -> int:

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from einfuse.errors import CodegenError, EinfuseError
 from einfuse.ir.cascade import Cascade
+from einfuse.ir.positions import equal_length_cascade
 from einfuse.ir.printer import format_einsum
 from einfuse.lowering.plan import KernelPlan, Loop, StateVar
 
@@ -37,7 +38,7 @@ def family_of(c: Cascade) -> str:
         from einfuse.lowering.linear import analyse_linear
 
         try:
-            analyse_linear(c)
+            analyse_linear(equal_length_cascade(c))  # as the linear plan reads it
         except EinfuseError as linear_error:
             raise (linear_error if c.attrs.get("family") == "linear" else softmax_error) from None
         return "linear"
@@ -154,6 +155,9 @@ def _linear(c: Cascade, state_block: int) -> KernelPlan:
     if c.attrs.get("lowered") == "lightning":
         raise CodegenError(f"{c.name}: pass the unlowered cascade; the plan runs split_lightning itself, "
                            "with the block = the state_chunk option")
+    # the chunked kernels take as many queries as keys (checked per call), where every query
+    # alignment agrees: read a bottom-right `m <= p + M - P` as `m <= p`
+    c = equal_length_cascade(c)
     plan = analyse_linear(c)
     lowered, parts, how = lower_linear(c, plan, state_block)
     weight = "" if parts.key == 1 else f"{parts.key} "

@@ -30,6 +30,7 @@ from einfuse.errors import PassError
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import Access, Empty, Expr, IndexValue, as_expr, binary, index_symbols, substitute
+from einfuse.ir.positions import equal_length_cascade
 from einfuse.ir.ranks import Partition, Rank, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
 from einfuse.passes.rewrite import (
@@ -165,6 +166,12 @@ def split_lightning(c: Cascade, block: int = 64) -> Cascade:
         raise PassOptionError(f"lightning: block must be a positive integer, got {block!r}")
     if "P" not in c.ranks or "M" not in c.ranks:
         raise PassError(f"lightning: {c.name} needs query rank P and key rank M")
+    same = equal_length_cascade(c)
+    if same is not c:
+        # the queries' positions depend on both lengths (bottom-right, einfuse.ir.positions): the
+        # blocks below walk keys with the query block index, exact for such positions only over one
+        # sequence, so the lowered cascade has M = P (a run with other lengths is refused, not wrong)
+        c = same.replace(ranks={**same.ranks, "M": Rank("M", size_symbol("P"))})
     p, m = index_symbol("P"), index_symbol("M")
     sums = _weighted_sums(c, p, m)
     if not sums:

@@ -34,9 +34,11 @@ def test_every_one_pass_builtin_prints_a_cuda_source(spec):
 
 
 def test_score_and_mask_are_printed_from_the_plan():
-    src = emit_source(einfuse.plan("alibi"), configs=(("bf16", 64),))
+    src = emit_source(einfuse.plan("alibi:align=top_left"), configs=(("bf16", 64),))
     assert "exp2f(" in src.split("ef_score(")[1].split("}")[0]  # the ALiBi slope 2**(-8(h+1)/H)
     assert "return (qi >= ki);" in src and "kPlainScale = false" in src
+    # bottom-right (the default): query p sits at p + M - P, with the lengths passed at run time
+    assert "return ((n_kv + qi - n_q) >= ki);" in emit_source(einfuse.plan("alibi"), configs=(("bf16", 64),))
     na = emit_source(einfuse.plan("na2d:shape=12x20,kernel=5"), configs=(("fp16", 128),))
     assert "(unsigned)(qi) / 20u" in na  # unsigned division of non-negative positions by the grid width
     assert "kPlainScale = true" in emit_source(einfuse.plan("causal"), configs=(("bf16", 64),))

@@ -88,8 +88,8 @@ def test_based_compiles_and_matches_reference():
 
 
 def test_based_taylor_stage_with_fully_masked_rows():
-    # the Taylor stage of based with its causal mask shifted so rows p < 4 keep no key
-    c = einfuse.load_spec("based")
+    # the Taylor stage of based (queries at p: top-left) with its causal mask shifted so rows p < 4 keep no key
+    c = einfuse.load_spec("based:align=top_left")
     st = next(s for s in split_stages(c).stages if s.family == "normsum")
     text = str(st.cascade).replace("m <= p", "m <= p - 4")
     sub = parse_cascade(text)

@@ -35,7 +35,9 @@ def test_analysis_reads_score_and_mask_of_naive_and_fused_forms():
     for c in (naive, fuse_online_softmax(naive, tile=16)):
         plan = analyze(c)
         assert plan.family == "softmax"
-        assert plan.mask in (sympy.Le(m, p), sympy.Ge(p, m))  # the fused form's `m < M` bound is dropped
+        # the fused form's `m < M` bound is dropped; query p sits at p + M - P (bottom-right)
+        qpos = p + sympy.Symbol("M", integer=True, positive=True) - sympy.Symbol("P", integer=True, positive=True)
+        assert plan.mask in (sympy.Le(m, qpos), sympy.Ge(qpos, m))
         assert Access(DOT, (m, p)) in [n for n in _walk(plan.score)]
         assert plan.plain_scale is None
     assert analyze(einfuse.load_spec("causal:head_dim=64")).plain_scale == pytest.approx(0.125)

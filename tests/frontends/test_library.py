@@ -143,8 +143,11 @@ CASES: dict[str, list[Case]] = {
              oracle=_sdpa(lambda h, p, m: (m <= p) & (p - m < 8))),
         Case("sliding_window:window=5,causal=false,head_dim=24",
              oracle=_sdpa(lambda h, p, m: (p - m).abs() < 5)),
-        # more queries than keys: queries p >= M + window - 1 see no key at all
+        # more queries than keys, bottom-right: query p sits at p - 17, so queries p < 17 see no key
         Case("sliding_window:window=5,head_dim=24", P=N, M=20,
+             oracle=_soft(lambda h, p, m: (m <= p - 17) & (p - 17 - m < 5)), masked_rows=_every_head(range(17))),
+        # the same, top-left: queries p >= M + window - 1 see no key at all
+        Case("sliding_window:window=5,head_dim=24,align=top_left", P=N, M=20,
              oracle=_soft(lambda h, p, m: (m <= p) & (p - m < 5)), masked_rows=_every_head(range(24, N))),
     ],
     "alibi": [Case("alibi:head_dim=24", oracle=_alibi), Case("alibi:head_dim=24", kv_heads=2, oracle=_alibi)],

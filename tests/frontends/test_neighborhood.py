@@ -84,7 +84,7 @@ def test_large_grid_rows_match() -> None:
     assert c.params == {"X0": 96.0, "X1": 96.0}
     where = c.einsums[0].where
     queries = np.array([0, 1, 95, 96, 97, 191, 4600, 4659, 9120, 9215, 9214, 5000, 12 * 96 + 13])
-    env = {size_symbol(k): np.float64(v) for k, v in c.params.items()}
+    env = {size_symbol(k): np.float64(v) for k, v in {**c.params, "P": 9216, "M": 9216}.items()}
     env[index_symbol("p")] = queries.astype(np.float64).reshape(-1, 1)
     env[index_symbol("m")] = np.arange(9216, dtype=np.float64).reshape(1, -1)
     rows = np.broadcast_to(evaluate(where, env), (len(queries), 9216))
@@ -110,11 +110,15 @@ def test_na1d_without_shape_follows_the_sequence_length() -> None:
 
 
 def test_masks_are_pure_index_predicates() -> None:
-    """Only p, m and the grid sizes appear: no head or batch dependence, so block masks are shared."""
-    c = na3d(shape=(4, 5, 6), kernel=(2, 3, 3), dilation=(2, 1, 2), stride=(2, 3, 1), causal=(True, False, True))
+    """Only p, m, the grid sizes and (for the query's position, bottom-right) the lengths P and M
+    appear: no head or batch dependence, so block masks are shared."""
+    opts = dict(shape=(4, 5, 6), kernel=(2, 3, 3), dilation=(2, 1, 2), stride=(2, 3, 1), causal=(True, False, True))
+    c = na3d(**opts)
     names = {s.name for s in c.einsums[0].where.free_symbols}
-    assert names == {"p", "m", "X0", "X1", "X2"}
+    assert names == {"p", "m", "X0", "X1", "X2", "P", "M"}
     assert isinstance(c.einsums[0].where, sympy.And)
+    top_left = na3d(**opts, align="top_left")
+    assert {s.name for s in top_left.einsums[0].where.free_symbols} == {"p", "m", "X0", "X1", "X2"}
 
 
 def test_grid_widths_whose_reciprocal_rounds_down() -> None:

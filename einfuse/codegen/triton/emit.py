@@ -26,6 +26,8 @@ from einfuse.codegen.triton.index_printer import HELPERS as INDEX_HELPERS
 from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.score_printer import HELPERS as SCORE_HELPERS
 from einfuse.codegen.triton.score_printer import may_be_minus_inf, print_score
+from einfuse.ir.expr import substitute
+from einfuse.ir.positions import Q_OFFSET, equal_lengths
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
 from einfuse.ir.ranks import KEY_INDEX as M_IDX
 from einfuse.ir.ranks import QUERY_INDEX as P_IDX
@@ -40,7 +42,7 @@ def kernel_names(plan: OnePassPlan, sizes: dict[str, int]) -> dict[sympy.Symbol,
     """Triton names of the symbols a score or mask may use; params become literal constants."""
     names = {P_IDX: "qi", M_IDX: "ki", HEAD_INDEX: "h", BATCH_INDEX: "b",
              size_symbol("P"): "N_Q", size_symbol("M"): "N_KV", size_symbol("H"): "H",
-             size_symbol("B"): "B"}
+             size_symbol("B"): "B", size_symbol(Q_OFFSET): "Q_OFF"}
     for k, v in sizes.items():
         names.setdefault(size_symbol(k), str(int(v)))
     return names
@@ -48,8 +50,21 @@ def kernel_names(plan: OnePassPlan, sizes: dict[str, int]) -> dict[sympy.Symbol,
 
 def _bind_params(e: sympy.Basic, sizes: dict[str, int]) -> sympy.Basic:
     """Substitute compile-time sizes (params) so divisions by them become constant divisions."""
-    keep = {"P", "M", "H", "B"}
+    keep = _RUNTIME_SIZES
     return sympy.sympify(e).subs({size_symbol(k): int(v) for k, v in sizes.items() if k not in keep})
+
+
+_RUNTIME_SIZES = {"P", "M", "H", "B", Q_OFFSET}
+"""Sizes the kernel takes at run time (N_Q, N_KV, H, B, Q_OFF); other params are compiled in."""
+
+
+def _same_length_variant(general: str, same: str) -> str:
+    """``general``, or ``same`` (the expression with M = P) when the lengths are
+    equal (SAME_LEN, a constexpr), so a bottom-right query position ``p + M - P`` costs nothing,
+    and keeps the unsigned index arithmetic of ``p``, when queries and keys are one sequence."""
+    if general == same:
+        return general
+    return f"{same} if SAME_LEN else {general}"
 
 
 def _comment(roles: tuple[tuple[str, str], ...], *wanted: str, indent: str = "    ") -> str:
@@ -70,7 +85,8 @@ def emit_module(plan: OnePassPlan, sizes: dict[str, int], q_order: TileOrder, k_
     guard_full = may_be_minus_inf(score)
     mask_code = "True"
     if plan.mask is not None:
-        mask_code = idx.predicate(_bind_params(plan.mask, sizes))
+        mask = _bind_params(plan.mask, sizes)
+        mask_code = _same_length_variant(idx.predicate(mask), idx.predicate(equal_lengths(mask)))
     roles = plan.roles
 
     # ---- score: the Einsums from Q.K to the normalisation ---------------------------------------
@@ -79,7 +95,8 @@ def emit_module(plan: OnePassPlan, sizes: dict[str, int], q_order: TileOrder, k_
                     f"    return qk * {const_code(scale * LOG2E)}\n")
         fast_max = True
     else:
-        body = print_score(score, idx)
+        same = substitute(score, {size_symbol("M"): size_symbol("P")})
+        body = _same_length_variant(print_score(score, idx), print_score(same, idx))
         unit = f" * {const_code(LOG2E)}" if softmax else ""
         score_fn = f"    s = {body}\n    return s{unit}\n" if unit else f"    return {body}\n"
         fast_max = False
@@ -102,12 +119,12 @@ def emit_module(plan: OnePassPlan, sizes: dict[str, int], q_order: TileOrder, k_
     parts.append(f'''
 
 @triton.jit
-def _score(qk, qi, ki, h, b, N_Q, N_KV, H, FAST_MATH: tl.constexpr):
+def _score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, FAST_MATH: tl.constexpr):
     """The score of each (query qi, key ki) pair from the tile of dot products qk."""
 {score_comment}{score_fn}
 
 @triton.jit
-def _keep(qi, ki, h, b, N_Q, N_KV, H):
+def _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr):
     """The mask predicate ({mask_line}); evaluated on partial tiles only."""
     return {mask_code}
 ''')
@@ -118,9 +135,7 @@ def _keep(qi, ki, h, b, N_Q, N_KV, H):
 
 
 def _bind_params_expr(e, sizes):
-    from einfuse.ir.expr import substitute
-
-    keep = {"P", "M", "H", "B"}
+    keep = _RUNTIME_SIZES
     return substitute(e, {size_symbol(k): sympy.Integer(int(v)) for k, v in sizes.items() if k not in keep})
 
 
@@ -154,10 +169,10 @@ def _tile_fn(plan: OnePassPlan, roles, softmax: bool, fast_max: bool, guard_full
 
     head = '''
 @triton.jit
-def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N_Q, N_KV, H,
-          MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-          HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr,
-          BK2: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr,
+def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N_Q, N_KV, H, Q_OFF,
+          SAME_LEN: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+          BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, BK0: tl.constexpr,
+          BK1: tl.constexpr, BK2: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr,
           UPCAST: tl.constexpr, EVEN_KV: tl.constexpr):
     """One key tile j; MASKED tiles evaluate the mask (and bounds-check keys unless every key tile is
     whole, EVEN_KV); full tiles do neither."""
@@ -194,7 +209,7 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
         m_sub = m_new
 '''
         else:
-            unmasked = f'''        s = _score(qk, qi, ki, h, b, N_Q, N_KV, H, FAST_MATH)
+            unmasked = f'''        s = _score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, FAST_MATH)
 {max_c.replace("    #", "        #")}        m_new = tl.maximum(m_i, tl.max(s, 1))
 '''
             if guard_full:
@@ -210,12 +225,12 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
             row_max = f"tl.max(s, 1) * {const_code(scale * LOG2E)}"
             numerator = f"s * {const_code(scale * LOG2E)} - m_sub[:, None]"
         else:
-            masked_score = "_score(qk, qi, ki, h, b, N_Q, N_KV, H, FAST_MATH)"
+            masked_score = "_score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, FAST_MATH)"
             row_max = "tl.max(s, 1)"
             numerator = "s - m_sub[:, None]"
         body += f'''    if MASKED:
         s = {masked_score}
-        keep = _keep(qi, ki, h, b, N_Q, N_KV, H)
+        keep = _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN)
         if not EVEN_KV:  # some key tile runs past the keys: bounds join the mask
             keep = keep & kvalid[None, :]
         s = tl.where(keep, s, float('-inf'))
@@ -233,9 +248,9 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
         normsum = plan.family == "normsum"
         act_c = _comment(roles, "numerator" if normsum else "activation")
         act = "" if normsum else "    a = _sigmoid(a, FAST_MATH)\n"
-        body += f'''{act_c}    a = _score(qk, qi, ki, h, b, N_Q, N_KV, H, FAST_MATH)
+        body += f'''{act_c}    a = _score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, FAST_MATH)
 {act}    if MASKED:
-        keep = _keep(qi, ki, h, b, N_Q, N_KV, H)
+        keep = _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN)
         if not EVEN_KV:
             keep = keep & kvalid[None, :]
         a = tl.where(keep, a, 0.0)
@@ -275,9 +290,9 @@ def {KERNEL_NAME}(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, stride_nh, stride_fh, stride_fq, stride_ph, stride_pq,
-    N_Q, N_KV, H, B, GROUP, N_FULL_DENSE, N_K_TILES,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, TABLES: tl.constexpr,
+    N_Q, N_KV, H, B, GROUP, N_FULL_DENSE, N_K_TILES, Q_OFF,
+    SAME_LEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, TABLES: tl.constexpr,
     FULL_CONTIG: tl.constexpr, PART_CONTIG: tl.constexpr, BQ0: tl.constexpr, BQ1: tl.constexpr,
     BQ2: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr,
     FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_KV: tl.constexpr,
@@ -325,8 +340,8 @@ def {KERNEL_NAME}(
         else:
             j = j_full + i
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn,
-                              N_Q, N_KV, H, False, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
-                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
+                              N_Q, N_KV, H, Q_OFF, SAME_LEN, False, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV,
+                              BLOCK_DV, BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
     # PARTIAL key tiles: bounds and mask predicate evaluated per pair
     for i in range(0, n_part):
         if TABLES and not PART_CONTIG:
@@ -334,8 +349,8 @@ def {KERNEL_NAME}(
         else:
             j = j_part + i
         acc, m_i, l_i = _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn,
-                              N_Q, N_KV, H, True, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV,
-                              BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
+                              N_Q, N_KV, H, Q_OFF, SAME_LEN, True, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV,
+                              BLOCK_DV, BK0, BK1, BK2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
 {finish}    o_ptrs = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh \\
         + qpos[:, None] * stride_on + offs_dv[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=qvalid[:, None] & (offs_dv[None, :] < HEAD_DV))

@@ -19,6 +19,7 @@ from einfuse.codegen.triton.loader import load_module
 from einfuse.codegen.triton.options import pow2
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
+from einfuse.ir.positions import Q_OFFSET
 from einfuse.ir.ranks import BATCH_INDEX
 from einfuse.lowering.blocks import BlockTables, build_tables, dense_tables
 from einfuse.lowering.lower import kernel_plan
@@ -184,7 +185,9 @@ class AttentionKernel:
         return self._configs[key]
 
     # ---- launch ---------------------------------------------------------------------------------
-    def __call__(self, q: Any, k: Any, v: Any, **options: Any) -> Any:
+    def __call__(self, q: Any, k: Any, v: Any, q_offset: int | None = None, **options: Any) -> Any:
+        """``q_offset``: the position of query 0 for cascades built with ``align="offset"`` (their
+        ``QOFF``; default the cascade's value), see :mod:`einfuse.ir.positions`."""
         import torch
 
         opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
@@ -193,15 +196,24 @@ class AttentionKernel:
         order = self.order_for(q, k, opts)
         cfg = self.config(q, k, v, order, opts)
         out = torch.empty((B, H, Nq, Dv), dtype=q.dtype, device=q.device)
-        self._launch(q, k, v, out, cfg, order, opts)
+        self._launch(q, k, v, out, cfg, order, opts, self._q_offset(q_offset))
         return out
 
-    def _launch(self, q, k, v, out, cfg: KernelConfig, layout: Layout, opts: LaunchOptions) -> None:
+    def _q_offset(self, q_offset: int | None) -> int:
+        if q_offset is None:
+            return int(self.sizes.get(Q_OFFSET, 0))
+        if Q_OFFSET not in self.sizes:
+            raise CodegenError(f"{self.plan.name}: q_offset is given but the variant does not use a query "
+                               "offset; build it with align='offset' (einfuse.ir.positions)")
+        return int(q_offset)
+
+    def _launch(self, q, k, v, out, cfg: KernelConfig, layout: Layout, opts: LaunchOptions,
+                q_offset: int = 0) -> None:
         import torch
 
         B, H, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[3]
-        tables = self.tables(Nq, Nkv, H, B, cfg, layout, q.device)
+        tables = self.tables(Nq, Nkv, H, B, cfg, layout, q.device, q_offset)
         self.last_config, self.last_tables = cfg, tables
         kernel = getattr(self.module(layout), KERNEL_NAME)
         order, k_order = layout
@@ -218,9 +230,9 @@ class AttentionKernel:
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             *tables.kernel_args(dummy),
-            Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D), HEAD_DV=Dv,
-            BLOCK_DV=pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
+            Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles, q_offset,
+            SAME_LEN=Nq == Nkv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D),
+            HEAD_DV=Dv, BLOCK_DV=pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
             PART_CONTIG=tables.part_contig, BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1],
             BK2=bk[2], FAST_MATH=fast, DOT_PRECISION=precision,
             UPCAST=interp and q.dtype == torch.bfloat16, EVEN_KV=k_order.whole(Nkv, cfg.block_n),
@@ -228,12 +240,12 @@ class AttentionKernel:
         )
 
     def tables(self, n_q: int, n_kv: int, heads: int, batch: int, cfg: KernelConfig, layout: Layout,
-               device: Any) -> BlockTables:
-        key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, layout, str(device))
+               device: Any, q_offset: int = 0) -> BlockTables:
+        key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, layout, str(device), q_offset)
         if key not in self._tables:
             order, k_order = layout
             mask = self.plan.mask if self.plan.mask is not None else _always()
-            sizes = {**self.sizes, "P": n_q, "M": n_kv, "H": heads, "B": batch}
+            sizes = {**self.sizes, "P": n_q, "M": n_kv, "H": heads, "B": batch, Q_OFFSET: q_offset}
             if self.plan.mask is None and order.is_flat:
                 t = dense_tables(n_kv, cfg.block_n, masked=False)
             elif isinstance(k_order, SpanBoxes) and not self.plan.mask_uses(BATCH_INDEX):
