@@ -126,7 +126,8 @@ def load_builtin(spec: str) -> Cascade:
 # ---- softmax family ----------------------------------------------------------------------------
 
 def _scale(head_dim: int, scale: float) -> float | None:
-    """The score scale: ``scale`` if set, else ``1/sqrt(head_dim)`` if set, else None (unscaled)."""
+    """The score scale: ``scale`` if set, else ``1/sqrt(head_dim)`` if set, else None: the default
+    ``1/sqrt(D)`` of the inputs' head dimension D at call time (as SDPA and FlexAttention)."""
     if head_dim < 0:
         raise SpecError(f"option head_dim must be >= 0 (0 = not given), got {head_dim}")
     if not math.isfinite(scale) or scale < 0:

@@ -35,7 +35,8 @@ def plan_cascade(plan) -> Cascade:
         return _normsum_cascade(plan, score_mod, mask)
     return dsl.attention(f"{plan.name}_plan", score_mod=score_mod,
                          mask_mod=(lambda b, h, q, kv: mask) if mask is not None else None,
-                         normalization=plan.family, params=dict(plan.params))
+                         normalization=plan.family, params=dict(plan.params),
+                         scale=1.0)  # the plan's score carries the cascade's scale itself
 
 
 def _normsum_cascade(plan, score_mod, mask) -> Cascade:

@@ -9,6 +9,9 @@ one Triton operation, so the printed line reads like the Einsum it came from.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+
+import sympy
 
 from einfuse.codegen.triton.analysis import DOT
 from einfuse.codegen.triton.index_printer import IndexPrinter, float_literal
@@ -36,8 +39,36 @@ def const_code(v: float) -> str:
     return float_literal(float(v))
 
 
-def print_score(e: Expr, idx: IndexPrinter, dot: str = "qk") -> str:
-    """Triton expression for ``e``; ``dot`` names the tile of Q.K products."""
+def constexpr_code(e: sympy.Basic, names: Mapping[sympy.Symbol, str]) -> str | None:
+    """``e`` as plain Python arithmetic over ``tl.constexpr`` names (``1/sqrt(E)`` ->
+    ``(HEAD_D ** -0.5)``), which Triton folds at compile time; None if ``e`` has other symbols or
+    operations."""
+    e = sympy.sympify(e)
+    if isinstance(e, sympy.Symbol):
+        return names.get(e)
+    if isinstance(e, sympy.Integer):
+        return str(int(e))
+    if e.is_Number:
+        return const_code(float(e))
+    if isinstance(e, (sympy.Add, sympy.Mul)):
+        parts = [constexpr_code(a, names) for a in e.args]
+        if None in parts:
+            return None
+        return "(" + (" + " if isinstance(e, sympy.Add) else " * ").join(parts) + ")"  # type: ignore[arg-type]
+    if isinstance(e, sympy.Pow):
+        base, ex = constexpr_code(e.args[0], names), constexpr_code(e.args[1], names)
+        return None if base is None or ex is None else f"({base} ** {ex})"
+    return None
+
+
+def print_score(e: Expr, idx: IndexPrinter, dot: str = "qk",
+                constexprs: Mapping[sympy.Symbol, str] | None = None) -> str:
+    """Triton expression for ``e``; ``dot`` names the tile of Q.K products. Index values over the
+    symbols of ``constexprs`` only (the head dims of the default scale) print as constant arithmetic."""
+    if constexprs and isinstance(e, IndexValue) and e.expr.free_symbols <= set(constexprs):
+        code = constexpr_code(e.expr, constexprs)
+        if code is not None:
+            return code
     if isinstance(e, Access):
         if e.tensor != DOT:
             raise CodegenError(f"score reads tensor {e.tensor}; only the Q.K product can be read here")
@@ -49,15 +80,15 @@ def print_score(e: Expr, idx: IndexPrinter, dot: str = "qk") -> str:
     if isinstance(e, Unary):
         if e.op not in _UNARY:
             raise CodegenError(f"score operator {e.op} has no Triton form")
-        return _UNARY[e.op].format(print_score(e.arg, idx, dot))
+        return _UNARY[e.op].format(print_score(e.arg, idx, dot, constexprs))
     if isinstance(e, Binary):
-        a, b = print_score(e.left, idx, dot), print_score(e.right, idx, dot)
+        a, b = print_score(e.left, idx, dot, constexprs), print_score(e.right, idx, dot, constexprs)
         if e.op in _INFIX:
             return f"({a} {_INFIX[e.op]} {b})"
         return f"tl.{'maximum' if e.op == 'max' else 'minimum'}({a}, {b})"
     if isinstance(e, Select):
-        return f"tl.where({idx.predicate(e.cond)}, {print_score(e.then, idx, dot)}, " \
-               f"{print_score(e.otherwise, idx, dot)})"
+        return f"tl.where({idx.predicate(e.cond)}, {print_score(e.then, idx, dot, constexprs)}, " \
+               f"{print_score(e.otherwise, idx, dot, constexprs)})"
     if isinstance(e, Empty):
         raise CodegenError("an empty value cannot appear inside a score expression")
     raise CodegenError(f"cannot print score node {e!r}")
