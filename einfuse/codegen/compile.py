@@ -47,6 +47,7 @@ class CompiledAttention:
     decode_fallback: str | None = None
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+        check_tensors(self.name, {"q": q, "k": k, "v": v})
         if runtime or not self.use_torch_op or not _traced(q):
             # eager calls launch directly: the custom op is for graphs (torch.compile, export), and
             # its dispatch costs ~0.1 ms of CPU per call, more than short kernels take on the GPU
@@ -88,6 +89,30 @@ class CompiledAttention:
         if isinstance(src, str):
             return src
         raise CodegenError(f"{self.name}: this kernel does not expose its source")
+
+
+_FLOAT_DTYPES = ("torch.bfloat16", "torch.float16", "torch.float32")
+
+
+def check_tensors(name: str, tensors: Mapping[str, Any]) -> None:
+    """What every compiled kernel needs of its inputs, checked before anything is dispatched:
+    (B, H, N, D) torch tensors of a float dtype with data (not on the meta device), and no autograd
+    (the kernels have no backward yet). Raises :class:`CodegenError` saying what to pass."""
+    import torch
+
+    for nm, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise CodegenError(f"{name}: {nm} must be a torch.Tensor of shape (B, H, N, D), got "
+                               f"{type(t).__name__} (convert with torch.as_tensor(...))")
+        if t.dim() != 4:
+            raise CodegenError(f"{name}: {nm} must have shape (B, H, N, D); got {tuple(t.shape)}")
+        if str(t.dtype) not in _FLOAT_DTYPES:
+            raise CodegenError(f"{name}: {nm} has dtype {t.dtype}; use bfloat16, float16 or float32")
+        if t.device.type == "meta" and not _traced(t):
+            raise CodegenError(f"{name}: {nm} is a meta tensor (no data); the kernels need real tensors")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise CodegenError(f"{name}: {nm} requires grad, but einfuse kernels have no backward yet; "
+                               "call under torch.no_grad() or pass detached tensors (x.detach())")
 
 
 def _traced(q: Any) -> bool:
