@@ -72,13 +72,32 @@ def check(spec: str) -> None:
     text = format_cascade(c)
     if format_cascade(parse_cascade(text)) != text:
         raise SpecError(f"{c.name}: text form does not round-trip (please report this)")
-    inputs, sizes = random_inputs(c, 1, 2, 19, 16, None, {}, seed=0)
+    inputs, sizes = random_inputs(c, 1, 2, _grid_or(c, 19), 16, None, {}, seed=0)
     out = run_cascade(c, inputs, sizes)
     bad = [k for k, v in out.items() if not np.isfinite(v).all()]
     if bad:
         raise SpecError(f"{c.name}: output {bad[0]} has non-finite values on random inputs")
     click.echo(f"ok: {c.name}: {len(c.einsums)} Einsums, inputs {', '.join(c.inputs)}, "
                f"outputs {', '.join(c.outputs)}; text form round-trips; reference run finite")
+
+
+DEFAULT_RUN_SHAPE = "1,2,64,32"
+DEFAULT_DEMO_SHAPE = "1,2,77,64"
+
+
+def _grid_or(c, n: int) -> int:
+    """The token count of the spec's grid (neighbourhood variants), else ``n``."""
+    from einfuse.frontends.grid import grid_tokens
+
+    return grid_tokens(c) or n
+
+
+def shape_for(c, text: str | None, default: str) -> tuple[int, int, int, int]:
+    """``--shape`` parsed; without one, ``default`` with N = the grid's token count if the spec has a grid."""
+    if text is not None:
+        return parse_shape(text)
+    B, H, N, D = parse_shape(default)
+    return B, H, _grid_or(c, N), D
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
@@ -106,6 +125,12 @@ def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: 
     """Random float64 inputs for a cascade: P = N queries, M = kv_len (or N) keys, E = F = D."""
     import sympy
 
+    from einfuse.frontends.grid import check_grid
+
+    if kv_len is not None and kv_len < 1:
+        raise SpecError(f"--kv-len {kv_len}: the key/value length must be >= 1")
+    check_grid(c, N, kv_len or N, extra, "--shape N and --kv-len")
+
     sizes = {"P": N, "M": kv_len or N, "E": D, "F": D}
     sizes.update({k: int(v) for k, v in c.params.items() if float(v).is_integer()})
     sizes.update(extra)
@@ -126,19 +151,20 @@ def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: 
 
 @cli.command()
 @click.argument("spec")
-@click.option("--shape", default="1,2,64,32", show_default=True, help="B,H,N,D")
+@click.option("--shape", default=None, help=f"B,H,N,D  [default: {DEFAULT_RUN_SHAPE}; N = the grid's token "
+              "count for neighbourhood specs]")
 @click.option("--kv-len", type=int, default=None, help="key/value length (cross-attention); default N")
 @click.option("--kv-heads", type=int, default=None, help="K/V heads (GQA/MQA); default H")
 @click.option("--size", "sizes", multiple=True, help="extra size NAME=VALUE (e.g. N=16 agent tokens)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def run(spec: str, shape: str, kv_len: int | None, kv_heads: int | None, sizes: tuple[str, ...],
+def run(spec: str, shape: str | None, kv_len: int | None, kv_heads: int | None, sizes: tuple[str, ...],
         seed: int) -> None:
     """Run SPEC with the float64 reference executor on random inputs and summarise the outputs."""
     from einfuse.codegen.reference import run_cascade
     from einfuse.frontends import load_spec
 
     c = load_spec(spec)
-    B, H, N, D = parse_shape(shape)
+    B, H, N, D = shape_for(c, shape, DEFAULT_RUN_SHAPE)
     if kv_heads is not None and (kv_heads < 1 or H % kv_heads):
         raise SpecError(f"--kv-heads {kv_heads} must divide the {H} query heads")
     inputs, sz = random_inputs(c, B, H, N, D, kv_len, parse_sizes(sizes), seed, kv_heads)
@@ -154,11 +180,13 @@ def run(spec: str, shape: str, kv_len: int | None, kv_heads: int | None, sizes: 
 
 @cli.command()
 @click.argument("spec", default="causal:head_dim=64")
-@click.option("--shape", default="1,2,77,64", show_default=True, help="B,H,N,D for the kernel check")
+@click.option("--shape", default=None, help=f"B,H,N,D for the kernel check  [default: {DEFAULT_DEMO_SHAPE}; N = "
+              "the grid's token count for neighbourhood specs]")
 @click.option("--arch", default="fusemax", show_default=True, help="accelerator design to simulate")
 @click.option("--model", default="bert-base", show_default=True, help="workload for the simulation")
-@click.option("--seq", default="1K,16K", show_default=True, help="sequence lengths to simulate")
-def demo(spec: str, shape: str, arch: str, model: str, seq: str) -> None:
+@click.option("--seq", default=None, help="sequence lengths to simulate  [default: 1K,16K; the grid's token "
+              "count for neighbourhood specs]")
+def demo(spec: str, shape: str | None, arch: str, model: str, seq: str | None) -> None:
     """The main job on one variant: lower it, compile it to Triton, check the kernel against the
     float64 reference (in the Triton interpreter when there is no GPU), and simulate it."""
     import os
@@ -184,7 +212,7 @@ def demo(spec: str, shape: str, arch: str, model: str, seq: str) -> None:
 
     fn = compile_variant(c)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    B, H, N, D = parse_shape(shape)
+    B, H, N, D = shape_for(c, shape, DEFAULT_DEMO_SHAPE)
     inputs, sizes = random_inputs(c, B, H, N, D, None, {}, seed=1)
     t = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in inputs.items()}
     out = fn(t["Q"], t["K"], t["V"]).double().cpu().numpy()
@@ -205,7 +233,9 @@ def demo(spec: str, shape: str, arch: str, model: str, seq: str) -> None:
         raise SpecError(f"{c.name}: generated kernel differs from the reference (rel err {err:.2e})")
     from einfuse.simulator import parse_seq, simulate, workload
 
-    for n in parse_seq(seq):
+    tokens = _grid_or(c, 0)
+    seqs = parse_seq(seq) if seq is not None else [tokens] if tokens else [1024, 16384]
+    for n in seqs:
         r = simulate(c, arch, workload(model, n))
         click.echo(f"[3/3] simulated on {r.design}, {r.model} seq {n}: {r.cycles:,} cycles "
                    f"({r.latency_s * 1e3:.3f} ms), 2-D util {r.util_2d:.1%}, 1-D util {r.util_1d:.1%}, "

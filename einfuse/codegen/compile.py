@@ -45,6 +45,9 @@ class CompiledAttention:
     key: str = ""
     _decode_kernel: Any = None
     decode_fallback: str | None = None
+    tokens: int | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Token count of the declared grid (neighbourhood variants): queries and keys must number it."""
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         check_tensors(self.name, {"q": q, "k": k, "v": v})
@@ -62,6 +65,12 @@ class CompiledAttention:
             from einfuse.codegen.triton.runtime import check_inputs
 
             check_inputs(self.name, q, k, v)  # the same clear errors whichever kernel runs
+        else:
+            check_tensors(self.name, {"q": q, "k": k, "v": v})
+        if self.tokens is not None and (q.shape[2] != self.tokens or k.shape[2] != self.tokens):
+            from einfuse.frontends.grid import check_grid
+
+            check_grid(self.cascade, q.shape[2], k.shape[2], self.sizes, "q and k", CodegenError)
         if self.family == "softmax" and self.decode and q.shape[2] <= DECODE_MAX_QUERIES:
             dec = self.decode_kernel()
             if dec is not None:
@@ -212,8 +221,11 @@ def compile(spec: str | Cascade, *, target: str = "triton", sizes: Mapping[str, 
         bound = {k: int(v) for k, v in (sizes or {}).items()}
         grid = grid_of(c.attrs, {**c.params, **bound})
         kernel = AttentionKernel.build(lowered, how, sizes=bound, grid_hint=grid, **options)
+    from einfuse.frontends.grid import grid_tokens
+
     out = CompiledAttention(c.name, family, c, lowered, kernel, decode=decode and family == "softmax",
-                            decode_options=dict(decode_options or {}), use_torch_op=torch_op)
+                            decode_options=dict(decode_options or {}), use_torch_op=torch_op,
+                            tokens=grid_tokens(c, sizes), sizes=dict(sizes or {}))
     if torch_op:
         from einfuse.codegen import torch_op as op
 

@@ -112,6 +112,9 @@ def register(cli: click.Group) -> None:
                 click.echo("after lowering: " + _summary_line(result.cascade, rank))
         if sparsity is not None:
             tq, tk = _tiles(tiles)
+            from einfuse.frontends.grid import check_grid
+
+            check_grid(c, sparsity, sparsity, extra, "--sparsity")
             tm = classify_tiles(c, {"P": sparsity, "M": sparsity, **extra}, tq, tk)
             click.echo("")
             click.echo(f"block sparsity: {tm}")

@@ -119,7 +119,11 @@ def prepare(cascade: Cascade, arch: Arch) -> Cascade:
 def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool = True,
              fast_forward: bool = True) -> SimResult:
     """Cycle-level estimate of one attention layer (``batch x heads`` problems) on ``arch``."""
+    from einfuse.frontends.grid import check_grid
+
     t0 = time.perf_counter()
+    check_grid(cascade, workload.seq, workload.kv_seq or workload.seq, workload.sizes,
+               f"the workload ({workload.model}, seq)", SimulatorError)
     if isinstance(arch, str):
         arch = load_arch(arch)
     c = prepare(cascade, arch) if lower else cascade
