@@ -100,6 +100,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
         if key not in defaults:
             valid = ", ".join(defaults) or "none"
             raise SpecError(f"{name}: unknown option {key!r}; valid options: {valid}")
+        if key in options:
+            raise SpecError(f"{name}: option {key!r} is given twice")
         options[key] = _convert(name, key, value.strip(), defaults[key])
     return name, options
 

@@ -264,10 +264,14 @@ def parse_cascade(text: str) -> Cascade:
                     r = Rank.of(rname.strip(), ext.strip() or None)
                 except ValueError as exc:
                     raise ParseError(f"{exc}{_at(line)}") from None
+                if r.name in ranks:
+                    raise ParseError(f"rank {r.name} is declared twice{_at(line)}")
                 ranks[r.name] = r
         elif word == "params":
             for item in split_top(rest):
                 k, _, v = item.partition("=")
+                if k.strip() in params:
+                    raise ParseError(f"param {k.strip()} is declared twice{_at(line)}")
                 try:
                     params[k.strip()] = float(v)
                 except ValueError:
@@ -279,6 +283,8 @@ def parse_cascade(text: str) -> Cascade:
             partitions.append(Partition(*m.groups()))
         elif word == "attr":
             k, _, v = rest.partition("=")
+            if k.strip() in attrs:
+                raise ParseError(f"attr {k.strip()} is set twice{_at(line)}")
             try:
                 attrs[k.strip()] = json.loads(v)
             except json.JSONDecodeError:
@@ -288,6 +294,8 @@ def parse_cascade(text: str) -> Cascade:
             if not m:
                 raise ParseError(f"expected '{word} NAME[R1,R2] [dtype]'{_at(line)}")
             kind, tname, rtext, dtype = m.groups()
+            if tname in tensors:
+                raise ParseError(f"tensor {tname} is declared twice{_at(line)}")
             rlist, iterative = [], set()
             for r in split_top(rtext):
                 if r.endswith("+1"):

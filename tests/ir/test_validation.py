@@ -43,6 +43,16 @@ def test_invalid_cascades_name_the_culprit(body, words):
         assert w in msg, msg
 
 
+def test_a_tensor_computed_twice_is_rejected():
+    body = "QK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\nO[p,f] = QK[m,p] * V[m,f] * 2\n"
+    with pytest.raises(ValidationError, match="tensor O is computed by 2 Einsums"):
+        parse(body)
+
+
+def test_iterative_tensor_has_an_initial_value_and_a_recurrence(flash_text):
+    assert parse_cascade(flash_text).name == "flash"  # RM[0,p] = empty and RM[m1+1,p] = ... both write RM
+
+
 @pytest.mark.parametrize("body, words", [
     ("QK[m,p] = max(z) Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["reduction over rank z"]),
     ("QK[m,p] = max(m) Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["QK", "max(m)", "(e)"]),
@@ -50,6 +60,10 @@ def test_invalid_cascades_name_the_culprit(body, words):
     ("QK[m,p] = Q[p,e] * foo(K[m,e])\nO[p,f] = QK[m,p] * V[m,f]\n", ["unknown function 'foo'"]),
     ("QK[m,p] = Q[p,e] * (K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["expected ')'"]),
     ("QK[m,p] = Q[p,e] * K[m,e] : m <=\nO[p,f] = QK[m,p] * V[m,f]\n", ["cannot parse index expression"]),
+    ("tensor QK[M,P]\nQK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["tensor QK is declared twice"]),
+    ("input V[M,F]\nQK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["tensor V is declared twice"]),
+    ("ranks P\nQK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["rank P is declared twice"]),
+    ("params W = 1, W = 2\nQK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["param W is declared twice"]),
 ])
 def test_parse_errors_are_one_line(body, words):
     with pytest.raises(ParseError) as info:
