@@ -59,10 +59,20 @@ def show(spec: str, dot: bool) -> None:
     click.echo(to_dot(c) if dot else format_cascade(c), nl=False)
 
 
+FREE_SIZE_DEFAULT = 8
+
+
 @cli.command()
 @click.argument("spec")
-def check(spec: str) -> None:
-    """Validate SPEC, round-trip its text form and run it once on small random inputs."""
+@click.option("--size", "sizes", multiple=True,
+              help=f"extra size NAME=VALUE (e.g. N=16 agent tokens); others default to {FREE_SIZE_DEFAULT}")
+def check(spec: str, sizes: tuple[str, ...]) -> None:
+    """Validate SPEC, round-trip its text form and run it once on small random inputs.
+
+    \b
+    einfuse check causal
+    einfuse check agent --size N=4
+    einfuse check my_variant.py"""
     from einfuse.codegen.reference import run_cascade
     from einfuse.frontends import load_spec
     from einfuse.ir.parser import parse_cascade
@@ -72,13 +82,14 @@ def check(spec: str) -> None:
     text = format_cascade(c)
     if format_cascade(parse_cascade(text)) != text:
         raise SpecError(f"{c.name}: text form does not round-trip (please report this)")
-    inputs, sizes = random_inputs(c, 1, 2, _grid_or(c, 19), 16, None, {}, seed=0)
-    out = run_cascade(c, inputs, sizes)
+    inputs, bound = random_inputs(c, 1, 2, _grid_or(c, 19), 16, None, parse_sizes(sizes), seed=0,
+                                  free_default=FREE_SIZE_DEFAULT)
+    out = run_cascade(c, inputs, bound)
     bad = [k for k, v in out.items() if not np.isfinite(v).all()]
     if bad:
         raise SpecError(f"{c.name}: output {bad[0]} has non-finite values on random inputs")
     click.echo(f"ok: {c.name}: {len(c.einsums)} Einsums, inputs {', '.join(c.inputs)}, "
-               f"outputs {', '.join(c.outputs)}; text form round-trips; reference run finite")
+               f"outputs {', '.join(c.outputs)}; text form round-trips; reference run finite{_other_sizes(c, bound)}")
 
 
 DEFAULT_RUN_SHAPE = "1,2,64,32"
@@ -98,6 +109,12 @@ def shape_for(c, text: str | None, default: str) -> tuple[int, int, int, int]:
         return parse_shape(text)
     B, H, N, D = parse_shape(default)
     return B, H, _grid_or(c, N), D
+
+
+def _other_sizes(c, bound: dict[str, int]) -> str:
+    """`` (other sizes: N=8)`` for sizes beyond P, M, E, F and the cascade's params, else ''."""
+    other = [f"{k}={v}" for k, v in bound.items() if k not in ("P", "M", "E", "F") and k not in c.params]
+    return f" (other sizes: {', '.join(other)})" if other else ""
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
@@ -121,8 +138,9 @@ def parse_sizes(items: tuple[str, ...]) -> dict[str, int]:
 
 
 def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: dict[str, int],
-                  seed: int, kv_heads: int | None = None):
-    """Random float64 inputs for a cascade: P = N queries, M = kv_len (or N) keys, E = F = D."""
+                  seed: int, kv_heads: int | None = None, free_default: int | None = None):
+    """Random float64 inputs for a cascade: P = N queries, M = kv_len (or N) keys, E = F = D; other
+    input extents from ``extra``, the cascade's params, or ``free_default`` (else an error)."""
     import sympy
 
     from einfuse.frontends.grid import check_grid
@@ -141,6 +159,9 @@ def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: 
         for r in c.tensors[name].ranks:
             ext = c.ranks[r].extent.subs({sympy.Symbol(k, integer=True, positive=True): v
                                           for k, v in sizes.items()})
+            if ext.free_symbols and free_default is not None:
+                sizes.update({str(s): free_default for s in ext.free_symbols})
+                ext = ext.subs({s: free_default for s in ext.free_symbols})
             if ext.free_symbols:
                 raise SpecError(f"input {name}: size of rank {r} unknown; give it with --size {r}=...")
             shape.append(int(ext))
@@ -186,9 +207,16 @@ def run(spec: str, shape: str | None, kv_len: int | None, kv_heads: int | None, 
 @click.option("--model", default="bert-base", show_default=True, help="workload for the simulation")
 @click.option("--seq", default=None, help="sequence lengths to simulate  [default: 1K,16K; the grid's token "
               "count for neighbourhood specs]")
-def demo(spec: str, shape: str | None, arch: str, model: str, seq: str | None) -> None:
+@click.option("--size", "sizes", multiple=True,
+              help=f"extra size NAME=VALUE (e.g. N=16 agent tokens); others default to {FREE_SIZE_DEFAULT}")
+def demo(spec: str, shape: str | None, arch: str, model: str, seq: str | None, sizes: tuple[str, ...]) -> None:
     """The main job on one variant: lower it, compile it to Triton, check the kernel against the
-    float64 reference (in the Triton interpreter when there is no GPU), and simulate it."""
+    float64 reference (in the Triton interpreter when there is no GPU), and simulate it.
+
+    \b
+    einfuse demo                                  # causal attention, head dim 64
+    einfuse demo sliding_window:window=16 --shape 1,2,45,32 --seq 1K
+    einfuse demo agent --size N=4"""
     import os
 
     from einfuse.frontends import load_spec
@@ -213,22 +241,28 @@ def demo(spec: str, shape: str | None, arch: str, model: str, seq: str | None) -
     fn = compile_variant(c)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     B, H, N, D = shape_for(c, shape, DEFAULT_DEMO_SHAPE)
-    inputs, sizes = random_inputs(c, B, H, N, D, None, {}, seed=1)
+    inputs, bound = random_inputs(c, B, H, N, D, None, parse_sizes(sizes), seed=1, free_default=FREE_SIZE_DEFAULT)
     t = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in inputs.items()}
-    out = fn(t["Q"], t["K"], t["V"]).double().cpu().numpy()
-    ref = run_cascade(c, inputs, sizes)[c.outputs[0]]
+    qkv = [n for n in ("Q", "K", "V") if n in c.inputs]
+    qkv = qkv if len(qkv) == 3 else list(c.inputs[:3])
+    out = fn(*(t[n] for n in qkv), **{n: t[n] for n in c.inputs if n not in qkv}).double().cpu().numpy()
+    ref = run_cascade(c, inputs, bound)[c.outputs[0]]
     err = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
     mode = "GPU" if device == "cuda" else "Triton interpreter (CPU)"
     lowered = getattr(fn, "lowered", c)
+    stages = lowered if isinstance(lowered, tuple) else (lowered,)  # multi-stage: one cascade per stage
     passes_after = ""
     try:
         from einfuse.passes.pass_analysis import count_passes
 
-        passes_after = f", {count_passes(lowered, 'M').passes}-pass"
+        counts = [f"{count_passes(s, 'M').passes}-pass" for s in stages]
+        passes_after = ", " + (counts[0] if len(counts) == 1 else f"stages {', '.join(counts)}")
     except (ImportError, EinfuseError):
         pass
-    click.echo(f"[2/3] compiled to Triton ({len(lowered.einsums)} Einsums after lowering{passes_after}); ran on {mode} "
-               f"at B,H,N,D={B},{H},{N},{D}: rel err vs float64 reference {err:.2e}")
+    size_note = _other_sizes(c, bound)
+    click.echo(f"[2/3] compiled to Triton ({sum(len(s.einsums) for s in stages)} Einsums after lowering"
+               f"{' in ' + str(len(stages)) + ' stages' if len(stages) > 1 else ''}{passes_after}); ran on {mode} "
+               f"at B,H,N,D={B},{H},{N},{D}{size_note}: rel err vs float64 reference {err:.2e}")
     if not err < 1e-3:
         raise SpecError(f"{c.name}: generated kernel differs from the reference (rel err {err:.2e})")
     from einfuse.simulator import parse_seq, simulate, workload
@@ -236,7 +270,7 @@ def demo(spec: str, shape: str | None, arch: str, model: str, seq: str | None) -
     tokens = _grid_or(c, 0)
     seqs = parse_seq(seq) if seq is not None else [tokens] if tokens else [1024, 16384]
     for n in seqs:
-        r = simulate(c, arch, workload(model, n))
+        r = simulate(c, arch, workload(model, n, sizes={k: v for k, v in bound.items() if k not in "PMEF"}))
         click.echo(f"[3/3] simulated on {r.design}, {r.model} seq {n}: {r.cycles:,} cycles "
                    f"({r.latency_s * 1e3:.3f} ms), 2-D util {r.util_2d:.1%}, 1-D util {r.util_1d:.1%}, "
                    f"DRAM {r.dram_bytes / 2**20:.1f} MiB, energy {r.energy_pj / 1e9:.2f} mJ")

@@ -23,7 +23,7 @@ def kernel_source(spec: str, sizes: dict[str, int], tile_order: str) -> str:
     from einfuse.codegen.triton.tile_order import FLAT, SpanBoxes, TileOrder
 
     compiled = einfuse.compile(spec, sizes=sizes, torch_op=False)
-    kern = compiled.kernel
+    kern = getattr(compiled, "kernel", None)  # a multi-stage variant (agent, based) has one per stage
     if isinstance(kern, AttentionKernel):
         grid = kern.grid_hint
         if tile_order in ("box", "span") and not grid:
@@ -36,7 +36,8 @@ def kernel_source(spec: str, sizes: dict[str, int], tile_order: str) -> str:
         return kern.source(order, SpanBoxes(tuple(grid)) if tile_order == "span" else None)
     from einfuse.ir.printer import format_cascade
 
-    # another generator (linear attention): its source plus a launcher that rebuilds it from the cascade
+    # another generator (linear attention) or several stages: their source plus a launcher that rebuilds
+    # the variant from the cascade (extra inputs of a multi-stage variant go as keywords, e.g. AG=...)
     return (compiled.source.rstrip() + "\n\n\nCASCADE_TEXT = r\"\"\"\n" + format_cascade(compiled.cascade)
             + "\"\"\"\n\n\ndef attention(q, k, v, **runtime):\n"
             + "    \"\"\"Run the variant on (B, H, N, D) tensors (rebuilt from CASCADE_TEXT by einfuse).\"\"\"\n"
@@ -64,7 +65,9 @@ def register(cli: click.Group) -> None:
         from pathlib import Path
 
         from einfuse.codegen.triton.loader import write_atomic
+        from einfuse.frontends import load_spec
 
         write_atomic(Path(output), source)
+        extra = "".join(f", {name}=..." for name in load_spec(spec).inputs[3:])  # agent: AG=...
         click.echo(f"wrote {output} ({len(source.splitlines())} lines, target {target}); "
-                   f"import it and call attention(q, k, v)")
+                   f"import it and call attention(q, k, v{extra})")
