@@ -131,10 +131,21 @@ def parse_sizes(items: tuple[str, ...]) -> dict[str, int]:
     sizes = {}
     for item in items:
         k, eq, v = item.partition("=")
-        if not eq or not v.strip().isdigit():
-            raise SpecError(f"--size {item!r}: expected NAME=INTEGER, e.g. --size N=16")
-        sizes[k.strip()] = int(v)
+        k = k.strip()
+        if not eq or not v.strip().isdigit() or not k.isidentifier() or int(v) < 1:
+            raise SpecError(f"--size {item!r}: expected NAME=INTEGER >= 1, e.g. --size N=16")
+        if k in sizes:
+            raise SpecError(f"--size {k} is given twice")
+        sizes[k] = int(v)
     return sizes
+
+
+def check_size_names(c, sizes: dict[str, int]) -> None:
+    """--size names must be ranks or params of the cascade (a typo would otherwise do nothing)."""
+    unknown = [k for k in sizes if k not in c.ranks and k not in c.params and k not in ("B", "H")]
+    if unknown:
+        names = ", ".join([*c.ranks, *c.params])
+        raise SpecError(f"--size {unknown[0]}: {c.name} has no rank or param {unknown[0]} (it has {names})")
 
 
 def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: dict[str, int],
@@ -147,6 +158,7 @@ def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: 
 
     if kv_len is not None and kv_len < 1:
         raise SpecError(f"--kv-len {kv_len}: the key/value length must be >= 1")
+    check_size_names(c, extra)
     check_grid(c, N, kv_len or N, extra, "--shape N and --kv-len")
 
     sizes = {"P": N, "M": kv_len or N, "E": D, "F": D}
@@ -177,7 +189,7 @@ def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: 
 @click.option("--kv-len", type=int, default=None, help="key/value length (cross-attention); default N")
 @click.option("--kv-heads", type=int, default=None, help="K/V heads (GQA/MQA); default H")
 @click.option("--size", "sizes", multiple=True, help="extra size NAME=VALUE (e.g. N=16 agent tokens)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="random seed (>= 0)")
 def run(spec: str, shape: str | None, kv_len: int | None, kv_heads: int | None, sizes: tuple[str, ...],
         seed: int) -> None:
     """Run SPEC with the float64 reference executor on random inputs and summarise the outputs."""
@@ -291,22 +303,44 @@ def _register_command_modules() -> None:
 _register_command_modules()
 
 
+def _line(exc: object) -> str:
+    """An error message on one line (messages quoting user input may hold newlines)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: EinfuseError -> one line on stderr, exit code 2."""
+    """Console entry point: bad input -> one line on stderr, exit code 2; anything else is a bug in
+    einfuse -> one line asking for a report, exit code 1 (EINFUSE_TRACEBACK=1 shows the traceback)."""
+    import os
+
     try:
         cli.main(args=argv, prog_name="einfuse", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:  # `einfuse` alone: the help text
         exc.show()
         sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # a bad option or argument: one line, with where to find help
+        ctx = exc.ctx
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        click.echo(f"error: {_line(exc.format_message())}{where}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"error: {_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
     except EinfuseError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_line(exc)}", err=True)
         sys.exit(2)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        click.echo(f"error: {exc}", err=True)
+    except OSError as exc:  # a file that cannot be read or written (-o, --report, --json)
+        click.echo(f"error: {_line(exc)}", err=True)
         sys.exit(2)
+    except Exception as exc:
+        if os.environ.get("EINFUSE_TRACEBACK"):
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {_line(exc)} (a bug in einfuse: please report "
+                   "it with the command; EINFUSE_TRACEBACK=1 shows the traceback)", err=True)
+        sys.exit(1)
     sys.exit(0)
 
 

@@ -103,6 +103,27 @@ class CompiledAttention:
 _FLOAT_DTYPES = ("torch.bfloat16", "torch.float16", "torch.float32")
 
 
+def check_sizes(c: Cascade, sizes: Any) -> dict[str, int]:
+    """``sizes=`` of :func:`compile`: a mapping of the cascade's params or rank sizes to integers >= 1."""
+    import numbers
+
+    if sizes is None:
+        return {}
+    if not isinstance(sizes, Mapping):
+        raise CodegenError(f"{c.name}: sizes must be a dict of NAME: integer (e.g. {{'X1': 64}}), got "
+                           f"{type(sizes).__name__}")
+    known = set(c.params) | set(c.ranks)
+    out = {}
+    for k, v in sizes.items():
+        if k not in known:
+            raise CodegenError(f"{c.name}: sizes names {k!r}, which is not a param or rank of the cascade "
+                               f"(params: {', '.join(c.params) or 'none'}; ranks: {', '.join(c.ranks)})")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v).is_integer() or v < 1:
+            raise CodegenError(f"{c.name}: sizes[{k!r}] = {v!r} must be an integer >= 1")
+        out[k] = int(v)
+    return out
+
+
 def check_tensors(name: str, tensors: Mapping[str, Any]) -> None:
     """What every compiled kernel needs of its inputs, checked before anything is dispatched:
     (B, H, N, D) torch tensors of a float dtype with data (not on the meta device), and no autograd
@@ -197,6 +218,11 @@ def compile(spec: str | Cascade, *, target: str = "triton", sizes: Mapping[str, 
     if target not in TARGETS:
         raise CodegenError(f"target {target!r} is not supported; choose one of {', '.join(TARGETS)}")
     c = spec if isinstance(spec, Cascade) else load_spec(spec)
+    sizes = check_sizes(c, sizes)
+    if decode_options:
+        from einfuse.codegen.triton.decode import DecodeOptions
+
+        DecodeOptions.of(dict(decode_options))  # bad decode options are errors now, not a silent fallback
     from einfuse.codegen import stages
 
     if stages.is_multistage(c):

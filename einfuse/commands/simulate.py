@@ -61,15 +61,15 @@ def simulate_cmd(spec: str | None, arch: str, compare: str | None, model: str, s
     if not designs:
         raise SimulatorError("--compare needs at least one design")
     models = [m.strip() for m in model.split(",") if m.strip()]
-    extra = {}
-    for item in sizes:
-        k, eq, v = item.partition("=")
-        if not eq or not v.strip().isdigit():
-            raise SimulatorError(f"--size {item!r}: expected NAME=INTEGER")
-        extra[k.strip()] = int(v)
+    if not models:
+        raise SimulatorError(f"--model {model!r}: give at least one model (bert-base, trxl, t5, xlm)")
+    from einfuse.cli import check_size_names, parse_sizes
+
+    extra = parse_sizes(sizes)
     if batch < 1:
         raise SimulatorError(f"--batch must be >= 1, got {batch}")
     cascade = load_spec(spec)
+    check_size_names(cascade, extra)
     from einfuse.frontends.grid import grid_tokens
 
     seqs = parse_seq(seq) if seq is not None else [grid_tokens(cascade, extra) or 1024]

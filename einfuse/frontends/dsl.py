@@ -203,6 +203,10 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
         raise SpecError(f"scale must be a finite number > 0 (or None: 1/sqrt(head_dim)), got {scale!r}")
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim) if head_dim is not None else default_scale()
+    if bias is not None and (isinstance(bias, bool) or not isinstance(bias, numbers.Real) or not math.isfinite(bias)):
+        raise SpecError(f"bias must be a finite number, got {bias!r}")
+    _check_name(name)
+    _check_params(params or {})
     cb = CascadeBuilder(name)
     cb.params.update(params or {})
     cb.attrs["family"] = normalization
@@ -226,6 +230,22 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
     return cb.build()
 
 
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name.split()) != 1:
+        raise SpecError(f"a cascade name is one word (e.g. 'my_attention'), got {name!r}")
+
+
+def _check_params(params: Mapping[str, float]) -> None:
+    """Named sizes: upper-case names (``W``, ``X0``) with finite numeric defaults."""
+    if not isinstance(params, Mapping):
+        raise SpecError(f"params must be a dict of NAME: number, got {type(params).__name__}")
+    for k, v in params.items():
+        if not isinstance(k, str) or not k[:1].isupper() or not k.isalnum() or k != k.upper():
+            raise SpecError(f"param {k!r}: size names are upper case, e.g. W or X0")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise SpecError(f"param {k} = {v!r} must be a finite number")
+
+
 FEATURE_MAPS = ("identity", "elu1", "relu", "exp")
 
 
@@ -240,6 +260,7 @@ def linear_attention(name: str = "linear", *, feature_map: str = "identity", cau
     """
     if feature_map not in FEATURE_MAPS:
         raise SpecError(f"feature_map {feature_map!r} is not one of {', '.join(FEATURE_MAPS)}")
+    _check_name(name)
     cb = CascadeBuilder(name)
     cb.attrs["family"] = "linear"
     qa, ka = cb.input("Q", "P", "E"), cb.input("K", "M", "E")

@@ -240,6 +240,9 @@ def parse_einsum(text: str, c: Cascade) -> Einsum:
 
 def parse_cascade(text: str) -> Cascade:
     """Parse a whole cascade; the result is validated."""
+    if not isinstance(text, str):
+        hint = " (decode it first: data.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise ParseError(f"parse_cascade takes the text form as a str, got {type(text).__name__}{hint}")
     name = "cascade"
     ranks: dict[str, Rank] = {}
     tensors: dict[str, Tensor] = {}

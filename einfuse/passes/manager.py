@@ -74,14 +74,14 @@ def parse_pipeline(items: str | Sequence[str]) -> list[tuple[str, dict[str, obje
     out = []
     for item in items:
         item = item.strip()
-        name, _, rest = item.partition("[")
+        name, bracket, rest = item.partition("[")
         name = name.strip()
         if name not in PASSES:
             close = difflib.get_close_matches(name, list(PASSES), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise PassError(f"unknown pass {name!r}{hint}; passes: {', '.join(PASSES)}")
         opts: dict[str, object] = {}
-        if rest:
+        if bracket:
             if not rest.endswith("]"):
                 raise PassError(f"pipeline item {item!r}: expected name[key=value,...]")
             for kv in filter(None, (x.strip() for x in split_top(rest[:-1]))):

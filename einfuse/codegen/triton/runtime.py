@@ -52,6 +52,12 @@ class LaunchOptions:
         bad = sorted(set(kwargs) - known)
         if bad:
             raise CodegenError(f"unknown option {', '.join(bad)}; valid options: {', '.join(sorted(known))}")
+        from einfuse.codegen.triton.options import check_option_value
+
+        typed = {"fast_math": False, "precision": ""}  # defaults of None that stand for a bool, a str
+        for k, v in kwargs.items():
+            if v is not None or k not in typed:
+                check_option_value(k, v, typed.get(k, getattr(LaunchOptions(), k)))
         opts = LaunchOptions(**kwargs)
         if opts.precision not in (None, "ieee", "tf32"):
             raise CodegenError(f"option precision={opts.precision!r}: use 'ieee' or 'tf32'")
@@ -66,7 +72,6 @@ class LaunchOptions:
 
 def check_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, int, int, int, int, str]:
     """Validate q, k, v; returns (B, H, Hkv, N_q, N_kv, D, dtype name). Errors say what to change."""
-
     from einfuse.codegen.autotune import interpreter_active
     from einfuse.codegen.compile import check_tensors
 
