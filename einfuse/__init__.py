@@ -1,16 +1,69 @@
 """einfuse: declare an attention variant once as an Einsum cascade; get a fused GPU kernel and a
-cycle-level estimate of the same variant on a spatial-array accelerator."""
+cycle-level estimate of the same variant on a spatial-array accelerator.
 
-from einfuse.codegen.compile import compile as compile  # einfuse.compile(spec, **options)
-from einfuse.errors import EinfuseError
-from einfuse.frontends import BUILTINS, attention, linear_attention, load_spec
-from einfuse.ir import Cascade, format_cascade, parse_cascade
-from einfuse.ir.expr import exp, log, maximum, minimum, reciprocal, relu, sigmoid, tanh, where
+The public names below are imported on first use (PEP 562), so ``import einfuse`` and the command
+line's ``--help`` and ``list`` do not pay for sympy, networkx and NumPy before they need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# public name -> module that defines it
+_LAZY = {
+    "compile": "einfuse.codegen.compile",  # einfuse.compile(spec, **options)
+    "EinfuseError": "einfuse.errors",
+    "BUILTINS": "einfuse.frontends",
+    "attention": "einfuse.frontends",
+    "linear_attention": "einfuse.frontends",
+    "load_spec": "einfuse.frontends",
+    "Cascade": "einfuse.ir",
+    "format_cascade": "einfuse.ir",
+    "parse_cascade": "einfuse.ir",
+    **{name: "einfuse.ir.expr" for name in ("exp", "log", "maximum", "minimum", "reciprocal", "relu",
+                                             "sigmoid", "tanh", "where")},
+}
+
+# (compile is public but not in __all__: `from einfuse import *` must not shadow the builtin)
 __all__ = [
-    "BUILTINS", "Cascade", "EinfuseError", "attention", "exp", "format_cascade", "linear_attention",
-    "load_spec", "log", "maximum", "minimum", "parse_cascade", "reciprocal", "relu", "sigmoid", "tanh",
-    "where",
+    "BUILTINS", "Cascade", "EinfuseError", "attention", "exp", "format_cascade",
+    "linear_attention", "load_spec", "log", "maximum", "minimum", "parse_cascade", "reciprocal", "relu",
+    "sigmoid", "tanh", "where",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'einfuse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports this module stands for
+    from einfuse.codegen.compile import compile as compile
+    from einfuse.errors import EinfuseError as EinfuseError
+    from einfuse.frontends import BUILTINS as BUILTINS
+    from einfuse.frontends import attention as attention
+    from einfuse.frontends import linear_attention as linear_attention
+    from einfuse.frontends import load_spec as load_spec
+    from einfuse.ir import Cascade as Cascade
+    from einfuse.ir import format_cascade as format_cascade
+    from einfuse.ir import parse_cascade as parse_cascade
+    from einfuse.ir.expr import exp as exp
+    from einfuse.ir.expr import log as log
+    from einfuse.ir.expr import maximum as maximum
+    from einfuse.ir.expr import minimum as minimum
+    from einfuse.ir.expr import reciprocal as reciprocal
+    from einfuse.ir.expr import relu as relu
+    from einfuse.ir.expr import sigmoid as sigmoid
+    from einfuse.ir.expr import tanh as tanh
+    from einfuse.ir.expr import where as where

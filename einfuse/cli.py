@@ -2,6 +2,9 @@
 
 SPEC everywhere is a built-in name with options (``na2d:kernel=7,dilation=2``), a ``.py`` file that
 defines ``cascade``, or a text file in the cascade syntax. Bad input prints one line and exits 2.
+
+Heavy modules (sympy, NumPy, torch) are imported inside the commands that need them, so ``--help``
+and ``list`` answer at once.
 """
 
 from __future__ import annotations
@@ -11,47 +14,55 @@ import sys
 import time
 
 import click
-import numpy as np
 
+from einfuse.catalog import SPEC_SYNTAX
 from einfuse.commands import COMMAND_MODULES
 from einfuse.errors import EinfuseError, SpecError
 
+_HELP = f"""einfuse: attention variants as Einsum cascades -> fused GPU kernels and accelerator estimates.
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+\b
+{SPEC_SYNTAX}
+
+\b
+Examples:
+  einfuse list                                   built-in variants, their options and defaults
+  einfuse show sliding_window:window=128         the cascade in text form
+  einfuse run causal --shape 1,8,512,64          float64 reference run on random inputs
+  einfuse compile na2d:shape=32x32,kernel=7 -o kernel.py
+  einfuse simulate softmax --compare unfused,flat,fusemax --seq 1K,64K
+  einfuse demo                                   compile, check and simulate causal attention
+
+Bad input prints one line and exits with code 2. `einfuse COMMAND --help` explains a command.
+"""
+
+
+@click.group(help=_HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="einfuse")
 def cli() -> None:
-    """einfuse: attention variants as Einsum cascades -> fused GPU kernels and accelerator estimates."""
+    pass
 
 
 @cli.command("list")
 def list_cmd() -> None:
-    """List the built-in variants and their options."""
-    from rich.console import Console
-    from rich.table import Table
+    """List the built-in variants, what each option means and its default.
 
-    from einfuse.frontends import BUILTINS
+    \b
+    einfuse list"""
+    from einfuse.catalog import format_catalog
 
-    table = Table(title="built-in variants (use as SPEC, e.g. sliding_window:window=128)")
-    table.add_column("name", style="bold")
-    table.add_column("what it is")
-    table.add_column("options (defaults)")
-    for name, b in sorted(BUILTINS.items()):
-        opts = ", ".join(f"{k}={_fmt_default(v)}" for k, v in b.options().items())
-        table.add_row(name, b.summary, opts)
-    Console(width=140).print(table)
-
-
-def _fmt_default(v: object) -> str:
-    if isinstance(v, tuple):
-        return "x".join(map(str, v))
-    return str(v)
+    click.echo(format_catalog(), nl=False)
 
 
 @cli.command()
 @click.argument("spec")
 @click.option("--dot", is_flag=True, help="print Graphviz source of the dataflow graph instead")
 def show(spec: str, dot: bool) -> None:
-    """Print the cascade of SPEC in text form."""
+    """Print the cascade of SPEC in text form (or as a Graphviz graph).
+
+    \b
+    einfuse show alibi
+    einfuse show na2d:shape=8x8,kernel=3 --dot | dot -Tpng > na2d.png"""
     from einfuse.frontends import load_spec
     from einfuse.ir.printer import format_cascade, to_dot
 
@@ -73,6 +84,8 @@ def check(spec: str, sizes: tuple[str, ...]) -> None:
     einfuse check causal
     einfuse check agent --size N=4
     einfuse check my_variant.py"""
+    import numpy as np
+
     from einfuse.codegen.reference import run_cascade
     from einfuse.frontends import load_spec
     from einfuse.ir.parser import parse_cascade
@@ -152,6 +165,7 @@ def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: 
                   seed: int, kv_heads: int | None = None, free_default: int | None = None):
     """Random float64 inputs for a cascade: P = N queries, M = kv_len (or N) keys, E = F = D; other
     input extents from ``extra``, the cascade's params, or ``free_default`` (else an error)."""
+    import numpy as np
     import sympy
 
     from einfuse.frontends.grid import check_grid
@@ -192,7 +206,14 @@ def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: 
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="random seed (>= 0)")
 def run(spec: str, shape: str | None, kv_len: int | None, kv_heads: int | None, sizes: tuple[str, ...],
         seed: int) -> None:
-    """Run SPEC with the float64 reference executor on random inputs and summarise the outputs."""
+    """Run SPEC with the float64 reference executor on random inputs and summarise the outputs.
+
+    \b
+    einfuse run causal --shape 2,4,128,64
+    einfuse run softmax --shape 1,8,16,64 --kv-len 1000 --kv-heads 2
+    einfuse run agent --size N=16"""
+    import numpy as np
+
     from einfuse.codegen.reference import run_cascade
     from einfuse.frontends import load_spec
 
@@ -230,6 +251,8 @@ def demo(spec: str, shape: str | None, arch: str, model: str, seq: str | None, s
     einfuse demo sliding_window:window=16 --shape 1,2,45,32 --seq 1K
     einfuse demo agent --size N=4"""
     import os
+
+    import numpy as np
 
     from einfuse.frontends import load_spec
 

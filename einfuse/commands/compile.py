@@ -57,7 +57,12 @@ def register(cli: click.Group) -> None:
                   show_default=True, help="tiles as contiguous runs or boxes of the token grid "
                   "(span: key boxes laid over each query tile's key span)")
     def compile_cmd(spec: str, target: str, output: str | None, sizes: tuple[str, ...], tile_order: str) -> None:
-        """Generate the kernel for SPEC (with a launcher, attention(q, k, v))."""
+        """Generate the kernel for SPEC (with a launcher, attention(q, k, v)).
+
+        \b
+        einfuse compile causal                        # print the generated Triton module
+        einfuse compile na2d:shape=32x32,kernel=7 -o na2d_kernel.py
+        einfuse compile agent -o agent_kernel.py      # then agent_kernel.attention(q, k, v, AG=agents)"""
         source = kernel_source(spec, _parse_sizes(sizes), tile_order)
         if output is None:
             click.echo(source, nl=False)

@@ -37,6 +37,7 @@ def simulate_cmd(spec: str | None, arch: str, compare: str | None, model: str, s
     """Simulate SPEC (a built-in variant, .py or cascade file) on accelerator designs.
 
     \b
+    einfuse simulate --list
     einfuse simulate softmax --arch fusemax --model bert-base --seq 1K,4K,16K,64K,256K,1M --report out/
     einfuse simulate causal --compare unfused,flat,fusemax --seq 1K,64K
     """
