@@ -43,6 +43,22 @@ def test_invalid_cascades_name_the_culprit(body, words):
         assert w in msg, msg
 
 
+@pytest.mark.parametrize("header_change, body, words", [
+    (None, "QK[m,p] = Q[p,e] * K[m,e] : m <= 9**9**9\nO[p,f] = QK[m,p] * V[m,f]\n", "too large to evaluate"),
+    (None, "QK[m,p] = Q[p,e] * K[m,e] * idx(2**2**2**2**2)\nO[p,f] = QK[m,p] * V[m,f]\n", "too large"),
+    (None, "QK[m,p] = Q[p,e] * K[m,e] * idx(().__class__)\nO[p,f] = QK[m,p] * V[m,f]\n", "is not part of"),
+    (None, "QK[m,p] = Q[p,e] * K[m,e] : m <= __import__('os').getpid()\nO[p,f] = QK[m,p] * V[m,f]\n",
+     "is not part of"),
+    ("ranks E, F, M, P, M1 = quit()", "QK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", "'quit' is not a size"),
+    ("ranks E, F, M, P, M1 = 10**10**6", "QK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", "too large"),
+])
+def test_index_and_size_expressions_are_arithmetic_only(header_change, body, words):
+    """The text form is data: nothing in it runs as Python, and no power of numbers takes minutes."""
+    text = HEADER if header_change is None else HEADER.replace("ranks E, F, M, P", header_change)
+    with pytest.raises(ParseError, match=words):
+        parse_cascade(text + body)
+
+
 def test_a_tensor_computed_twice_is_rejected():
     body = "QK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\nO[p,f] = QK[m,p] * V[m,f] * 2\n"
     with pytest.raises(ValidationError, match="tensor O is computed by 2 Einsums"):
