@@ -71,6 +71,7 @@ def show(spec: str, dot: bool) -> None:
 
 
 FREE_SIZE_DEFAULT = 8
+MAX_REFERENCE_SCORES = 2**28  # 2 GiB per float64 score tensor: beyond that run/check/demo refuse
 
 
 @cli.command()
@@ -174,6 +175,11 @@ def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: 
         raise SpecError(f"--kv-len {kv_len}: the key/value length must be >= 1")
     check_size_names(c, extra)
     check_grid(c, N, kv_len or N, extra, "--shape N and --kv-len")
+    scores = B * H * N * (kv_len or N)
+    if scores > MAX_REFERENCE_SCORES:
+        raise SpecError(f"{c.name}: the float64 reference holds every (query, key) score: B*H*N*N_kv = "
+                        f"{scores:,} of them, {scores * 8 / 2**30:.0f} GiB a tensor; use a smaller --shape "
+                        f"(at most {MAX_REFERENCE_SCORES:,} scores){' or grid' if c.attrs.get('neighborhood') else ''}")
 
     sizes = {"P": N, "M": kv_len or N, "E": D, "F": D}
     sizes.update({k: int(v) for k, v in c.params.items() if float(v).is_integer()})

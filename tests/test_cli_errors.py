@@ -73,6 +73,8 @@ def test_unreadable_specs_are_one_line(capsys, bad_files, args, words):
     (["run", "softmax", "--size", "N=2", "--size", "N=3"], "given twice"),
     (["run", "agent", "--size", "N=0"], "expected NAME=INTEGER >= 1"),
     (["compile", "softmax", "--size", "X1=4"], "not a param or rank"),
+    (["check", "na3d:shape=100x100x100"], "use a smaller --shape (at most 268,435,456 scores) or grid"),
+    (["run", "softmax", "--shape", "1,1,100000,8"], "10,000,000,000 of them"),
     # click's own usage errors are one line too, pointing at the command's help
     (["run", "softmax", "--seed", "-1"], "(see: einfuse run --help)"),
     (["run", "softmax", "--shapex", "1"], "Did you mean '--shape'?"),
