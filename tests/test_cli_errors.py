@@ -68,6 +68,7 @@ def test_unreadable_specs_are_one_line(capsys, bad_files, args, words):
     (["simulate", "softmax", "--seq", "1e400", "--no-progress"], "is not a number"),
     (["simulate", "softmax", "--size", "ZZ=4", "--no-progress"], "has no rank or param ZZ"),
     (["passes", "softmax", "--pipeline", "fuse[", "--print-after-all"], "expected name[key=value,...]"),
+    (["passes", "decode", "--pipeline", "split_kv[splits=x]"], "pass split_kv: bad options"),
     (["run", "softmax", "--size", "=3"], "expected NAME=INTEGER"),
     (["run", "softmax", "--size", "ZZ=4"], "softmax has no rank or param ZZ"),
     (["run", "softmax", "--size", "N=2", "--size", "N=3"], "given twice"),

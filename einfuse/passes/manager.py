@@ -136,7 +136,9 @@ def lower(c: Cascade, pipeline: Sequence[str] | str | None = None, *,
             why = str(exc)
             skipped.append((name, why.split(": ", 1)[1] if why.startswith(f"{name}: ") else why))
             continue
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # a missing option, or one of the wrong type ('splits=x')
+            if isinstance(exc, ValueError) and not kwargs:
+                raise
             raise PassError(f"pass {name}: bad options {kwargs}: {exc}") from None
         steps.append((name, current))
         if verify_sizes is not None:
