@@ -150,7 +150,8 @@ def reference(c: Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: 
     family = c.attrs.get("family")
     if family == "softmax":
         plan = analyse_decode(c)
-        qk = torch.einsum("hpe,hme->hpm", qs, ks) * plan.scale
+        scale = float(sym_eval(sympy.sympify(plan.scale), env))  # a number, or 1/sqrt(E) by default
+        qk = torch.einsum("hpe,hme->hpm", qs, ks) * scale
         logit = torch.as_tensor(expr_eval(plan.logit, lambda a: qk, env), dtype=torch.float64)
         logit = torch.broadcast_to(logit, qk.shape)
         if plan.mask is not None:
@@ -184,6 +185,8 @@ def _weighted(c: Cascade, qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, 
     for f in product_factors(score.expr):
         if isinstance(f, Const):
             scale *= f.value
+        elif isinstance(f, IndexValue):  # the default scale 1/sqrt(E): sizes only
+            scale *= float(sym_eval(f.expr, env))
     out = c.einsums[c.producers(c.outputs[0])[0]]
     wheres = [score.where] if score.where is not None else []
     weight_expr = inline_elementwise(c, out.expr, {score.name}, wheres)

@@ -74,3 +74,34 @@ def test_demo_runs_the_main_job_end_to_end():
                                  "--seq", "1K"])
     assert r.exit_code == 0, r.output
     assert "rel err vs float64 reference" in r.output and "simulated on fusemax" in r.output
+
+
+@pytest.mark.parametrize("spec", ["agent", "based"])
+def test_compile_writes_a_multistage_module_that_runs(tmp_path, monkeypatch, spec):
+    import importlib
+
+    import torch
+
+    out = tmp_path / f"k_{spec}.py"
+    r = CliRunner().invoke(cli, ["compile", spec, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "stage 1/2" in out.read_text() and ("AG=..." in r.output) == (spec == "agent")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module(out.stem)
+    q, k, v = (torch.randn(1, 2, 12, 16) for _ in range(3))
+    extra = {"AG": torch.randn(1, 2, 4, 16)} if spec == "agent" else {}
+    assert mod.attention(q, k, v, **extra).shape == (1, 2, 12, 16)
+
+
+@pytest.mark.parametrize("args", [["demo", "based"], ["demo", "agent"], ["demo", "agent", "--size", "N=3"]])
+def test_demo_runs_multistage_variants(args):
+    r = CliRunner().invoke(cli, [*args, "--shape", "1,1,20,16", "--seq", "256"])
+    assert r.exit_code == 0, r.output
+    assert "in 2 stages, stages 1-pass, 1-pass" in r.output and "simulated on fusemax" in r.output
+
+
+def test_check_fills_sizes_it_cannot_infer_and_takes_size():
+    r = CliRunner().invoke(cli, ["check", "agent"])
+    assert r.exit_code == 0 and "(other sizes: N=8)" in r.output, r.output
+    r = CliRunner().invoke(cli, ["check", "agent", "--size", "N=3"])
+    assert r.exit_code == 0 and "(other sizes: N=3)" in r.output, r.output

@@ -47,8 +47,12 @@ class CompiledAttention:
     decode_fallback: str | None = None
     plan: KernelPlan | None = None
     """The kernel plan the main kernel prints (``einfuse.lowering.format_plan`` shows it)."""
+    tokens: int | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Token count of the declared grid (neighbourhood variants): queries and keys must number it."""
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+        check_tensors(self.name, {"q": q, "k": k, "v": v})
         if runtime or not self.use_torch_op or not _traced(q):
             # eager calls launch directly: the custom op is for graphs (torch.compile, export), and
             # its dispatch costs ~0.1 ms of CPU per call, more than short kernels take on the GPU
@@ -70,6 +74,12 @@ class CompiledAttention:
         if q_offset is not None and Q_OFFSET not in self.cascade.params:
             raise CodegenError(f"{self.name}: q_offset is given but the variant does not use a query offset; "
                                "build it with align='offset' (einfuse.ir.positions)")
+        else:
+            check_tensors(self.name, {"q": q, "k": k, "v": v})
+        if self.tokens is not None and (q.shape[2] != self.tokens or k.shape[2] != self.tokens):
+            from einfuse.ir.grid import check_grid
+
+            check_grid(self.cascade, q.shape[2], k.shape[2], self.sizes, "q and k", CodegenError)
         if self.family == "softmax" and self.decode and q.shape[2] <= DECODE_MAX_QUERIES:
             dec = self.decode_kernel()
             if dec is not None:
@@ -104,6 +114,51 @@ class CompiledAttention:
         if isinstance(src, str):
             return src
         raise CodegenError(f"{self.name}: this kernel does not expose its source")
+
+
+_FLOAT_DTYPES = ("torch.bfloat16", "torch.float16", "torch.float32")
+
+
+def check_sizes(c: Cascade, sizes: Any) -> dict[str, int]:
+    """``sizes=`` of :func:`compile`: a mapping of the cascade's params or rank sizes to integers >= 1."""
+    import numbers
+
+    if sizes is None:
+        return {}
+    if not isinstance(sizes, Mapping):
+        raise CodegenError(f"{c.name}: sizes must be a dict of NAME: integer (e.g. {{'X1': 64}}), got "
+                           f"{type(sizes).__name__}")
+    known = set(c.params) | set(c.ranks)
+    out = {}
+    for k, v in sizes.items():
+        if k not in known:
+            raise CodegenError(f"{c.name}: sizes names {k!r}, which is not a param or rank of the cascade "
+                               f"(params: {', '.join(c.params) or 'none'}; ranks: {', '.join(c.ranks)})")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v).is_integer() or v < 1:
+            raise CodegenError(f"{c.name}: sizes[{k!r}] = {v!r} must be an integer >= 1")
+        out[k] = int(v)
+    return out
+
+
+def check_tensors(name: str, tensors: Mapping[str, Any]) -> None:
+    """What every compiled kernel needs of its inputs, checked before anything is dispatched:
+    (B, H, N, D) torch tensors of a float dtype with data (not on the meta device), and no autograd
+    (the kernels have no backward yet). Raises :class:`CodegenError` saying what to pass."""
+    import torch
+
+    for nm, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise CodegenError(f"{name}: {nm} must be a torch.Tensor of shape (B, H, N, D), got "
+                               f"{type(t).__name__} (convert with torch.as_tensor(...))")
+        if t.dim() != 4:
+            raise CodegenError(f"{name}: {nm} must have shape (B, H, N, D); got {tuple(t.shape)}")
+        if str(t.dtype) not in _FLOAT_DTYPES:
+            raise CodegenError(f"{name}: {nm} has dtype {t.dtype}; use bfloat16, float16 or float32")
+        if t.device.type == "meta" and not _traced(t):
+            raise CodegenError(f"{name}: {nm} is a meta tensor (no data); the kernels need real tensors")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise CodegenError(f"{name}: {nm} requires grad, but einfuse kernels have no backward yet; "
+                               "call under torch.no_grad() or pass detached tensors (x.detach())")
 
 
 def _traced(q: Any) -> bool:
@@ -146,6 +201,11 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
         raise CodegenError(f"compile takes a Cascade, got {type(c).__name__}; einfuse.compile also takes "
                            "spec strings")
     from einfuse.lowering.stages import is_multistage
+    sizes = check_sizes(c, sizes)
+    if decode_options:
+        from einfuse.codegen.triton.decode import DecodeOptions
+
+        DecodeOptions.of(dict(decode_options))  # bad decode options are errors now, not a silent fallback
 
     if target == "cutlass":
         return _compile_cutlass(c, sizes=sizes, torch_op=torch_op, **options)
@@ -172,8 +232,11 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
         bound = {k: int(v) for k, v in (sizes or {}).items()}
         grid = grid_of(c.attrs, {**c.params, **bound})
         kernel = AttentionKernel.build(plan, sizes=bound, grid_hint=grid, **options)
+    from einfuse.ir.grid import grid_tokens
+
     out = CompiledAttention(c.name, family, c, plan.cascade, kernel, decode=decode and family == "softmax",
-                            decode_options=dict(decode_options or {}), use_torch_op=torch_op, plan=plan)
+                            decode_options=dict(decode_options or {}), use_torch_op=torch_op, plan=plan,
+                            tokens=grid_tokens(c, sizes), sizes=dict(sizes or {}))
     if torch_op:
         from einfuse.codegen import torch_op as op
 

@@ -273,6 +273,11 @@ class BaseIndexPrinter:
     PROMOTE_MINMAX = False
     """Whether max/min of an int and a float converts the int first (C++ overloads need one type)."""
 
+    def constexpr(self, e: sympy.Basic, names: Mapping[sympy.Symbol, str]) -> str | None:
+        """``e`` over compile-time constant names, folded by the target's compiler (None: not
+        supported, print it as an ordinary index value)."""
+        return None
+
     def flit(self, v: float) -> str:
         """A float32 literal (inf and nan included)."""
         raise NotImplementedError
@@ -332,10 +337,17 @@ class BaseIndexPrinter:
 
 # ---- score expressions ---------------------------------------------------------------------------
 
-def print_score(e: Expr, idx: BaseIndexPrinter, dot: str) -> str:
+def print_score(e: Expr, idx: BaseIndexPrinter, dot: str,
+                constexprs: Mapping[sympy.Symbol, str] | None = None) -> str:
     """Code for the score ``e`` (an IR value expression over the Q.K product, the leaf
     :data:`~einfuse.lowering.onepass.DOT`, printed as ``dot``) in ``idx``'s target; index values go
-    through ``idx``. One IR node becomes one operation, so the line reads like the Einsum."""
+    through ``idx``. One IR node becomes one operation, so the line reads like the Einsum. Index values
+    over the symbols of ``constexprs`` only (the head dims of the default scale ``1/sqrt(E)``) are
+    printed by ``idx.constexpr`` when the target folds them at compile time."""
+    if constexprs and isinstance(e, IndexValue) and e.expr.free_symbols <= set(constexprs):
+        code = idx.constexpr(e.expr, constexprs)
+        if code is not None:
+            return code
     from einfuse.lowering.onepass import DOT
 
     if isinstance(e, Access):
@@ -349,17 +361,18 @@ def print_score(e: Expr, idx: BaseIndexPrinter, dot: str) -> str:
     if isinstance(e, Unary):
         if e.op not in idx.UNARY:
             raise CodegenError(f"score operator {e.op} has no {idx.target} form")
-        return idx.UNARY[e.op].format(print_score(e.arg, idx, dot))
+        return idx.UNARY[e.op].format(print_score(e.arg, idx, dot, constexprs))
     if isinstance(e, Binary):
-        a, b = print_score(e.left, idx, dot), print_score(e.right, idx, dot)
+        a, b = print_score(e.left, idx, dot, constexprs), print_score(e.right, idx, dot, constexprs)
         if e.op in _INFIX:
             return f"({a} {_INFIX[e.op]} {b})"
         return idx.minmax(e.op == "max", a, b, "float")
     if isinstance(e, Select):
-        cond = print_score(e.cond, idx, dot) if isinstance(e.cond, Compare) else idx.predicate(e.cond)
-        return idx.where(cond, print_score(e.then, idx, dot), print_score(e.otherwise, idx, dot))
+        cond = print_score(e.cond, idx, dot, constexprs) if isinstance(e.cond, Compare) else idx.predicate(e.cond)
+        return idx.where(cond, print_score(e.then, idx, dot, constexprs), print_score(e.otherwise, idx, dot, constexprs))
     if isinstance(e, Compare):  # a condition on values (the score), not on indices
-        return f"({print_score(e.left, idx, dot)} {COMPARE_OPS[e.op]} {print_score(e.right, idx, dot)})"
+        return (f"({print_score(e.left, idx, dot, constexprs)} {COMPARE_OPS[e.op]} "
+                f"{print_score(e.right, idx, dot, constexprs)})")
     if isinstance(e, Empty):
         raise CodegenError("an empty value cannot appear inside a score expression")
     raise CodegenError(f"cannot print score node {e!r}")

@@ -95,10 +95,22 @@ def score_fn(plan: OnePassPlan, sizes: dict[str, int]) -> Callable[..., Any] | N
     return score_mod
 
 
+def with_head_dims(plan: OnePassPlan, q: Any, v: Any) -> OnePassPlan:
+    """The plan with its head dims bound to those of q and v (the default scale reads them)."""
+    import dataclasses
+
+    from einfuse.ir.expr import substitute
+
+    dims = {size_symbol(plan.head_rank): int(q.shape[3]), size_symbol(plan.value_rank): int(v.shape[3])}
+    return dataclasses.replace(plan, score=substitute(plan.score, dims))
+
+
 def flex_runner(plan: OnePassPlan, sizes: dict[str, int], q: Any, k: Any, v: Any) -> Callable[[], Any]:
     """A compiled FlexAttention call of the same variant (block mask built once, outside timing)."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    plan = with_head_dims(plan, q, v)
 
     if plan.family != "softmax":
         raise CodegenError("FlexAttention computes softmax attention only")
@@ -140,6 +152,7 @@ def sdpa_runner(plan: OnePassPlan, backend: str, q: Any, k: Any, v: Any) -> Call
 
     from einfuse.lowering.onepass import plain_scale
 
+    plan = with_head_dims(plan, q, v)
     align = causal_alignment(plan.mask)
     scale = plain_scale(plan.score)
     if plan.family != "softmax" or scale is None or (plan.mask is not None and align is None):

@@ -340,7 +340,19 @@ def run_cascade(c: Cascade, inputs: Mapping[str, object], sizes: Mapping[str, in
     Returns the cascade outputs (absent elements as 0), plus every intermediate when
     ``keep_intermediates`` is set, as float arrays of ``dtype``.
     """
-    arrays = {k: _to_numpy(v, dtype) for k, v in inputs.items()}
+    if not isinstance(c, Cascade):
+        raise ExecutionError(f"run_cascade takes a Cascade (e.g. einfuse.load_spec('softmax')), got "
+                             f"{type(c).__name__}")
+    if not isinstance(inputs, Mapping):
+        raise ExecutionError(f"inputs must be a dict of tensor name -> array (e.g. {{'Q': q, 'K': k, 'V': v}}), "
+                             f"got {type(inputs).__name__}")
+    arrays = {k: _to_numpy(k, v, dtype) for k, v in inputs.items()}
+    for k, a in arrays.items():
+        if a.size == 0:
+            raise ExecutionError(f"input {k} is empty (shape {a.shape}); every size must be >= 1")
+    for k, v in (sizes or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ExecutionError(f"sizes[{k!r}] = {v!r} must be an integer >= 1")
     bound, B, H = infer_sizes(c, arrays, sizes)
     ex = _Executor(c, bound, B, H, dtype)
     for name in c.inputs:
@@ -357,7 +369,11 @@ def run_cascade(c: Cascade, inputs: Mapping[str, object], sizes: Mapping[str, in
     return out
 
 
-def _to_numpy(x: object, dtype: type) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=dtype)
+def _to_numpy(name: str, x: object, dtype: type) -> np.ndarray:
+    try:
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().double().numpy()
+        return np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise ExecutionError(f"input {name} is not an array of numbers ({type(x).__name__}: "
+                             f"{' '.join(str(exc).split())[:100]})") from None

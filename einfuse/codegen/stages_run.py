@@ -104,6 +104,8 @@ class MultiStageAttention:
         return self.run(q, k, v, **extra_inputs)
 
     def run(self, q: Any, k: Any, v: Any, **extra_inputs: Any) -> Any:
+        from einfuse.codegen.compile import check_tensors
+
         c = self.cascade
         want = self.plan.extra_inputs
         unknown = sorted(set(extra_inputs) - set(want))
@@ -113,6 +115,7 @@ class MultiStageAttention:
                                + (f"missing {', '.join(missing)}" if missing else "")
                                + ("; " if missing and unknown else "")
                                + (f"unknown {', '.join(unknown)}" if unknown else ""))
+        check_tensors(self.name, {"q": q, "k": k, "v": v, **extra_inputs})
         env: dict[str, Any] = dict(zip(qkv_names(c), (q, k, v)))
         env.update(extra_inputs)
         for st, kern in zip(self.plan.stages, self.kernels):

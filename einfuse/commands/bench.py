@@ -103,7 +103,11 @@ def register(cli: click.Group) -> None:
                   help="also write the numbers to this JSON file")
     def bench_cmd(spec: str, shape: str, kv_len: int | None, kv_heads: int | None, dtype: str, peers: str,
                   autotune: bool, sizes: tuple[str, ...], json_path: str | None) -> None:
-        """Time SPEC's kernel on this GPU beside FlexAttention and SDPA."""
+        """Time SPEC's kernel on this GPU beside FlexAttention and SDPA.
+
+        \b
+        einfuse bench causal:head_dim=128 --shape 4,16,4096,128
+        einfuse bench na2d:shape=96x96,kernel=13 --shape 4,8,9216,64 --peers flex --json na2d.json"""
         from einfuse.cli import parse_shape, parse_sizes
         from einfuse.errors import SpecError
 

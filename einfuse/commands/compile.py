@@ -38,7 +38,7 @@ def kernel_source(spec: str, sizes: dict[str, int], tile_order: str, target: str
     from einfuse.lowering.tile_order import FLAT, SpanBoxes, TileOrder
 
     compiled = einfuse.compile(spec, sizes=sizes, torch_op=False)
-    kern = compiled.kernel
+    kern = getattr(compiled, "kernel", None)  # a multi-stage variant (agent, based) has one per stage
     if isinstance(kern, AttentionKernel):
         grid = kern.grid_hint
         if tile_order in ("box", "span") and not grid:
@@ -51,7 +51,8 @@ def kernel_source(spec: str, sizes: dict[str, int], tile_order: str, target: str
         return kern.source(order, SpanBoxes(tuple(grid)) if tile_order == "span" else None)
     from einfuse.ir.printer import format_cascade
 
-    # another generator (linear attention): its source plus a launcher that rebuilds it from the cascade
+    # another generator (linear attention) or several stages: their source plus a launcher that rebuilds
+    # the variant from the cascade (extra inputs of a multi-stage variant go as keywords, e.g. AG=...)
     return (compiled.source.rstrip() + "\n\n\nCASCADE_TEXT = r\"\"\"\n" + format_cascade(compiled.cascade)
             + "\"\"\"\n\n\ndef attention(q, k, v, **runtime):\n"
             + "    \"\"\"Run the variant on (B, H, N, D) tensors (rebuilt from CASCADE_TEXT by einfuse).\"\"\"\n"
@@ -71,7 +72,13 @@ def register(cli: click.Group) -> None:
                   show_default=True, help="tiles as contiguous runs or boxes of the token grid "
                   "(span: key boxes laid over each query tile's key span)")
     def compile_cmd(spec: str, target: str, output: str | None, sizes: tuple[str, ...], tile_order: str) -> None:
-        """Generate the kernel for SPEC (with a launcher, attention(q, k, v))."""
+        """Generate the kernel for SPEC (with a launcher, attention(q, k, v)).
+
+        \b
+        einfuse compile causal                        # print the generated Triton module
+        einfuse compile na2d:shape=32x32,kernel=7 -o na2d_kernel.py
+        einfuse compile agent -o agent_kernel.py      # then agent_kernel.attention(q, k, v, AG=agents)
+        einfuse compile causal --target cutlass -o causal.cu"""
         source = kernel_source(spec, _parse_sizes(sizes), tile_order, target)
         if output is None:
             click.echo(source, nl=False)
@@ -79,8 +86,10 @@ def register(cli: click.Group) -> None:
         from pathlib import Path
 
         from einfuse.codegen.triton.loader import write_atomic
+        from einfuse.frontends import load_spec
 
         write_atomic(Path(output), source)
+        extra = "".join(f", {name}=..." for name in load_spec(spec).inputs[3:])  # agent: AG=...
         how = ("nvcc -std=c++20 -arch=sm_90a -I<cutlass include> -c it, or load it as a torch extension with "
-               "-DEINFUSE_TORCH_EXTENSION" if target == "cutlass" else "import it and call attention(q, k, v)")
+               "-DEINFUSE_TORCH_EXTENSION" if target == "cutlass" else f"import it and call attention(q, k, v{extra})")
         click.echo(f"wrote {output} ({len(source.splitlines())} lines, target {target}); {how}")

@@ -108,7 +108,12 @@ def register(cli: click.Group) -> None:
     def passes_cmd(spec: str | None, ranks: tuple[str, ...], pipeline: str | None, print_after_all: bool,
                    tile: int | None, verify: bool, sparsity: int | None, tiles: str,
                    sizes: tuple[str, ...], builtins: bool) -> None:
-        """Pass analysis of SPEC (FuseMax lower bound per rank, reason per Einsum) and its lowering."""
+        """Pass analysis of SPEC (FuseMax lower bound per rank, reason per Einsum) and its lowering.
+
+        \b
+        einfuse passes causal
+        einfuse passes alibi --print-after-all
+        einfuse passes na2d:shape=64x64,kernel=7 --sparsity 4096 --tiles 128x128"""
         from einfuse.cli import parse_sizes
         from einfuse.errors import SpecError
         from einfuse.frontends import load_spec
@@ -138,6 +143,9 @@ def register(cli: click.Group) -> None:
         click.echo(_plan_text(c, print_after_all))
         if sparsity is not None:
             tq, tk = _tiles(tiles)
+            from einfuse.ir.grid import check_grid
+
+            check_grid(c, sparsity, sparsity, extra, "--sparsity")
             tm = classify_tiles(c, {"P": sparsity, "M": sparsity, **extra}, tq, tk)
             click.echo("")
             click.echo(f"block sparsity: {tm}")

@@ -20,7 +20,8 @@ def register(cli: click.Group) -> None:
 @click.option("--compare", default=None, help="comma-separated designs to compare (replaces --arch)")
 @click.option("--model", default="bert-base", show_default=True,
               help="comma-separated models: bert-base, trxl, t5, xlm")
-@click.option("--seq", default="1K", show_default=True, help="comma-separated sequence lengths, e.g. 1K,4K,1M")
+@click.option("--seq", default=None, help="comma-separated sequence lengths, e.g. 1K,4K,1M  [default: 1K; the "
+              "grid's token count for neighbourhood specs]")
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--size", "sizes", multiple=True, help="extra size NAME=VALUE a variant needs")
 @click.option("--report", "report", default=None, type=click.Path(file_okay=False),
@@ -30,12 +31,13 @@ def register(cli: click.Group) -> None:
 @click.option("--per-einsum", is_flag=True, help="print a per-Einsum table for every result")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @click.option("--list", "list_", is_flag=True, help="list the built-in designs and models")
-def simulate_cmd(spec: str | None, arch: str, compare: str | None, model: str, seq: str, batch: int,
+def simulate_cmd(spec: str | None, arch: str, compare: str | None, model: str, seq: str | None, batch: int,
                  sizes: tuple[str, ...], report: str | None, as_json: bool, why: bool, per_einsum: bool,
                  no_progress: bool, list_: bool) -> None:
     """Simulate SPEC (a built-in variant, .py or cascade file) on accelerator designs.
 
     \b
+    einfuse simulate --list
     einfuse simulate softmax --arch fusemax --model bert-base --seq 1K,4K,16K,64K,256K,1M --report out/
     einfuse simulate causal --compare unfused,flat,fusemax --seq 1K,64K
     """
@@ -60,16 +62,19 @@ def simulate_cmd(spec: str | None, arch: str, compare: str | None, model: str, s
     if not designs:
         raise SimulatorError("--compare needs at least one design")
     models = [m.strip() for m in model.split(",") if m.strip()]
-    extra = {}
-    for item in sizes:
-        k, eq, v = item.partition("=")
-        if not eq or not v.strip().isdigit():
-            raise SimulatorError(f"--size {item!r}: expected NAME=INTEGER")
-        extra[k.strip()] = int(v)
+    if not models:
+        raise SimulatorError(f"--model {model!r}: give at least one model (bert-base, trxl, t5, xlm)")
+    from einfuse.cli import check_size_names, parse_sizes
+
+    extra = parse_sizes(sizes)
     if batch < 1:
         raise SimulatorError(f"--batch must be >= 1, got {batch}")
     cascade = load_spec(spec)
-    results = sweep(cascade, designs, models, parse_seq(seq), batch=batch, progress=not no_progress,
+    check_size_names(cascade, extra)
+    from einfuse.ir.grid import grid_tokens
+
+    seqs = parse_seq(seq) if seq is not None else [grid_tokens(cascade, extra) or 1024]
+    results = sweep(cascade, designs, models, seqs, batch=batch, progress=not no_progress,
                     sizes=extra)
     rows = [r.row() for r in results]
     if as_json:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sympy
 
 from einfuse.errors import SpecError
-from einfuse.frontends.dsl import CascadeBuilder, m
+from einfuse.frontends.dsl import CascadeBuilder, default_scale, m, scale_factor
 from einfuse.frontends.library import _scale, builtin
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import Access, Const, Expr, binary, unary
@@ -18,8 +18,10 @@ from einfuse.ir.positions import offset_params, query_position
 
 
 def scaled_product(a: Access, b: Access, scale: float | None) -> Expr:
+    """``a * b * scale``; ``scale=None`` is the default ``1/sqrt(E)`` of the head dimension."""
+    factor = scale_factor(default_scale() if scale is None else scale)
     prod = binary("mul", a, b)
-    return prod if scale is None or scale == 1.0 else binary("mul", prod, Const(scale))
+    return prod if factor is None else binary("mul", prod, factor)
 
 
 def softmax_stage(cb: CascadeBuilder, suffix: str, score: Access, key_rank: str, query_rank: str,

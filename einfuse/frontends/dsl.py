@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 from collections.abc import Callable, Mapping
 
 import sympy
@@ -133,20 +134,42 @@ def trace_score(score_mod: ScoreMod | None, score: Expr) -> Expr:
         raise SpecError(f"score_mod returned something that is not a score: {exc}") from None
 
 
-def qk_einsums(cb: CascadeBuilder, scale: float | None, score_mod: ScoreMod | None,
+def default_scale(head_rank: str = "E") -> sympy.Expr:
+    """SDPA's and FlexAttention's default score scale, ``1/sqrt(E)`` of the head dimension ``E``.
+
+    A size symbol, not a number: the cascade states the rule (``QK[m,p] = Q[p,e] * K[m,e] *
+    idx(1/sqrt(E))``) and every back end binds ``E`` to the head dimension of the inputs it is
+    called with, as SDPA does.
+    """
+    return 1 / sympy.sqrt(size_symbol(head_rank))
+
+
+def scale_factor(scale: float | sympy.Expr | None) -> Expr | None:
+    """The factor a score product is multiplied by (None: no factor, i.e. a scale of 1)."""
+    if scale is None:
+        return None
+    if isinstance(scale, sympy.Basic) and not scale.is_number:
+        return as_expr(scale)
+    value = float(scale)
+    return None if value == 1.0 else Const(value)
+
+
+def qk_einsums(cb: CascadeBuilder, scale: float | sympy.Expr | None, score_mod: ScoreMod | None,
                mask_mod: MaskMod | None, q: str = "Q", k: str = "K") -> Access:
     """Add the score Einsums ``QK[m,p] = Q[p,e]*K[m,e]*scale : mask`` and, with a score_mod,
     ``S[m,p]`` to ``cb``; return the access to the final score (``QK`` or ``S``).
 
     Public because every builder of an attention-like cascade must write the score exactly as
     :func:`attention` does (same tensor names, same mask on both Einsums) for its cascade to be
-    comparable; the kernel plan check restates plans through it. ``scale=None`` or 1 adds no factor.
+    comparable; the kernel plan check restates plans through it. ``scale=None`` or 1 adds no factor
+    (this low-level builder has no default; :func:`attention` applies :func:`default_scale`).
     """
     qa, ka = cb.input(q, "P", "E"), cb.input(k, "M", "E")
     where = trace_mask(mask_mod)
     prod: Expr = binary("mul", qa, ka)
-    if scale is not None and scale != 1.0:
-        prod = binary("mul", prod, Const(scale))
+    factor = scale_factor(scale)
+    if factor is not None:
+        prod = binary("mul", prod, factor)
     qk = cb.einsum("QK", ("M", "P"), prod, where=where, comment="scores")
     modded = trace_score(score_mod, qk)
     if modded == qk:
@@ -163,8 +186,10 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
               align: str = "top_left") -> Cascade:
     """Softmax (or sigmoid) attention as the naive 3-pass cascade.
 
-    ``scale`` defaults to ``1/sqrt(head_dim)`` when ``head_dim`` is given, else it is left to the
-    caller (``None`` = 1, the score is used as is). ``normalization="sigmoid"`` gives sigmoid
+    ``scale`` multiplies ``Q.K``. Without it the scale is ``1/sqrt(head_dim)`` when ``head_dim`` is
+    given, else ``1/sqrt(D)`` of the inputs' head dimension ``D`` at call time (SDPA's and
+    FlexAttention's default; the cascade reads ``* idx(1/sqrt(E))``); ``scale=1`` leaves the score
+    unscaled. ``normalization="sigmoid"`` gives sigmoid
     attention ``sigmoid(score + bias) @ V`` (FlashSigmoid), which needs no reduction over keys.
     ``params`` declares named sizes (upper case, with default values) that the mask or score may
     mention, e.g. the grid sizes of neighbourhood attention; they stay symbolic in the cascade and
@@ -174,8 +199,18 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
     position ``q + M - P`` at the end of the keys, as over a KV cache) or ``"offset"`` (``q + QOFF``,
     ``QOFF`` given per call); see :mod:`einfuse.ir.positions`.
     """
-    if scale is None and head_dim is not None:
-        scale = 1.0 / math.sqrt(head_dim)
+    if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, numbers.Integral)
+                                 or head_dim < 1):
+        raise SpecError(f"head_dim must be a positive integer (or None: 1/sqrt(D) of the inputs), got {head_dim!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+                              or not math.isfinite(scale) or scale <= 0):
+        raise SpecError(f"scale must be a finite number > 0 (or None: 1/sqrt(head_dim)), got {scale!r}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim) if head_dim is not None else default_scale()
+    if bias is not None and (isinstance(bias, bool) or not isinstance(bias, numbers.Real) or not math.isfinite(bias)):
+        raise SpecError(f"bias must be a finite number, got {bias!r}")
+    _check_name(name)
+    _check_params(params or {})
     cb = CascadeBuilder(name)
     cb.params.update(params or {})
     cb.params.update(offset_params(align))
@@ -200,6 +235,22 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
     return cb.build()
 
 
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name.split()) != 1:
+        raise SpecError(f"a cascade name is one word (e.g. 'my_attention'), got {name!r}")
+
+
+def _check_params(params: Mapping[str, float]) -> None:
+    """Named sizes: upper-case names (``W``, ``X0``) with finite numeric defaults."""
+    if not isinstance(params, Mapping):
+        raise SpecError(f"params must be a dict of NAME: number, got {type(params).__name__}")
+    for k, v in params.items():
+        if not isinstance(k, str) or not k[:1].isupper() or not k.isalnum() or k != k.upper():
+            raise SpecError(f"param {k!r}: size names are upper case, e.g. W or X0")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise SpecError(f"param {k} = {v!r} must be a finite number")
+
+
 FEATURE_MAPS = ("identity", "elu1", "relu", "exp")
 
 
@@ -215,6 +266,7 @@ def linear_attention(name: str = "linear", *, feature_map: str = "identity", cau
     """
     if feature_map not in FEATURE_MAPS:
         raise SpecError(f"feature_map {feature_map!r} is not one of {', '.join(FEATURE_MAPS)}")
+    _check_name(name)
     cb = CascadeBuilder(name)
     cb.params.update(offset_params(align))
     cb.attrs["family"] = "linear"

@@ -101,6 +101,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
         if key not in defaults:
             valid = ", ".join(defaults) or "none"
             raise SpecError(f"{name}: unknown option {key!r}; valid options: {valid}")
+        if key in options:
+            raise SpecError(f"{name}: option {key!r} is given twice")
         options[key] = _convert(name, key, value.strip(), defaults[key])
     return name, options
 
@@ -139,7 +141,8 @@ def _align(align: str, positional: bool) -> str:
 
 
 def _scale(head_dim: int, scale: float) -> float | None:
-    """The score scale: ``scale`` if set, else ``1/sqrt(head_dim)`` if set, else None (unscaled)."""
+    """The score scale: ``scale`` if set, else ``1/sqrt(head_dim)`` if set, else None: the default
+    ``1/sqrt(D)`` of the inputs' head dimension D at call time (as SDPA and FlexAttention)."""
     if head_dim < 0:
         raise SpecError(f"option head_dim must be >= 0 (0 = not given), got {head_dim}")
     if not math.isfinite(scale) or scale < 0:

@@ -32,7 +32,7 @@ from einfuse.ir.expr import (
     select,
     unary,
 )
-from einfuse.ir.ranks import Partition, Rank, index_symbol, size_symbol
+from einfuse.ir.ranks import Partition, Rank, check_expression_text, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
 from einfuse.ir.validate import validate
 
@@ -50,15 +50,47 @@ _COMPARE_BY_TEXT = {text: op for op, text in COMPARE_OPS.items()}
 
 def parse_index_expr(text: str, line: str = "") -> sympy.Basic:
     """Parse an index expression or predicate with einfuse's symbol conventions."""
+    try:
+        check_expression_text(text)
+    except ValueError as exc:
+        raise ParseError(f"cannot parse index expression {text[:200]!r}{_at(line)}: {exc}") from None
     local: dict[str, object] = dict(_SYMPY_FUNCS)
     for name in _NAME.findall(text):
         if name in local:
             continue
         local[name] = size_symbol(name) if name[0].isupper() else index_symbol(name)
     try:
+        if "**" in text:  # sympy would compute 9**9**9 exactly, for minutes: look at the powers first
+            check_powers(parse_expr(text, local_dict=local, evaluate=False), text, line)
         return sympy.sympify(parse_expr(text, local_dict=local, evaluate=True))
+    except ParseError:
+        raise
     except Exception as exc:  # sympy raises many kinds; report them uniformly
         raise ParseError(f"cannot parse index expression {text!r}{_at(line)}: {exc}") from None
+
+
+MAX_POWER_DIGITS = 1000
+
+
+def check_powers(e: sympy.Basic, text: str, line: str = "") -> float:
+    """log10 of the magnitude of a numeric (sub)expression (0 for symbolic ones); raises ParseError
+    when a power of numbers would have more than MAX_POWER_DIGITS digits."""
+    import math
+
+    if isinstance(e, sympy.Rational):  # integers too: digits from the bit lengths, never a float overflow
+        return max(abs(e.p).bit_length(), e.q.bit_length()) * math.log10(2)
+    if isinstance(e, sympy.Float):
+        return math.log10(abs(float(e))) if e and math.isfinite(float(e)) else 0.0
+    logs = [check_powers(a, text, line) for a in e.args]
+    if not isinstance(e, sympy.Pow) or not e.args[1].is_number:
+        return max(logs, default=0.0) if e.is_number else 0.0
+    base_log, exp_log = logs
+    if exp_log > 6:  # an exponent above a million
+        raise ParseError(f"index expression {text!r}{_at(line)}: the power {e} is too large to evaluate")
+    exponent = float(e.args[1]) if exp_log < 6 else math.inf
+    if e.args[0].is_number and abs(exponent) * base_log > MAX_POWER_DIGITS:
+        raise ParseError(f"index expression {text!r}{_at(line)}: the power {e} is too large to evaluate")
+    return abs(exponent) * base_log if e.args[0].is_number else 0.0
 
 
 def _at(line: str) -> str:
@@ -284,6 +316,9 @@ def parse_einsum(text: str, c: Cascade) -> Einsum:
 
 def parse_cascade(text: str) -> Cascade:
     """Parse a whole cascade; the result is validated."""
+    if not isinstance(text, str):
+        hint = " (decode it first: data.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise ParseError(f"parse_cascade takes the text form as a str, got {type(text).__name__}{hint}")
     name = "cascade"
     ranks: dict[str, Rank] = {}
     tensors: dict[str, Tensor] = {}
@@ -308,10 +343,14 @@ def parse_cascade(text: str) -> Cascade:
                     r = Rank.of(rname.strip(), ext.strip() or None)
                 except ValueError as exc:
                     raise ParseError(f"{exc}{_at(line)}") from None
+                if r.name in ranks:
+                    raise ParseError(f"rank {r.name} is declared twice{_at(line)}")
                 ranks[r.name] = r
         elif word == "params":
             for item in split_top(rest):
                 k, _, v = item.partition("=")
+                if k.strip() in params:
+                    raise ParseError(f"param {k.strip()} is declared twice{_at(line)}")
                 try:
                     params[k.strip()] = float(v)
                 except ValueError:
@@ -323,6 +362,8 @@ def parse_cascade(text: str) -> Cascade:
             partitions.append(Partition(*m.groups()))
         elif word == "attr":
             k, _, v = rest.partition("=")
+            if k.strip() in attrs:
+                raise ParseError(f"attr {k.strip()} is set twice{_at(line)}")
             try:
                 attrs[k.strip()] = json.loads(v)
             except json.JSONDecodeError:
@@ -332,6 +373,8 @@ def parse_cascade(text: str) -> Cascade:
             if not m:
                 raise ParseError(f"expected '{word} NAME[R1,R2] [dtype]'{_at(line)}")
             kind, tname, rtext, dtype = m.groups()
+            if tname in tensors:
+                raise ParseError(f"tensor {tname} is declared twice{_at(line)}")
             rlist, iterative = [], set()
             for r in split_top(rtext):
                 if r.endswith("+1"):

@@ -72,14 +72,45 @@ class Partition:
         return index_symbol(self.outer) * tile + index_symbol(self.inner)
 
 
+SIZE_FUNCTIONS = {"ceiling": sympy.ceiling, "floor": sympy.floor, "Max": sympy.Max, "Min": sympy.Min}
+
+
+def check_expression_text(text: str) -> None:
+    """Refuse what is not arithmetic before sympy's parser (which evaluates Python) sees it: attribute
+    access, dunder names, strings, lambdas, very long texts. Raises ValueError saying what was found."""
+    import re
+
+    if len(text) > 10_000:
+        raise ValueError("expression longer than 10000 characters")
+    found = re.search(r"__|\.\s*[A-Za-z_]|['\"`;\\]|\blambda\b|\bimport\b|\bfor\b|\bif\b|:=", text)
+    if found:
+        raise ValueError(f"{found.group(0)!r} is not part of an index or size expression")
+
+
 def parse_size_expr(text: str) -> sympy.Expr:
     """Parse an extent such as ``ceiling(M/M0)``; upper-case names are positive integer sizes."""
     from sympy.parsing.sympy_parser import parse_expr
 
-    names = {tok for tok in _identifiers(text)}
-    local = {n: size_symbol(n) for n in names if n[0].isupper()}
-    local.update({"ceiling": sympy.ceiling, "floor": sympy.floor, "Max": sympy.Max, "Min": sympy.Min})
-    return sympy.sympify(parse_expr(text, local_dict=local))
+    check_expression_text(text)
+    local: dict[str, object] = dict(SIZE_FUNCTIONS)
+    for n in _identifiers(text):
+        if n in local:
+            continue
+        if not n[0].isupper():
+            raise ValueError(f"extent {text!r}: {n!r} is not a size (sizes are upper case, e.g. M or M0; "
+                             f"functions: {', '.join(SIZE_FUNCTIONS)})")
+        local[n] = size_symbol(n)
+    try:
+        if "**" in text:
+            from einfuse.ir.parser import check_powers
+
+            check_powers(parse_expr(text, local_dict=local, evaluate=False), text)
+        out = sympy.sympify(parse_expr(text, local_dict=local))
+    except Exception as exc:  # sympy raises many kinds (SyntaxError, TokenError, TypeError...)
+        raise ValueError(f"cannot parse extent {text!r}: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(out, sympy.Expr):
+        raise ValueError(f"extent {text!r} is not a number or a size expression")
+    return out
 
 
 def _identifiers(text: str) -> list[str]:

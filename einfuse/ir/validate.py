@@ -40,6 +40,14 @@ def validate(c: Cascade) -> Cascade:
     for t in c.outputs:
         if t not in produced:
             raise ValidationError(f"cascade {c.name}: output {t} is never computed by an Einsum")
+    writes: dict[str, int] = {}
+    for e in c.einsums:
+        writes[e.name] = writes.get(e.name, 0) + 1
+    for t, n in writes.items():  # iterative tensors are written twice: initial value and recurrence
+        if n > 1 and t in c.tensors and not c.tensors[t].iterative:
+            raise ValidationError(f"Einsum {t}: tensor {t} is computed by {n} Einsums; each tensor is "
+                                  "defined once (only tensors with an iterative rank, R+1, have an initial "
+                                  "value and a recurrence)")
     ivars = c.index_vars()
     for e in c.einsums:
         _check_einsum(c, e, ivars)

@@ -13,12 +13,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import sympy
 
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
-from einfuse.ir.expr import Access, Const, Expr, Unary, accesses, index_symbols, walk
+from einfuse.ir.expr import (
+    Access,
+    Const,
+    Expr,
+    IndexValue,  # noqa: F401
+    Unary,
+    accesses,
+    index_symbols,
+    walk,
+)
 from einfuse.ir.printer import format_einsum
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX
 from einfuse.lowering.linear import (
@@ -40,7 +48,7 @@ class DecodePlan:
     k: str
     v: str
     score: str
-    scale: float
+    scale: float | sympy.Expr
     logit: Expr
     mask: sympy.Basic | None
     sizes: tuple[str, ...]
@@ -62,10 +70,14 @@ def analyse_decode(c: Cascade) -> DecodePlan:
     facs = product_factors(score.expr)
     qa = [f for f in facs if isinstance(f, Access) and f.tensor in c.inputs and f.indices == (P_IDX, ev)]
     ka = [f for f in facs if isinstance(f, Access) and f.tensor in c.inputs and f.indices == (M_IDX, ev)]
-    consts = [f for f in facs if isinstance(f, Const)]
+    positions = set(c.index_vars()) | {BATCH_INDEX, HEAD_INDEX}
+    consts = [f for f in facs if isinstance(f, Const)
+              or (isinstance(f, IndexValue) and not f.expr.free_symbols & positions)]
     if len(qa) != 1 or len(ka) != 1 or 2 + len(consts) != len(facs):
         raise CodegenError(f"{c.name}: score Einsum {score.name} must be Q[p,e] * K[m,e] (times a constant)")
-    scale = float(np.prod([f.value for f in consts])) if consts else 1.0
+    # a constant, or a function of sizes bound at launch (the default scale 1/sqrt(E))
+    scale_expr = sympy.Mul(*[sympy.Float(f.value) if isinstance(f, Const) else f.expr for f in consts])
+    scale = float(scale_expr) if scale_expr.is_number else scale_expr
 
     maxes = [e for e in c.einsums if e.reduce == "max" and c.reduced_vars(e) == [M_IDX]
              and e.output.indices == (P_IDX,)]

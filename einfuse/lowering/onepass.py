@@ -109,7 +109,7 @@ def analyze(c: Cascade) -> OnePassPlan:
     if mask is sympy.false:
         raise CodegenError(f"cascade {c.name}: the mask removes every (query, key) pair")
     v, f_rank = _value_input(c, q, k, folding)
-    _check_symbols(c, score, mask)
+    _check_symbols(c, score, mask, (e_rank, f_rank))
     roles = _roles(c, tracer.chain, norm_idx)
     return OnePassPlan(c.name, family, score, mask, q, k, v, c.outputs[0], e_rank, f_rank,
                          dict(c.params), roles)
@@ -378,18 +378,19 @@ def _value_input(c: Cascade, q: str, k: str, folding: dict) -> tuple[str, str]:
 _ALLOWED = {P_SYM, M_SYM, BATCH_INDEX, HEAD_INDEX}
 
 
-def _check_symbols(c: Cascade, score: Expr, mask: sympy.Basic | None) -> None:
+def _check_symbols(c: Cascade, score: Expr, mask: sympy.Basic | None, head_ranks: tuple[str, ...] = ()) -> None:
     syms: set = set(mask.free_symbols) if mask is not None else set()
     for n in walk(score):
         if isinstance(n, IndexValue):
             syms |= n.expr.free_symbols
         elif isinstance(n, Select):
             syms |= n.cond.free_symbols
-    sizes = {size_symbol(n) for n in ("P", "M", "H", "B")} | {size_symbol(k) for k in c.params}
+    # the head dims are known too (HEAD_D, HEAD_DV): the default scale is idx(1/sqrt(E))
+    sizes = {size_symbol(n) for n in ("P", "M", "H", "B", *head_ranks)} | {size_symbol(k) for k in c.params}
     bad = sorted(str(s) for s in syms - _ALLOWED - sizes)
     if bad:
         raise CodegenError(f"cascade {c.name}: the score or mask uses {', '.join(bad)}, which is neither a "
-                           "query/key position, b, h, nor a size the kernel knows (P, M, H, B, params)")
+                           "query/key position, b, h, nor a size the kernel knows (P, M, H, B, head dims, params)")
 
 
 # ---- roles (for comments) ------------------------------------------------------------------------

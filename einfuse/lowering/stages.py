@@ -31,6 +31,7 @@ from einfuse.ir.expr import (
     Binary,
     Const,
     Expr,
+    IndexValue,
     Unary,
     map_accesses,
     substitute,
@@ -100,7 +101,10 @@ def is_score_product(c: Cascade, e: Einsum) -> bool:
         return False
     factors = _plain_product(e.expr) or []
     accs = [f for f in factors if isinstance(f, Access)]
-    if len(accs) != 2 or len(accs) + sum(isinstance(f, Const) for f in factors) != len(factors):
+    # constants: numbers, or index values of sizes only (the default scale idx(1/sqrt(E)))
+    consts = [f for f in factors if isinstance(f, Const) or (isinstance(f, IndexValue) and all(
+        s.name.isupper() for s in f.expr.free_symbols))]
+    if len(accs) != 2 or len(accs) + len(consts) != len(factors):
         return False
     return all(len(a.indices) == 2 and a.indices[1] == red[0] and isinstance(a.indices[0], sympy.Symbol)
                for a in accs)

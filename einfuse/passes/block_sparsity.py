@@ -180,6 +180,9 @@ def classify_tiles(c: Cascade, sizes: Mapping[str, int], tile_q: int, tile_k: in
         per_cascade[key] = (score_constraint(c, q_rank, k_rank, einsum), c.ranks[q_rank].extent,
                             c.ranks[k_rank].extent)
     pred, q_ext, k_ext = per_cascade[key]
+    for r in (q_rank, k_rank):
+        if r in sizes and (isinstance(sizes[r], bool) or not float(sizes[r]).is_integer() or sizes[r] < 1):
+            raise PassError(f"block sparsity: {r} = {sizes[r]!r}; the number of positions must be an integer >= 1")
     env = tuple(sorted({**{k: float(v) for k, v in c.params.items()},
                         **{k: float(v) for k, v in sizes.items()}}.items()))
     bound, P, M, heads = _bind(pred, q_ext, k_ext, env, q_rank, k_rank)

@@ -74,14 +74,14 @@ def parse_pipeline(items: str | Sequence[str]) -> list[tuple[str, dict[str, obje
     out = []
     for item in items:
         item = item.strip()
-        name, _, rest = item.partition("[")
+        name, bracket, rest = item.partition("[")
         name = name.strip()
         if name not in PASSES:
             close = difflib.get_close_matches(name, list(PASSES), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise PassError(f"unknown pass {name!r}{hint}; passes: {', '.join(PASSES)}")
         opts: dict[str, object] = {}
-        if rest:
+        if bracket:
             if not rest.endswith("]"):
                 raise PassError(f"pipeline item {item!r}: expected name[key=value,...]")
             for kv in filter(None, (x.strip() for x in split_top(rest[:-1]))):
@@ -136,7 +136,9 @@ def lower(c: Cascade, pipeline: Sequence[str] | str | None = None, *,
             why = str(exc)
             skipped.append((name, why.split(": ", 1)[1] if why.startswith(f"{name}: ") else why))
             continue
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # a missing option, or one of the wrong type ('splits=x')
+            if isinstance(exc, ValueError) and not kwargs:
+                raise
             raise PassError(f"pass {name}: bad options {kwargs}: {exc}") from None
         steps.append((name, current))
         if verify_sizes is not None:

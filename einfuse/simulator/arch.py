@@ -163,8 +163,11 @@ def load_arch(name_or_path: str) -> Arch:
 def _load_raw(name_or_path: str, chain: tuple[str, ...]) -> tuple[dict, str]:
     """Parsed YAML with ``extends: BASE`` resolved (a deep merge of the file over its base)."""
     if os.path.isfile(name_or_path):
-        with open(name_or_path, encoding="utf-8") as fh:
-            text = fh.read()
+        try:
+            with open(name_or_path, encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError:
+            raise SimulatorError(f"architecture file {name_or_path!r} is not UTF-8 text (a YAML design)") from None
         source = name_or_path
     else:
         names = builtin_arch_names()

@@ -44,46 +44,60 @@ def plot_report(folder: str) -> list[str]:
     paths.append(_save(fig, folder, "utilization.png"))
     plt.close(fig)
 
-    # speedup against the baseline design
+    # speedup against the baseline design (with one design there is nothing to compare: no plot)
     sp = speedups(rows)
     base = baseline_of(rows)
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
-    for ax, m in zip(axes[0], models):
-        for d in designs:
-            xs = [s for s in seqs if (d, m, s) in sp]
-            ax.plot(xs, [sp[(d, m, s)] for s in xs], "-o", color=colors[d], label=d)
-        _seq_axis(ax, seqs)
-        ax.set_yscale("log")
-        ax.set_ylabel(f"speedup over {base}")
-        ax.set_title(m)
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(_save(fig, folder, "speedup.png"))
-    plt.close(fig)
+    others = [d for d in designs if d != base]
+    if others:
+        fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+        for ax, m in zip(axes[0], models):
+            for d in others:
+                xs = [s for s in seqs if (d, m, s) in sp]
+                ax.plot(xs, [sp[(d, m, s)] for s in xs], "-o", color=colors[d], label=d)
+            ax.axhline(1.0, color=colors[base], linestyle=":", linewidth=1, label=f"{base} (1x)")
+            _seq_axis(ax, seqs)
+            ax.set_yscale("log")
+            ax.set_ylabel(f"speedup over {base}")
+            ax.set_title(m)
+        axes[0][-1].legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(_save(fig, folder, "speedup.png"))
+        plt.close(fig)
 
-    # energy breakdown: stacked bars per design, grouped by sequence length, relative to the baseline
+    # energy breakdown: stacked bars per design, grouped by sequence length, relative to the baseline;
+    # every bar is labelled with its design below it, the sequence length below the group
     comps = list(dict.fromkeys(k for r in rows for k in r.get("energy_breakdown", {})))
-    fig, axes = plt.subplots(1, len(models), figsize=(max(6, 1.2 * len(seqs) * len(designs)) * len(models) / 2, 4),
-                             squeeze=False)
     width = 0.8 / len(designs)
+    group_w = max(1.2, 0.45 * len(designs))  # inches per sequence length, so design labels fit
+    fig, axes = plt.subplots(1, len(models), figsize=(max(6.0, group_w * len(seqs) + 1.5) * len(models), 4.6),
+                             squeeze=False)
     cmap = plt.get_cmap("Set2")
     for ax, m in zip(axes[0], models):
+        ticks, labels = [], []
         for si, s in enumerate(seqs):
             ref = by.get((base, m, s), {}).get("energy_pj") or 1.0
             for di, d in enumerate(designs):
                 r = by.get((d, m, s))
                 if r is None:
                     continue
+                x = si + di * width
                 bottom = 0.0
                 for ci, c in enumerate(comps):
                     v = r.get("energy_breakdown", {}).get(c, 0.0) / ref
-                    ax.bar(si + di * width, v, width, bottom=bottom, color=cmap(ci % 8),
-                           edgecolor=colors[d], linewidth=1.2, label=c if (si, di) == (0, 0) else None)
+                    ax.bar(x, v, width, bottom=bottom, color=cmap(ci % 8), edgecolor="white", linewidth=0.5,
+                           label=c if (si, di) == (0, 0) else None)
                     bottom += v
-        ax.set_xticks([si + 0.4 - width / 2 for si in range(len(seqs))], [format_seq(s) for s in seqs])
+                ticks.append(x)
+                labels.append(d)
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
+        sec = ax.secondary_xaxis("bottom")
+        sec.set_xticks([si + (len(designs) - 1) * width / 2 for si in range(len(seqs))],
+                       [format_seq(s) for s in seqs])
+        sec.tick_params(length=0, pad=8 + 5.5 * max(map(len, designs)))
+        sec.set_xlabel("sequence length")
         ax.set_ylabel(f"energy relative to {base}")
-        ax.set_title(f"{m}: bars left to right = {', '.join(designs)}", fontsize=8)
-    axes[0][-1].legend(fontsize=7)
+        ax.set_title(f"{m}: energy by component", fontsize=10)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     fig.tight_layout()
     paths.append(_save(fig, folder, "energy.png"))
     plt.close(fig)

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from einfuse.errors import EinfuseError
+from einfuse.errors import EinfuseError, SimulatorError
 from einfuse.ir.cascade import Cascade
 from einfuse.lowering.plan import KernelPlan
 from einfuse.simulator.arch import Arch, load_arch
@@ -148,7 +148,11 @@ def plan_lines(cascade: Cascade, arch: Arch) -> list[str]:
 def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool = True,
              fast_forward: bool = True) -> SimResult:
     """Cycle-level estimate of one attention layer (``batch x heads`` problems) on ``arch``."""
+    from einfuse.ir.grid import check_grid
+
     t0 = time.perf_counter()
+    check_grid(cascade, workload.seq, workload.kv_seq or workload.seq, workload.sizes,
+               f"the workload ({workload.model}, seq)", SimulatorError)
     if isinstance(arch, str):
         arch = load_arch(arch)
     c = prepare(cascade, arch) if lower else cascade

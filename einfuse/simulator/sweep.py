@@ -18,9 +18,14 @@ def sweep(cascade: Cascade, designs: Sequence[str | Arch], models: Sequence[str]
     Each design lowers the cascade its own way (FuseMax: the 1-pass cascade), once per design.
     ``workloads`` replaces the (model, seq) grid with explicit shapes.
     """
+    from einfuse.errors import SimulatorError
+    from einfuse.ir.grid import check_grid
+
     archs = [load_arch(d) if isinstance(d, str) else d for d in designs]
     wls = list(workloads) if workloads is not None else [
         workload(m, s, batch, sizes) for m in models for s in seqs]
+    for w in wls:  # before any lowering: a grid that does not fit is the first thing to say
+        check_grid(cascade, w.seq, w.kv_seq or w.seq, w.sizes, "the sequence length (--seq)", SimulatorError)
     lowered = {a.name: prepare(cascade, a) for a in archs}
     jobs = [(a, w) for w in wls for a in archs]
     results: list[SimResult] = []

@@ -185,7 +185,8 @@ def resolve_sizes(c: Cascade, given: Mapping[str, int]) -> dict[str, int]:
         if val.free_symbols:
             missing = sorted(str(s) for s in val.free_symbols)
             raise SimulatorError(f"cascade {c.name}: extent of rank {r.name} needs size(s) "
-                                 f"{', '.join(missing)}; give them in the workload (e.g. sizes={{'{missing[0]}': ...}})")
+                                 f"{', '.join(missing)}; give them with --size {missing[0]}=... (in Python: workload(..., "
+                                 f"sizes={{'{missing[0]}': ...}}))")
         sizes[r.name] = int(val)
     return sizes
 

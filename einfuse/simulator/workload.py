@@ -94,7 +94,7 @@ def parse_seq(text: str) -> list[int]:
             mult, item = 1024 ** 2, item[:-1]
         try:
             val = int(float(item) * mult)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise SimulatorError(f"sequence length {item!r} is not a number (use e.g. 1K,4K,1M)") from None
         if val < 1:
             raise SimulatorError(f"sequence length must be >= 1, got {val}")

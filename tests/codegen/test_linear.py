@@ -127,3 +127,14 @@ def test_pass_and_analysis_must_agree_and_no_mask_is_not_split() -> None:
     assert "no mask" in build_linear(einfuse.load_spec("linear:causal=false")).lowering
     c = einfuse.parse_cascade(_CUSTOM.replace("DECAY", "(9/10)**((h + 1)*(p - m))"))
     assert build_linear(c).lowering  # split or derived from g, but always cross-checked against g
+
+
+@pytest.mark.parametrize("feature_map", ["elu1", "exp"])
+def test_normalised_strict_mask_row_without_keys_is_zero_not_nan(feature_map: str) -> None:
+    # query 0 sees no key under m < p: its sums are empty, so the reference's output there is 0
+    c = einfuse.linear_attention(feature_map=feature_map, normalize=True, mask_mod=lambda b, h, q, kv: kv < q)
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 37, 16, generator=gen) for _ in range(3))
+    out = einfuse.compile(c)(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)).cpu()
+    assert torch.isfinite(out).all() and (out[:, :, 0] == 0).all()
+    assert rel_err(out, run_cascade(c, {"Q": q, "K": k, "V": v})["O"]) < TOL

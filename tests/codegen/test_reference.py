@@ -43,7 +43,7 @@ def test_causal_with_large_logits_matches_sdpa():
 
 
 def test_fully_masked_rows_are_zero_not_nan():
-    c = einfuse.attention(mask_mod=lambda b, h, q, kv: kv <= q - 4)
+    c = einfuse.attention(mask_mod=lambda b, h, q, kv: kv <= q - 4, scale=1.0)
     rng = np.random.default_rng(2)
     q, k, v = (rand(rng, 1, 2, 11, 8) for _ in range(3))
     out = run_cascade(c, {"Q": q, "K": k, "V": v})["O"]
@@ -94,7 +94,7 @@ def test_sigmoid_and_linear_match_numpy():
     rng = np.random.default_rng(4)
     q, k, v = (rand(rng, 2, 2, 13, 5) for _ in range(3))
     s = np.einsum("bhpe,bhme->bhpm", q, k)
-    out = run_cascade(einfuse.load_spec("sigmoid:bias=-1.5"), {"Q": q, "K": k, "V": v})["O"]
+    out = run_cascade(einfuse.load_spec("sigmoid:bias=-1.5,scale=1"), {"Q": q, "K": k, "V": v})["O"]
     assert rel_err(out, (1 / (1 + np.exp(-(s - 1.5)))) @ v) < 1e-12
     out = run_cascade(einfuse.load_spec("linear:feature_map=relu"), {"Q": q, "K": k, "V": v})["O"]
     fs = np.einsum("bhpe,bhme->bhpm", np.maximum(q, 0), np.maximum(k, 0)) * np.tril(np.ones((13, 13)))

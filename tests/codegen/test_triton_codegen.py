@@ -225,7 +225,7 @@ def test_cli_bench_without_gpu_fails_with_one_line(monkeypatch):
 def test_flex_peer_mods_match_the_reference():
     from einfuse.codegen import peers
 
-    c = einfuse.load_spec("softcap:cap=4,causal=true")
+    c = einfuse.load_spec("softcap:cap=4,causal=true,scale=1")
     plan = analyze(c)
     sizes = {"P": 20, "M": 20, "H": 2, "B": 1}
     idx = torch.arange(20)

@@ -299,6 +299,8 @@ BAD_SPECS = [
     ("na2d:causal=maybe", "option causal='maybe' is not a valid per-axis tuple"),
     ("na2d:kernel=3.5", "option kernel='3.5' is not a valid per-axis tuple"),
     ("nosuch", "unknown built-in variant 'nosuch'"),
+    ("softmax:causal=true,causal=false", "softmax: option 'causal' is given twice"),
+    ("na2d:kernel=3,kernel=5", "option 'kernel' is given twice"),
     ("sofmax", "did you mean softmax?"),
 ]
 

@@ -82,7 +82,7 @@ def test_reference_executor_mask_with_fraction_sum():
     def mask(b, h, q, kv):
         return sympy.Eq(sympy.Mod(sympy.floor((q - kv) / 3), 2), 0)
 
-    c = einfuse.attention(mask_mod=mask)
+    c = einfuse.attention(mask_mod=mask, scale=1.0)
     N, M, D = 23, 19, 8
     keep = np.array([[((i - j) // 3) % 2 == 0 for j in range(M)] for i in range(N)])
     rng = np.random.default_rng(7)

@@ -43,6 +43,32 @@ def test_invalid_cascades_name_the_culprit(body, words):
         assert w in msg, msg
 
 
+@pytest.mark.parametrize("header_change, body, words", [
+    (None, "QK[m,p] = Q[p,e] * K[m,e] : m <= 9**9**9\nO[p,f] = QK[m,p] * V[m,f]\n", "too large to evaluate"),
+    (None, "QK[m,p] = Q[p,e] * K[m,e] * idx(2**2**2**2**2)\nO[p,f] = QK[m,p] * V[m,f]\n", "too large"),
+    (None, "QK[m,p] = Q[p,e] * K[m,e] * idx(().__class__)\nO[p,f] = QK[m,p] * V[m,f]\n", "is not part of"),
+    (None, "QK[m,p] = Q[p,e] * K[m,e] : m <= __import__('os').getpid()\nO[p,f] = QK[m,p] * V[m,f]\n",
+     "is not part of"),
+    ("ranks E, F, M, P, M1 = quit()", "QK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", "'quit' is not a size"),
+    ("ranks E, F, M, P, M1 = 10**10**6", "QK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", "too large"),
+])
+def test_index_and_size_expressions_are_arithmetic_only(header_change, body, words):
+    """The text form is data: nothing in it runs as Python, and no power of numbers takes minutes."""
+    text = HEADER if header_change is None else HEADER.replace("ranks E, F, M, P", header_change)
+    with pytest.raises(ParseError, match=words):
+        parse_cascade(text + body)
+
+
+def test_a_tensor_computed_twice_is_rejected():
+    body = "QK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\nO[p,f] = QK[m,p] * V[m,f] * 2\n"
+    with pytest.raises(ValidationError, match="tensor O is computed by 2 Einsums"):
+        parse(body)
+
+
+def test_iterative_tensor_has_an_initial_value_and_a_recurrence(flash_text):
+    assert parse_cascade(flash_text).name == "flash"  # RM[0,p] = empty and RM[m1+1,p] = ... both write RM
+
+
 @pytest.mark.parametrize("body, words", [
     ("QK[m,p] = max(z) Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["reduction over rank z"]),
     ("QK[m,p] = max(m) Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["QK", "max(m)", "(e)"]),
@@ -50,6 +76,10 @@ def test_invalid_cascades_name_the_culprit(body, words):
     ("QK[m,p] = Q[p,e] * foo(K[m,e])\nO[p,f] = QK[m,p] * V[m,f]\n", ["unknown function 'foo'"]),
     ("QK[m,p] = Q[p,e] * (K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["expected ')'"]),
     ("QK[m,p] = Q[p,e] * K[m,e] : m <=\nO[p,f] = QK[m,p] * V[m,f]\n", ["cannot parse index expression"]),
+    ("tensor QK[M,P]\nQK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["tensor QK is declared twice"]),
+    ("input V[M,F]\nQK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["tensor V is declared twice"]),
+    ("ranks P\nQK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["rank P is declared twice"]),
+    ("params W = 1, W = 2\nQK[m,p] = Q[p,e] * K[m,e]\nO[p,f] = QK[m,p] * V[m,f]\n", ["param W is declared twice"]),
 ])
 def test_parse_errors_are_one_line(body, words):
     with pytest.raises(ParseError) as info:

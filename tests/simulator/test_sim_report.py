@@ -62,3 +62,36 @@ def test_cli_errors_are_one_line_with_exit_code_2():
                            check=False)
         assert p.returncode == 2, (args, p.stderr)
         assert p.stderr.startswith("error:") and p.stderr.count("\n") == 1
+
+
+def _plots(monkeypatch, rows, tmp_path):
+    """plot_report's figures by file name, as (title, x tick labels) per panel."""
+    from einfuse.simulator import plots
+
+    seen = {}
+    save = plots._save
+
+    def record(fig, folder, name):
+        seen[name] = [(ax.get_title(), [t.get_text() for t in ax.get_xticklabels()]) for ax in fig.axes
+                      if ax.get_label() != "<colorbar>" and ax.get_title()]
+        return save(fig, folder, name)
+
+    monkeypatch.setattr(plots, "_save", record)
+    write_report(rows, str(tmp_path))
+    return seen
+
+
+def test_one_design_has_no_flat_speedup_plot_and_energy_bars_are_labelled(tmp_path, monkeypatch):
+    rows = sweep(einfuse.load_spec("causal"), ["fusemax"], ["bert-base"], [1024, 2048], batch=1, progress=False)
+    seen = _plots(monkeypatch, rows, tmp_path)
+    assert "speedup.png" not in seen and not (tmp_path / "speedup.png").exists()
+    assert "speedup.png" not in (tmp_path / "report.md").read_text()
+    assert seen["energy.png"] == [("bert-base: energy by component", ["fusemax", "fusemax"])]
+
+
+def test_energy_bars_name_their_design_and_speedup_plots_the_others(tmp_path, monkeypatch):
+    rows = sweep(einfuse.load_spec("causal"), ["unfused", "flat", "fusemax"], ["bert-base"], [1024],
+                 batch=1, progress=False)
+    seen = _plots(monkeypatch, rows, tmp_path)
+    assert seen["energy.png"] == [("bert-base: energy by component", ["unfused", "flat", "fusemax"])]
+    assert "speedup.png" in seen

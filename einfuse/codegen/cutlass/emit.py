@@ -82,7 +82,10 @@ def emit_source(plan: KernelPlan, sizes: dict[str, int] | None = None,
     # integer params of the cascade (grid extents, windows) are compile-time constants
     bound = {k: int(v) for k, v in plan.cascade.params.items() if float(v).is_integer()}
     sizes = {**bound, **{k: int(v) for k, v in (sizes or {}).items()}}
-    idx = CppIndexPrinter(cpp_names(sizes), context=f"cascade {plan.name}", tensors=(P_IDX, M_IDX))
+    names = cpp_names(sizes)
+    # the default scale 1/sqrt(E) reads the head dims; this back end needs D_v == D (check_config)
+    names[size_symbol(op.head_rank)] = names[size_symbol(op.value_rank)] = "head_d"
+    idx = CppIndexPrinter(names, context=f"cascade {plan.name}", tensors=(P_IDX, M_IDX))
     score = substitute(op.score, {s: __import__("sympy").Integer(v) for s, v in _bind(sizes).items()})
     score_code = print_score(score, idx, "qk")
     mask_code = "true"
@@ -127,7 +130,7 @@ constexpr float kScaleLog2 = {cpp_float(scale * LOG2E) if plain else "1.0f"};
 
 // The score of one (query qi, key ki) pair from its dot product qk.
 {_comments(roles, "score")}EF_FN float ef_score(float qk, int qi, int ki, int h, int b, int n_q, int n_kv, int heads,
-                        int batch) {{
+                        int batch, int head_d) {{
   return {score_code};
 }}
 

@@ -79,14 +79,24 @@ class DecodeKernel:
         return cdiv(NK, split_len), split_len
 
     def _sizes(self, B: int, H: int, NQ: int, NK: int, D: int, DV: int, given: dict[str, Any]) -> list[int]:
-        known: dict[str, float] = {**self.plan.params, "B": B, "H": H, "P": NQ, "M": NK, "E": D, "F": DV}
-        known.update(given)
+        known = self._known(B, H, NQ, NK, D, DV, given)
         out = []
         for s in self.plan.sizes:
             if s not in known:
                 raise CodegenError(f"{self.plan.name}: size {s} is needed at run time; pass {s}=...")
             out.append(int(known[s]))
         return out
+
+    def _known(self, B: int, H: int, NQ: int, NK: int, D: int, DV: int, given: dict[str, Any]) -> dict[str, float]:
+        return {**self.plan.params, "B": B, "H": H, "P": NQ, "M": NK, "E": D, "F": DV, **given}
+
+    def scale(self, known: dict[str, float]) -> float:
+        """The score scale: a constant, or (the default ``1/sqrt(E)``) evaluated at these sizes."""
+        if isinstance(self.plan.scale, (int, float)):
+            return float(self.plan.scale)
+        from einfuse.ir.ranks import size_symbol
+
+        return float(self.plan.scale.subs({size_symbol(k): v for k, v in known.items()}))
 
     def __call__(self, q: Any, k: Any, v: Any, splits: int | None = None, return_lse: bool = False,
                  **sizes: Any) -> Any:
@@ -120,7 +130,8 @@ class DecodeKernel:
         upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
         self.module.decode_partial[(B * Hkv, n_splits, row_blocks)](
             q, k, v, mws, lws, ows, *q.stride(), *k.stride(), *v.stride(),
-            NQ, NK, H, Hkv, D, DV, split_len, n_splits, float(self.plan.scale), *size_args,
+            NQ, NK, H, Hkv, D, DV, split_len, n_splits, self.scale(self._known(B, H, NQ, NK, D, DV, sizes)),
+            *size_args,
             ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
             num_warps=self.options.num_warps, num_stages=self.options.num_stages)
         lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else mws

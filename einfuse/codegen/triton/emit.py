@@ -48,6 +48,34 @@ def kernel_names(plan: OnePassPlan, sizes: dict[str, int]) -> dict[sympy.Symbol,
     return names
 
 
+def head_dim_names(plan: OnePassPlan) -> dict[sympy.Symbol, str]:
+    """The kernel's constexpr names of the head dims (``1/sqrt(E)``, the default scale, reads E)."""
+    return {size_symbol(plan.head_rank): "HEAD_D", size_symbol(plan.value_rank): "HEAD_DV"}
+
+
+def scale_code(score, plan: OnePassPlan) -> str | None:
+    """Triton code for ``scale * log2(e)`` when the score is ``scale * Q.K`` with a positive constant
+    scale or one of the head dims only (``1/sqrt(E)``, folded by Triton); else None."""
+    from einfuse.codegen.triton.score_printer import const_code, constexpr_code
+    from einfuse.ir.expr import Access, Binary, Const, IndexValue
+    from einfuse.lowering.onepass import DOT
+
+    if isinstance(score, Access) and score.tensor == DOT:
+        return const_code(LOG2E)
+    if not (isinstance(score, Binary) and score.op == "mul"):
+        return None
+    for a, b in ((score.left, score.right), (score.right, score.left)):
+        if not (isinstance(a, Access) and a.tensor == DOT):
+            continue
+        if isinstance(b, Const) and b.value > 0:
+            return const_code(b.value * LOG2E)
+        if isinstance(b, IndexValue) and b.expr.is_positive:
+            code = constexpr_code(b.expr, head_dim_names(plan))
+            if code is not None:
+                return f"({code} * {const_code(LOG2E)})"
+    return None
+
+
 def _bind_params(e: sympy.Basic, sizes: dict[str, int]) -> sympy.Basic:
     """Substitute compile-time sizes (params) so divisions by them become constant divisions."""
     keep = _RUNTIME_SIZES
@@ -81,7 +109,7 @@ def emit_module(plan: OnePassPlan, sizes: dict[str, int], q_order: TileOrder, k_
     idx = IndexPrinter(names, context=f"cascade {plan.name}", tensors=(P_IDX, M_IDX))
     score = _bind_params_expr(plan.score, sizes)
     softmax = plan.family == "softmax"
-    scale = plan.plain_scale
+    scale = scale_code(score, plan) if softmax else None
     guard_full = may_be_minus_inf(score)
     mask_code = "True"
     if plan.mask is not None:
@@ -90,13 +118,14 @@ def emit_module(plan: OnePassPlan, sizes: dict[str, int], q_order: TileOrder, k_
     roles = plan.roles
 
     # ---- score: the Einsums from Q.K to the normalisation ---------------------------------------
-    if softmax and scale is not None and scale > 0:
+    if scale is not None:
         score_fn = (f"    # log2 units: exp(x) = exp2(x * log2 e), with log2 e folded into the scale\n"
-                    f"    return qk * {const_code(scale * LOG2E)}\n")
+                    f"    return qk * {scale}\n")
         fast_max = True
     else:
         same = substitute(score, {size_symbol("M"): size_symbol("P")})
-        body = _same_length_variant(print_score(score, idx), print_score(same, idx))
+        hd = head_dim_names(plan)
+        body = _same_length_variant(print_score(score, idx, constexprs=hd), print_score(same, idx, constexprs=hd))
         unit = f" * {const_code(LOG2E)}" if softmax else ""
         score_fn = f"    s = {body}\n    return s{unit}\n" if unit else f"    return {body}\n"
         fast_max = False
@@ -119,7 +148,8 @@ def emit_module(plan: OnePassPlan, sizes: dict[str, int], q_order: TileOrder, k_
     parts.append(f'''
 
 @triton.jit
-def _score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, FAST_MATH: tl.constexpr):
+def _score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, HEAD_D: tl.constexpr,
+           HEAD_DV: tl.constexpr, FAST_MATH: tl.constexpr):
     """The score of each (query qi, key ki) pair from the tile of dot products qk."""
 {score_comment}{score_fn}
 
@@ -163,9 +193,9 @@ EMPTY tiles never.
 
 
 def _tile_fn(plan: OnePassPlan, roles, softmax: bool, fast_max: bool, guard_full: bool,
-             scale: float | None) -> str:
-    """The body run for one key tile: load K, score, mask, normalise, accumulate P.V."""
-    from einfuse.codegen.triton.score_printer import const_code
+             scale: str | None) -> str:
+    """The body run for one key tile: load K, score, mask, normalise, accumulate P.V; ``scale`` is
+    the code of ``scale * log2(e)`` on the fast path (``fast_max``)."""
 
     head = '''
 @triton.jit
@@ -201,7 +231,7 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
         corr_c = _comment(roles, "correction")
         sum_c = _comment(roles, "sum")
         if fast_max:
-            c = const_code(scale * LOG2E)
+            c = scale
             unmasked = f'''        # score = qk * scale (in log2 units): scale the row max, then one FMA per element
 {max_c.replace("    #", "        #")}        m_new = tl.maximum(m_i, tl.max(qk, 1) * {c})
 {num_c.replace("    #", "        #")}        p = tl.math.exp2(qk * {c} - m_new[:, None])
@@ -209,7 +239,7 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
         m_sub = m_new
 '''
         else:
-            unmasked = f'''        s = _score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, FAST_MATH)
+            unmasked = f'''        s = _score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, HEAD_D, HEAD_DV, FAST_MATH)
 {max_c.replace("    #", "        #")}        m_new = tl.maximum(m_i, tl.max(s, 1))
 '''
             if guard_full:
@@ -222,10 +252,10 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
 '''
         if fast_max:  # mask the raw products; scale the row max, then one FMA per element as below
             masked_score = "qk"
-            row_max = f"tl.max(s, 1) * {const_code(scale * LOG2E)}"
-            numerator = f"s * {const_code(scale * LOG2E)} - m_sub[:, None]"
+            row_max = f"tl.max(s, 1) * {scale}"
+            numerator = f"s * {scale} - m_sub[:, None]"
         else:
-            masked_score = "_score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, FAST_MATH)"
+            masked_score = "_score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, HEAD_D, HEAD_DV, FAST_MATH)"
             row_max = "tl.max(s, 1)"
             numerator = "s - m_sub[:, None]"
         body += f'''    if MASKED:
@@ -248,7 +278,7 @@ def _tile(acc, m_i, l_i, q, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N
         normsum = plan.family == "normsum"
         act_c = _comment(roles, "numerator" if normsum else "activation")
         act = "" if normsum else "    a = _sigmoid(a, FAST_MATH)\n"
-        body += f'''{act_c}    a = _score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, FAST_MATH)
+        body += f'''{act_c}    a = _score(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, HEAD_D, HEAD_DV, FAST_MATH)
 {act}    if MASKED:
         keep = _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN)
         if not EVEN_KV:

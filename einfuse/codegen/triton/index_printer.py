@@ -13,6 +13,9 @@ code never calls tensor methods on a bare name and the helpers are exact for Pyt
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+
+import sympy
 
 from einfuse.codegen.index_base import BaseIndexPrinter, Printed, common_form
 
@@ -48,6 +51,11 @@ class IndexPrinter(BaseIndexPrinter):
 
     def flit(self, v: float) -> str:
         return float_literal(v)
+
+    def constexpr(self, e: sympy.Basic, names: Mapping[sympy.Symbol, str]) -> str | None:
+        from einfuse.codegen.triton.score_printer import constexpr_code
+
+        return constexpr_code(e, names)
 
     def as_float(self, out: Printed) -> str:
         """Converted by ``* 1.0`` rather than ``.to(tl.float32)``: a name may hold a ``tl.constexpr``

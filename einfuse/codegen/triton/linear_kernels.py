@@ -257,6 +257,12 @@ def _output_kernel(plan: LinearPlan) -> str:
             f"    den {'+' if plan.causal else ''}= tl.sum(fq * z[None, :], 1)",
             "    acc = acc / tl.where(p_ok, den, 1.0)[:, None]",
         ]
+        if plan.causal:  # a causal mask keeps every key m < p: only row 0 can have none (m < p)
+            lines += [
+                "    # a query with no visible key has an empty sum: its output is absent, i.e. 0 (not 0/0)",
+                "    has_keys = (p > 0) | visible(p, p * 0)",
+                "    acc = tl.where(has_keys[:, None], acc, 0.0)",
+            ]
     lines += [
         "    tl.store(O + b.to(tl.int64) * so_b + h * so_h + p[:, None] * so_n + offs_f[None, :] * so_d,",
         "             acc.to(O.dtype.element_ty), mask=p_ok[:, None] & f_ok[None, :])",

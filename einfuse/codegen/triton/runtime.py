@@ -55,6 +55,12 @@ class LaunchOptions:
         bad = sorted(set(kwargs) - known)
         if bad:
             raise CodegenError(f"unknown option {', '.join(bad)}; valid options: {', '.join(sorted(known))}")
+        from einfuse.codegen.triton.options import check_option_value
+
+        typed = {"fast_math": False, "precision": ""}  # defaults of None that stand for a bool, a str
+        for k, v in kwargs.items():
+            if v is not None or k not in typed:
+                check_option_value(k, v, typed.get(k, getattr(LaunchOptions(), k)))
         opts = LaunchOptions(**kwargs)
         if opts.precision not in (None, "ieee", "tf32"):
             raise CodegenError(f"option precision={opts.precision!r}: use 'ieee' or 'tf32'")
@@ -69,15 +75,10 @@ class LaunchOptions:
 
 def check_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, int, int, int, int, str]:
     """Validate q, k, v; returns (B, H, Hkv, N_q, N_kv, D, dtype name). Errors say what to change."""
-    import torch
-
     from einfuse.codegen.autotune import interpreter_active
+    from einfuse.codegen.compile import check_tensors
 
-    for t, nm in ((q, "q"), (k, "k"), (v, "v")):
-        if not isinstance(t, torch.Tensor):
-            raise CodegenError(f"{name}: {nm} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise CodegenError(f"{name}: {nm} must have shape (B, H, N, D); got {tuple(t.shape)}")
+    check_tensors(name, {"q": q, "k": k, "v": v})  # types, ranks, float dtypes, data, no autograd
     if not (q.device == k.device == v.device):
         raise CodegenError(f"{name}: q, k, v are on different devices ({q.device}, {k.device}, {v.device})")
     if q.device.type != "cuda" and not interpreter_active():

@@ -8,6 +8,10 @@ one Triton operation, so the printed line reads like the Einsum it came from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import sympy
+
 from einfuse.codegen import index_base
 from einfuse.codegen.index_base import may_be_minus_inf
 from einfuse.codegen.triton.index_printer import IndexPrinter, float_literal
@@ -21,10 +25,34 @@ def const_code(v: float) -> str:
     return float_literal(float(v))
 
 
-def print_score(e: Expr, idx: IndexPrinter, dot: str = "qk") -> str:
+def constexpr_code(e: sympy.Basic, names: Mapping[sympy.Symbol, str]) -> str | None:
+    """``e`` as plain Python arithmetic over ``tl.constexpr`` names (``1/sqrt(E)`` ->
+    ``(HEAD_D ** -0.5)``), which Triton folds at compile time; None if ``e`` has other symbols or
+    operations."""
+    e = sympy.sympify(e)
+    if isinstance(e, sympy.Symbol):
+        return names.get(e)
+    if isinstance(e, sympy.Integer):
+        return str(int(e))
+    if e.is_Number:
+        return const_code(float(e))
+    if isinstance(e, (sympy.Add, sympy.Mul)):
+        parts = [constexpr_code(a, names) for a in e.args]
+        if None in parts:
+            return None
+        return "(" + (" + " if isinstance(e, sympy.Add) else " * ").join(parts) + ")"  # type: ignore[arg-type]
+    if isinstance(e, sympy.Pow):
+        base, ex = constexpr_code(e.args[0], names), constexpr_code(e.args[1], names)
+        return None if base is None or ex is None else f"({base} ** {ex})"
+    return None
+
+
+def print_score(e: Expr, idx: IndexPrinter, dot: str = "qk",
+                constexprs: Mapping[sympy.Symbol, str] | None = None) -> str:
     """Triton expression for ``e``; ``dot`` names the tile of Q.K products (the rules are
-    :func:`einfuse.codegen.index_base.print_score`'s, the spellings ``idx``'s)."""
-    return index_base.print_score(e, idx, dot)
+    :func:`einfuse.codegen.index_base.print_score`'s, the spellings ``idx``'s). Index values over the
+    symbols of ``constexprs`` only (the head dims of the default scale) print as constant arithmetic."""
+    return index_base.print_score(e, idx, dot, constexprs)
 
 
 # Elementwise helpers the printed code may call (emitted into every generated module).

@@ -245,7 +245,7 @@ __global__ void __launch_bounds__(T::kNThreads, 1) attn_fwd(const Params p) {
         CUTE_UNROLL
         for (int c = 0; c < size<1>(s); ++c) {
           const int ki = j * kBlockN + get<1>(cS(r, c));
-          float x = kPlainScale ? s(r, c) : ef_score(s(r, c), qi, ki, h, b, n_q, n_kv, heads, batch) * kLog2e;
+          float x = kPlainScale ? s(r, c) : ef_score(s(r, c), qi, ki, h, b, n_q, n_kv, heads, batch, T::kHeadDim) * kLog2e;
           if (masked && !(ki < n_kv && ef_keep(qi, ki, h, b, n_q, n_kv, heads, batch))) x = -INFINITY;
           s(r, c) = x;
           mx = fmaxf(mx, x);
@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(T::kNThreads, 1) attn_fwd(const Params p) {
         CUTE_UNROLL
         for (int c = 0; c < size<1>(s); ++c) {
           const int ki = j * kBlockN + get<1>(cS(r, c));
-          float a = ef_score(s(r, c), qi, ki, h, b, n_q, n_kv, heads, batch);
+          float a = ef_score(s(r, c), qi, ki, h, b, n_q, n_kv, heads, batch, T::kHeadDim);
           if constexpr (kFamily == kSigmoid) a = ef_sigmoid(a);
           if (masked && !(ki < n_kv && ef_keep(qi, ki, h, b, n_q, n_kv, heads, batch))) a = 0.0f;
           s(r, c) = a;
