@@ -11,7 +11,7 @@ import sympy
 import einfuse as ef
 from einfuse.errors import CodegenError
 from einfuse.ir.printer import format_cascade
-from einfuse.ir.ranks import KEY_INDEX, QUERY_INDEX
+from einfuse.ir.ranks import KEY_INDEX, QUERY_INDEX, size_symbol
 from einfuse.lowering import format_plan, kernel_plan
 
 PACKAGE = pathlib.Path(ef.__file__).parent
@@ -52,7 +52,8 @@ def test_softmax_plan_has_running_state_and_a_mask_over_logical_positions() -> N
     # the fused cascades differ (M0 = 64 vs 16), the plans' mask and score do not
     assert format_cascade(coarse.cascade) != format_cascade(fine.cascade)
     assert coarse.mask == fine.mask and coarse.score == fine.score
-    assert coarse.mask.free_symbols <= {QUERY_INDEX, KEY_INDEX}
+    # logical positions, and the lengths that place queries bottom-right (no tile index m1, m0)
+    assert coarse.mask.free_symbols <= {QUERY_INDEX, KEY_INDEX, size_symbol("P"), size_symbol("M")}
     assert coarse.loop.tile == "64" and "partial" in coarse.loop.classes
     dense = kernel_plan(ef.load_spec("softmax"))
     assert dense.mask is None and dense.loop.classes.startswith("every tile full")
