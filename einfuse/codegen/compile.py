@@ -46,8 +46,13 @@ class CompiledAttention:
     decode_fallback: str | None = None
     plan: KernelPlan | None = None
     """The kernel plan the main kernel prints (``einfuse.lowering.format_plan`` shows it)."""
+    _backward_kernel: Any = None
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+        from einfuse.codegen import autograd
+
+        if autograd.needs_grad(q, k, v) and not _traced(q):
+            return autograd.attention_with_grad(self, q, k, v, **runtime)  # forward + saved LSE, backward
         if runtime or not self.use_torch_op or not _traced(q):
             # eager calls launch directly: the custom op is for graphs (torch.compile, export), and
             # its dispatch costs ~0.1 ms of CPU per call, more than short kernels take on the GPU
