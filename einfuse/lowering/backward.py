@@ -173,13 +173,28 @@ def _sub(a: Expr, b: Expr) -> Expr:
 
 
 def _mul(a: Expr, b: Expr) -> Expr:
-    if _zero(a) or _zero(b):
+    """``a * b`` with constant factors gathered into one (``20 * (t * 0.05)`` -> ``t``)."""
+    ca, ra = _split_const(a)
+    cb, rb = _split_const(b)
+    c = ca * cb
+    if c == 0.0:
         return Const(0.0)
-    if _one(a):
-        return b
-    if _one(b):
-        return a
-    return binary("mul", a, b)
+    rest = ra if rb is None else rb if ra is None else binary("mul", ra, rb)
+    if rest is None:
+        return Const(c)
+    return rest if c == 1.0 else binary("mul", Const(c), rest)
+
+
+def _split_const(e: Expr) -> tuple[float, Expr | None]:
+    """(constant factor, the rest or None) of a product."""
+    if isinstance(e, Const):
+        return e.value, None
+    if isinstance(e, Binary) and e.op == "mul":
+        cl, rl = _split_const(e.left)
+        cr, rr = _split_const(e.right)
+        rest = rl if rr is None else rr if rl is None else binary("mul", rl, rr)
+        return cl * cr, rest
+    return 1.0, e
 
 
 def _div(a: Expr, b: Expr) -> Expr:
@@ -252,11 +267,11 @@ def _unary_derivative(op: str, u: Expr, f: Expr) -> Expr:
     if op == "sigmoid":
         return _mul(f, _sub(one, f))
     if op == "tanh":
-        return _sub(one, _mul(f, f))
+        return _sub(one, _u("square", f))
     if op == "relu":
         return _u(STEP, u)
     if op == "reciprocal":
-        return _neg(_mul(f, f))
+        return _neg(_u("square", f))
     if op == "sqrt":
         return _div(Const(0.5), f)
     if op == "abs":

@@ -37,7 +37,7 @@ def grads(spec_or_cascade, B=1, H=4, Hkv=2, N=45, M=None, D=24, scale=1.0, dtype
 
 @pytest.mark.parametrize("spec", [
     "causal:head_dim=24", "softmax:head_dim=24", "alibi:head_dim=24", "softcap:cap=5,causal=true,head_dim=24",
-    "sliding_window:window=20,head_dim=24",
+    "sliding_window:window=20,head_dim=24", "duo:retrieval_heads=1,recent=16,head_dim=24",
 ])
 def test_gradients_match_float64_reference_ragged_gqa(spec):
     _, out, ref, got, want = grads(spec, check_fwd=spec.startswith("alibi"))

@@ -92,3 +92,14 @@ def test_transposed_tables_hold_the_same_tile_pairs(spec):
 
     assert torch.equal(kinds(t), kinds(back))
     assert int(transpose_tables(t, 4).full_num.sum()) == int(t.full_num.sum())
+
+
+def test_passes_command_prints_the_backward_plan():
+    from click.testing import CliRunner
+
+    from einfuse.cli import cli
+
+    out = CliRunner().invoke(cli, ["passes", "softcap:cap=20,causal=true", "--backward"]).output
+    assert "backward plan softcap" in out and "ds/dx     1.0 - square(tanh(Q.K / 20.0))" in out
+    out = CliRunner().invoke(cli, ["passes", "sigmoid", "--backward"]).output
+    assert "backward plan: none" in out
