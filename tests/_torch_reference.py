@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from einfuse.ir.expr import Access, Binary, Const, Expr, IndexValue, Select, Unary
+from einfuse.ir.expr import Access, Binary, Compare, Const, Expr, IndexValue, Select, Unary
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, KEY_INDEX, QUERY_INDEX, size_symbol
 from einfuse.lowering import torch_eval
 
 _UNARY = {
     "exp": torch.exp, "log": torch.log, "neg": torch.neg, "sigmoid": torch.sigmoid, "relu": torch.relu,
     "reciprocal": torch.reciprocal, "tanh": torch.tanh, "sqrt": torch.sqrt, "abs": torch.abs,
-    "square": torch.square, "step": lambda x: (x > 0).to(torch.float64), "elu1": lambda x: torch.where(x > 0, x + 1.0, torch.exp(torch.clamp(x, max=0.0))),
+    "square": torch.square, "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "step": lambda x: (x > 0).to(torch.float64), "elu1": lambda x: torch.where(x > 0, x + 1.0, torch.exp(torch.clamp(x, max=0.0))),
 }
+_CMP = {"lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne}
 _BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "max": torch.maximum,
            "min": torch.minimum}
 
@@ -34,7 +35,10 @@ def _eval(e: Expr, x: torch.Tensor, env: dict) -> torch.Tensor:
     if isinstance(e, Binary):
         return _BINARY[e.op](_eval(e.left, x, env), _eval(e.right, x, env))
     if isinstance(e, Select):
-        cond = torch.as_tensor(torch_eval.evaluate(e.cond, env), dtype=torch.bool)
+        if isinstance(e.cond, Compare):  # a condition on values (the score), not on positions
+            cond = _CMP[e.cond.op](_eval(e.cond.left, x, env), _eval(e.cond.right, x, env))
+        else:
+            cond = torch.as_tensor(torch_eval.evaluate(e.cond, env), dtype=torch.bool)
         return torch.where(cond, _eval(e.then, x, env), _eval(e.otherwise, x, env))
     raise TypeError(f"cannot evaluate {e!r}")
 

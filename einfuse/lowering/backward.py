@@ -137,7 +137,8 @@ def score_derivative(score: Expr) -> Expr:
     """``d score / d x`` where ``x`` is the leaf ``Access(DOT, ...)``, as a value expression.
 
     Index values and constants have derivative 0; the operators of the IR's value language follow
-    their textbook rules; ``max``/``min`` pass the derivative of the larger/smaller operand on
+    their textbook rules; ``where(cond, a, b)`` (an index predicate or a comparison of values) is
+    ``where(cond, a', b')``, the derivative almost everywhere; ``max``/``min`` pass the derivative of the larger/smaller operand on
     (subgradient at ties); ``relu`` and ``abs`` use :data:`STEP`.
     """
     for n in walk(score):
@@ -280,6 +281,12 @@ def _unary_derivative(op: str, u: Expr, f: Expr) -> Expr:
         return _sub(f, _u("relu", u))
     if op == "square":
         return _mul(Const(2.0), u)
+    if op == "sin":
+        return _u("cos", u)
+    if op == "cos":
+        return _neg(_u("sin", u))
+    if op == "tan":
+        return _add(one, _u("square", f))
     raise CodegenError(f"score operator {op} has no derivative rule")
 
 

@@ -54,6 +54,14 @@ def test_user_score_mod_with_relu_and_position_select_differentiates_by_chain_ru
         assert rel_err(g, w) < 1e-5
 
 
+def test_score_mod_with_a_condition_on_the_score_and_silu():
+    c = einfuse.attention(score_mod=lambda s, b, h, q, kv: einfuse.where(s > 0.5, s * 0.5, s * s.sigmoid()),
+                          mask_mod=lambda b, h, q, kv: kv <= q)
+    _, _, _, got, want = grads(c, H=2, Hkv=1, N=37, D=16, check_fwd=True)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+
+
 def test_cross_attention_lengths_and_bottom_right_causal_mask():
     _, _, _, got, want = grads("decode:causal=true,head_dim=24", B=2, H=4, Hkv=1, N=19, M=70)
     for g, w in zip(got, want):

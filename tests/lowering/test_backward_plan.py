@@ -9,7 +9,7 @@ import torch
 
 import einfuse
 from einfuse.errors import CodegenError
-from einfuse.ir.expr import Access, Const, IndexValue, Select, as_expr, binary, unary
+from einfuse.ir.expr import Access, Const, IndexValue, Select, as_expr, binary, compare, unary
 from einfuse.ir.ranks import KEY_INDEX, QUERY_INDEX
 from einfuse.lowering.backward import backward_plan, format_backward_plan, score_derivative, transpose_tables
 from einfuse.lowering.blocks import FULL, PARTIAL, build_tables
@@ -48,6 +48,8 @@ def _cases():
         "elu1": unary("elu1", X * 0.5),
         "select-by-position": Select(sympy.Lt(M, P), X * 2.0, unary("tanh", X)),
         "max-of-dot-and-bias": binary("max", X, bias),
+        "sin-cos-tan": unary("sin", X) * unary("cos", X * 0.5) + unary("tan", X * 0.1),
+        "select-on-the-score": Select(compare("gt", X, Const(0.5)), X * 3.0, unary("sigmoid", X)),
     }
 
 
