@@ -31,10 +31,13 @@ def backward_kernel(compiled: CompiledAttention) -> Any:
         from einfuse.errors import CodegenError
         from einfuse.lowering.backward import backward_plan
 
-        if compiled.plan is None or not hasattr(compiled.kernel, "forward_with_lse"):
+        if compiled.plan is None:
             raise CodegenError(f"{compiled.name}: no backward for {compiled.family} attention yet "
                                "(softmax one-pass plans only); call it under torch.no_grad() or detach the inputs")
-        bp = backward_plan(compiled.plan)
+        bp = backward_plan(compiled.plan)  # names the family when there is no backward plan
+        if not hasattr(compiled.kernel, "forward_with_lse"):
+            raise CodegenError(f"{compiled.name}: only the Triton target has a backward yet (this kernel is "
+                               f"{type(compiled.kernel).__name__}); compile with target='triton' to train")
         kern = build_backward(compiled.kernel, bp)
         compiled._backward_kernel = kern
     return kern
