@@ -50,9 +50,23 @@ class CompiledAttention:
     tokens: int | None = None
     sizes: dict[str, int] = field(default_factory=dict)
     """Token count of the declared grid (neighbourhood variants): queries and keys must number it."""
+    _backward_kernel: Any = None
+
+    @property
+    def has_backward(self) -> bool:
+        """Whether gradients can flow through this variant (one-pass softmax plans on Triton)."""
+        from einfuse.codegen.triton.runtime import AttentionKernel
+
+        return self.family == "softmax" and self.plan is not None and isinstance(self.kernel, AttentionKernel)
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
-        check_tensors(self.name, {"q": q, "k": k, "v": v})
+        from einfuse.codegen import autograd
+
+        grad = autograd.needs_grad(q, k, v) and not _traced(q)
+        check_tensors(self.name, {"q": q, "k": k, "v": v}, grad_ok=grad and self.has_backward,
+                      family=self.family)
+        if grad:
+            return autograd.attention_with_grad(self, q, k, v, **runtime)  # forward + saved LSE, backward
         if runtime or not self.use_torch_op or not _traced(q):
             # eager calls launch directly: the custom op is for graphs (torch.compile, export), and
             # its dispatch costs ~0.1 ms of CPU per call, more than short kernels take on the GPU
@@ -140,10 +154,11 @@ def check_sizes(c: Cascade, sizes: Any) -> dict[str, int]:
     return out
 
 
-def check_tensors(name: str, tensors: Mapping[str, Any]) -> None:
+def check_tensors(name: str, tensors: Mapping[str, Any], grad_ok: bool = False, family: str = "") -> None:
     """What every compiled kernel needs of its inputs, checked before anything is dispatched:
     (B, H, N, D) torch tensors of a float dtype with data (not on the meta device), and no autograd
-    (the kernels have no backward yet). Raises :class:`CodegenError` saying what to pass."""
+    unless ``grad_ok`` (the variant has a backward). float64 is accepted on the CPU (the Triton
+    interpreter: gradcheck). Raises :class:`CodegenError` saying what to pass."""
     import torch
 
     for nm, t in tensors.items():
@@ -152,13 +167,15 @@ def check_tensors(name: str, tensors: Mapping[str, Any]) -> None:
                                f"{type(t).__name__} (convert with torch.as_tensor(...))")
         if t.dim() != 4:
             raise CodegenError(f"{name}: {nm} must have shape (B, H, N, D); got {tuple(t.shape)}")
-        if str(t.dtype) not in _FLOAT_DTYPES:
+        if str(t.dtype) not in _FLOAT_DTYPES and not (str(t.dtype) == "torch.float64" and t.device.type == "cpu"):
             raise CodegenError(f"{name}: {nm} has dtype {t.dtype}; use bfloat16, float16 or float32")
         if t.device.type == "meta" and not _traced(t):
             raise CodegenError(f"{name}: {nm} is a meta tensor (no data); the kernels need real tensors")
-        if t.requires_grad and torch.is_grad_enabled():
-            raise CodegenError(f"{name}: {nm} requires grad, but einfuse kernels have no backward yet; "
-                               "call under torch.no_grad() or pass detached tensors (x.detach())")
+        if t.requires_grad and torch.is_grad_enabled() and not grad_ok:
+            what = f"{family} attention" if family else "this variant"
+            raise CodegenError(f"{name}: {nm} requires grad, but there is no backward for {what} yet (one-pass softmax "
+                               "plans on the Triton target do); call under torch.no_grad() or pass detached "
+                               "tensors (x.detach())")
 
 
 def _traced(q: Any) -> bool:

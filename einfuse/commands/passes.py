@@ -5,6 +5,7 @@
     einfuse passes decode --pipeline "split_kv[splits=4],fuse[tile=32]" --verify
     einfuse passes na2d:shape=64x64,kernel=7 --sparsity 4096 --tiles 128x128
     einfuse passes --builtins                     # pass counts of every built-in before/after lowering
+    einfuse passes softcap --backward             # the backward plan: ds/dx, tables, kernels
 """
 
 from __future__ import annotations
@@ -80,6 +81,18 @@ def _plan_text(c, full: bool) -> str:
             "--print-after-all shows the plan in full")
 
 
+def _backward_text(c) -> str:
+    """The backward plan (score derivative, tables, kernels), or one line saying why there is none."""
+    from einfuse.errors import EinfuseError
+    from einfuse.lowering import kernel_plan
+    from einfuse.lowering.backward import backward_plan, format_backward_plan
+
+    try:
+        return format_backward_plan(backward_plan(kernel_plan(c)))
+    except EinfuseError as exc:
+        return f"backward plan: none ({exc})"
+
+
 def _tiles(text: str) -> tuple[int, int]:
     from einfuse.errors import SpecError
 
@@ -105,14 +118,16 @@ def register(cli: click.Group) -> None:
                   help="extra size NAME=VALUE (e.g. H=8 for per-head masks)")
     @click.option("--builtins", is_flag=True,
                   help="table of pass counts of every built-in, before/after lowering")
+    @click.option("--backward", is_flag=True, help="print the backward plan (score derivative, kernels)")
     def passes_cmd(spec: str | None, ranks: tuple[str, ...], pipeline: str | None, print_after_all: bool,
                    tile: int | None, verify: bool, sparsity: int | None, tiles: str,
-                   sizes: tuple[str, ...], builtins: bool) -> None:
+                   sizes: tuple[str, ...], builtins: bool, backward: bool) -> None:
         """Pass analysis of SPEC (FuseMax lower bound per rank, reason per Einsum) and its lowering.
 
         \b
         einfuse passes causal
         einfuse passes alibi --print-after-all
+        einfuse passes softcap --backward
         einfuse passes na2d:shape=64x64,kernel=7 --sparsity 4096 --tiles 128x128"""
         from einfuse.cli import parse_sizes
         from einfuse.errors import SpecError
@@ -141,6 +156,9 @@ def register(cli: click.Group) -> None:
                 click.echo("after lowering: " + _summary_line(result.cascade, rank))
         click.echo("")
         click.echo(_plan_text(c, print_after_all))
+        if backward:
+            click.echo("")
+            click.echo(_backward_text(c))
         if sparsity is not None:
             tq, tk = _tiles(tiles)
             from einfuse.ir.grid import check_grid

@@ -316,7 +316,7 @@ def _kernel_fn(plan: OnePassPlan, roles, softmax: bool) -> str:
 
 @triton.jit
 def {KERNEL_NAME}(
-    Q, K, V, Out,
+    Q, K, V, Out, LSE,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, stride_nh, stride_fh, stride_fq, stride_ph, stride_pq,
@@ -326,8 +326,10 @@ def {KERNEL_NAME}(
     FULL_CONTIG: tl.constexpr, PART_CONTIG: tl.constexpr, BQ0: tl.constexpr, BQ1: tl.constexpr,
     BQ2: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr,
     FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_KV: tl.constexpr,
+    STORE_LSE: tl.constexpr,
 ):
-    """One program per (query tile, batch x head): walk FULL then PARTIAL key tiles, then store."""
+    """One program per (query tile, batch x head): walk FULL then PARTIAL key tiles, then store
+    (and, with STORE_LSE, the row log-sum-exp in log2 units, (B, H, N_Q) fp32, for the backward)."""
     t = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -384,6 +386,14 @@ def {KERNEL_NAME}(
 {finish}    o_ptrs = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh \\
         + qpos[:, None] * stride_on + offs_dv[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=qvalid[:, None] & (offs_dv[None, :] < HEAD_DV))
+{_LSE_STORE if softmax else ""}'''
+
+
+_LSE_STORE = '''    if STORE_LSE:
+        # LSE[p] = max + log2(sum): the backward recomputes P = exp2(s - LSE); +inf where no key is
+        # kept, so those rows recompute P = 0 everywhere
+        lse = tl.where(l_i == 0.0, float('inf'), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+        tl.store(LSE + bh.to(tl.int64) * N_Q + qpos, lse, mask=qvalid)
 '''
 
 

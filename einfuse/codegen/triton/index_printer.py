@@ -47,6 +47,7 @@ class IndexPrinter(BaseIndexPrinter):
         "sin": "tl.sin({})",
         "cos": "tl.cos({})",
         "tan": "_tan({})",
+        "step": "_step({})",  # derivatives only (einfuse.lowering.backward.STEP); backward modules define it
     }
 
     def flit(self, v: float) -> str:

@@ -32,7 +32,8 @@ from einfuse.lowering.tile_order import FLAT, SpanBoxes, TileOrder
 Layout = tuple[TileOrder, "TileOrder | SpanBoxes"]
 _FLAT_LAYOUT: Layout = (FLAT, FLAT)
 
-_DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
+_DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32",
+           "torch.float64": "fp64"}  # fp64: interpreter only (check_inputs)
 MAX_HEAD_DIM = 256
 
 
@@ -85,6 +86,8 @@ def check_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, int, int,
         raise CodegenError(f"{name}: tensors are on {q.device}; Triton kernels need CUDA tensors "
                            "(or TRITON_INTERPRET=1 to run them on the CPU for testing)")
     dt = _DTYPES.get(str(q.dtype))
+    if dt == "fp64" and q.device.type == "cuda":
+        dt = None  # float64 runs in the Triton interpreter only (exact kernels for gradcheck and tests)
     if dt is None:
         raise CodegenError(f"{name}: dtype {q.dtype} is not supported; use bfloat16, float16 or float32")
     if not (q.dtype == k.dtype == v.dtype):
@@ -208,8 +211,27 @@ class AttentionKernel:
                                "offset; build it with align='offset' (einfuse.ir.positions)")
         return int(q_offset)
 
+    def forward_with_lse(self, q: Any, k: Any, v: Any, q_offset: int | None = None,
+                         **options: Any) -> tuple[Any, Any]:
+        """``(out, lse)``: the output and each query row's log-sum-exp of the score in log2 units,
+        ``(B, H, N_q)`` fp32 (+inf for rows with no kept key); softmax plans only (the backward's
+        saved state)."""
+        import torch
+
+        if self.plan.family != "softmax":
+            raise CodegenError(f"{self.plan.name}: the log-sum-exp exists for softmax plans only")
+        opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
+        B, H, _, Nq, _, _, _ = check_inputs(self.plan.name, q, k, v)
+        order = self.order_for(q, k, opts)
+        cfg = self.config(q, k, v, order, opts)
+        out = torch.empty((B, H, Nq, v.shape[3]), dtype=q.dtype, device=q.device)
+        lse = torch.empty((B, H, Nq), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+                          device=q.device)
+        self._launch(q, k, v, out, cfg, order, opts, self._q_offset(q_offset), lse=lse)
+        return out, lse
+
     def _launch(self, q, k, v, out, cfg: KernelConfig, layout: Layout, opts: LaunchOptions,
-                q_offset: int = 0) -> None:
+                q_offset: int = 0, lse: Any = None) -> None:
         import torch
 
         B, H, Nq, D = q.shape
@@ -227,7 +249,7 @@ class AttentionKernel:
         dummy = tables.full_num if not tables.dense else torch.zeros(1, dtype=torch.int32, device=q.device)
         grid = (order.num_tiles(Nq, cfg.block_m), B * H)
         kernel[grid](
-            q, k, v, out,
+            q, k, v, out, out if lse is None else lse,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             *tables.kernel_args(dummy),
@@ -237,7 +259,7 @@ class AttentionKernel:
             PART_CONTIG=tables.part_contig, BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1],
             BK2=bk[2], FAST_MATH=fast, DOT_PRECISION=precision,
             UPCAST=interp and q.dtype == torch.bfloat16, EVEN_KV=k_order.whole(Nkv, cfg.block_n),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            STORE_LSE=lse is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
     def tables(self, n_q: int, n_kv: int, heads: int, batch: int, cfg: KernelConfig, layout: Layout,

@@ -1,0 +1,66 @@
+"""Autograd for compiled attention: ``out = attn(q, k, v); out.sum().backward()`` works eagerly.
+
+:class:`AttentionFunction` runs the forward kernel with its log-sum-exp output switched on
+(``STORE_LSE``), saves ``q, k, v, out, lse``, and in backward launches the generated backward
+kernels (:mod:`einfuse.codegen.triton.backward`), built on the first backward call from the plan's
+:func:`~einfuse.lowering.backward.backward_plan`. Calls without gradients never come here, so the
+forward path stays as fast as before. Plans without a backward (sigmoid, linear, staged) raise a
+:class:`~einfuse.errors.CodegenError` naming the family when gradients are asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from einfuse.codegen.compile import CompiledAttention
+
+
+def needs_grad(*tensors: Any) -> bool:
+    """Whether autograd must record this call (grad mode on and some input requires grad)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def backward_kernel(compiled: CompiledAttention) -> Any:
+    """The compiled variant's backward kernel, built once (errors say which plans have none)."""
+    kern = getattr(compiled, "_backward_kernel", None)
+    if kern is None:
+        from einfuse.codegen.triton.backward import build_backward
+        from einfuse.errors import CodegenError
+        from einfuse.lowering.backward import backward_plan
+
+        if compiled.plan is None:
+            raise CodegenError(f"{compiled.name}: no backward for {compiled.family} attention yet "
+                               "(softmax one-pass plans only); call it under torch.no_grad() or detach the inputs")
+        bp = backward_plan(compiled.plan)  # names the family when there is no backward plan
+        if not hasattr(compiled.kernel, "forward_with_lse"):
+            raise CodegenError(f"{compiled.name}: only the Triton target has a backward yet (this kernel is "
+                               f"{type(compiled.kernel).__name__}); compile with target='triton' to train")
+        kern = build_backward(compiled.kernel, bp)
+        compiled._backward_kernel = kern
+    return kern
+
+
+class AttentionFunction(torch.autograd.Function):
+    """``out = attention(q, k, v)`` with the FlashAttention-2 backward of the variant's plan."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Any, k: Any, v: Any, compiled: CompiledAttention, runtime: dict) -> Any:
+        bwd = backward_kernel(compiled)  # before the forward: an unsupported plan fails before any work
+        out, lse = compiled.kernel.forward_with_lse(q, k, v, **runtime)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.bwd, ctx.runtime = bwd, runtime
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Any) -> tuple[Any, ...]:
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.bwd(q, k, v, out, lse, dout, **ctx.runtime)
+        return dq, dk, dv, None, None
+
+
+def attention_with_grad(compiled: CompiledAttention, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+    """Run ``compiled`` on ``q, k, v`` recording the backward for autograd."""
+    return AttentionFunction.apply(q, k, v, compiled, runtime)

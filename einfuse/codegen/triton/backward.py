@@ -1,0 +1,128 @@
+"""Launching the backward kernels of a softmax one-pass plan (:mod:`backward_emit`).
+
+:class:`BackwardKernel` sits beside the forward :class:`~einfuse.codegen.triton.runtime.AttentionKernel`
+it differentiates: it shares the forward's sizes, tile orders and block tables (the same
+classification; the dK/dV loop reads them transposed), and launches preprocess, dK/dV and dQ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from einfuse.codegen.autotune import KernelConfig
+from einfuse.codegen.triton.backward_emit import DKDV, DQ, PREPROCESS, emit_backward_module
+from einfuse.codegen.triton.loader import load_module
+from einfuse.codegen.triton.options import pow2
+from einfuse.codegen.triton.runtime import AttentionKernel, LaunchOptions, Layout, _non_default
+from einfuse.lowering.backward import BackwardPlan, transpose_tables
+from einfuse.lowering.tile_order import SpanBoxes
+
+
+@dataclass
+class BackwardKernel:
+    """``kernel(q, k, v, out, lse, dout) -> (dq, dk, dv)`` for the forward kernel ``forward``."""
+
+    forward: AttentionKernel
+    plan: BackwardPlan
+    block_m: int | None = None
+    block_n: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+    _modules: dict = field(default_factory=dict)
+    _tables: dict = field(default_factory=dict)
+    last_config: KernelConfig | None = None
+
+    def source(self, layout: Layout | None = None) -> str:
+        from einfuse.lowering.tile_order import FLAT
+
+        return self.module(layout or (FLAT, FLAT)).__source__
+
+    def module(self, layout: Layout):
+        if layout not in self._modules:
+            text = emit_backward_module(self.plan, self.forward.sizes, layout[0], layout[1])
+            mod = load_module(text, f"{self.plan.name}_bwd")
+            mod.__source__ = text
+            self._modules[layout] = mod
+        return self._modules[layout]
+
+    def layout(self, q: Any, k: Any, opts: LaunchOptions) -> Layout:
+        """The forward's tile orders; key boxes over spans become plain boxes (their tables have
+        origins, not tile indices, and cannot be transposed)."""
+        order, k_order = self.forward.order_for(q, k, opts)
+        return (order, order) if isinstance(k_order, SpanBoxes) else (order, k_order)
+
+    def config(self, q: Any) -> KernelConfig:
+        interp = q.device.type != "cuda"
+        d = max(q.shape[3], 16)
+        base = KernelConfig(32, 32, 4, 1) if interp else KernelConfig(64, 64, 4 if d <= 64 else 8, 2)
+        return KernelConfig(self.block_m or base.block_m, self.block_n or base.block_n,
+                            self.num_warps or base.num_warps, self.num_stages or base.num_stages)
+
+    def __call__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, dout: Any,
+                 **options: Any) -> tuple[Any, Any, Any]:
+        import torch
+        import triton.language as tl
+
+        fwd = self.forward
+        opts = LaunchOptions.from_kwargs({**_non_default(fwd.defaults), **options})
+        q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
+        B, H, Nq, D = q.shape
+        Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+        layout = self.layout(q, k, opts)
+        order, k_order = layout
+        cfg = self.config(q)
+        self.last_config = cfg
+        tables = fwd.tables(Nq, Nkv, H, B, cfg, layout, q.device)
+        n_q_tiles = order.num_tiles(Nq, cfg.block_m)
+        key = (Nq, Nkv, H, cfg.block_m, cfg.block_n, layout, str(q.device))
+        if key not in self._tables:
+            self._tables[key] = transpose_tables(tables, n_q_tiles)
+        tables_t = self._tables[key]
+        mod = self.module(layout)
+        interp = q.device.type != "cuda"
+        fast = opts.fast_math if opts.fast_math is not None else (not interp and q.dtype != torch.float32)
+        precision = opts.precision or ("ieee" if q.dtype == torch.float32 else "tf32")
+        bq, bk = order.box(cfg.block_m), k_order.box(cfg.block_n)
+        dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
+        common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D), HEAD_DV=Dv,
+                      BLOCK_DV=pow2(Dv), BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1], BK2=bk[2],
+                      FAST_MATH=fast, DOT_PRECISION=precision, UPCAST=interp and q.dtype == torch.bfloat16,
+                      EVEN_KV=k_order.whole(Nkv, cfg.block_n),
+                      ACC=tl.float64 if q.dtype == torch.float64 else tl.float32, num_warps=cfg.num_warps,
+                      num_stages=cfg.num_stages)
+        strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
+
+        # D[p] = sum_f dO[p,f] O[p,f]
+        delta = torch.empty((B, H, Nq), dtype=lse.dtype, device=q.device)  # fp64 for fp64 inputs
+        pre_m = 64 if not interp else 32
+        getattr(mod, PREPROCESS)[(-(-Nq // pre_m), B * H)](
+            out, dout, delta, *out.stride()[:3], *dout.stride()[:3], Nq, H,
+            BLOCK_M=pre_m, HEAD_DV=Dv, BLOCK_DV=pow2(Dv))
+
+        dk = torch.empty((B, Hkv, Nkv, D), dtype=k.dtype, device=q.device)
+        dv = torch.empty((B, Hkv, Nkv, Dv), dtype=v.dtype, device=q.device)
+        n_k_tiles = k_order.num_tiles(Nkv, cfg.block_n)
+        getattr(mod, DKDV)[(n_k_tiles, B * Hkv)](
+            q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3],
+            *tables_t.kernel_args(dummy), Nq, Nkv, H, H // Hkv, tables.n_full, n_q_tiles,
+            TABLES=not tables_t.dense, FULL_CONTIG=tables_t.full_contig, PART_CONTIG=tables_t.part_contig,
+            **common)
+
+        dq = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
+        getattr(mod, DQ)[(n_q_tiles, B * H)](
+            q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3],
+            *tables.kernel_args(dummy), Nq, Nkv, H, H // Hkv, tables.n_full, tables.n_k_tiles,
+            TABLES=not tables.dense, FULL_CONTIG=tables.full_contig, PART_CONTIG=tables.part_contig,
+            **common)
+        return dq, dk, dv
+
+
+def build_backward(forward: AttentionKernel, plan: Any, **options: Any) -> BackwardKernel:
+    """The backward of a compiled softmax kernel; ``options``: block_m, block_n, num_warps, num_stages."""
+    from einfuse.lowering.backward import backward_plan
+
+    bp = plan if isinstance(plan, BackwardPlan) else backward_plan(plan)
+    kern = BackwardKernel(forward, bp, **options)
+    kern.source()  # generate (and import) now: errors surface at compile time
+    return kern
