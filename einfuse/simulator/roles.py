@@ -76,7 +76,10 @@ def _einsum_roles(c: Cascade, w: EinsumWork, arch: Arch, sizes: dict[str, int]) 
         return pref_r[0], pref_c[0]
     if pref_r or pref_c:
         taken = (pref_r or pref_c)[0]
-        others = [v for v in w.out_vars if v != taken]
+        # the block index of the taken rank's partition (p1 of M -> P1, M0) is its key-tile loop,
+        # not a spatial rank: leave it out even when it outgrows the block (P1 >= P0 at long lengths)
+        outer = {_rank_var(c, p.outer) for p in c.partitions if _rank_var(c, p.inner) == taken}
+        others = [v for v in w.out_vars if v != taken and v not in outer]
         other = max(others, key=lambda v: extent(c, v, sizes)) if others else None
         return (taken, other) if pref_r else (other, taken)
     return _dataflow_roles(c, w, arch.pe_array.dataflow, sizes)

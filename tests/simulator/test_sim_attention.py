@@ -92,3 +92,16 @@ def test_dsl_variants_simulate_on_every_design(spec, sizes):
         assert r.energy_pj > 0 and r.dram_bytes > 0
         if r.sim["macs_exact"]:
             assert r.macs == cascade_macs(c, wl.size_map()) * wl.batch
+
+
+@pytest.mark.parametrize("design", ["fusemax", "flat"])
+def test_lightning_cycles_grow_linearly_with_the_sequence(design):
+    """Linear attention runs its kernel plan's intra/inter block split on every design, so 4x the
+    tokens cost ~4x the cycles (the quadratic cascade as written grew 3293x for 64x)."""
+    a = load_arch(design)
+    c = prepare(einfuse.load_spec("lightning"), a)
+    assert c.attrs.get("lowered") == "lightning"
+    seqs = [1024, 4096, 16384, 65536]
+    cycles = [simulate(c, a, workload("bert-base", s, batch=1)).cycles for s in seqs]
+    for short, long in zip(cycles, cycles[1:]):
+        assert 3.5 < long / short < 4.5
