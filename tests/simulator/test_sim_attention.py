@@ -105,3 +105,21 @@ def test_lightning_cycles_grow_linearly_with_the_sequence(design):
     cycles = [simulate(c, a, workload("bert-base", s, batch=1)).cycles for s in seqs]
     for short, long in zip(cycles, cycles[1:]):
         assert 3.5 < long / short < 4.5
+
+
+def test_elementwise_binding_follows_operator_cost_not_the_variant():
+    """On FuseMax sigmoid and softcap's tanh run as series on the 2-D array's MACs (as exp does), so
+    they cost about what softmax costs (they were bound to the 1-D array and ran 14-26x slower)."""
+    a = load_arch("fusemax")
+    wl = workload("bert-base", 4096, batch=1)
+    cyc = {}
+    for spec in ("softmax", "sigmoid", "softcap"):
+        r = simulate(prepare(einfuse.load_spec(spec), a), a, wl)
+        cyc[spec] = r.cycles
+        if spec != "softmax":
+            assert all(e.unit == "2d" for e in r.per_einsum if e.name in ("A", "BQK"))
+    assert cyc["sigmoid"] < 1.2 * cyc["softmax"] and cyc["softcap"] < 1.4 * cyc["softmax"]
+    # FLAT keeps its elementwise work on the 1-D array (its 2-D array has no exp)
+    f = load_arch("flat")
+    r = simulate(prepare(einfuse.load_spec("sigmoid"), f), f, wl)
+    assert {e.name: e.unit for e in r.per_einsum}["A"] == "1d"
