@@ -9,7 +9,9 @@ that share roles (agent attention has two softmaxes over different ranks).
 
 Binding: contractions go to the 2-D array; elementwise maps and reductions go to the 1-D array,
 except that with ``softmax_on_2d`` those whose iteration space covers both spatial ranks (a full
-M0 x P0 tile) stay on the 2-D array when it supports their operators.
+M0 x P0 tile) stay on the 2-D array when it supports their operators and, where the 1-D array
+supports them too, when the 2-D array finishes a point sooner (operator cycles over PEs): the
+binding follows from each operator's cost, not from the variant.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ def _einsum_roles(c: Cascade, w: EinsumWork, arch: Arch, sizes: dict[str, int]) 
         return pref_r[0], pref_c[0]
     if pref_r or pref_c:
         taken = (pref_r or pref_c)[0]
-        others = [v for v in w.out_vars if v != taken]
+        # the block index of the taken rank's partition (p1 of M -> P1, M0) is its key-tile loop,
+        # not a spatial rank: leave it out even when it outgrows the block (P1 >= P0 at long lengths)
+        outer = {_rank_var(c, p.outer) for p in c.partitions if _rank_var(c, p.inner) == taken}
+        others = [v for v in w.out_vars if v != taken and v not in outer]
         other = max(others, key=lambda v: extent(c, v, sizes)) if others else None
         return (taken, other) if pref_r else (other, taken)
     return _dataflow_roles(c, w, arch.pe_array.dataflow, sizes)
@@ -153,6 +158,13 @@ def _dataflow_roles(c: Cascade, w: EinsumWork, dataflow: str, sizes: dict[str, i
 
 # ---- binding ---------------------------------------------------------------------------------------
 
+def _point_time(w: EinsumWork, unit, pes: int) -> float:
+    """Cycles per iteration point of ``w`` on ``unit``, spread over its ``pes`` PEs."""
+    vals = [unit.ops[o].cycles * n for o, n in w.per_point.items()]
+    cyc = (max(vals) if unit.chain_ops else sum(vals)) if vals else 0
+    return cyc / pes
+
+
 def bind(w: EinsumWork, roles: Roles, arch: Arch) -> str:
     """The unit an Einsum runs on (see module docstring); raises when no unit has its operators."""
     pe, vec = arch.pe_array, arch.vector_array
@@ -163,7 +175,12 @@ def bind(w: EinsumWork, roles: Roles, arch: Arch) -> str:
     if w.kind == "contraction" and on2d:
         return "2d"
     if arch.mapping.softmax_on_2d and tile_sized and on2d:
-        return "2d"
+        if not on1d:
+            return "2d"
+        # both units can: the one that finishes a point sooner (the 2-D array's many PEs running a
+        # series on their MACs beat the 1-D array's native unit; e.g. sigmoid: 14 MAC cycles over
+        # 65,536 PEs vs 8 cycles over 256 lanes)
+        return "2d" if _point_time(w, pe, pe.pes) <= _point_time(w, vec, vec.pes) else "1d"
     if on1d:
         return "1d"
     if on2d:

@@ -112,13 +112,20 @@ def design_plan(cascade: Cascade, arch: Arch) -> KernelPlan | None:
 
 
 def prepare(cascade: Cascade, arch: Arch) -> Cascade:
-    """The cascade the design maps: with the design's ``online_softmax`` lowering (FuseMax), the
-    kernel plan's one-pass cascade (key tile = array rows); otherwise the cascade as written."""
+    """The cascade the design maps.
+
+    Linear attention (every design): the kernel plan's intra/inter block split (``split_lightning``),
+    the same lowering the GPU back end runs, so the cost is linear in the sequence length. Softmax
+    with the design's ``online_softmax`` lowering (FuseMax): the kernel plan's one-pass cascade (key
+    tile = array rows). Otherwise the cascade as written."""
+    if cascade.attrs.get("lowered") or cascade.partitions:
+        return cascade
+    if cascade.attrs.get("family") == "linear":
+        plan = design_plan(cascade, arch)
+        return plan.cascade if plan is not None and plan.family == "linear" else cascade
     if arch.mapping.lowering != "online_softmax":
         return cascade
-    if cascade.attrs.get("lowered") == "online_softmax" or cascade.partitions:
-        return cascade
-    if cascade.attrs.get("family") in ("sigmoid", "linear"):
+    if cascade.attrs.get("family") == "sigmoid":
         return cascade            # no softmax: nothing to lower, simulate as written
     plan = design_plan(cascade, arch)
     if plan is not None and plan.family == "softmax":

@@ -4,7 +4,10 @@ The classification comes from the passes' ``classify_tiles`` when it is availabl
 mask); otherwise small problems are classified exactly here by evaluating the constraint on every
 tile, and large ones conservatively treat every tile as partial (no work is skipped). The density of
 partial tiles (fraction of their points inside the constraint) turns performed work into useful
-work for MAC counts and utilisation; it is exact when every partial tile could be evaluated.
+work for MAC counts and utilisation. With ``classify_tiles`` it is counted exactly from the flat
+constraint, per distinct tile class (:mod:`einfuse.simulator.counting`); a constraint that lives
+inside one key tile (lightning's intra-block ``m0 <= p0``) is evaluated on one tile; otherwise the
+partial tiles are sampled (flagged not exact).
 """
 
 from __future__ import annotations
@@ -78,17 +81,66 @@ def classify(c: Cascade, roles: Roles, sizes: dict[str, int], heads: int,
     _, where = found
     n_sub, n_stream = roles.n_sub, roles.n_stream
     kinds = _from_pass(c, sizes, roles)
-    method = "classify_tiles"
-    if kinds is None:
-        total = n_sub * n_stream * roles.rows_tile * roles.cols_tile
-        if total <= _EXACT_LIMIT:
-            kinds = _exact(where, roles, sizes, heads)
-            method = "exact"
-        else:
-            return Tiles(np.full((1, n_sub, n_stream), PARTIAL, np.int8), 1.0, False,
-                         "conservative (classify_tiles unavailable: every tile partial)")
+    if kinds is not None:
+        counted = _count_from_pass(c, sizes, roles, kinds)
+        if counted is not None:
+            density, exact = counted
+            how = "exact counts" if exact else "counts of a random sample of partial tiles"
+            return Tiles(kinds, density, exact, f"classify_tiles, {how}")
+        density, exact = _density(kinds, where, roles, sizes)
+        return Tiles(kinds, density, exact, "classify_tiles")
+    if _block_local(where, roles):
+        # the constraint lives inside a key tile (lightning's m0 <= p0): every key tile alike
+        kinds, density = _block_local_kinds(where, roles, sizes, heads)
+        return Tiles(kinds, density, True, "exact (one key tile, the same in every block)")
+    total = n_sub * n_stream * roles.rows_tile * roles.cols_tile
+    if total > _EXACT_LIMIT:
+        return Tiles(np.full((1, n_sub, n_stream), PARTIAL, np.int8), 1.0, False,
+                     "conservative (classify_tiles unavailable: every tile partial)")
+    kinds = _exact(where, roles, sizes, heads)
     density, exact = _density(kinds, where, roles, sizes)
-    return Tiles(kinds, density, exact, method)
+    return Tiles(kinds, density, exact, "exact")
+
+
+def _count_from_pass(c: Cascade, sizes: dict[str, int], roles: Roles,
+                     kinds: np.ndarray) -> tuple[float, bool] | None:
+    """Exact density of the partial tiles from the flat constraint (see :mod:`.counting`)."""
+    from einfuse.passes.block_sparsity import _bind
+    from einfuse.passes.block_sparsity import score_constraint as flat_constraint
+    from einfuse.simulator.counting import partial_points
+
+    try:
+        pred = flat_constraint(c)
+        env = tuple(sorted({**{k: float(v) for k, v in c.params.items()},
+                            **{k: float(v) for k, v in sizes.items()}}.items()))
+        bound, P, M, _ = _bind(pred, c.ranks["P"].extent, c.ranks["M"].extent, env, "P", "M")
+    except (EinfuseError, KeyError, TypeError, ValueError):
+        return None
+    present, area, exact = partial_points(bound, index_symbol("P"), index_symbol("M"), P, M,
+                                          roles.cols_tile, roles.rows_tile, kinds)
+    return (present / area if area else 1.0), exact
+
+
+def _block_local(where: sympy.Basic, roles: Roles) -> bool:
+    if not roles.stream or roles.stream == roles.rows:
+        return False
+    names = {str(s) for s in where.free_symbols}
+    return roles.stream not in names and roles.stream_elems % roles.rows_tile == 0
+
+
+def _block_local_kinds(where, roles: Roles, sizes: dict[str, int], heads: int) -> tuple[np.ndarray, float]:
+    hs = heads if HEAD_INDEX in where.free_symbols else 1
+    kinds = np.zeros((hs, roles.n_sub, 1), np.int8)
+    present = total = 0
+    for h in range(hs):
+        for q in range(roles.n_sub):
+            m = _tile_mask(where, roles, sizes, q, 0, h)
+            kinds[h, q, 0] = FULL if m.all() else (PARTIAL if m.any() else EMPTY)
+            if kinds[h, q, 0] == PARTIAL:
+                present += int(m.sum())
+                total += m.size
+    kinds = np.repeat(kinds, roles.n_stream, axis=2)
+    return kinds, (present / total if total else 1.0)
 
 
 def _from_pass(c: Cascade, sizes: dict[str, int], roles: Roles) -> np.ndarray | None:

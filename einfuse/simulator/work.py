@@ -83,7 +83,9 @@ def _vars_of(e: Expr, ivars: set[sympy.Symbol]) -> set[sympy.Symbol]:
 
 def _count_ops(e: Expr, ivars: set[sympy.Symbol], counts: Counter) -> None:
     for n in walk(e):
-        if isinstance(n, (Binary, Unary)):
+        if isinstance(n, Binary) and n.op == "div" and isinstance(n.right, Const):
+            counts["mul"] += 1          # x / c: a multiply by the constant's reciprocal
+        elif isinstance(n, (Binary, Unary)):
             counts[n.op] += 1
         elif isinstance(n, Select):
             counts["select"] += 1

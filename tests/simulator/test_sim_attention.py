@@ -92,3 +92,34 @@ def test_dsl_variants_simulate_on_every_design(spec, sizes):
         assert r.energy_pj > 0 and r.dram_bytes > 0
         if r.sim["macs_exact"]:
             assert r.macs == cascade_macs(c, wl.size_map()) * wl.batch
+
+
+@pytest.mark.parametrize("design", ["fusemax", "flat"])
+def test_lightning_cycles_grow_linearly_with_the_sequence(design):
+    """Linear attention runs its kernel plan's intra/inter block split on every design, so 4x the
+    tokens cost ~4x the cycles (the quadratic cascade as written grew 3293x for 64x)."""
+    a = load_arch(design)
+    c = prepare(einfuse.load_spec("lightning"), a)
+    assert c.attrs.get("lowered") == "lightning"
+    seqs = [1024, 4096, 16384, 65536]
+    cycles = [simulate(c, a, workload("bert-base", s, batch=1)).cycles for s in seqs]
+    for short, long in zip(cycles, cycles[1:]):
+        assert 3.5 < long / short < 4.5
+
+
+def test_elementwise_binding_follows_operator_cost_not_the_variant():
+    """On FuseMax sigmoid and softcap's tanh run as series on the 2-D array's MACs (as exp does), so
+    they cost about what softmax costs (they were bound to the 1-D array and ran 14-26x slower)."""
+    a = load_arch("fusemax")
+    wl = workload("bert-base", 4096, batch=1)
+    cyc = {}
+    for spec in ("softmax", "sigmoid", "softcap"):
+        r = simulate(prepare(einfuse.load_spec(spec), a), a, wl)
+        cyc[spec] = r.cycles
+        if spec != "softmax":
+            assert all(e.unit == "2d" for e in r.per_einsum if e.name in ("A", "BQK"))
+    assert cyc["sigmoid"] < 1.2 * cyc["softmax"] and cyc["softcap"] < 1.4 * cyc["softmax"]
+    # FLAT keeps its elementwise work on the 1-D array (its 2-D array has no exp)
+    f = load_arch("flat")
+    r = simulate(prepare(einfuse.load_spec("sigmoid"), f), f, wl)
+    assert {e.name: e.unit for e in r.per_einsum}["A"] == "1d"
