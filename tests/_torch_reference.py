@@ -55,10 +55,11 @@ def softmax_plan_attention(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     bound = {size_symbol(n): val for n, val in {**plan.cascade.params, **(sizes or {})}.items()}
     bound.update({size_symbol("P"): Nq, size_symbol("M"): Nkv, size_symbol("H"): H, size_symbol("B"): B,
                   size_symbol(det.head_rank): q.shape[3], size_symbol(det.value_rank): v.shape[3]})
-    env = {QUERY_INDEX: torch.arange(Nq, dtype=torch.float64)[:, None],
-           KEY_INDEX: torch.arange(Nkv, dtype=torch.float64)[None, :],
-           HEAD_INDEX: torch.arange(H, dtype=torch.float64)[:, None, None],
-           BATCH_INDEX: torch.arange(B, dtype=torch.float64)[:, None, None, None]}
+    dev = q.device  # the GPU tests evaluate the mask beside the kernel's inputs
+    env = {QUERY_INDEX: torch.arange(Nq, dtype=torch.float64, device=dev)[:, None],
+           KEY_INDEX: torch.arange(Nkv, dtype=torch.float64, device=dev)[None, :],
+           HEAD_INDEX: torch.arange(H, dtype=torch.float64, device=dev)[:, None, None],
+           BATCH_INDEX: torch.arange(B, dtype=torch.float64, device=dev)[:, None, None, None]}
     from einfuse.ir.expr import substitute
 
     s = _eval(substitute(det.score, bound), x, env)
