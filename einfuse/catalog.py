@@ -29,6 +29,9 @@ class Entry:
 HEAD_DIM = Option("head_dim", 0, "head dimension D that sets the score scale 1/sqrt(D); 0: the D of the "
                                  "inputs, at call time (as SDPA and FlexAttention)")
 SCALE = Option("scale", 0.0, "score scale multiplying Q.K; 0: 1/sqrt(head_dim) (scale=1: unscaled)")
+ALIGN = Option("align", "bottom_right", "where query i sits when there are fewer queries than keys: "
+                                        "bottom_right (N_kv - N_q + i, KV caches), top_left (i), offset "
+                                        "(QOFF + i, q_offset= per call)")
 
 
 def _causal(default: bool) -> Option:
@@ -57,7 +60,7 @@ CATALOG: tuple[Entry, ...] = (
     Entry("alibi", "ALiBi: score + slope_h * (m - p), slopes 2^(-8(h+1)/H).", (_causal(True), HEAD_DIM, SCALE)),
     Entry("based", "BASED: causal normalised Taylor linear attention (1 + s + s^2/2) plus sliding-window softmax.",
           (Option("window", 64, "keys of the softmax branch: p - window < m <= p"), HEAD_DIM, SCALE)),
-    Entry("causal", "Causal softmax attention (key m visible to query p when m <= p).", (HEAD_DIM, SCALE)),
+    Entry("causal", "Causal softmax attention (key m visible to the query at position p when m <= p).", (HEAD_DIM, SCALE)),
     Entry("decode", "Decoding over a KV cache (few queries, long KV): softmax with attrs decode=True.",
           (Option("causal", False, "the P queries are the last P of the M cached tokens: query p sees "
                                    "keys m <= p + M - P"), HEAD_DIM, SCALE)),
@@ -97,6 +100,11 @@ CATALOG: tuple[Entry, ...] = (
     Entry("softmax", "Multi-head softmax attention (MHA; GQA/MQA when K/V carry fewer heads).",
           (HEAD_DIM, SCALE, _causal(False))),
 )
+
+# built-ins whose masks or scores use positions take `align` (einfuse.ir.positions), always last
+_ALIGNED = ("alibi", "based", "causal", "decode", "duo", "gqa", "lightning", "linear", "na1d", "na2d", "na3d",
+            "s2attn", "sigmoid", "sliding_window", "softcap", "softmax")
+CATALOG = tuple(Entry(e.name, e.summary, e.options + (ALIGN,)) if e.name in _ALIGNED else e for e in CATALOG)
 
 SPEC_SYNTAX = """\
 A SPEC is one of

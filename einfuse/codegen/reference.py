@@ -351,8 +351,10 @@ def run_cascade(c: Cascade, inputs: Mapping[str, object], sizes: Mapping[str, in
         if a.size == 0:
             raise ExecutionError(f"input {k} is empty (shape {a.shape}); every size must be >= 1")
     for k, v in (sizes or {}).items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ExecutionError(f"sizes[{k!r}] = {v!r} must be an integer >= 1")
+        # rank extents are >= 1; a param may be 0 (a query offset QOFF, einfuse.ir.positions)
+        least = 0 if k in c.params and k not in c.ranks else 1
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+            raise ExecutionError(f"sizes[{k!r}] = {v!r} must be an integer >= {least}")
     bound, B, H = infer_sizes(c, arrays, sizes)
     ex = _Executor(c, bound, B, H, dtype)
     for name in c.inputs:

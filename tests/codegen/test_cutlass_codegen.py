@@ -39,9 +39,9 @@ def test_score_and_mask_are_printed_from_the_plan():
     assert "return (qi >= ki);" in src and "kPlainScale = false" in src
     # bottom-right (the default): query p sits at p + M - P, with the lengths passed at run time
     assert "return ((n_kv + qi - n_q) >= ki);" in emit_source(einfuse.plan("alibi"), configs=(("bf16", 64),))
-    na = emit_source(einfuse.plan("na2d:shape=12x20,kernel=5"), configs=(("fp16", 128),))
+    na = emit_source(einfuse.plan("na2d:shape=12x20,kernel=5,align=top_left"), configs=(("fp16", 128),))
     assert "(unsigned)(qi) / 20u" in na  # unsigned division of non-negative positions by the grid width
-    assert "kPlainScale = true" in emit_source(einfuse.plan("causal"), configs=(("bf16", 64),))
+    assert "kPlainScale = true" in emit_source(einfuse.plan("causal:scale=0.125"), configs=(("bf16", 64),))
 
 
 @pytest.mark.parametrize("spec,family", [("linear", "linear"), ("lightning", "linear")])

@@ -24,7 +24,10 @@ def _rel(a, b):
 def test_builtins_default_to_sdpa_scale(spec, causal, nq, d):
     f = einfuse.compile(spec)
     q, k, v = _qkv(nq, 40, d)
-    want = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    # built-ins place queries bottom-right (einfuse.ir.positions): SDPA's causal_lower_right
+    from torch.nn.attention.bias import causal_lower_right
+
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(nq, 40) if causal else None)
     assert _rel(f(q, k, v), want) < 1e-5
 
 

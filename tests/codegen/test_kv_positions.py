@@ -167,8 +167,8 @@ def test_same_length_kernels_print_no_offset_arithmetic():
 
 
 def test_sdpa_peer_recognises_both_causal_alignments():
-    from einfuse.codegen.triton.analysis import analyze
-    from einfuse.codegen.triton.peers import causal_alignment
+    from einfuse.codegen.peers import causal_alignment
+    from einfuse.lowering.onepass import analyze
 
     got = {s: causal_alignment(analyze(einfuse.load_spec(s)).mask)
            for s in ("causal", "causal:align=top_left", "causal:align=offset", "sliding_window", "softmax")}

@@ -60,7 +60,8 @@ def test_rows_a_score_mod_sends_to_minus_inf_are_zero_not_nan(lowered):
     they give 0 (as FlexAttention and the kernels do), in the naive and the one-pass cascade."""
     from einfuse.passes.fusion import fuse_online_softmax
 
-    c = einfuse.attention(score_mod=lambda s, b, h, q, kv: einfuse.where((q < 4) & (kv <= q + 6), s, -math.inf))
+    c = einfuse.attention(score_mod=lambda s, b, h, q, kv: einfuse.where((q < 4) & (kv <= q + 6), s, -math.inf),
+                          scale=1)
     if lowered:
         c = fuse_online_softmax(c, tile=4)
     rng = np.random.default_rng(3)

@@ -48,7 +48,7 @@ def test_walk_reaches_the_operands_of_a_condition():
 def _cascade():
     return ef.attention(score_mod=lambda s, b, h, q, kv: where((s > 0.25) & (q >= kv), s, 0.1 * s)
                         + where(compare("eq", s, 0.0), 1.0, 0.0) + where(-s <= kv * 0.01, 0.5, 0.0),
-                        mask_mod=lambda b, h, q, kv: kv <= q + 3)
+                        mask_mod=lambda b, h, q, kv: kv <= q + 3, scale=1)
 
 
 def test_text_form_round_trips():

@@ -101,7 +101,7 @@ def test_passes_command_prints_the_backward_plan():
 
     from einfuse.cli import cli
 
-    out = CliRunner().invoke(cli, ["passes", "softcap:cap=20,causal=true", "--backward"]).output
+    out = CliRunner().invoke(cli, ["passes", "softcap:cap=20,causal=true,scale=1", "--backward"]).output
     assert "backward plan softcap" in out and "ds/dx     1.0 - square(tanh(Q.K / 20.0))" in out
     out = CliRunner().invoke(cli, ["passes", "sigmoid", "--backward"]).output
     assert "backward plan: none" in out

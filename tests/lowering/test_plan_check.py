@@ -54,7 +54,8 @@ def test_score_mods_emptying_whole_rows_are_accepted_whatever_the_constant(limit
 
 @pytest.mark.parametrize("normalization", ["softmax", "sigmoid"])
 def test_a_sigmoid_inside_the_score_mod_is_part_of_the_score(normalization):
-    c = einfuse.attention(score_mod=lambda s, b, h, q, kv: s * einfuse.sigmoid(s), normalization=normalization)
+    c = einfuse.attention(score_mod=lambda s, b, h, q, kv: s * einfuse.sigmoid(s), normalization=normalization,
+                          scale=1)
     plan = analyze(c)
     assert plan.family == normalization and format_expr(plan.score) == "__dot__[m,p] * sigmoid(__dot__[m,p])"
     check_plan(c, plan)
