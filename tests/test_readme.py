@@ -112,7 +112,7 @@ def test_bash_examples_run(cmd, tmp_path, monkeypatch, capsys):
 def test_command_table_names_real_commands_and_options():
     from einfuse.cli import cli
 
-    rows = re.findall(r"^\| `einfuse (\w+)([^`]*)` \|", README.read_text(), re.M)
+    rows = re.findall(r"^\| `einfuse ([a-z][a-z-]*)([^`]*)` \|", README.read_text(), re.M)
     assert len(rows) >= 8
     for name, rest in rows:
         assert name in cli.commands, name
