@@ -21,7 +21,13 @@ from __future__ import annotations
 import math
 import textwrap
 
-from einfuse.codegen.triton.emit import _bind_params, _bind_params_expr, head_dim_names, kernel_names
+from einfuse.codegen.triton.emit import (
+    TABLE_ROW,
+    _bind_params,
+    _bind_params_expr,
+    head_dim_names,
+    kernel_names,
+)
 from einfuse.codegen.triton.index_printer import HELPERS as INDEX_HELPERS
 from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.score_printer import HELPERS as SCORE_HELPERS
@@ -80,7 +86,7 @@ def _dscore(qk, qi, ki, h, b, N_Q, N_KV, H, HEAD_D: tl.constexpr, HEAD_DV: tl.co
 def _keep(qi, ki, h, b, N_Q, N_KV, H):
     """The forward's mask predicate; evaluated on partial tiles only."""
     return {mask_code}
-''', _BWD_TILE.replace("{dx_line}", dx_line), _KERNELS]
+''', _BWD_TILE.replace("{dx_line}", dx_line), _KERNELS.replace("{TABLE_ROW}", TABLE_ROW)]
     return "\n".join(parts)
 
 
@@ -306,21 +312,7 @@ def attn_bwd_dq(
     K_head = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     V_head = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
-    if TABLES:
-        n_full = tl.load(FULL_NUM + h * stride_nh + t)
-        n_part = tl.load(PART_NUM + h * stride_nh + t)
-        row = h * stride_fh + t * stride_fq
-        prow = h * stride_ph + t * stride_pq
-        j_full = tl.load(FULL_IDX + row)
-        j_part = tl.load(PART_IDX + prow)
-    else:
-        n_full = N_FULL_DENSE
-        n_part = N_K_TILES - N_FULL_DENSE
-        row = 0
-        prow = 0
-        j_full = 0
-        j_part = N_FULL_DENSE
-    for i in range(0, n_full):
+{TABLE_ROW}    for i in range(0, n_full):
         if TABLES and not FULL_CONTIG:
             j = tl.load(FULL_IDX + row + i)
         else:

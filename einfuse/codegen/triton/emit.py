@@ -37,6 +37,25 @@ from einfuse.lowering.tile_order import TileOrder
 LOG2E = math.log2(math.e)
 KERNEL_NAME = "attn_fwd"
 
+TABLE_ROW = '''    if TABLES:
+        # block tables (mask heads x query tiles): counts, then padded lists of key tile indices
+        n_full = tl.load(FULL_NUM + h * stride_nh + t)
+        n_part = tl.load(PART_NUM + h * stride_nh + t)
+        row = h * stride_fh + t * stride_fq
+        prow = h * stride_ph + t * stride_pq
+        j_full = tl.load(FULL_IDX + row)
+        j_part = tl.load(PART_IDX + prow)
+    else:
+        n_full = N_FULL_DENSE
+        n_part = N_K_TILES - N_FULL_DENSE
+        row = 0
+        prow = 0
+        j_full = 0
+        j_part = N_FULL_DENSE
+'''
+"""Kernel lines reading one query tile's row of the block tables (FULL and PARTIAL key-tile counts
+and lists; without tables, the dense split): shared by the forward and the dQ backward kernel."""
+
 
 def kernel_names(plan: OnePassPlan, sizes: dict[str, int]) -> dict[sympy.Symbol, str]:
     """Triton names of the symbols a score or mask may use; params become literal constants."""
@@ -350,22 +369,7 @@ def {KERNEL_NAME}(
 {init_c}    m_i = tl.full([BLOCK_M], float('-inf'), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    if TABLES:
-        # block tables (mask heads x query tiles): counts, then padded lists of key tile indices
-        n_full = tl.load(FULL_NUM + h * stride_nh + t)
-        n_part = tl.load(PART_NUM + h * stride_nh + t)
-        row = h * stride_fh + t * stride_fq
-        prow = h * stride_ph + t * stride_pq
-        j_full = tl.load(FULL_IDX + row)
-        j_part = tl.load(PART_IDX + prow)
-    else:
-        n_full = N_FULL_DENSE
-        n_part = N_K_TILES - N_FULL_DENSE
-        row = 0
-        prow = 0
-        j_full = 0
-        j_part = N_FULL_DENSE
-    # FULL key tiles: every (query, key) pair of the tile is kept; no bounds checks, no mask
+{TABLE_ROW}    # FULL key tiles: every (query, key) pair of the tile is kept; no bounds checks, no mask
     for i in range(0, n_full):
         if TABLES and not FULL_CONTIG:
             j = tl.load(FULL_IDX + row + i)
