@@ -135,3 +135,16 @@ def test_refuses_float32_and_other_head_dims():
         q, k, v = inputs(1, 2, 2, 64, 64, D, dt)
         with pytest.raises(CodegenError, match="CUTLASS"):
             f(q, k, v)
+
+
+def test_auto_target_times_both_backends_and_matches_float64(tmp_path, monkeypatch):
+    from einfuse.codegen.backend_choice import FastestBackend
+
+    monkeypatch.setenv("EINFUSE_CACHE_DIR", str(tmp_path))  # a fresh choice cache: both are timed
+    f = einfuse.compile("causal", target="auto")
+    q, k, v = inputs(2, 4, 2, 1000, 1000, 128, torch.bfloat16, seed=5)
+    out = f(q, k, v)
+    assert isinstance(f.kernel, FastestBackend) and f.kernel.last_backend in ("triton", "cutlass")
+    assert rel_err(out, reference(einfuse.load_spec("causal"), q, k, v)) < 1e-2
+    (entry,) = f.kernel.cache.read().values()
+    assert set(entry["ms"]) == {"triton", "cutlass"} and all(isinstance(t, float) for t in entry["ms"].values())
