@@ -47,17 +47,22 @@ def cutlass_cases(cases: list[Case]) -> list[Case]:
     return [c for c in cases if c.owner in CUTLASS_OWNERS and c.D in (64, 128)]
 
 
-def _build_cutlass(spec: str, head_dim: int) -> str:
-    """Compile one case's CUTLASS kernel (bf16, its head dim) into the on-disk build cache."""
+CUTLASS_SYSTEMS = {"einfuse-cutlass": "auto", "einfuse-cutlass-sm80": "sm80"}
+"""einfuse-cutlass: the path einfuse picks (wgmma on Hopper); -sm80: the mma.sync path, for comparison."""
+
+
+def _build_cutlass(spec: str, head_dim: int, path: str) -> str:
+    """Compile one case's CUTLASS kernel (bf16, its head dim, a path) into the on-disk build cache."""
     try:
         from einfuse.codegen.cutlass.build import arch_of, load_extension
 
-        kern = einfuse.compile(spec, target="cutlass").kernel
+        kern = einfuse.compile(spec, target="cutlass", path=path).kernel
+        arch = arch_of(0)
         t0 = time.time()
-        load_extension(kern.source((("bf16", head_dim),)), arch_of(0))
-        return f"{spec}: built in {time.time() - t0:.0f}s"
+        load_extension(kern.source((("bf16", head_dim),), kern.path_for(arch)), arch)
+        return f"{spec} ({path}): built in {time.time() - t0:.0f}s"
     except Exception as exc:  # noqa: BLE001 - the case's row reports it again when it runs
-        return f"{spec}: {type(exc).__name__}: {str(exc)[-300:]}"
+        return f"{spec} ({path}): {type(exc).__name__}: {str(exc)[-300:]}"
 
 
 def prebuild_cutlass(cases: list[Case], log: Any) -> None:
@@ -69,17 +74,19 @@ def prebuild_cutlass(cases: list[Case], log: Any) -> None:
     if not todo:
         return
     t0 = time.time()
-    with ProcessPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1),
+    jobs = [(c.spec, c.D, path) for c in todo for path in CUTLASS_SYSTEMS.values()]
+    with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1),
                              mp_context=get_context("spawn")) as pool:
-        for line in pool.map(_build_cutlass, [c.spec for c in todo], [c.D for c in todo]):
+        for line in pool.map(_build_cutlass, *zip(*jobs)):
             print(f"[cutlass] {line}", file=log, flush=True)
-    print(f"[cutlass] {len(todo)} kernels built in {time.time() - t0:.0f}s", file=log, flush=True)
+    print(f"[cutlass] {len(jobs)} kernels built in {time.time() - t0:.0f}s", file=log, flush=True)
 
 
 def make_einfuse(case: Case, options: dict[str, Any], target: str = "triton") -> tuple[Any, str]:
     """einfuse's kernel for the case: through ``einfuse.compile`` when it exists, else the builder."""
     if target == "cutlass":
-        return einfuse.compile(case.spec, target="cutlass", **options), "einfuse.compile(target='cutlass')"
+        return (einfuse.compile(case.spec, target="cutlass", **options),
+                f"einfuse.compile(target='cutlass', path='{options.get('path', 'auto')}')")
     cascade = einfuse.load_spec(case.spec)
     family = cascade.attrs.get("family")
     compile_error = None
@@ -163,8 +170,8 @@ def run_case(case: Case, systems: list[str], device: str, rep: int, warmup: int,
                                "system": system, "spec": case.spec, "owner": case.owner}
         t0 = time.time()
         try:
-            if system == "einfuse-cutlass":
-                fn, via = make_einfuse(case, {}, target="cutlass")
+            if system in CUTLASS_SYSTEMS:
+                fn, via = make_einfuse(case, {"path": CUTLASS_SYSTEMS[system]}, target="cutlass")
                 to_native = lambda *x: x
                 row["via"] = via
             elif system == "einfuse-triton":
@@ -247,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if with_cutlass:
         prebuild_cutlass(cases, log)
     for case in cases:
-        systems = ["einfuse-triton", *(["einfuse-cutlass"] if with_cutlass and case in cutlass_cases([case])
+        systems = ["einfuse-triton", *(list(CUTLASS_SYSTEMS) if with_cutlass and case in cutlass_cases([case])
                                        else []), *case.peers]
         if args.systems:
             systems = [s for s in args.systems.split(",") if s in systems]

@@ -39,10 +39,11 @@ def reference(c, q, k, v):
     return run_cascade(c, {"Q": q.double().cpu(), "K": k.double().cpu(), "V": v.double().cpu()})[c.outputs[0]]
 
 
-def check(spec, B=1, H=4, Hkv=2, N=777, M=None, D=128, dtype=torch.bfloat16, tol=1e-2, seed=0):
+def check(spec, B=1, H=4, Hkv=2, N=777, M=None, D=128, dtype=torch.bfloat16, tol=1e-2, seed=0, path="auto"):
+    """On Hopper ``path="auto"`` is the wgmma kernel (sm90); ``path="sm80"`` the mma.sync one."""
     c = spec if not isinstance(spec, str) else einfuse.load_spec(spec)
     q, k, v = inputs(B, H, Hkv, N, M or N, D, dtype, seed)
-    f = einfuse.compile(c, target="cutlass")
+    f = einfuse.compile(c, target="cutlass", path=path)
     out = f(q, k, v)
     torch.cuda.synchronize()
     assert out.shape == q.shape and out.dtype == q.dtype
@@ -148,3 +149,12 @@ def test_auto_target_times_both_backends_and_matches_float64(tmp_path, monkeypat
     assert rel_err(out, reference(einfuse.load_spec("causal"), q, k, v)) < 1e-2
     (entry,) = f.kernel.cache.read().values()
     assert set(entry["ms"]) == {"triton", "cutlass"} and all(isinstance(t, float) for t in entry["ms"].values())
+
+
+@pytest.mark.parametrize("spec,D,dtype", [
+    ("causal", 128, torch.bfloat16), ("softcap:cap=20,causal=true", 64, torch.float16),
+    ("na2d:shape=24x20,kernel=5", 64, torch.bfloat16), ("sigmoid:causal=true,bias=-2", 128, torch.float16),
+])
+def test_the_sm80_path_on_every_gpu(spec, D, dtype):
+    n = math.prod(grid_of(einfuse.load_spec(spec).attrs, {})) if spec.startswith("na") else 777
+    check(spec, H=4, Hkv=2, N=n, D=D, dtype=dtype, tol=1e-2 if dtype == torch.bfloat16 else 3e-3, path="sm80")
