@@ -16,6 +16,9 @@ struct Traits90 {
   static constexpr int kNWarps = 8;
   static constexpr int kNThreads = kNWarps * 32;
   static constexpr int kRows = 2;  // a thread holds rows r and r + 8 of its warp's 16
+  // CTAs per SM: at head dim 64 two fit (registers <= 128 a thread, 32 KB of shared memory each), so
+  // one CTA's softmax and loads overlap the other's wgmma; at 128 the accumulators need more registers
+  static constexpr int kMinBlocks = kHeadDim == 64 ? 2 : 1;
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64");
   using Warpgroups = Layout<Shape<_2, _1, _1>>;  // stacked along the query rows
   using MmaQK = decltype(make_tiled_mma(
@@ -70,7 +73,7 @@ __device__ __forceinline__ void wgmma(TiledMma& mma, TA& a, TB const& b, TC& acc
 }
 
 template <class T>
-__global__ void __launch_bounds__(T::kNThreads, 1) attn_fwd_sm90(const Params p) {
+__global__ void __launch_bounds__(T::kNThreads, T::kMinBlocks) attn_fwd_sm90(const Params p) {
   using Element = typename T::Element;
   constexpr int kBlockM = T::kBlockM;
   constexpr int kBlockN = T::kBlockN;
