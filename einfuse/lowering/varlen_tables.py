@@ -27,7 +27,7 @@ import numpy as np
 import sympy
 
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, KEY_INDEX, QUERY_INDEX, size_symbol
-from einfuse.lowering.blocks import EMPTY, FULL, PARTIAL, pack_lists
+from einfuse.lowering.blocks import EMPTY, FULL, PARTIAL
 from einfuse.passes.block_sparsity import _samples
 from einfuse.passes.intervals import IntervalEvaluator
 
@@ -100,53 +100,56 @@ def tile_kinds(mask: sympy.Basic | None, lens_q: np.ndarray, lens_k: np.ndarray,
     kinds = np.full(shape, PARTIAL, np.int8)
     kinds[t] = FULL
     kinds[f] = EMPTY
-    undecided = ~(t | f) & exists
-    if undecided.any():
-        undecided &= ~_witnessed(mask, boxes, shape)
-    if undecided.any():
-        _exact(mask, kinds, undecided, plo, P, M, b, block_m, block_n)
+    hd, it, kt = np.nonzero(~(t | f) & exists)  # undecided by the bounds: sample, then evaluate
+    if len(hd):
+        flat = {QUERY_INDEX: (plo[0, it, 0], phi[0, it, 0]), KEY_INDEX: (mlo[0, 0, kt], mhi[0, it, kt]),
+                HEAD_INDEX: hd.astype(np.float64), BATCH_INDEX: b[0, it, 0], _P: P[0, it, 0], _M: M[0, it, 0]}
+        left = ~_witnessed(mask, flat)
+        if left.any():
+            sub = {s: (v[0][left], v[1][left]) if isinstance(v, tuple) else v[left] for s, v in flat.items()}
+            kinds[hd[left], it[left], kt[left]] = _exact(mask, sub, block_m, block_n)
     kinds[~np.broadcast_to(exists, shape)] = EMPTY
     kinds[(kinds == FULL) & np.broadcast_to(ragged, shape)] = PARTIAL
     return items, kinds
 
 
-def _witnessed(mask: sympy.Basic, boxes: dict, shape: tuple[int, int, int]) -> np.ndarray:
-    """Pairs where sample points of the box take both truth values (PARTIAL, proved)."""
+def _witnessed(mask: sympy.Basic, flat: dict) -> np.ndarray:
+    """Which undecided pairs take both truth values at sample points of their box (PARTIAL, proved);
+    ``flat`` holds one entry per pair (boxes for ``p`` and ``m``, values for the rest)."""
     from einfuse.ir.symeval import evaluate
 
-    seen_t = np.zeros(shape, bool)
-    seen_f = np.zeros(shape, bool)
-    env = {s: box[0] for s, box in boxes.items() if s not in (QUERY_INDEX, KEY_INDEX)}
-    for pp in _samples(boxes[QUERY_INDEX]):
-        for mm in _samples(boxes[KEY_INDEX]):
-            v = np.broadcast_to(evaluate(mask, {**env, QUERY_INDEX: pp, KEY_INDEX: mm}).astype(bool), shape)
+    env = {s: v for s, v in flat.items() if not isinstance(v, tuple)}
+    seen_t = np.zeros(len(flat[_P]), bool)
+    seen_f = np.zeros(len(flat[_P]), bool)
+    for pp in _samples(flat[QUERY_INDEX]):
+        for mm in _samples(flat[KEY_INDEX]):
+            v = np.broadcast_to(evaluate(mask, {**env, QUERY_INDEX: pp, KEY_INDEX: mm}).astype(bool), seen_t.shape)
             seen_t |= v
             seen_f |= ~v
     return seen_t & seen_f
 
 
-def _exact(mask: sympy.Basic, kinds: np.ndarray, undecided: np.ndarray, plo, P, M, b, block_m: int,
-           block_n: int) -> None:
-    """Classify the undecided (head, item, key tile) triples by evaluating every pair of each."""
+def _exact(mask: sympy.Basic, flat: dict, block_m: int, block_n: int) -> np.ndarray:
+    """The kinds of the pairs in ``flat`` (as in :func:`_witnessed`) from every point of each."""
     from einfuse.ir.symeval import evaluate
 
-    hd, it, kt = np.nonzero(undecided)
+    n = len(flat[_P])
+    out = np.empty(n, np.int8)
     per = max(1, _CHUNK // (block_m * block_n))
     offs_m = np.arange(block_m, dtype=np.float64)[None, :, None]
     offs_n = np.arange(block_n, dtype=np.float64)[None, None, :]
-    for s in range(0, len(hd), per):
-        h_, i_, j_ = hd[s:s + per], it[s:s + per], kt[s:s + per]
-        p_len = P[0, i_, 0][:, None, None]
-        m_len = M[0, i_, 0][:, None, None]
-        pp = plo[0, i_, 0][:, None, None] + offs_m
-        mm = (j_ * block_n).astype(np.float64)[:, None, None] + offs_n
-        env = {QUERY_INDEX: pp, KEY_INDEX: mm, _P: p_len, _M: m_len, HEAD_INDEX: h_.astype(np.float64)[:, None, None],
-               BATCH_INDEX: b[0, i_, 0][:, None, None]}
-        inside = (pp < p_len) & (mm < m_len)
-        keep = np.broadcast_to(evaluate(mask, env).astype(bool), inside.shape) & inside
+    for s in range(0, n, per):
+        cut = slice(s, s + per)
+        col = {sym: (v[0] if isinstance(v, tuple) else v)[cut][:, None, None] for sym, v in flat.items()}
+        pp = col[QUERY_INDEX] + offs_m
+        mm = col[KEY_INDEX] + offs_n
+        inside = (pp < col[_P]) & (mm < col[_M])
+        keep = np.broadcast_to(evaluate(mask, {**col, QUERY_INDEX: pp, KEY_INDEX: mm}).astype(bool),
+                               inside.shape) & inside
         n_keep = keep.sum(axis=(1, 2))
         area = inside.sum(axis=(1, 2))
-        kinds[h_, i_, j_] = np.where(n_keep == 0, EMPTY, np.where(n_keep == area, FULL, PARTIAL))
+        out[cut] = np.where(n_keep == 0, EMPTY, np.where(n_keep == area, FULL, PARTIAL))
+    return out
 
 
 def pack(items: np.ndarray, kinds: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarray, device: object,
@@ -158,22 +161,27 @@ def pack(items: np.ndarray, kinds: np.ndarray, cu_q: np.ndarray, cu_k: np.ndarra
     work = ((kinds == FULL).sum(axis=(0, 2)) + partial_weight * (kinds == PARTIAL).sum(axis=(0, 2)))
     order = np.argsort(-work, kind="stable")
     items, kinds = items[order], kinds[:, order]
-    sel = torch.from_numpy(np.ascontiguousarray(kinds))
-    full_num, full_idx, full_contig = pack_lists(sel == FULL)
-    part_num, part_idx, part_contig = pack_lists(sel == PARTIAL)
-    if full_contig:
-        full_idx = full_idx[..., :1].contiguous()
-    if part_contig:
-        part_idx = part_idx[..., :1].contiguous()
-    parts = [torch.from_numpy(items.astype(np.int32)), torch.from_numpy(cu_q.astype(np.int32)),
-             torch.from_numpy(cu_k.astype(np.int32)), full_num, full_idx, part_num, part_idx]
-    flat = torch.cat([x.reshape(-1).to(torch.int32) for x in parts]).to(device)
+    full_num, full_idx, full_contig = _lists(kinds == FULL)
+    part_num, part_idx, part_contig = _lists(kinds == PARTIAL)
+    parts = [items, cu_q, cu_k, full_num, full_idx, part_num, part_idx]
+    flat = torch.from_numpy(np.concatenate([x.reshape(-1) for x in parts]).astype(np.int32)).to(device)
     views, at = [], 0
     for x in parts:
-        views.append(flat[at:at + x.numel()].view(x.shape))
-        at += x.numel()
+        views.append(flat[at:at + x.size].view(x.shape))
+        at += x.size
     visited = float((kinds != EMPTY).mean()) if kinds.size else 0.0
     return VarlenTables(*views, full_contig, part_contig, kinds.shape[0] > 1, len(items), visited)
+
+
+def _lists(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(counts, indices padded to the longest list, whether every list is one consecutive run; then
+    only each run's first index is kept), as :func:`einfuse.lowering.blocks.pack_lists` in NumPy."""
+    counts = sel.sum(-1)
+    width = max(int(counts.max()) if counts.size else 0, 1)
+    idx = np.argsort(~sel, axis=-1, kind="stable")[..., :width]
+    ramp = np.arange(width)
+    contig = bool(((idx == idx[..., :1] + ramp) | (ramp >= counts[..., None])).all())
+    return counts, (idx[..., :1] if contig else idx), contig
 
 
 __all__ = ["VarlenTables", "pack", "tile_kinds"]
