@@ -170,6 +170,8 @@ def test_all_sequences_empty_gives_an_empty_output():
     ("max_seqlen", "max_seqlen_q"),
     ("grad", "forward-only"),
     ("option", "autotune and tile_order"),
+    ("q_offset", "does not use a query offset"),
+    ("heads", "must divide query heads"),
 ])
 def test_bad_varlen_input_says_what_to_change(case, match):
     f = einfuse.compile("causal")
@@ -194,6 +196,10 @@ def test_bad_varlen_input_says_what_to_change(case, match):
         args[0] = q.requires_grad_()
     elif case == "option":
         kw = {"autotune": True}
+    elif case == "q_offset":
+        kw = {"q_offset": 3}
+    elif case == "heads":
+        args[1], args[2] = k[:, :1].expand(8, 3, 16).contiguous(), v[:, :1].expand(8, 3, 16).contiguous()
     with pytest.raises(CodegenError, match=match):
         f.varlen(*args, **kw)
 

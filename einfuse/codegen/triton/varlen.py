@@ -24,13 +24,15 @@ import numpy as np
 from einfuse.codegen import autotune
 from einfuse.codegen.autotune import KernelConfig
 from einfuse.codegen.triton.options import pow2
-from einfuse.codegen.triton.runtime import _DTYPES, MAX_HEAD_DIM, AttentionKernel, LaunchOptions
+from einfuse.codegen.triton.runtime import MAX_HEAD_DIM, AttentionKernel, LaunchOptions
 from einfuse.codegen.triton.varlen_emit import VARLEN_KERNEL_NAME, emit_varlen_kernel
 from einfuse.errors import CodegenError
 from einfuse.ir.positions import Q_OFFSET
 from einfuse.lowering.varlen_tables import VarlenTables, pack, tile_kinds
 
 _CACHED_BATCHES = 32  # batch layouts whose tables are kept per kernel
+_DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32",
+           "torch.float64": "fp64"}  # fp64: interpreter only
 
 
 class VarlenKernel:
@@ -91,7 +93,7 @@ class VarlenKernel:
         if opts.autotune or opts.tile_order not in ("auto", "flat"):
             raise CodegenError(f"{self.name}: varlen calls take block_m, block_n, num_warps, num_stages, "
                                "fast_math and precision; autotune and tile_order are for (B, H, N, D) calls")
-        q_off = self.kernel._q_offset(q_offset)
+        q_off = self._q_offset(q_offset)
         out = torch.empty((q.shape[0], H, Dv), dtype=q.dtype, device=q.device)
         if q.shape[0] == 0:
             return out
@@ -116,6 +118,16 @@ class VarlenKernel:
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         return out
+
+    def _q_offset(self, q_offset: int | None) -> int:
+        """The position of each sequence's query 0 for ``align="offset"`` variants (their QOFF)."""
+        sizes = self.kernel.sizes
+        if q_offset is None:
+            return int(sizes.get(Q_OFFSET, 0))
+        if Q_OFFSET not in sizes:
+            raise CodegenError(f"{self.name}: q_offset is given but the variant does not use a query offset; "
+                               "build it with align='offset' (einfuse.ir.positions)")
+        return int(q_offset)
 
     def config(self, head_dim: int, dt: str, max_q: int, max_k: int, interp: bool,
                opts: LaunchOptions) -> KernelConfig:
