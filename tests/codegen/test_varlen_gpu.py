@@ -39,8 +39,9 @@ def _torch_ref(q, k, v, keep, bias=None):
     return (p @ vf).transpose(0, 1)
 
 
-@pytest.mark.parametrize("spec,window", [("causal", None), ("sliding_window:window=256", 256), ("softmax", 0)])
-def test_varlen_matches_each_sequence(spec, window):
+@pytest.mark.parametrize("spec,causal,window", [("causal", True, None), ("sliding_window:window=256", True, 256),
+                                                ("softmax", False, None)])
+def test_varlen_matches_each_sequence(spec, causal, window):
     f = einfuse.compile(spec)
     q, k, v = _packed(LENS_Q, LENS_K)
     cq, ck = _cu(LENS_Q), _cu(LENS_K)
@@ -55,11 +56,9 @@ def test_varlen_matches_each_sequence(spec, window):
             continue
         qpos = torch.arange(nq, device="cuda")[:, None] + nk - nq  # bottom-right
         kpos = torch.arange(nk, device="cuda")[None, :]
-        keep = torch.ones(nq, nk, dtype=torch.bool, device="cuda")
+        keep = (kpos <= qpos) if causal else torch.ones(nq, nk, dtype=torch.bool, device="cuda")
         if window is not None:
-            keep = kpos <= qpos
-            if window:
-                keep = keep & (qpos - kpos < window)
+            keep = keep & (qpos - kpos < window)
         ref = _torch_ref(q[cq[s]:cq[s + 1]], k[ck[s]:ck[s + 1]], v[ck[s]:ck[s + 1]], keep)
         err = float((got - ref).norm() / ref.norm().clamp_min(1e-30))
         assert torch.isfinite(got).all() and err < 2e-2, f"{spec}, sequence {s} ({nq}/{nk}): rel err {err}"
