@@ -76,3 +76,23 @@ def test_varlen_equals_sdpa_run_per_sequence():
         got = out[cu[s]:cu[s + 1]].transpose(0, 1)[None]
         err = float((got.float() - want.float()).norm() / want.float().norm())
         assert err < 2e-2, f"sequence {s}: rel err {err} against SDPA"
+
+
+def test_varlen_with_cpu_offsets_is_captured_and_replayed_in_a_cuda_graph():
+    """With CPU cu_seqlens and the batch's tables already built (one call first), a call launches the
+    kernel only: no sync, no copy, so a CUDA graph captures it."""
+    lens = [300, 5, 1200]
+    f = einfuse.compile("causal:head_dim=128")
+    q, k, v = _packed(lens, lens)
+    cu = _cu(lens)
+    want = f.varlen(q, k, v, cu, cu, max(lens), max(lens))  # builds and caches the tables
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = f.varlen(q, k, v, cu, cu, max(lens), max(lens))
+    q.copy_(torch.randn_like(q))
+    graph.replay()
+    torch.cuda.synchronize()
+    fresh = f.varlen(q, k, v, cu, cu, max(lens), max(lens))
+    assert not torch.equal(fresh, want)
+    assert torch.equal(out, fresh)
