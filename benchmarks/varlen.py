@@ -89,6 +89,22 @@ def bench(fn, dry: bool, rep: int) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
 
 
+def host_us(fn, n: int) -> float:
+    """Mean microseconds of CPU per call, launches queued without waiting for the GPU (a call that
+    syncs, as device cu_seqlens do, waits here too)."""
+    import torch
+
+    fn()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    us = (time.perf_counter() - t) / n * 1e6
+    sync()
+    return us
+
+
 def make_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import torch
 
@@ -227,10 +243,11 @@ def make_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str,
                                          for s in range(len(lens))],
         f"dense kernel, {len(lens)} calls", to_packed=lambda outs: torch.cat(outs))
 
-    # second timing pass, separated from the first by every other row
+    # second timing pass, separated from the first by every other row; then CPU time per call
     for row in rows:
         if id(row) in timed:
             row["ms_pass2"] = bench(timed[id(row)], args.dry_run, args.rep)
+            row["host_us"] = host_us(timed[id(row)], 3 if args.dry_run else 50)
     meta = {"lengths": lens, "total_tokens": total, "heads": H, "kv_heads": Hkv, "head_dim": D,
             "dtype": str(dtype).replace("torch.", ""), "causal": True, "tflop": flops / 1e12,
             "ref_sequences": ref_seqs, "ref_heads": ref_heads, "options": opts}
@@ -268,11 +285,12 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], device: str) -> s
              f"{len(meta['lengths'])} sequences, {meta['total_tokens']} tokens (lengths {meta['lengths']}), "
              f"H {meta['heads']} (K/V {meta['kv_heads']}), D {meta['head_dim']}, {meta['dtype']}, causal. "
              f"{meta['tflop']:.2f} TFLOP per call. Generated {meta.get('date', '')} by benchmarks/varlen.py.", "",
-             "| row | ms (best of 2 passes) | pass 1 | pass 2 | TFLOP/s | einfuse varlen speedup | target | rel err | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| row | ms (best of 2 passes) | pass 1 | pass 2 | TFLOP/s | einfuse varlen speedup | target | rel err | "
+             "CPU us/call | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r.get("ms"):
-            lines.append(f"| {r['name']} | - | - | - | - | - | - | {_f(r.get('rel_err'))} | "
+            lines.append(f"| {r['name']} | - | - | - | - | - | - | {_f(r.get('rel_err'))} | - | "
                          f"{r.get('error', '')} {r.get('note', '')} |")
             continue
         target = ""
@@ -281,7 +299,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], device: str) -> s
         flag = " (passes differ > 10 %)" if r.get("passes_differ") else ""
         lines.append(f"| {r['name']} | {r['ms']:.3f}{flag} | {_f(r.get('ms_pass1'))} | {_f(r.get('ms_pass2'))} | "
                      f"{r['tflops']:.1f} | {_f(r.get('einfuse_speedup'), 'x')} | {target} | {_f(r.get('rel_err'))} | "
-                     f"{r.get('note', '')} |")
+                     f"{r.get('host_us', 0):.0f} | {r.get('note', '')} |")
     lines += ["", "Targets (issue 14): " + "; ".join(
         f"einfuse varlen >= {r['target']}x {r['name']}: {r['einfuse_speedup']:.2f}x, "
         f"{'met' if r['target_met'] else 'MISSED'}" for r in rows if "target" in r) or "Targets: no peer row ran"]
