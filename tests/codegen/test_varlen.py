@@ -224,3 +224,10 @@ def test_linear_attention_is_refused_by_name():
     q, k, v = _packed(lens, lens, H=2, HKV=2, D=16)
     with pytest.raises(CodegenError, match="one-pass Triton kernel"):
         f.varlen(q, k, v, _cu(lens), _cu(lens), 3, 3)
+
+
+def test_bf16_inputs_match_the_reference():
+    c = einfuse.load_spec("sliding_window:window=16")
+    q, k, v = (t.bfloat16() for t in _packed(LENS_Q, LENS_K, seed=7))
+    out = _check_per_sequence(c, einfuse.compile(c), LENS_Q, LENS_K, q, k, v, tol=2e-2)
+    assert out.dtype == torch.bfloat16
