@@ -231,3 +231,9 @@ def test_bf16_inputs_match_the_reference():
     q, k, v = (t.bfloat16() for t in _packed(LENS_Q, LENS_K, seed=7))
     out = _check_per_sequence(c, einfuse.compile(c), LENS_Q, LENS_K, q, k, v, tol=2e-2)
     assert out.dtype == torch.bfloat16
+
+
+def test_target_auto_runs_varlen_on_its_triton_kernel():
+    c = einfuse.load_spec("causal")
+    f = einfuse.compile(c, target="auto")
+    _check_per_sequence(c, f, LENS_Q[:3], LENS_K[:3], *_packed(LENS_Q[:3], LENS_K[:3], seed=8))

@@ -247,12 +247,13 @@ def _offsets(name: str, what: str, cu: Any, total: int) -> np.ndarray:
 def varlen_call(fn: Any, q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: int,
                 max_seqlen_k: int, **runtime: Any) -> Any:
     """``CompiledAttention.varlen``: the varlen kernel of ``fn``'s one-pass plan (built once)."""
-    if not isinstance(fn.kernel, AttentionKernel):
+    kernel = getattr(fn.kernel, "triton", fn.kernel)  # target="auto": its Triton kernel
+    if not isinstance(kernel, AttentionKernel):
         raise CodegenError(f"{fn.name}: packed variable-length batches run on the one-pass Triton kernel "
                            f"(softmax, sigmoid, normsum plans); this variant is {fn.family} on "
                            f"{type(fn.kernel).__name__}")
     if fn._varlen_kernel is None:
-        fn._varlen_kernel = VarlenKernel(fn.kernel, fn.tokens)
+        fn._varlen_kernel = VarlenKernel(kernel, fn.tokens)
     return fn._varlen_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **runtime)
 
 
