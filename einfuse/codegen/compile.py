@@ -53,6 +53,7 @@ class CompiledAttention:
     _backward_kernel: Any = None
     backend_note: str | None = None
     """Why ``target="auto"`` compiled for one back end only (the CUTLASS back end refused the plan)."""
+    _varlen_kernel: Any = None
 
     @property
     def has_backward(self) -> bool:
@@ -104,6 +105,15 @@ class CompiledAttention:
         if q_offset is not None:
             runtime["q_offset"] = q_offset
         return self.kernel(q, k, v, **runtime)
+
+    def varlen(self, q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: int,
+               max_seqlen_k: int, **runtime: Any) -> Any:
+        """A packed variable-length batch, FlashAttention's ``flash_attn_varlen_func`` convention:
+        ``(total, H, D)`` tensors, int32 offsets; each sequence attends within itself
+        (:mod:`einfuse.codegen.triton.varlen`). Returns ``(total_q, H, D_v)``."""
+        from einfuse.codegen.triton.varlen import varlen_call
+
+        return varlen_call(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **runtime)
 
     def decode_kernel(self) -> Any:
         if self._decode_kernel is None and self.decode_fallback is None:
