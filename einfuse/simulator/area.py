@@ -48,14 +48,19 @@ class AreaTable:
     path: str
 
 
-@lru_cache(maxsize=8)
 def load_area_table(path: str | None = None) -> AreaTable:
-    """The shipped 45 nm table (``path=None``) or a YAML file of the same shape, validated."""
+    """The shipped 45 nm table (``path=None``) or a YAML file of the same shape, validated (cached
+    per file and modification time: a sweep asks once a point)."""
+    if path is not None and not os.path.isfile(path):
+        raise SimulatorError(f"--area-table {path!r} does not exist")
+    return _load(path, os.stat(path).st_mtime_ns if path else 0)
+
+
+@lru_cache(maxsize=8)
+def _load(path: str | None, mtime: int) -> AreaTable:
     if path is None:
         text, where = resources.files("einfuse.simulator").joinpath("area_45nm.yaml").read_text(), "area_45nm.yaml"
     else:
-        if not os.path.isfile(path):
-            raise SimulatorError(f"--area-table {path!r} does not exist")
         with open(path, encoding="utf-8") as fh:
             text, where = fh.read(), path
     try:

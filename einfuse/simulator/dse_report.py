@@ -141,14 +141,17 @@ def plot_fronts(rows: Sequence[Mapping[str, Any]], folder: str) -> list[str]:
             en = [r["energy_pj"] / 1e9 for r in grp]
             for ax, y, c, ylabel, clabel in ((axes[0][col], lat, en, "latency (ms)", "energy (mJ)"),
                                              (axes[1][col], en, lat, "energy (mJ)", "latency (ms)")):
-                sc = ax.scatter(area, y, c=c, cmap="viridis", s=18, norm=matplotlib.colors.LogNorm())
+                wide = max(c) > 10 * min(c) > 0
+                sc = ax.scatter(area, y, c=c, cmap="viridis", s=18,
+                                norm=matplotlib.colors.LogNorm() if wide else None)
                 ring = [i for i, r in enumerate(grp) if id(r) in on]
                 ax.scatter([area[i] for i in ring], [y[i] for i in ring], s=70, facecolors="none",
                            edgecolors="crimson", linewidths=1.2, label="latency/energy/area front")
                 two = sorted(pareto_front([[a, v] for a, v in zip(area, y)]), key=lambda i: area[i])
                 ax.step([area[i] for i in two], [y[i] for i in two], where="post", color="crimson", alpha=0.5,
                         linewidth=1, label=f"{ylabel.split()[0]}/area front")
-                ax.set_yscale("log")
+                if max(y) > 10 * min(y) > 0:
+                    ax.set_yscale("log")
                 ax.set_xlabel("area (mm2, 45 nm)")
                 ax.set_ylabel(ylabel)
                 ax.set_title(f"{model} {format_seq(seq)}", fontsize=10)

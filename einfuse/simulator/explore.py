@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -109,7 +110,7 @@ def run_point(point: Point) -> dict[str, Any]:
         "bound": max(busy, key=busy.__getitem__), "limit": limit_text(r.stalls, r.cycles, busy),
         "explanation": r.explain(), "macs_exact": bool(r.sim.get("macs_exact", True)),
         "row_block": r.sim.get("row_block"), "technology_nm": r.technology_nm,
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
 
 
@@ -203,12 +204,12 @@ class SweepStats:
 
 def explore(points: Sequence[Point], table: ResultTable, workers: int | None = None, cluster: str | None = None,
             progress: bool = False, on_row: Callable[[dict[str, Any]], None] | None = None,
-            ) -> tuple[list[dict[str, Any]], SweepStats]:
+            connect_timeout: float = 30.0) -> tuple[list[dict[str, Any]], SweepStats]:
     """Simulate the points missing from ``table``, appending each row as it finishes.
 
     ``workers``: local processes (default: every core; 1 runs in this process). ``cluster``: the
     address of a Dask scheduler (``tcp://host:8786``) to run on instead. ``on_row`` is called after
-    each row is stored. Returns the rows of all ``points`` (reused and new) in ``points`` order.
+    each row is stored; ``connect_timeout`` bounds the wait for the scheduler (seconds). Returns the rows of all ``points`` (reused and new) in ``points`` order.
     A point whose simulation raises an :class:`EinfuseError` (a design the variant cannot map) is
     stored as a row with its ``error``, so a resumed sweep does not retry it.
     """
@@ -230,7 +231,7 @@ def explore(points: Sequence[Point], table: ResultTable, workers: int | None = N
 
     if cluster:
         where = f"dask {cluster}"
-        _run_dask(todo, cluster, store, progress)
+        _run_dask(todo, cluster, store, progress, connect_timeout)
     else:
         n = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
         where = f"{n} local process{'es' if n > 1 else ''}" if n > 1 else "this process"
@@ -309,13 +310,14 @@ def _run_local(points: Sequence[Point], workers: int, store: Callable[[dict], No
             raise
 
 
-def _run_dask(points: Sequence[Point], address: str, store: Callable[[dict], None], progress: bool) -> None:
+def _run_dask(points: Sequence[Point], address: str, store: Callable[[dict], None], progress: bool,
+              timeout: float) -> None:
     try:
         from distributed import Client, as_completed
     except ImportError:
         raise SimulatorError("--cluster needs Dask distributed: pip install 'einfuse[explore]'") from None
     try:
-        client = Client(address, timeout=30)
+        client = Client(address, timeout=timeout)
     except (OSError, TimeoutError) as exc:
         raise SimulatorError(f"--cluster {address}: cannot reach a Dask scheduler there ({exc})") from None
     try:

@@ -141,6 +141,8 @@ def parse_vary(text: str) -> dict[str, list[float]]:
             if name in out:
                 raise SimulatorError(f"--vary: {name} is given twice")
             current, out[name] = name, []
+            if not value:
+                raise SimulatorError(f"--vary {name}=: give a value, a list or a range LO..HI")
         elif current is None:
             raise SimulatorError(f"--vary: {item!r} has no parameter name (write NAME=VALUES, e.g. pe=64..512)")
         else:
