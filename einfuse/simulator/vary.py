@@ -10,7 +10,8 @@ Ranges step the way designers sweep each kind of parameter:
 
 * ``pe=64..512``: powers of two (both ends must be powers of two): 64, 128, 256, 512;
 * sizes and rates (``buffer``, ``rf``, ``dram``, ``clock``): doubling from the low end, the high end
-  always included: ``dram=200G..2T`` is 200G, 400G, 800G, 1.6T, 2T;
+  always included: ``dram=200G..2T`` is 200G, 400G, 800G, 1600G, 2T (a doubling within 5 % of the high
+  end is the high end: ``dram=200G..1.6T`` is 200G, 400G, 800G, 1.6T);
 * explicit lists: ``pe=64,128,256`` (a comma followed by a value continues the current parameter).
 """
 
@@ -118,9 +119,11 @@ def _ladder(p: Param, lo_text: str, hi_text: str) -> list[float]:
             v *= 2
         return out
     out, v = [], lo
-    while v < hi * (1 - 1e-9):
+    while v <= hi * (1 + 1e-9):
         out.append(v)
         v *= 2
+    if out[-1] >= hi * 0.95:      # 200G..1.6T: 1600G is the 1.6T the user meant, not a second point
+        return out[:-1] + [hi]
     return out + [hi]
 
 
@@ -191,8 +194,12 @@ def format_value(name: str, v: float) -> str:
     """The inverse of :func:`parse_value` for display: 4194304 -> ``4M``, 1.6 * 2**40 -> ``1.6T``."""
     if name in ("pe", "rows", "cols", "lanes"):
         return str(int(v))
+    for suffix in ("T", "G", "M", "K"):      # a whole number of the largest unit that gives one
+        q = v / _MULT[suffix]
+        if q >= 1 and abs(q - round(q)) < 1e-9:
+            return f"{q:.0f}{suffix}"
     for suffix in ("T", "G", "M", "K"):
         q = v / _MULT[suffix]
         if q >= 1:
-            return (f"{q:.0f}" if abs(q - round(q)) < 1e-9 else f"{q:.3g}") + suffix
+            return f"{q:.3g}{suffix}"
     return f"{v:g}"

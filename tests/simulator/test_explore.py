@@ -25,7 +25,9 @@ def test_ranges_step_by_their_rule_and_lists_continue_a_parameter():
     assert v["pe"] == [64, 128, 256, 512]                         # powers of two
     assert v["buffer"] == [4 * M, 8 * M, 16 * M, 32 * M, 64 * M]  # doubling
     assert v["dram"] == [200 * G, 400 * G, 800 * G, 1600 * G, 2048 * G]  # doubling, the end included
-    assert [format_value("dram", x) for x in v["dram"]] == ["200G", "400G", "800G", "1.56T", "2T"]
+    assert [format_value("dram", x) for x in v["dram"]] == ["200G", "400G", "800G", "1600G", "2T"]
+    assert parse_vary("dram=200G..1.6T")["dram"] == [200 * G, 400 * G, 800 * G, 1.6 * 2 ** 40]
+    assert parse_vary("buffer=4M..4M")["buffer"] == [4 * M]
     v = parse_vary("pe=64,128,256,dram=400G,1T")
     assert v == {"pe": [64, 128, 256], "dram": [400 * G, 2 ** 40]}
     assert len(grid(v)) == 6 and grid(v)[1] == {"pe": 64, "dram": 2 ** 40}
