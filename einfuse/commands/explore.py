@@ -57,7 +57,7 @@ def explore_cmd(specs: tuple[str, ...], arch: str, vary: str, model: str, seq: s
     from einfuse.simulator.area import load_area_table
     from einfuse.simulator.dse_report import groups, num, params_text, write_dse_report
     from einfuse.simulator.explore import ResultTable, as_dict, explore, make_points
-    from einfuse.simulator.pareto import best
+    from einfuse.simulator.pareto import best, best_across
     from einfuse.simulator.vary import grid, parse_vary
     from einfuse.simulator.workload import format_seq, get_model, parse_seq
 
@@ -103,6 +103,11 @@ def explore_cmd(specs: tuple[str, ...], arch: str, vary: str, model: str, seq: s
         click.echo(f"{head} best by {minimize}" + (f" within limits: {params_text(b)}, {num(1e3 * b['latency_s'])} ms, "
                                                    f"{num(b['energy_pj'] / 1e9)} mJ, {b['area_mm2']:.1f} mm2 "
                                                    f"({b['limit']})" if b else ": no design meets the limits"))
+    across = best_across(ok, minimize, limits) if len(groups(ok)) > 1 else None
+    if across is not None:
+        r = next(x for x in ok if x["design"] == across[0])
+        click.echo(f"one design for every workload (geometric mean of {minimize}): {params_text(r)}, "
+                   f"{r['area_mm2']:.1f} mm2")
     failed = len(rows) - len(ok)
     click.echo(f"{stats.points} points: {stats.computed} simulated, {stats.reused} reused, {failed} failed, "
                f"{stats.wall_s:.1f} s on {stats.where}; wrote " + ", ".join(paths))

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from einfuse.simulator.area import COMPONENTS, AreaTable
-from einfuse.simulator.pareto import CONSTRAINTS, best, front_rows, pareto_front
+from einfuse.simulator.pareto import CONSTRAINTS, best, best_across, front_rows, pareto_front
 from einfuse.simulator.vary import format_value
 from einfuse.simulator.workload import format_seq
 
@@ -96,6 +96,20 @@ def _markdown(rows, ok, *, title, command, area, limits, minimize, stats, pngs) 
             lines.append(f"- {label}: " + (f"**{params_text(b)}**: {num(1e3 * b['latency_s'])} ms, "
                                           f"{num(b['energy_pj'] / 1e9)} mJ, {b['area_mm2']:.1f} mm2 ({b['limit']})"
                                           if b else "no design meets the limits"))
+        lines.append("")
+    if len({r["seq"] for r in ok}) > 1 or len({r["spec"] for r in ok}) > 1:
+        lines += [f"## One design for every workload (smallest geometric mean of {minimize})", ""]
+        choices = [("no limit", {})] + ([(_limits_text(limits), limits)] if limits else [])
+        for label, lim in choices:
+            b = best_across(ok, minimize, lim)
+            if b is None:
+                lines.append(f"- {label}: no design meets the limits at every workload")
+                continue
+            r = next(x for x in ok if x["design"] == b[0])
+            unit = {"latency": (1e3, "ms"), "energy": (1e-9, "mJ"), "area": (1.0, "mm2"), "edp": (1e-9 * 1e3, "mJ ms")}
+            scale, name = unit[minimize]
+            lines.append(f"- {label}: **{params_text(r)}** ({r['area_mm2']:.1f} mm2), geometric mean {minimize} "
+                         f"{num(b[1] * scale)} {name}")
         lines.append("")
     errors = [r for r in rows if "error" in r]
     if errors:

@@ -92,3 +92,29 @@ def best(rows: Sequence[Mapping[str, Any]], minimize: str = "latency",
     if not ok:
         return None
     return min(ok, key=lambda r: (f(r), OBJECTIVES["area"](r), OBJECTIVES["energy"](r)))
+
+
+def best_across(rows: Sequence[Mapping[str, Any]], minimize: str = "latency",
+                limits: Mapping[str, float] | None = None,
+                design: Callable[[Mapping[str, Any]], Any] = lambda r: r["design"],
+                ) -> tuple[Any, float] | None:
+    """One design for every workload in ``rows``: the design, among those simulated at every
+    workload and within the limits at each, with the smallest geometric mean of ``minimize`` (a
+    geometric mean, so a 1K and a 64K layer weigh the same). Returns (design, mean) or None."""
+    f = objective(minimize)
+    workloads = {(r["spec"], r["model"], r["seq"]) for r in rows}
+    by: dict[Any, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(design(r), []).append(r)
+    scored = []
+    for d, rs in by.items():
+        if {(r["spec"], r["model"], r["seq"]) for r in rs} != workloads or not all(feasible(r, limits or {}) for r in rs):
+            continue
+        vals = [f(r) for r in rs]
+        if min(vals) <= 0:
+            continue
+        scored.append((math.exp(sum(math.log(v) for v in vals) / len(vals)), d))
+    if not scored:
+        return None
+    mean, d = min(scored, key=lambda t: t[0])
+    return d, mean

@@ -261,3 +261,19 @@ def test_command_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["explore", "softmax", "--vary", "pe=64", "--max-area", "-1", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "--max-area must be > 0" in capsys.readouterr().err
+
+
+def test_one_design_for_every_workload():
+    from einfuse.simulator.pareto import best_across
+
+    def row(design, seq, lat, area):
+        return {"design": design, "spec": "s", "model": "m", "seq": seq, "latency_s": lat, "energy_pj": 1.0,
+                "area_mm2": area}
+
+    rows = [row("a", 1, 1.0, 100), row("a", 2, 100.0, 100),    # geomean 10
+            row("b", 1, 4.0, 50), row("b", 2, 16.0, 50),       # geomean 8: best, though slower at 1
+            row("c", 1, 0.5, 10)]                              # not simulated at 2: not a candidate
+    assert best_across(rows) == ("b", pytest.approx(8.0))
+    assert best_across(rows, limits={"max_area": 60}) == ("b", pytest.approx(8.0))
+    assert best_across(rows, limits={"max_area": 40}) is None
+    assert best_across(rows, "area") == ("b", pytest.approx(50.0))
