@@ -41,21 +41,30 @@ class Point:
     batch: int = 64
     sizes: tuple[tuple[str, int], ...] = ()
     area_table: str | None = None
+    inputs: str = ""                            # fingerprint of the design and area table contents
 
     @property
     def key(self) -> str:
         """Stable id of the point in the results table (same inputs -> same key, across runs)."""
         text = json.dumps([self.spec, self.arch, [list(p) for p in self.params], self.model, self.seq,
-                           self.batch, [list(s) for s in self.sizes], self.area_table], sort_keys=True)
+                           self.batch, [list(s) for s in self.sizes], self.area_table, self.inputs],
+                          sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def make_points(specs: Sequence[str], arch: str, grid: Sequence[Mapping[str, float]], models: Sequence[str],
                 seqs: Sequence[int], batch: int = 64, sizes: Mapping[str, int] | None = None,
                 area_table: str | None = None) -> list[Point]:
-    """Every (spec, parameter set, model, length), lengths innermost."""
+    """Every (spec, parameter set, model, length), lengths innermost.
+
+    Each point's key covers the contents of the design and the area table as well as their names,
+    so editing a design's YAML (or the area table) makes a rerun simulate afresh instead of reusing
+    rows of the old file. Changes to einfuse itself are not covered: start a new table then."""
+    from einfuse.simulator.area import load_area_table
+
     sz = tuple(sorted((sizes or {}).items()))
-    return [Point(s, arch, tuple(g.items()), m, n, batch, sz, area_table)
+    inputs = hashlib.sha1((repr(_base_arch(arch)) + repr(load_area_table(area_table))).encode()).hexdigest()[:12]
+    return [Point(s, arch, tuple(g.items()), m, n, batch, sz, area_table, inputs)
             for s in specs for g in grid for m in models for n in seqs]
 
 
@@ -68,8 +77,13 @@ def _cascade(spec: str):
     return load_spec(spec)
 
 
-@lru_cache(maxsize=8)
 def _base_arch(name: str):
+    """The design, parsed once per file version (a YAML edited between two sweeps is read again)."""
+    return _load_arch(name, os.stat(name).st_mtime_ns if os.path.isfile(name) else 0)
+
+
+@lru_cache(maxsize=8)
+def _load_arch(name: str, mtime: int):
     from einfuse.simulator.arch import load_arch
 
     return load_arch(name)

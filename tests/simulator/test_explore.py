@@ -277,3 +277,14 @@ def test_one_design_for_every_workload():
     assert best_across(rows, limits={"max_area": 60}) == ("b", pytest.approx(8.0))
     assert best_across(rows, limits={"max_area": 40}) is None
     assert best_across(rows, "area") == ("b", pytest.approx(50.0))
+
+
+def test_editing_the_design_yaml_starts_its_points_afresh(tmp_path):
+    design = tmp_path / "mine.yaml"
+    design.write_text("extends: fusemax\nname: mine\n")
+    before = make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024])
+    assert before == make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024])
+    design.write_text("extends: fusemax\nname: mine\nclock_hz: 1.0e+9\n")
+    os.utime(design, ns=(1, 10 ** 18))          # a new modification time even on a coarse clock
+    after = make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024])
+    assert after[0].key != before[0].key
