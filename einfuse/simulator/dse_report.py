@@ -80,6 +80,10 @@ def _markdown(rows, ok, *, title, command, area, limits, minimize, stats, pngs) 
               "Every front minimises latency, energy and area together, per (variant, model, length).", ""]
     for png in pngs:
         lines += [f"![Pareto fronts]({png})", ""]
+    approx = [r for r in ok if r.get("approximate")]
+    if approx:
+        lines += [f"**{len(approx)} of {len(ok)} points are marked approximate by the simulator** (its "
+                  "fast-forward extrapolated a steady state it did not prove; marked * below).", ""]
     for (spec, model, seq), grp in groups(ok).items():
         front = sorted(front_rows(grp), key=lambda r: r["area_mm2"])
         bounds = Counter(r["bound"] for r in grp)
@@ -87,7 +91,7 @@ def _markdown(rows, ok, *, title, command, area, limits, minimize, stats, pngs) 
                   f"{len(grp)} designs, {len(front)} on the latency/energy/area front. Bound by: "
                   + ", ".join(f"{u} {n}" for u, n in bounds.most_common()) + ".", "",
                   "| design | latency (ms) | energy (mJ) | area (mm2) | what limits it |", "|---|---:|---:|---:|---|"]
-        lines += [f"| {params_text(r)} | {num(1e3 * r['latency_s'])} | {num(r['energy_pj'] / 1e9)} | "
+        lines += [f"| {params_text(r)}{' *' if r.get('approximate') else ''} | {num(1e3 * r['latency_s'])} | {num(r['energy_pj'] / 1e9)} | "
                   f"{r['area_mm2']:.1f} | {r['limit']} |" for r in front]
         choices = [("no limit", {})] + ([(_limits_text(limits), limits)] if limits else [])
         lines += ["", f"Best by {minimize}:", ""]

@@ -123,6 +123,7 @@ def run_point(point: Point) -> dict[str, Any]:
         "busy_dram": r.busy_dram, "dram_bytes": r.dram_bytes, "buffer_bytes": r.buffer_bytes,
         "bound": max(busy, key=busy.__getitem__), "limit": limit_text(r.stalls, r.cycles, busy),
         "explanation": r.explain(), "macs_exact": bool(r.sim.get("macs_exact", True)),
+        "approximate": bool(r.sim.get("approximate", False)),   # the engine extrapolated (fast-forward)
         "row_block": r.sim.get("row_block"), "technology_nm": r.technology_nm,
         "wall_s": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
