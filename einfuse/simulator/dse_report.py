@@ -16,11 +16,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from einfuse.simulator.area import COMPONENTS, AreaTable
-from einfuse.simulator.pareto import CONSTRAINTS, best, best_across, front_rows, pareto_front
+from einfuse.simulator.pareto import CONSTRAINTS, best, best_across, bucket, front_rows, pareto_front
 from einfuse.simulator.vary import format_value
 from einfuse.simulator.workload import format_seq
 
 Group = tuple[str, str, int]
+#: Objectives within about this fraction of each other count as equal on the report's fronts.
+FRONT_TOL = 0.01
 
 
 def groups(rows: Sequence[Mapping[str, Any]]) -> dict[Group, list[Mapping[str, Any]]]:
@@ -77,7 +79,8 @@ def _markdown(rows, ok, *, title, command, area, limits, minimize, stats, pngs) 
         lines += ["Parameters: " + "; ".join(f"{k} = {', '.join(format_value(k, v) for v in vs)}"
                                              for k, vs in params.items()) + ".", ""]
     lines += ["Latency and energy are one attention layer (batch x heads problems); area is the whole design. "
-              "Every front minimises latency, energy and area together, per (variant, model, length).", ""]
+              "Every front minimises latency, energy and area together, per (variant, model, length), comparing "
+              f"values on a {100 * FRONT_TOL:g} % logarithmic grid (near-ties count as ties).", ""]
     for png in pngs:
         lines += [f"![Pareto fronts]({png})", ""]
     approx = [r for r in ok if r.get("approximate")]
@@ -85,7 +88,7 @@ def _markdown(rows, ok, *, title, command, area, limits, minimize, stats, pngs) 
         lines += [f"**{len(approx)} of {len(ok)} points are marked approximate by the simulator** (its "
                   "fast-forward extrapolated a steady state it did not prove; marked * below).", ""]
     for (spec, model, seq), grp in groups(ok).items():
-        front = sorted(front_rows(grp), key=lambda r: r["area_mm2"])
+        front = sorted(front_rows(grp, rel_tol=FRONT_TOL), key=lambda r: r["area_mm2"])
         bounds = Counter(r["bound"] for r in grp)
         lines += [f"## {spec}, {model}, {format_seq(seq)} tokens", "",
                   f"{len(grp)} designs, {len(front)} on the latency/energy/area front. Bound by: "
@@ -153,7 +156,7 @@ def plot_fronts(rows: Sequence[Mapping[str, Any]], folder: str) -> list[str]:
         fig, axes = plt.subplots(2, len(seqs), figsize=(4.6 * len(seqs), 7.6), squeeze=False)
         for col, seq in enumerate(seqs):
             grp = [r for r in rows if (r["spec"], r["model"], r["seq"]) == (spec, model, seq)]
-            on = {id(r) for r in front_rows(grp)}
+            on = {id(r) for r in front_rows(grp, rel_tol=FRONT_TOL)}
             area = [r["area_mm2"] for r in grp]
             lat = [1e3 * r["latency_s"] for r in grp]
             en = [r["energy_pj"] / 1e9 for r in grp]
@@ -165,7 +168,8 @@ def plot_fronts(rows: Sequence[Mapping[str, Any]], folder: str) -> list[str]:
                 ring = [i for i, r in enumerate(grp) if id(r) in on]
                 ax.scatter([area[i] for i in ring], [y[i] for i in ring], s=70, facecolors="none",
                            edgecolors="crimson", linewidths=1.2, label="latency/energy/area front")
-                two = sorted(pareto_front([[a, v] for a, v in zip(area, y)]), key=lambda i: area[i])
+                two = sorted(pareto_front([[bucket(a, FRONT_TOL), bucket(v, FRONT_TOL)] for a, v in zip(area, y)]),
+                             key=lambda i: area[i])
                 ax.step([area[i] for i in two], [y[i] for i in two], where="post", color="crimson", alpha=0.5,
                         linewidth=1, label=f"{ylabel.split()[0]}/area front")
                 if max(y) > 10 * min(y) > 0:

@@ -288,3 +288,15 @@ def test_editing_the_design_yaml_starts_its_points_afresh(tmp_path):
     os.utime(design, ns=(1, 10 ** 18))          # a new modification time even on a coarse clock
     after = make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024])
     assert after[0].key != before[0].key
+
+
+def test_near_ties_are_ties_on_a_tolerance_grid():
+    from einfuse.simulator.pareto import front_rows
+
+    def row(lat, area):
+        return {"latency_s": lat, "energy_pj": 1.0, "area_mm2": area}
+
+    rows = [row(29.7100, 51.8), row(29.7099, 61.8), row(7.88, 102.7), row(7.8799, 162.7)]
+    assert front_rows(rows) == rows                                  # exact: every point is optimal
+    assert front_rows(rows, rel_tol=0.01) == [rows[0], rows[2]]      # 0.0003 % apart is the same latency
+    assert front_rows([row(1.0, 5.0), row(1.5, 4.0)], rel_tol=0.01) == [row(1.0, 5.0), row(1.5, 4.0)]
