@@ -19,6 +19,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -30,7 +31,7 @@ from einfuse.simulator.workload import parse_seq
 
 VARY = "pe=64..512,buffer=4M..64M,dram=200G..1.6T"
 SEQ = "1K,16K,64K"
-LIMITS = {"max_area": 300.0}
+LIMITS = {"max_area": 320.0}
 
 
 def main() -> None:
@@ -42,7 +43,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "dse-example"))
     ap.add_argument("--resume", action="store_true", help="keep the results table (default: start afresh)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="redraw the report from the committed table and timing.json, simulating nothing")
     args = ap.parse_args()
+    if args.report_only:
+        args.resume = True
 
     table_path = os.path.join(args.out, "results.jsonl")
     if not args.resume and os.path.isdir(args.out):
@@ -52,6 +57,13 @@ def main() -> None:
     me = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     rows, stats = explore(points, ResultTable(table_path), workers=args.workers, progress=sys.stderr.isatty())
+    if args.report_only:
+        if stats.computed:
+            raise SystemExit(f"--report-only: {stats.computed} points were missing from {table_path}")
+        timing = json.load(open(os.path.join(args.out, "timing.json"), encoding="utf-8"))
+        stats = replace(stats, computed=timing["computed"], reused=timing["points"] - timing["computed"],
+                        wall_s=timing["wall_s"], where=f"{timing['workers']} local processes")
+        return report(args, rows, stats, timing)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     me2 = resource.getrusage(resource.RUSAGE_SELF)
@@ -63,18 +75,23 @@ def main() -> None:
               "idle_machine_wall_s": cpu / workers, "load_average_1min_after": load,
               "per_point_cpu_s": cpu / max(1, stats.computed), "cpus": os.cpu_count(),
               "machine": platform.processor() or platform.machine(), "python": platform.python_version()}
+    with open(os.path.join(args.out, "timing.json"), "w", encoding="utf-8") as fh:
+        json.dump(timing, fh, indent=1)
+    report(args, rows, stats, timing)
+
+
+def report(args: argparse.Namespace, rows: list, stats, timing: dict) -> None:
     command = (f"einfuse explore {args.spec} --arch {args.arch} --vary {args.vary} --model bert-base "
                f"--seq {args.seq} --max-area {LIMITS['max_area']:g}")
     write_dse_report(rows, args.out, title=f"DSE example: {args.spec} on {args.arch}, BERT-base", command=command,
                      area=load_area_table(), limits=LIMITS, stats=as_dict(stats))
-    with open(os.path.join(args.out, "timing.json"), "w", encoding="utf-8") as fh:
-        json.dump(timing, fh, indent=1)
+    wall, cpu, workers, n = timing["wall_s"], timing["cpu_s"], timing["workers"], max(1, timing["computed"])
     with open(os.path.join(args.out, "report.md"), "a", encoding="utf-8") as fh:
-        fh.write(f"\n## Timing\n\n{stats.points} points, {stats.computed} simulated: {wall:.1f} s wall on "
-                 f"{workers} worker processes ({os.cpu_count()} cores), {cpu:.1f} CPU seconds in all "
-                 f"({cpu / max(1, stats.computed):.2f} s a point), so {cpu / workers:.1f} s on an otherwise idle "
-                 f"machine; 1-minute load average after the run {load:.1f} (other jobs shared the cores). "
-                 f"Regenerate: `python3 benchmarks/dse_sweep.py`.\n")
+        fh.write(f"\n## Timing\n\n{timing['points']} points, {timing['computed']} simulated: {wall:.1f} s wall on "
+                 f"{workers} worker processes ({timing['cpus']} cores), {cpu:.1f} CPU seconds in all "
+                 f"({cpu / n:.2f} s a point), so {cpu / workers:.1f} s on an otherwise idle machine; 1-minute "
+                 f"load average after the run {timing['load_average_1min_after']:.1f} (other jobs shared the "
+                 f"cores). Regenerate: `python3 benchmarks/dse_sweep.py`.\n")
     print(json.dumps(timing, indent=1))
 
 

@@ -55,7 +55,7 @@ def explore_cmd(specs: tuple[str, ...], arch: str, vary: str, model: str, seq: s
 
     from einfuse.cli import check_size_names, parse_sizes
     from einfuse.simulator.area import load_area_table
-    from einfuse.simulator.dse_report import groups, num, params_text, write_dse_report
+    from einfuse.simulator.dse_report import FRONT_TOL, groups, num, params_text, write_dse_report
     from einfuse.simulator.explore import ResultTable, as_dict, explore, make_points
     from einfuse.simulator.pareto import best, best_across
     from einfuse.simulator.vary import grid, parse_vary
@@ -98,7 +98,7 @@ def explore_cmd(specs: tuple[str, ...], arch: str, vary: str, model: str, seq: s
                              plots=not no_plots)
     ok = [r for r in rows if "error" not in r]
     for (spec, m, n), grp in groups(ok).items():
-        b = best(grp, minimize, limits)
+        b = best(grp, minimize, limits, rel_tol=FRONT_TOL)
         head = f"{spec} {m} {format_seq(n)}:"
         click.echo(f"{head} best by {minimize}" + (f" within limits: {params_text(b)}, {num(1e3 * b['latency_s'])} ms, "
                                                    f"{num(b['energy_pj'] / 1e9)} mJ, {b['area_mm2']:.1f} mm2 "

@@ -97,10 +97,10 @@ def _markdown(rows, ok, *, title, command, area, limits, minimize, stats, pngs) 
         lines += [f"| {params_text(r)}{' *' if r.get('approximate') else ''} | {num(1e3 * r['latency_s'])} | {num(r['energy_pj'] / 1e9)} | "
                   f"{r['area_mm2']:.1f} | {r['limit']} |" for r in front]
         choices = [("no limit", {})] + ([(_limits_text(limits), limits)] if limits else [])
-        lines += ["", f"Best by {minimize}:", ""]
+        lines += ["", f"Best by {minimize} (within {100 * FRONT_TOL:g} %, then the smallest area):", ""]
         for label, lim in choices:
-            b = best(grp, minimize, lim)
-            lines.append(f"- {label}: " + (f"**{params_text(b)}**: {num(1e3 * b['latency_s'])} ms, "
+            b = best(grp, minimize, lim, rel_tol=FRONT_TOL)
+            lines.append(f"- {label}: " + (f"**{params_text(b)}**{' *' if b.get('approximate') else ''}: {num(1e3 * b['latency_s'])} ms, "
                                           f"{num(b['energy_pj'] / 1e9)} mJ, {b['area_mm2']:.1f} mm2 ({b['limit']})"
                                           if b else "no design meets the limits"))
         lines.append("")
@@ -165,6 +165,10 @@ def plot_fronts(rows: Sequence[Mapping[str, Any]], folder: str) -> list[str]:
                 wide = max(c) > 10 * min(c) > 0
                 sc = ax.scatter(area, y, c=c, cmap="viridis", s=18,
                                 norm=matplotlib.colors.LogNorm() if wide else None)
+                rough = [i for i, r in enumerate(grp) if r.get("approximate")]
+                if rough:
+                    ax.scatter([area[i] for i in rough], [y[i] for i in rough], marker="x", s=30, color="black",
+                               linewidths=0.8, label="approximate (simulator fast-forward)")
                 ring = [i for i, r in enumerate(grp) if id(r) in on]
                 ax.scatter([area[i] for i in ring], [y[i] for i in ring], s=70, facecolors="none",
                            edgecolors="crimson", linewidths=1.2, label="latency/energy/area front")
@@ -178,10 +182,13 @@ def plot_fronts(rows: Sequence[Mapping[str, Any]], folder: str) -> list[str]:
                 ax.set_ylabel(ylabel)
                 ax.set_title(f"{model} {format_seq(seq)}", fontsize=10)
                 fig.colorbar(sc, ax=ax, label=clabel)
-            if col == 0:
-                axes[0][0].legend(fontsize=7, loc="upper right")
+        legend = {}
+        for ax in axes.flat:
+            for h, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, h)
+        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=8)
         fig.suptitle(f"{spec}: design-space sweep", fontsize=11)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
         name = "pareto-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{spec}-{model}") + ".png"
         path = os.path.join(folder, name)
         fig.savefig(path, dpi=110)

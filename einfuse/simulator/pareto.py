@@ -91,9 +91,10 @@ def feasible(row: Mapping[str, Any], limits: Mapping[str, float]) -> bool:
 
 
 def best(rows: Sequence[Mapping[str, Any]], minimize: str = "latency",
-         limits: Mapping[str, float] | None = None) -> Mapping[str, Any] | None:
-    """The feasible row with the smallest ``minimize`` objective (ties: smaller area, then energy);
-    None when no row meets the limits."""
+         limits: Mapping[str, float] | None = None, rel_tol: float = 0.0) -> Mapping[str, Any] | None:
+    """The feasible row with the smallest ``minimize`` objective, compared on a ``rel_tol`` grid
+    (:func:`bucket`), ties going to the smaller area, then energy, then the objective itself; None
+    when no row meets the limits."""
     for name in limits or {}:
         if name not in CONSTRAINTS:
             raise SimulatorError(f"unknown constraint {name!r}; constraints: {', '.join(CONSTRAINTS)}")
@@ -101,7 +102,7 @@ def best(rows: Sequence[Mapping[str, Any]], minimize: str = "latency",
     ok = [r for r in rows if feasible(r, limits or {})]
     if not ok:
         return None
-    return min(ok, key=lambda r: (f(r), OBJECTIVES["area"](r), OBJECTIVES["energy"](r)))
+    return min(ok, key=lambda r: (bucket(f(r), rel_tol), OBJECTIVES["area"](r), OBJECTIVES["energy"](r), f(r)))
 
 
 def best_across(rows: Sequence[Mapping[str, Any]], minimize: str = "latency",
