@@ -35,12 +35,14 @@ def register(cli: click.Group) -> None:
               show_default=True, help="what the best design minimises")
 @click.option("--area-table", default=None, type=click.Path(dir_okay=False),
               help="component areas (YAML like einfuse/simulator/area_45nm.yaml)  [default: the 45 nm table]")
+@click.option("--no-fast-forward", is_flag=True,
+              help="simulate every tile (slow at long lengths): checks points the report marks approximate")
 @click.option("--no-plots", is_flag=True, help="skip the PNGs")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def explore_cmd(specs: tuple[str, ...], arch: str, vary: str, model: str, seq: str, batch: int,
                 sizes: tuple[str, ...], out: str, workers: int | None, cluster: str | None,
                 max_area: float | None, max_energy: float | None, max_latency: float | None, minimize: str,
-                area_table: str | None, no_plots: bool, no_progress: bool) -> None:
+                area_table: str | None, no_fast_forward: bool, no_plots: bool, no_progress: bool) -> None:
     """Sweep architecture parameters of a design for the variants SPECS at several lengths.
 
     Each point is simulated once and appended to OUT/results.jsonl; running the same command again
@@ -80,7 +82,7 @@ def explore_cmd(specs: tuple[str, ...], arch: str, vary: str, model: str, seq: s
         check_size_names(load_spec(s), extra)
     table_area = load_area_table(area_table)
     points = make_points(list(specs), arch, grid(parse_vary(vary)), models, parse_seq(seq), batch, extra,
-                         area_table)
+                         area_table, fast_forward=not no_fast_forward)
     table = ResultTable(os.path.join(out, "results.jsonl"))
     console = Console(width=160, stderr=True)
     console.print(f"explore: {len(points)} points -> {table.path}")
@@ -91,7 +93,8 @@ def explore_cmd(specs: tuple[str, ...], arch: str, vary: str, model: str, seq: s
     command = " ".join(["einfuse explore", *map(shlex.quote, specs), "--arch", shlex.quote(arch), "--vary",
                         shlex.quote(vary), "--model", shlex.quote(model), "--seq", shlex.quote(seq)]
                        + [f"--{k.replace('_', '-')} {v:g}" for k, v in limits.items()]
-                       + ([f"--minimize {minimize}"] if minimize != "latency" else []))
+                       + ([f"--minimize {minimize}"] if minimize != "latency" else [])
+                       + (["--no-fast-forward"] if no_fast_forward else []))
     paths = write_dse_report(rows, out, title=f"Design-space sweep of {arch}: {', '.join(specs)}",
                              command=command,
                              area=table_area, limits=limits, minimize=minimize, stats=as_dict(stats),

@@ -42,19 +42,20 @@ class Point:
     sizes: tuple[tuple[str, int], ...] = ()
     area_table: str | None = None
     inputs: str = ""                            # fingerprint of the design and area table contents
+    fast_forward: bool = True                   # False: every tile simulated (to check approximate rows)
 
     @property
     def key(self) -> str:
         """Stable id of the point in the results table (same inputs -> same key, across runs)."""
-        text = json.dumps([self.spec, self.arch, [list(p) for p in self.params], self.model, self.seq,
-                           self.batch, [list(s) for s in self.sizes], self.area_table, self.inputs],
-                          sort_keys=True)
+        fields = [self.spec, self.arch, [list(p) for p in self.params], self.model, self.seq, self.batch,
+                  [list(s) for s in self.sizes], self.area_table, self.inputs]
+        text = json.dumps(fields + ([] if self.fast_forward else ["no-fast-forward"]), sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def make_points(specs: Sequence[str], arch: str, grid: Sequence[Mapping[str, float]], models: Sequence[str],
                 seqs: Sequence[int], batch: int = 64, sizes: Mapping[str, int] | None = None,
-                area_table: str | None = None) -> list[Point]:
+                area_table: str | None = None, fast_forward: bool = True) -> list[Point]:
     """Every (spec, parameter set, model, length), lengths innermost.
 
     Each point's key covers the contents of the design and the area table as well as their names,
@@ -64,7 +65,7 @@ def make_points(specs: Sequence[str], arch: str, grid: Sequence[Mapping[str, flo
 
     sz = tuple(sorted((sizes or {}).items()))
     inputs = hashlib.sha1((repr(_base_arch(arch)) + repr(load_area_table(area_table))).encode()).hexdigest()[:12]
-    return [Point(s, arch, tuple(g.items()), m, n, batch, sz, area_table, inputs)
+    return [Point(s, arch, tuple(g.items()), m, n, batch, sz, area_table, inputs, fast_forward)
             for s in specs for g in grid for m in models for n in seqs]
 
 
@@ -111,7 +112,7 @@ def run_point(point: Point) -> dict[str, Any]:
     lowering_key = tuple((k, v) for k, v in point.params if k in ("pe", "rows"))
     cascade = _prepared(point.spec, point.arch, lowering_key)
     wl = workload(point.model, point.seq, point.batch, dict(point.sizes))
-    r = simulate(cascade, arch, wl, lower=False)
+    r = simulate(cascade, arch, wl, lower=False, fast_forward=point.fast_forward)
     area = area_breakdown(arch, load_area_table(point.area_table))
     busy = {"2-D array": r.busy_2d, "1-D array": r.busy_1d, "DRAM": r.busy_dram}
     return {
@@ -124,6 +125,7 @@ def run_point(point: Point) -> dict[str, Any]:
         "bound": max(busy, key=busy.__getitem__), "limit": limit_text(r.stalls, r.cycles, busy),
         "explanation": r.explain(), "macs_exact": bool(r.sim.get("macs_exact", True)),
         "approximate": bool(r.sim.get("approximate", False)),   # the engine extrapolated (fast-forward)
+        "fast_forward": point.fast_forward,
         "row_block": r.sim.get("row_block"), "technology_nm": r.technology_nm,
         "wall_s": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}",
     }

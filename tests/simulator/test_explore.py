@@ -300,3 +300,12 @@ def test_near_ties_are_ties_on_a_tolerance_grid():
     assert front_rows(rows) == rows                                  # exact: every point is optimal
     assert front_rows(rows, rel_tol=0.01) == [rows[0], rows[2]]      # 0.0003 % apart is the same latency
     assert front_rows([row(1.0, 5.0), row(1.5, 4.0)], rel_tol=0.01) == [row(1.0, 5.0), row(1.5, 4.0)]
+
+
+def test_points_without_fast_forward_are_separate_rows(tmp_path):
+    fast = make_points(["softmax"], "fusemax", [{"pe": 32}], ["bert-base"], [256], batch=1)
+    slow = make_points(["softmax"], "fusemax", [{"pe": 32}], ["bert-base"], [256], batch=1, fast_forward=False)
+    assert fast[0].key != slow[0].key
+    rows, stats = explore(fast + slow, ResultTable(str(tmp_path / "r.jsonl")), workers=1)
+    assert stats.computed == 2 and [r["fast_forward"] for r in rows] == [True, False]
+    assert not rows[0]["approximate"] and rows[0]["cycles"] == rows[1]["cycles"]   # exact fast-forward agrees
