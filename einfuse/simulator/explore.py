@@ -226,8 +226,8 @@ def explore(points: Sequence[Point], table: ResultTable, workers: int | None = N
 
     ``workers``: local processes (default: every core; 1 runs in this process). ``cluster``: the
     address of a Dask scheduler (``tcp://host:8786``) to run on instead. ``on_row`` is called after
-    each row is stored; ``connect_timeout`` bounds the wait for the scheduler (seconds). Returns the rows of all ``points`` (reused and new) in ``points`` order.
-    A point whose simulation raises an :class:`EinfuseError` (a design the variant cannot map) is
+    each row is stored; ``connect_timeout`` bounds the wait for the scheduler (seconds). Returns
+    the rows of all ``points`` (reused and new) in ``points`` order. A point whose simulation raises an :class:`EinfuseError` (a design the variant cannot map) is
     stored as a row with its ``error``, so a resumed sweep does not retry it.
     """
     t0 = time.perf_counter()
@@ -235,7 +235,8 @@ def explore(points: Sequence[Point], table: ResultTable, workers: int | None = N
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         raise SimulatorError("explore: the sweep lists a point twice (repeated spec, model or length)")
-    todo = [p for p in points if p.key not in table.rows]
+    # longest layers first: the slowest points start early and the last ones to finish are short
+    todo = sorted((p for p in points if p.key not in table.rows), key=lambda p: -p.seq)
     _check_points(todo)  # also parses every spec once, before workers fork
     failed = 0
 
