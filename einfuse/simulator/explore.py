@@ -7,9 +7,9 @@ JSON-lines table (:class:`ResultTable`) as they finish, so a sweep that is stopp
 was: the points whose key is already in the table are not simulated again.
 
 Points run on local processes (``concurrent.futures``) by default, or on a Dask distributed cluster
-given its scheduler address. Dask rather than Ray: it is a pure-Python ~44 MB install (Ray ~285 MB),
-a local two-process cluster starts in seconds, ``dask-scheduler`` / ``dask-worker`` on other machines
-need nothing else, and its futures API is the one ``concurrent.futures`` users know.
+given its scheduler address. Dask rather than Ray: pure Python, 34 MB installed with its dependencies
+(Ray ~285 MB), a local two-process cluster starts in seconds, ``dask scheduler`` / ``dask worker``
+on other machines need nothing else, and its futures API is the one ``concurrent.futures`` users know.
 """
 
 from __future__ import annotations
