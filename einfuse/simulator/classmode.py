@@ -16,7 +16,8 @@ at (the steady state of a tile schedule) and composes the rest in closed form:
   of the running state (RM -> RM of one sub-block across key tiles), is the engine's period of a Rep
   of one-tile columns. A row block adds an overhead ``O`` (prologue, pass epilogues, drains) measured
   by the engine on row blocks of two full columns per pass. Time =
-  ``sum over row blocks (O + sum over passes and columns T(j))``, times the batch x head repetition.
+  ``sum over row blocks (O + sum over passes and columns T(j))``, times the batch x head repetition,
+  plus once the layer's pipeline fill and final drain (from the same calibration).
 * **Stalls** are the idle time per unit (cycles minus exact busy), split over causes in the
   proportions the engine reported in those calibration runs, weighted by the time each regime
   contributes.
@@ -62,24 +63,21 @@ class ClassRun:
 
 
 def distinct_column_tiles(comp: Compiler) -> int:
-    """Non-empty tiles over the distinct key-tile columns of every row block: roughly what the
-    exact engine has to compile and place at least once (its cost driver)."""
+    """Tiles in the key-tile columns that differ from their left neighbour, over every row block:
+    what the exact engine compiles and places at least once (its cost driver; runs of equal
+    columns are fast-forwarded)."""
     total = 0
     for g, tiles in zip(comp.plan.groups, comp.tiles):
         if tiles.kinds is None:
             continue
-        k = tiles.kinds
-        n_sub = k.shape[1]
-        seen: set[bytes] = set()
-        for r in range(math.ceil(n_sub / g.p1)):
-            block = np.ascontiguousarray(np.swapaxes(k[:, r * g.p1:(r + 1) * g.p1, :], 1, 2))
-            cols = block.reshape(-1, block.shape[-1])
-            nonempty = cols[(cols != EMPTY).any(axis=1)]
-            for c in np.unique(nonempty, axis=0):
-                b = c.tobytes()
-                if b not in seen:
-                    seen.add(b)
-                    total += int((c != EMPTY).sum())
+        h, n_sub, n_stream = tiles.kinds.shape
+        blocks = -(-n_sub // g.p1)
+        k = np.zeros((h, blocks * g.p1, n_stream), np.int8)
+        k[:, :n_sub] = tiles.kinds
+        k = k.reshape(h, blocks, g.p1, n_stream)
+        change = np.ones((h, blocks, n_stream), bool)
+        change[..., 1:] = (k[..., 1:] != k[..., :-1]).any(axis=2)
+        total += int(((k != EMPTY).sum(axis=2) * change).sum())
     return total
 
 
@@ -94,6 +92,7 @@ class ClassModel:
         self._vec: dict[tuple, np.ndarray] = {}
         self._overhead: dict[tuple, float] = {}
         self.tasks = 0
+        self.edges: dict[int, float] = {}     # per group: pipeline fill of the layer and final drain
 
     # ---- engine calibrations --------------------------------------------------------------------
     def _engine(self) -> Engine:
@@ -137,8 +136,12 @@ class ClassModel:
                 eng.run(Seq(("cal-rb", gi, qcols), rb, block=True))
                 refs.append(eng.ref())
             cols = sum(2 * self.period(gi, k, rows_n, qcols, full)[0] for k in range(1, g.n_passes + 1))
+            steady = refs[2] - refs[1]
+            end = eng.finish()
             self._finish(eng)
-            hit = self._overhead[key] = max(0.0, (refs[2] - refs[1]) - cols)
+            # once per layer: the cold first row block's extra time and the final drain
+            self.edges.setdefault(gi, max(0.0, refs[0] - steady) + max(0.0, end - refs[2]))
+            hit = self._overhead[key] = max(0.0, steady - cols)
         return hit
 
     def vec(self, sig: tuple) -> np.ndarray:
@@ -164,30 +167,47 @@ class ClassModel:
                 roles = g.roles
                 n_stream = roles.n_stream
                 rows = np.array([comp.rows_n(s) for s in range(n_stream)])
-                for r in range(math.ceil(roles.n_sub / g.p1)):
+                n_rb = math.ceil(roles.n_sub / g.p1)
+                if tiles.kinds is None:
+                    kinds = np.full((roles.n_sub, n_stream), FULL, np.int8)
+                else:
+                    kinds = tiles.kinds[min(hm, tiles.heads - 1)]
+                pad = np.zeros((n_rb * g.p1, n_stream), np.int8)
+                pad[:roles.n_sub] = kinds
+                J = (pad != EMPTY).reshape(n_rb, g.p1, n_stream).sum(axis=1)     # tiles per column
+                # tiles per (sub-block, tile height, kind): heights differ only in a ragged last column
+                per_q: dict[tuple[int, int], np.ndarray] = {}
+                for rn in np.unique(rows).tolist():
+                    sel = rows == rn
+                    for kind in (FULL, PARTIAL):
+                        per_q[(rn, kind)] = (kinds[:, sel] == kind).sum(axis=1)
+                for r in range(n_rb):
                     q0, q1 = r * g.p1, min((r + 1) * g.p1, roles.n_sub)
                     qcols = tuple(comp.cols_n(q) for q in range(q0, q1))
-                    if tiles.kinds is None:
-                        kinds = np.full((q1 - q0, n_stream), FULL, np.int8)
-                    else:
-                        kinds = tiles.kinds[min(hm, tiles.heads - 1), q0:q1, :]
-                    c, v, reg = self._row_block(gi, g, qcols, kinds, rows, cal)
+                    widths = np.array(qcols)
+                    counts = {}
+                    for (rn, kind), pq in per_q.items():
+                        for w in np.unique(widths).tolist():
+                            n = int(pq[q0:q1][widths == w].sum())
+                            if n:
+                                counts[(rn, w, kind)] = n
+                    c, v, reg = self._row_block(gi, g, qcols, J[r], rows, counts, cal)
                     cycles += c
                     vec += v
                     for kk in reg:
                         regime[kk] += reg[kk]
-        cycles *= reps
+        cycles = cycles * reps + max(self.edges.values(), default=0.0)
         vec *= reps
         busy = {u: vec[comp.counters.index[("unit", u)]] for u in UNITS}
         stalls = self._split_stalls(cycles, busy, regime, cal)
         return ClassRun(vec, stalls, [0, 0, 0], [int(round(cycles))] * 3,
                         _Stats(tasks_placed=self.tasks, segments_run=len(self._period) + len(self._overhead)))
 
-    def _row_block(self, gi, g, qcols: tuple, kinds: np.ndarray, rows: np.ndarray,
+    def _row_block(self, gi, g, qcols: tuple, j: np.ndarray, rows: np.ndarray, counts: dict,
                    cal: dict) -> tuple[float, np.ndarray, dict]:
+        """Cycles, counters and time per regime of one row block (``j``: tiles per key-tile column;
+        ``counts``: tiles per (tile height, sub-block width, kind))."""
         comp = self.comp
-        nonempty = kinds != EMPTY
-        j = nonempty.sum(axis=0)                                      # tiles per key-tile column
         live = j > 0
         n_q = len(qcols)
         full = tuple([FULL] * n_q)
@@ -196,18 +216,6 @@ class ClassModel:
         vec += self.vec(("pro", gi, qcols))
         cyc = 0.0
         reg = {"res": 0.0, "rec": 0.0, "over": 0.0}
-        # tile classes of this row block: (sub-block width, kind) -> count; the same for every pass
-        widths = np.array(qcols)
-        counts: dict[tuple[int, int, int], int] = {}
-        for rn in np.unique(rows[live]).tolist():
-            sel = live & (rows == rn)
-            sub = kinds[:, sel]
-            for kind in (FULL, PARTIAL):
-                per_q = (sub == kind).sum(axis=1)
-                for w in np.unique(widths).tolist():
-                    n = int(per_q[widths == w].sum())
-                    if n:
-                        counts[(rn, w, kind)] = n
         for k in range(1, g.n_passes + 1):
             for rn in np.unique(rows[live]).tolist():
                 sel = live & (rows == rn)
