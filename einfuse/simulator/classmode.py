@@ -172,15 +172,17 @@ class ClassModel:
                     kinds = np.full((roles.n_sub, n_stream), FULL, np.int8)
                 else:
                     kinds = tiles.kinds[min(hm, tiles.heads - 1)]
-                pad = np.zeros((n_rb * g.p1, n_stream), np.int8)
-                pad[:roles.n_sub] = kinds
-                J = (pad != EMPTY).reshape(n_rb, g.p1, n_stream).sum(axis=1)     # tiles per column
+                nonempty = kinds != EMPTY
+                if roles.n_sub != n_rb * g.p1:
+                    nonempty = np.concatenate([nonempty, np.zeros((n_rb * g.p1 - roles.n_sub, n_stream), bool)])
+                J = nonempty.reshape(n_rb, g.p1, n_stream).sum(axis=1, dtype=np.int64)   # tiles per column
                 # tiles per (sub-block, tile height, kind): heights differ only in a ragged last column
                 per_q: dict[tuple[int, int], np.ndarray] = {}
-                for rn in np.unique(rows).tolist():
-                    sel = rows == rn
+                spans = [(int(rows[0]), slice(0, n_stream))] if (rows == rows[0]).all() else \
+                    [(int(rows[0]), slice(0, n_stream - 1)), (int(rows[-1]), slice(n_stream - 1, n_stream))]
+                for rn, sl in spans:
                     for kind in (FULL, PARTIAL):
-                        per_q[(rn, kind)] = (kinds[:, sel] == kind).sum(axis=1)
+                        per_q[(rn, kind)] = np.count_nonzero(kinds[:, sl] == kind, axis=1)
                 for r in range(n_rb):
                     q0, q1 = r * g.p1, min((r + 1) * g.p1, roles.n_sub)
                     qcols = tuple(comp.cols_n(q) for q in range(q0, q1))
