@@ -15,7 +15,7 @@ at (the steady state of a tile schedule) and composes the rest in closed form:
   engine's exact steady-state period of a Rep of full columns over ``j``; RecII, the recurrence bound
   of the running state (RM -> RM of one sub-block across key tiles), is the engine's period of a Rep
   of one-tile columns. A row block adds an overhead ``O`` (prologue, pass epilogues, drains) measured
-  by the engine on row blocks of two full columns per pass. Time =
+  by the engine on two row blocks of one full column per pass. Time =
   ``sum over row blocks (O + sum over passes and columns T(j))``, times the batch x head repetition,
   plus once the layer's pipeline fill and final drain (from the same calibration).
 * **Stalls** are the idle time per unit (cycles minus exact busy), split over causes in the
@@ -120,7 +120,9 @@ class ClassModel:
         return hit
 
     def overhead(self, gi: int, qcols: tuple, rows_n: int) -> float:
-        """Cycles a row block adds beyond its columns, from three row blocks of two full columns."""
+        """Cycles a row block adds beyond its columns: the steady second of two row blocks of one full
+        column per pass, minus that column's steady period (the first, cold one gives the layer's
+        pipeline fill)."""
         key = (gi, qcols, rows_n)
         hit = self._overhead.get(key)
         if hit is None:
@@ -128,19 +130,19 @@ class ClassModel:
             full = tuple([FULL] * len(qcols))
             eng = self._engine()
             refs = []
-            for _ in range(3):
+            for _ in range(2):
                 rb: list = [Leaf(("pro", gi, qcols))]
                 for k in range(1, g.n_passes + 1):
-                    rb += [Leaf(("row", gi, k, rows_n, qcols, full))] * 2
+                    rb.append(Leaf(("row", gi, k, rows_n, qcols, full)))
                     rb.append(Leaf(("post", gi, k, qcols, k != g.n_passes)))
                 eng.run(Seq(("cal-rb", gi, qcols), rb, block=True))
                 refs.append(eng.ref())
-            cols = sum(2 * self.period(gi, k, rows_n, qcols, full)[0] for k in range(1, g.n_passes + 1))
-            steady = refs[2] - refs[1]
+            cols = sum(self.period(gi, k, rows_n, qcols, full)[0] for k in range(1, g.n_passes + 1))
+            steady = refs[1] - refs[0]
             end = eng.finish()
             self._finish(eng)
             # once per layer: the cold first row block's extra time and the final drain
-            self.edges.setdefault(gi, max(0.0, refs[0] - steady) + max(0.0, end - refs[2]))
+            self.edges.setdefault(gi, max(0.0, refs[0] - steady) + max(0.0, end - refs[1]))
             hit = self._overhead[key] = max(0.0, steady - cols)
         return hit
 

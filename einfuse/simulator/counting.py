@@ -190,8 +190,11 @@ def period_of(pred: sympy.Basic, p: sympy.Symbol, m: sympy.Symbol) -> int:
 
 @functools.lru_cache(maxsize=2048)
 def _atom_invariant(rel: sympy.Basic, p: sympy.Symbol, m: sympy.Symbol, t: int) -> bool:
-    shifted = rel.subs({p: p + t, m: m + t}, simultaneous=True)
-    return _canon(shifted) == _canon(rel)
+    """``lhs - rhs`` of the relation is unchanged by the shift (no relation is rebuilt: sympy's
+    relational constructor queries assumptions and is slow)."""
+    e = rel.lhs - rel.rhs
+    shifted = e.xreplace({p: p + t, m: m + t})
+    return sympy.expand(shifted - e) == 0
 
 
 def count_each(pred, p, m, h, plo, phi, mlo, mhi) -> np.ndarray:
