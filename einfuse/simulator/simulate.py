@@ -10,6 +10,7 @@ the global buffer and every DRAM byte, with the architecture's energy table.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,10 +107,18 @@ def design_plan(cascade: Cascade, arch: Arch) -> KernelPlan | None:
     cascade has no plan (the simulator then maps the cascade as written)."""
     from einfuse.lowering import kernel_plan
 
-    try:
-        return kernel_plan(cascade, key_tile=arch.pe_array.rows, check=False)
-    except EinfuseError:
-        return None
+    per = _PLANS.setdefault(cascade, {})
+    rows = arch.pe_array.rows
+    if rows not in per:       # lowering is sympy-heavy (~1 s); prepare() and the report both ask
+        try:
+            per[rows] = kernel_plan(cascade, key_tile=rows, check=False)
+        except EinfuseError:
+            per[rows] = None
+    return per[rows]
+
+
+# kernel plans per cascade (immutable, compared by identity) and key tile; dropped with the cascade
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def prepare(cascade: Cascade, arch: Arch) -> Cascade:
@@ -130,6 +139,8 @@ def prepare(cascade: Cascade, arch: Arch) -> Cascade:
         return cascade            # no softmax: nothing to lower, simulate as written
     plan = design_plan(cascade, arch)
     if plan is not None and plan.family == "softmax":
+        # the report describes the plan of what was lowered; remember it for the lowered cascade
+        _PLANS.setdefault(plan.cascade, {})[arch.pe_array.rows] = plan
         return plan.cascade
     from einfuse.lowering.lower import one_pass_cascade
 
