@@ -10,11 +10,13 @@ at (the steady state of a tile schedule) and composes the rest in closed form:
   (:mod:`.program`), so a key-tile column costs its head (K/V loads, once-per-tile Einsums) plus one
   tile vector per non-empty sub-block, by (sub-block width, FULL or PARTIAL). Each vector is compiled
   once from a one-tile column; totals are those vectors times class counts from the tile table.
-* **Time follows modulo-scheduling bounds.** A column of ``j`` non-empty tiles repeats at
-  ``T(j) = max(RecII, j * ResII)``: ResII, the per-tile period of the resource-bound schedule, is the
-  engine's exact steady-state period of a Rep of full columns over ``j``; RecII, the recurrence bound
-  of the running state (RM -> RM of one sub-block across key tiles), is the engine's period of a Rep
-  of one-tile columns. A row block adds an overhead ``O`` (prologue, pass epilogues, drains) measured
+* **Time per column comes from the engine's steady state.** A column of ``j`` non-empty tiles
+  repeats at a period ``T(j)``: the engine's exact steady-state period of a Rep of identical columns
+  whose last ``j`` sub-blocks are full (the shape of a causal staircase column), calibrated at P1 and
+  at the powers of two up to 16 that bracket the ``j`` a layer has, interpolated linearly between
+  them (small
+  ``j`` is bound by the recurrences: running state, K/V buffer release, DRAM latency; large ``j`` by
+  the busiest array). A row block adds an overhead ``O`` (prologue, pass epilogues, drains) measured
   by the engine on two row blocks of one full column per pass. Time =
   ``sum over row blocks (O + sum over passes and columns T(j))``, times the batch x head repetition,
   plus once the layer's pipeline fill and final drain (from the same calibration).
@@ -23,7 +25,11 @@ at (the steady state of a tile schedule) and composes the rest in closed form:
   contributes.
 
 Accuracy against the exact engine is pinned by tests (tests/simulator/test_sim_classmode.py): equal
-MAC/DRAM/energy counts and cycles within ``TOLERANCE`` on sizes where both run.
+MAC/DRAM/energy/busy counts, and cycles within ``TOLERANCE`` (3 %; measured 0-1 % on causal and
+sliding windows) on sizes where both run. Short columns whose sub-blocks shift from one key tile to
+the next (2-D neighbourhoods: 5 tiles a column at 16K) leave a sub-block's running state less slack
+than the calibrated identical columns do, so there the model is optimistic by up to
+``BAND_TOLERANCE`` (measured 7 % at na2d 16K, 4 % at 64K).
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from einfuse.simulator.program import Compiler
 from einfuse.simulator.tiles import EMPTY, FULL, PARTIAL
 
 TOLERANCE = 0.03        # relative cycle difference to the exact engine that the tests accept
+BAND_TOLERANCE = 0.08   # ... for masks whose short columns shift sub-block by sub-block (N-D neighbourhoods)
 CAL_REPS = 1 << 20      # a long Rep: the engine finds its period and skips the rest
 EXACT_TILE_BUDGET = 2048   # tiles in distinct columns above which simulate() uses this model
+SMALL_J = 16        # columns up to this many tiles are calibrated at powers of two
 
 
 @dataclass
@@ -160,8 +168,7 @@ class ClassModel:
         reps = batch * max(1, heads // distinct) if distinct > 1 else batch * heads
         vec = comp.counters.vec()
         cycles = 0.0
-        regime: dict[str, float] = {"res": 0.0, "rec": 0.0, "over": 0.0}
-        cal: dict[str, dict] = {"res": {}, "rec": {}}
+        regime: dict[tuple, float] = {}      # modelled time per calibration it came from
         for hm in range(distinct):
             for gi, g in enumerate(comp.plan.groups):
                 comp.use_group(gi)
@@ -195,45 +202,41 @@ class ClassModel:
                             n = int(pq[q0:q1][widths == w].sum())
                             if n:
                                 counts[(rn, w, kind)] = n
-                    c, v, reg = self._row_block(gi, g, qcols, J[r], rows, counts, cal)
+                    c, v = self._row_block(gi, g, qcols, J[r], rows, counts, regime)
                     cycles += c
                     vec += v
-                    for kk in reg:
-                        regime[kk] += reg[kk]
         cycles = cycles * reps + max(self.edges.values(), default=0.0)
         vec *= reps
         busy = {u: vec[comp.counters.index[("unit", u)]] for u in UNITS}
-        stalls = self._split_stalls(cycles, busy, regime, cal)
+        stalls = self._split_stalls(cycles, busy, regime)
         return ClassRun(vec, stalls, [0, 0, 0], [int(round(cycles))] * 3,
                         _Stats(tasks_placed=self.tasks, segments_run=len(self._period) + len(self._overhead)))
 
     def _row_block(self, gi, g, qcols: tuple, j: np.ndarray, rows: np.ndarray, counts: dict,
-                   cal: dict) -> tuple[float, np.ndarray, dict]:
-        """Cycles, counters and time per regime of one row block (``j``: tiles per key-tile column;
-        ``counts``: tiles per (tile height, sub-block width, kind))."""
+                   regime: dict) -> tuple[float, np.ndarray]:
+        """Cycles and counters of one row block (``j``: tiles per key-tile column; ``counts``: tiles
+        per (tile height, sub-block width, kind)); adds the time taken from each calibration to
+        ``regime``."""
         comp = self.comp
         live = j > 0
         n_q = len(qcols)
-        full = tuple([FULL] * n_q)
-        one = tuple([EMPTY] * (n_q - 1) + [FULL])
         vec = comp.counters.vec()
         vec += self.vec(("pro", gi, qcols))
         cyc = 0.0
-        reg = {"res": 0.0, "rec": 0.0, "over": 0.0}
         for k in range(1, g.n_passes + 1):
             for rn in np.unique(rows[live]).tolist():
                 sel = live & (rows == rn)
-                res, st_res = self.period(gi, k, rn, qcols, full)
-                rec, st_rec = self.period(gi, k, rn, qcols, one)
-                per_tile = res / n_q
                 js = j[sel]
-                t = np.maximum(rec, js * per_tile)
+                pts = _points(int(js.min()), int(js.max()), n_q)
+                per = np.array([self.period(gi, k, rn, qcols, _last(n_q, x))[0] for x in pts])
+                t = np.interp(js, pts, per)
                 cyc += float(t.sum())
-                bound = js * per_tile >= rec
-                reg["res"] += float(t[bound].sum())
-                reg["rec"] += float(t[~bound].sum())
-                _merge(cal["res"], st_res, res)
-                _merge(cal["rec"], st_rec, rec)
+                # time per calibration point: each column's share split between its two neighbours
+                hi = np.clip(np.searchsorted(pts, js), 1, len(pts) - 1) if len(pts) > 1 else np.zeros_like(js)
+                for i, x in enumerate(pts):
+                    near = (hi == i) | (hi - 1 == i) if len(pts) > 1 else np.ones_like(js, bool)
+                    key = (gi, k, rn, qcols, x)
+                    regime[key] = regime.get(key, 0.0) + float(t[near].sum()) / (2 if len(pts) > 1 else 1)
                 empty_col = tuple([EMPTY] * n_q)
                 head = self.vec(("row", gi, k, rn, qcols, empty_col))
                 vec += head * int(sel.sum())
@@ -244,40 +247,48 @@ class ClassModel:
                     one_tile = tuple(kind if i == q else EMPTY for i in range(n_q))
                     vec += (self.vec(("row", gi, k, rn, qcols, one_tile)) - head) * n
             vec += self.vec(("post", gi, k, qcols, k != g.n_passes))
-        o = self.overhead(gi, qcols, int(rows[live].max()) if live.any() else comp.rows_n(0))
-        cyc += o
-        reg["over"] += o
-        return cyc, vec, reg
+        cyc += self.overhead(gi, qcols, int(rows[live].max()) if live.any() else comp.rows_n(0))
+        return cyc, vec
 
-    def _split_stalls(self, cycles: float, busy: dict, regime: dict, cal: dict) -> dict[tuple[int, int], int]:
+    def _split_stalls(self, cycles: float, busy: dict, regime: dict) -> dict[tuple[int, int], int]:
+        """Idle time per unit (exact), split over causes in the proportions of the calibrations,
+        each weighted by the modelled time it contributed."""
         out: dict[tuple[int, int], int] = {}
         for u_i, u in enumerate(UNITS):
             idle = max(0.0, cycles - busy[u])
             if idle <= 0:
                 continue
             weights: dict[int, float] = {}
-            for name in ("res", "rec"):
-                rate = cal[name]
-                tot = sum(v for (uu, _), v in rate.items() if uu == u_i)
-                if tot <= 0:
-                    continue
-                for (uu, cause), v in rate.items():
-                    if uu == u_i:
-                        weights[cause] = weights.get(cause, 0.0) + regime[name] * v / tot
+            for (gi, k, rn, qcols, x), time_ in regime.items():
+                per, st = self.period(gi, k, rn, qcols, _last(len(qcols), x))
+                mine = {cause: v for (uu, cause), v in st.items() if uu == u_i}
+                tot = sum(mine.values())
+                for cause, v in mine.items():
+                    weights[cause] = weights.get(cause, 0.0) + time_ * v / tot
             s = sum(weights.values())
-            if s <= 0:
-                continue
             for cause, w in weights.items():
                 out[(u_i, cause)] = int(idle * w / s)
         return out
 
 
-def _merge(acc: dict, st: dict, per: float) -> None:
-    """Accumulate stall cycles per calibrated period (as rates)."""
-    if per <= 0:
-        return
-    for k, v in st.items():
-        acc[k] = max(acc.get(k, 0.0), v / per)
+def _last(n_q: int, j: int) -> tuple[int, ...]:
+    """A column whose last ``j`` sub-blocks are FULL (a causal staircase column's shape)."""
+    return tuple([EMPTY] * (n_q - j) + [FULL] * j)
 
 
-__all__ = ["EXACT_TILE_BUDGET", "TOLERANCE", "ClassModel", "ClassRun", "distinct_column_tiles"]
+def _points(lo: int, hi: int, n_q: int) -> list[int]:
+    """Tiles per column the engine is calibrated at: P1, and the powers of two up to ``SMALL_J``
+    that bracket ``[lo, hi]`` (short columns are where recurrences bind; above, the period is linear
+    in ``j`` and P1's period gives the slope). T(j) is interpolated linearly between them."""
+    pts = {n_q}
+    x = 1
+    while x <= min(SMALL_J, n_q):
+        if lo < 2 * x and x < 2 * hi:
+            pts.add(x)
+        x *= 2
+    if lo < min(pts):
+        pts.add(min(SMALL_J, 1 << max(0, lo.bit_length() - 1)))
+    return sorted(pts)
+
+
+__all__ = ["BAND_TOLERANCE", "EXACT_TILE_BUDGET", "TOLERANCE", "ClassModel", "ClassRun", "distinct_column_tiles"]
