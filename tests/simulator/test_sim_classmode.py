@@ -5,7 +5,7 @@ import pytest
 
 import einfuse
 from einfuse.simulator import Workload, load_arch, prepare, simulate, workload
-from einfuse.simulator.classmode import BAND_TOLERANCE, TOLERANCE
+from einfuse.simulator.classmode import TOLERANCE
 
 
 @pytest.mark.parametrize("spec, n, arch", [
@@ -32,16 +32,16 @@ def test_tile_classes_equal_the_exact_engine(spec, n, arch):
     assert 0 < fast.util_2d <= 1 and 0 < fast.util_1d <= 1
 
 
-def test_tile_classes_on_a_2d_neighbourhood_are_within_the_band_tolerance():
-    """na2d at 16K: five tiles a column, shifting by a sub-block from column to column; the class model
-    is optimistic there (stated BAND_TOLERANCE) and never slower than the exact engine."""
+def test_tile_classes_on_a_2d_neighbourhood_at_16k():
+    """na2d at 16K: five tiles a column, shifting by a sub-block from column to column (calibrated
+    periods of identical columns alone were 7% optimistic; the window and edge calibrations fix it)."""
     a = load_arch("fusemax")
     c = prepare(einfuse.load_spec("na2d:shape=128x128,kernel=7"), a)
     wl = workload("bert-base", 128 * 128)
     fast = simulate(c, a, wl, tile_classes=True)
     exact = simulate(c, a, wl, tile_classes=False)
     assert fast.macs == exact.macs and fast.energy_pj == pytest.approx(exact.energy_pj, rel=1e-12)
-    assert exact.cycles * (1 - BAND_TOLERANCE) <= fast.cycles <= exact.cycles
+    assert fast.cycles == pytest.approx(exact.cycles, rel=TOLERANCE)
 
 
 def test_long_masked_layers_use_tile_classes_and_stay_consistent():
