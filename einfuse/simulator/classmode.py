@@ -48,7 +48,8 @@ CAL_REPS = 1 << 20      # a long Rep: the engine finds its period and skips the 
 EXACT_TILE_BUDGET = 2048   # tiles in distinct columns above which simulate() uses this model
 SMALL_J = 16        # columns up to this many tiles are calibrated at powers of two
 WINDOW_J = 32       # columns up to this many tiles are corrected by a window of the layer's own
-WINDOW_WARM, WINDOW_COLS = 4, 24   # columns run to fill the pipeline, then measured
+WINDOW_WARM, WINDOW_COLS = 4, 24   # columns run to fill the pipeline, then measured (at most ...
+WINDOW_TILES = 256                 # ... this many tiles)
 EDGE_FIRST, EDGE_LAST = 2, 4       # a row block's first and last key tiles, run for its overhead
 
 
@@ -282,7 +283,10 @@ class ClassModel:
         cols = np.flatnonzero((j > 0) & (j <= WINDOW_J) & (rows == rows[0]))
         if len(cols) < WINDOW_WARM + 4:
             return
-        cols = cols[:WINDOW_WARM + WINDOW_COLS]
+        # the row block's last short columns (a staircase's narrowest), at most WINDOW_TILES measured
+        tiles = np.cumsum(j[cols][::-1])
+        n = max(4, min(WINDOW_COLS, int(np.searchsorted(tiles, WINDOW_TILES, side="right"))))
+        cols = cols[-(WINDOW_WARM + n):]
         n_q = len(qcols)
         rn = int(rows[0])
         for k in range(1, g.n_passes + 1):
