@@ -1,7 +1,8 @@
 """Tile classes of the score constraint: which (query sub-block, key tile) pairs are empty, partial, full.
 
-The classification comes from the passes' ``classify_tiles`` when it is available (analytic, no dense
-mask); otherwise small problems are classified exactly here by evaluating the constraint on every
+The classification comes from :mod:`einfuse.simulator.tilemap` when the constraint flattens onto the
+query and key ranks (interval subdivision of whole-tile boxes, present points counted exactly per
+tile class); then from the passes' ``classify_tiles`` (analytic, no dense mask); otherwise small problems are classified exactly here by evaluating the constraint on every
 tile, and large ones conservatively treat every tile as partial (no work is skipped). The density of
 partial tiles (fraction of their points inside the constraint) turns performed work into useful
 work for MAC counts and utilisation. With ``classify_tiles`` it is counted exactly from the flat
