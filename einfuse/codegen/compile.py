@@ -57,27 +57,32 @@ class CompiledAttention:
 
     @property
     def has_backward(self) -> bool:
-        """Whether gradients can flow through this variant (one-pass softmax plans on Triton)."""
+        """Whether gradients can flow through this variant (one-pass softmax and sigmoid plans on Triton)."""
         from einfuse.codegen.triton.runtime import AttentionKernel
+        from einfuse.lowering.backward import BACKWARD_FAMILIES
 
         kernel = getattr(self.kernel, "triton", self.kernel)  # target="auto" trains on its Triton kernel
-        return self.family == "softmax" and self.plan is not None and isinstance(kernel, AttentionKernel)
+        return (self.plan is not None and self.plan.family in BACKWARD_FAMILIES
+                and isinstance(kernel, AttentionKernel))
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         from einfuse.codegen import autograd
 
-        grad = autograd.needs_grad(q, k, v) and not _traced(q)
+        grad = autograd.needs_grad(q, k, v)
         check_tensors(self.name, {"q": q, "k": k, "v": v}, grad_ok=grad and self.has_backward,
                       family=self.family)
-        if grad:
+        traced = self.use_torch_op and _traced(q)
+        if grad and not traced:
             return autograd.attention_with_grad(self, q, k, v, **runtime)  # forward + saved LSE, backward
-        if runtime or not self.use_torch_op or not _traced(q):
+        if not traced:
             # eager calls launch directly: the custom op is for graphs (torch.compile, export), and
             # its dispatch costs ~0.1 ms of CPU per call, more than short kernels take on the GPU
             return self.run(q, k, v, **runtime)
         from einfuse.codegen import torch_op
 
-        return torch_op.call(self.key, q, k, v)
+        if grad:  # the trainable op: its registered autograd formula launches the backward kernels
+            return torch_op.call_train(self.key, q, k, v, **runtime)
+        return torch_op.call(self.key, q, k, v, **runtime)
 
     def run(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         """Launch directly (no custom op): decode kernel for short query blocks, else the main one.
@@ -187,7 +192,7 @@ def check_tensors(name: str, tensors: Mapping[str, Any], grad_ok: bool = False, 
         if t.requires_grad and torch.is_grad_enabled() and not grad_ok:
             what = f"{family} attention" if family else "this variant"
             raise CodegenError(f"{name}: {nm} requires grad, but there is no backward for {what} yet (one-pass softmax "
-                               "plans on the Triton target do); call under torch.no_grad() or pass detached "
+                               "and sigmoid plans on the Triton target do); call under torch.no_grad() or pass detached "
                                "tensors (x.detach())")
 
 
@@ -274,7 +279,7 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
         from einfuse.codegen import torch_op as op
 
         out.key = f"{c.name}-{id(out):x}"
-        op.register(out.key, out.run)
+        op.register(out.key, out.run, out)
     return out
 
 

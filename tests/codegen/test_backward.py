@@ -118,10 +118,55 @@ def test_calls_without_grad_take_the_forward_only_path():
 
 
 def test_variants_without_backward_say_so_when_gradients_are_asked_for():
-    f = einfuse.compile("sigmoid:head_dim=16", decode=False)
-    q = rand(1, 1, 20, 16)
-    with pytest.raises(CodegenError, match="no backward for sigmoid"):
+    f = einfuse.compile("linear", decode=False)
+    q = rand(1, 1, 16, 16)
+    with pytest.raises(CodegenError, match="no backward for linear"):
         f(q, q, q)
+
+
+def sigmoid_reference(q, k, v, bias, causal=False, mask=None):
+    """float64 sigmoid attention (FlashSigmoid): sigmoid(q.k / sqrt(D) + bias) V, masked pairs 0."""
+    H, Hkv = q.shape[1], k.shape[1]
+    kk, vv = (t.repeat_interleave(H // Hkv, dim=1) for t in (k, v))
+    w = torch.sigmoid(q @ kk.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias)
+    qi, ki = torch.arange(q.shape[2])[:, None], torch.arange(k.shape[2])[None, :]
+    keep = (ki <= qi + k.shape[2] - q.shape[2]) if causal else torch.ones_like(w, dtype=torch.bool)
+    if mask is not None:
+        keep = keep & mask(qi, ki)
+    return torch.where(keep, w, 0.0) @ vv
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sigmoid_gradients_ragged_gqa(causal):
+    f = einfuse.compile(f"sigmoid:bias=-2.5,causal={str(causal).lower()},head_dim=24", decode=False)
+    q, k, v = rand(1, 4, 45, 24, seed=1), rand(1, 2, 45, 24, seed=2), rand(1, 2, 45, 24, seed=3)
+    out = f(q, k, v)
+    do = rand(*out.shape, seed=4).detach()
+    got = torch.autograd.grad(out, (q, k, v), do)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = sigmoid_reference(q64, k64, v64, -2.5, causal)
+    want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    assert rel_err(out, ref) < 1e-5
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+
+
+def test_sigmoid_fully_masked_rows_and_unseen_keys_get_zero_gradients():
+    c = einfuse.attention(normalization="sigmoid", score_mod=lambda s, b, h, q, kv: s - 1.0,
+                          mask_mod=lambda b, h, q, kv: kv <= q - 6)
+    assert einfuse.plan(c).family == "sigmoid"
+    f = einfuse.compile(c, decode=False)
+    q, k, v = rand(1, 2, 33, 16, seed=5), rand(1, 1, 33, 16, seed=6), rand(1, 1, 33, 16, seed=7)
+    out = f(q, k, v)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
+    assert torch.all(out[:, :, :6] == 0) and torch.all(dq[:, :, :6] == 0)
+    assert torch.all(dk[:, :, 27:] == 0) and torch.all(dv[:, :, 27:] == 0)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = sigmoid_reference(q64, k64, v64, -1.0, mask=lambda qi, ki: ki <= qi - 6)
+    want = torch.autograd.grad(ref, (q64, k64, v64), torch.ones_like(ref))
+    for g, w in zip((dq, dk, dv), want):
+        assert rel_err(g, w) < 1e-5
 
 
 def test_mask_with_floor_and_mod_classifies_tiles_for_both_loops():
@@ -129,3 +174,19 @@ def test_mask_with_floor_and_mod_classifies_tiles_for_both_loops():
     _, _, _, got, want = grads(c, H=2, Hkv=2, N=53, D=16, block_m=16, block_n=32)
     for g, w in zip(got, want):
         assert rel_err(g, w) < 1e-5
+
+
+def test_query_offset_variant_gradients_follow_the_offset():
+    # align=offset: query i sits at QOFF + i; the backward kernels take Q_OFF as the forward does
+    f = einfuse.compile("sliding_window:window=7,head_dim=16,align=offset", decode=False)
+    q, k, v = rand(1, 2, 13, 16, seed=1), rand(1, 1, 40, 16, seed=2), rand(1, 1, 40, 16, seed=3)
+    out = f(q, k, v, q_offset=20)
+    do = rand(*out.shape, seed=4).detach()
+    got = torch.autograd.grad(out, (q, k, v), do)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = softmax_plan_attention(f.plan, q64, k64, v64, sizes={"QOFF": 20})
+    want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    assert rel_err(out, ref) < 1e-5
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+    assert torch.all(got[1][:, :, 33:] == 0) and torch.all(got[1][:, :, :14] == 0)  # keys outside every window

@@ -1,8 +1,9 @@
-"""Launching the backward kernels of a softmax one-pass plan (:mod:`backward_emit`).
+"""Launching the backward kernels of a softmax or sigmoid one-pass plan (:mod:`backward_emit`).
 
 :class:`BackwardKernel` sits beside the forward :class:`~einfuse.codegen.triton.runtime.AttentionKernel`
 it differentiates: it shares the forward's sizes, tile orders and block tables (the same
-classification; the dK/dV loop reads them transposed), and launches preprocess, dK/dV and dQ.
+classification; the dK/dV loop reads them transposed), and launches preprocess (softmax only), dK/dV
+and dQ.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class BackwardKernel:
         return KernelConfig(self.block_m or base.block_m, self.block_n or base.block_n,
                             self.num_warps or base.num_warps, self.num_stages or base.num_stages)
 
-    def __call__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, dout: Any,
+    def __call__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, dout: Any, q_offset: int | None = None,
                  **options: Any) -> tuple[Any, Any, Any]:
+        """Gradients of ``out = forward(q, k, v, q_offset=q_offset, **options)`` given ``dout``."""
         import torch
         import triton.language as tl
 
@@ -73,9 +75,10 @@ class BackwardKernel:
         order, k_order = layout
         cfg = self.config(q)
         self.last_config = cfg
-        tables = fwd.tables(Nq, Nkv, H, B, cfg, layout, q.device)
+        q_off = fwd._q_offset(q_offset)
+        tables = fwd.tables(Nq, Nkv, H, B, cfg, layout, q.device, q_off)
         n_q_tiles = order.num_tiles(Nq, cfg.block_m)
-        key = (Nq, Nkv, H, cfg.block_m, cfg.block_n, layout, str(q.device))
+        key = (Nq, Nkv, H, cfg.block_m, cfg.block_n, layout, str(q.device), q_off)
         if key not in self._tables:
             self._tables[key] = transpose_tables(tables, n_q_tiles)
         tables_t = self._tables[key]
@@ -93,26 +96,28 @@ class BackwardKernel:
                       num_stages=cfg.num_stages)
         strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
 
-        # D[p] = sum_f dO[p,f] O[p,f]
-        delta = torch.empty((B, H, Nq), dtype=lse.dtype, device=q.device)  # fp64 for fp64 inputs
-        pre_m = 64 if not interp else 32
-        getattr(mod, PREPROCESS)[(-(-Nq // pre_m), B * H)](
-            out, dout, delta, *out.stride()[:3], *dout.stride()[:3], Nq, H,
-            BLOCK_M=pre_m, HEAD_DV=Dv, BLOCK_DV=pow2(Dv))
+        if self.plan.family == "softmax":  # D[p] = sum_f dO[p,f] O[p,f]
+            delta = torch.empty((B, H, Nq), dtype=lse.dtype, device=q.device)  # fp64 for fp64 inputs
+            pre_m = 64 if not interp else 32
+            getattr(mod, PREPROCESS)[(-(-Nq // pre_m), B * H)](
+                out, dout, delta, *out.stride()[:3], *dout.stride()[:3], Nq, H,
+                BLOCK_M=pre_m, HEAD_DV=Dv, BLOCK_DV=pow2(Dv))
+        else:  # sigmoid: no normaliser, the kernels read neither lse nor D
+            delta = lse
 
         dk = torch.empty((B, Hkv, Nkv, D), dtype=k.dtype, device=q.device)
         dv = torch.empty((B, Hkv, Nkv, Dv), dtype=v.dtype, device=q.device)
         n_k_tiles = k_order.num_tiles(Nkv, cfg.block_n)
         getattr(mod, DKDV)[(n_k_tiles, B * Hkv)](
             q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3],
-            *tables_t.kernel_args(dummy), Nq, Nkv, H, H // Hkv, tables.n_full, n_q_tiles,
+            *tables_t.kernel_args(dummy), Nq, Nkv, H, q_off, Nq == Nkv, H // Hkv, tables.n_full, n_q_tiles,
             TABLES=not tables_t.dense, FULL_CONTIG=tables_t.full_contig, PART_CONTIG=tables_t.part_contig,
             **common)
 
         dq = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
         getattr(mod, DQ)[(n_q_tiles, B * H)](
             q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3],
-            *tables.kernel_args(dummy), Nq, Nkv, H, H // Hkv, tables.n_full, tables.n_k_tiles,
+            *tables.kernel_args(dummy), Nq, Nkv, H, q_off, Nq == Nkv, H // Hkv, tables.n_full, tables.n_k_tiles,
             TABLES=not tables.dense, FULL_CONTIG=tables.full_contig, PART_CONTIG=tables.part_contig,
             **common)
         return dq, dk, dv
