@@ -190,3 +190,23 @@ def test_query_offset_variant_gradients_follow_the_offset():
     for g, w in zip(got, want):
         assert rel_err(g, w) < 1e-5
     assert torch.all(got[1][:, :, 33:] == 0) and torch.all(got[1][:, :, :14] == 0)  # keys outside every window
+
+
+def test_dq_kernel_tiles_independent_of_dkdv_tiles():
+    # FlashAttention-2's Triton backward mirrors the tiles (dK/dV 32x128, dQ 128x32): each kernel gets
+    # block tables at its own tile sizes
+    from einfuse.codegen.autograd import backward_kernel
+    from einfuse.codegen.triton.backward import BackwardKernel
+
+    f = einfuse.compile("sliding_window:window=20,head_dim=24", decode=False)
+    q, k, v = rand(1, 4, 75, 24, seed=1), rand(1, 2, 75, 24, seed=2), rand(1, 2, 75, 24, seed=3)
+    do = rand(1, 4, 75, 24, seed=4).detach()
+    out, lse = f.kernel.forward_with_lse(q.detach(), k.detach(), v.detach())
+    kern = BackwardKernel(f.kernel, backward_kernel(f).plan, block_m=16, block_n=32, dq_block_m=32, dq_block_n=16)
+    got = kern(q.detach(), k.detach(), v.detach(), out, lse, do)
+    assert (kern.last_config.block_m, kern.last_config.block_n) == (16, 32)
+    assert (kern.last_dq_config.block_m, kern.last_dq_config.block_n) == (32, 16)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = torch.autograd.grad(softmax_plan_attention(f.plan, q64, k64, v64), (q64, k64, v64), do.double())
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5

@@ -30,9 +30,14 @@ class BackwardKernel:
     block_n: int | None = None
     num_warps: int | None = None
     num_stages: int | None = None
+    dq_block_m: int | None = None
+    dq_block_n: int | None = None
+    dq_num_warps: int | None = None
+    dq_num_stages: int | None = None
     _modules: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     last_config: KernelConfig | None = None
+    last_dq_config: KernelConfig | None = None
 
     def source(self, layout: Layout | None = None) -> str:
         from einfuse.lowering.tile_order import FLAT
@@ -54,11 +59,21 @@ class BackwardKernel:
         return (order, order) if isinstance(k_order, SpanBoxes) else (order, k_order)
 
     def config(self, q: Any) -> KernelConfig:
+        """The dK/dV kernel's configuration (tiles: ``block_n`` keys stay on chip, ``block_m`` queries stream)."""
         interp = q.device.type != "cuda"
         d = max(q.shape[3], 16)
         base = KernelConfig(32, 32, 4, 1) if interp else KernelConfig(64, 64, 4 if d <= 64 else 8, 2)
         return KernelConfig(self.block_m or base.block_m, self.block_n or base.block_n,
                             self.num_warps or base.num_warps, self.num_stages or base.num_stages)
+
+    def dq_config(self, q: Any) -> KernelConfig:
+        """The dQ kernel's configuration (``block_m`` queries stay on chip, ``block_n`` keys stream);
+        each field defaults to the dK/dV kernel's. FlashAttention-2's Triton backward uses mirrored
+        tiles (dK/dV 32 x 128, dQ 128 x 32), so the two are tuned separately
+        (benchmarks/tune_backward.py)."""
+        kv = self.config(q)
+        return KernelConfig(self.dq_block_m or kv.block_m, self.dq_block_n or kv.block_n,
+                            self.dq_num_warps or kv.num_warps, self.dq_num_stages or kv.num_stages)
 
     def __call__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, dout: Any, q_offset: int | None = None,
                  **options: Any) -> tuple[Any, Any, Any]:
@@ -73,27 +88,25 @@ class BackwardKernel:
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[3]
         layout = self.layout(q, k, opts)
         order, k_order = layout
-        cfg = self.config(q)
-        self.last_config = cfg
+        kv_cfg, q_cfg = self.config(q), self.dq_config(q)
+        self.last_config = kv_cfg
+        self.last_dq_config = q_cfg
         q_off = fwd._q_offset(q_offset)
-        tables = fwd.tables(Nq, Nkv, H, B, cfg, layout, q.device, q_off)
-        n_q_tiles = order.num_tiles(Nq, cfg.block_m)
-        key = (Nq, Nkv, H, cfg.block_m, cfg.block_n, layout, str(q.device), q_off)
-        if key not in self._tables:
-            self._tables[key] = transpose_tables(tables, n_q_tiles)
-        tables_t = self._tables[key]
         mod = self.module(layout)
         interp = q.device.type != "cuda"
         fast = opts.fast_math if opts.fast_math is not None else (not interp and q.dtype != torch.float32)
         precision = opts.precision or ("ieee" if q.dtype == torch.float32 else "tf32")
-        bq, bk = order.box(cfg.block_m), k_order.box(cfg.block_n)
         dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
-        common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D), HEAD_DV=Dv,
-                      BLOCK_DV=pow2(Dv), BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1], BK2=bk[2],
-                      FAST_MATH=fast, DOT_PRECISION=precision, UPCAST=interp and q.dtype == torch.bfloat16,
-                      EVEN_KV=k_order.whole(Nkv, cfg.block_n),
-                      ACC=tl.float64 if q.dtype == torch.float64 else tl.float32, num_warps=cfg.num_warps,
-                      num_stages=cfg.num_stages)
+
+        def launch_args(cfg: KernelConfig) -> dict[str, Any]:
+            bq, bk = order.box(cfg.block_m), k_order.box(cfg.block_n)
+            return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D), HEAD_DV=Dv,
+                        BLOCK_DV=pow2(Dv), BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1], BK2=bk[2],
+                        FAST_MATH=fast, DOT_PRECISION=precision, UPCAST=interp and q.dtype == torch.bfloat16,
+                        EVEN_KV=k_order.whole(Nkv, cfg.block_n),
+                        ACC=tl.float64 if q.dtype == torch.float64 else tl.float32, num_warps=cfg.num_warps,
+                        num_stages=cfg.num_stages)
+
         strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
 
         if self.plan.family == "softmax":  # D[p] = sum_f dO[p,f] O[p,f]
@@ -105,26 +118,37 @@ class BackwardKernel:
         else:  # sigmoid: no normaliser, the kernels read neither lse nor D
             delta = lse
 
+        # dK, dV: the forward's block tables at the dK/dV tiles, transposed (key-major)
+        tables_kv = fwd.tables(Nq, Nkv, H, B, kv_cfg, layout, q.device, q_off)
+        n_q_tiles = order.num_tiles(Nq, kv_cfg.block_m)
+        key = (Nq, Nkv, H, kv_cfg.block_m, kv_cfg.block_n, layout, str(q.device), q_off)
+        if key not in self._tables:
+            self._tables[key] = transpose_tables(tables_kv, n_q_tiles)
+        tables_t = self._tables[key]
         dk = torch.empty((B, Hkv, Nkv, D), dtype=k.dtype, device=q.device)
         dv = torch.empty((B, Hkv, Nkv, Dv), dtype=v.dtype, device=q.device)
-        n_k_tiles = k_order.num_tiles(Nkv, cfg.block_n)
+        n_k_tiles = k_order.num_tiles(Nkv, kv_cfg.block_n)
         getattr(mod, DKDV)[(n_k_tiles, B * Hkv)](
             q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3],
-            *tables_t.kernel_args(dummy), Nq, Nkv, H, q_off, Nq == Nkv, H // Hkv, tables.n_full, n_q_tiles,
+            *tables_t.kernel_args(dummy), Nq, Nkv, H, q_off, Nq == Nkv, H // Hkv, tables_kv.n_full, n_q_tiles,
             TABLES=not tables_t.dense, FULL_CONTIG=tables_t.full_contig, PART_CONTIG=tables_t.part_contig,
-            **common)
+            **launch_args(kv_cfg))
 
+        # dQ: the forward's block tables at the dQ tiles, query-major as the forward reads them
+        tables = fwd.tables(Nq, Nkv, H, B, q_cfg, layout, q.device, q_off)
         dq = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
-        getattr(mod, DQ)[(n_q_tiles, B * H)](
+        getattr(mod, DQ)[(order.num_tiles(Nq, q_cfg.block_m), B * H)](
             q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3],
             *tables.kernel_args(dummy), Nq, Nkv, H, q_off, Nq == Nkv, H // Hkv, tables.n_full, tables.n_k_tiles,
             TABLES=not tables.dense, FULL_CONTIG=tables.full_contig, PART_CONTIG=tables.part_contig,
-            **common)
+            **launch_args(q_cfg))
         return dq, dk, dv
 
 
 def build_backward(forward: AttentionKernel, plan: Any, **options: Any) -> BackwardKernel:
-    """The backward of a compiled softmax kernel; ``options``: block_m, block_n, num_warps, num_stages."""
+    """The backward of a compiled softmax or sigmoid kernel; ``options``: block_m, block_n, num_warps,
+    num_stages (the dK/dV kernel, and the dQ kernel's defaults) and dq_block_m, dq_block_n, dq_num_warps,
+    dq_num_stages."""
     from einfuse.lowering.backward import backward_plan
 
     bp = plan if isinstance(plan, BackwardPlan) else backward_plan(plan)
