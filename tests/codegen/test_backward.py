@@ -6,7 +6,7 @@ import pytest
 import sympy
 import torch
 from _helpers import rel_err
-from _torch_reference import softmax_plan_attention
+from _torch_reference import sigmoid_reference, softmax_plan_attention
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
@@ -122,18 +122,6 @@ def test_variants_without_backward_say_so_when_gradients_are_asked_for():
     q = rand(1, 1, 16, 16)
     with pytest.raises(CodegenError, match="no backward for linear"):
         f(q, q, q)
-
-
-def sigmoid_reference(q, k, v, bias, causal=False, mask=None):
-    """float64 sigmoid attention (FlashSigmoid): sigmoid(q.k / sqrt(D) + bias) V, masked pairs 0."""
-    H, Hkv = q.shape[1], k.shape[1]
-    kk, vv = (t.repeat_interleave(H // Hkv, dim=1) for t in (k, v))
-    w = torch.sigmoid(q @ kk.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias)
-    qi, ki = torch.arange(q.shape[2])[:, None], torch.arange(k.shape[2])[None, :]
-    keep = (ki <= qi + k.shape[2] - q.shape[2]) if causal else torch.ones_like(w, dtype=torch.bool)
-    if mask is not None:
-        keep = keep & mask(qi, ki)
-    return torch.where(keep, w, 0.0) @ vv
 
 
 @pytest.mark.parametrize("causal", [False, True])
