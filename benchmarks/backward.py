@@ -8,7 +8,9 @@ The cases are the forward benchmark's (benchmarks/bench_cases.py: softmax and ca
 D128, sliding window, GQA, ALiBi, soft-cap, neighbourhood 1-D/2-D/3-D, sigmoid) whose einfuse
 variant has a backward; the others (linear/lightning, decode) get a row saying so. Peers: FlexAttention
 compiled with the same mods and a block mask (benchmarks/bench_peers.py), SDPA flash and cuDNN where
-they can express the variant, triton-sigmoid for sigmoid attention.
+they can express the variant, triton-sigmoid for sigmoid attention; and einfuse with the other dQ
+layout (``einfuse-triton-atomic-dq``: dQ added atomically by the dK/dV kernel), so the layout is
+chosen by measurement.
 
 Per (case, system): ``fwd`` is the training forward (inputs require grad: einfuse saves the log-sum-exp),
 ``bwd`` the backward of one recorded forward (``retain_graph``; if a system refuses that, ``fwd+bwd``
@@ -49,6 +51,8 @@ BWD_FLOP_RATIO = 2.5
 NO_BACKWARD = ("lightning", "decode_gqa")  # einfuse has no backward for these plans (yet)
 TARGETS = {"na1d": 1.0, "na2d": 3.0, "na3d": 3.0}  # fwd+bwd ratio vs Flex; everything else 1.0
 SIGMOID_PEERS = ("triton-sigmoid",)
+ATOMIC = "einfuse-triton-atomic-dq"
+"""einfuse with dQ added atomically by the dK/dV kernel (instead of a dQ kernel): the layouts compared."""
 
 
 def cases(only: str | None) -> list[Case]:
@@ -134,10 +138,15 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def make_system(system: str, case: Case, options: dict[str, Any]) -> tuple[Any, Any, bool]:
     """(fn(q, k, v) -> out in (B, H, N, D), to_native(q, k, v), native_bthd) for one system."""
-    if system == "einfuse-triton":
+    if system.startswith("einfuse-triton"):
         f = einfuse.compile(case.spec, **options)
         if not getattr(f, "has_backward", False):
             raise Unsupported(f"einfuse has no backward for {case.variant} ({f.family} plans) yet")
+        if system == ATOMIC:  # the other dQ layout, measured beside the default in the same run
+            from einfuse.codegen.autograd import backward_kernel
+            from einfuse.codegen.triton.backward import build_backward
+
+            f._backward_kernel = build_backward(f.kernel, backward_kernel(f).plan, dq_layout="atomic")
         return f, lambda *x: x, False
     prep: dict[str, Any] = {}
     if case.variant == "sigmoid_causal":
@@ -260,6 +269,7 @@ def summarise(rows: list[dict[str, Any]], done: list[Case]) -> list[dict[str, An
         mine = {r["system"]: r for r in rows if r["variant"] == case.variant}
         ours = mine.get("einfuse-triton")
         ok = lambda r: r is not None and "error" not in r and "fwdbwd_ms" in r  # noqa: E731
+        atomic = mine.get(ATOMIC)
         ratios: dict[str, dict[str, float]] = {}
         for system, r in mine.items():
             if system != "einfuse-triton" and ok(r) and ok(ours):
@@ -272,6 +282,9 @@ def summarise(rows: list[dict[str, Any]], done: list[Case]) -> list[dict[str, An
                   else "met" if got >= need else "missed")
         entry = {"variant": case.variant, "shape": case.shape, "ratio_vs": ratios,
                  "target": {"peer": peer, "ratio_needed": need, "ratio": got, "status": status}}
+        if ok(atomic) and ok(ours):
+            entry["dq_layout"] = {"separate_bwd_ms": ours["bwd_ms"], "atomic_bwd_ms": atomic["bwd_ms"],
+                                  "faster": "atomic" if atomic["bwd_ms"] < ours["bwd_ms"] else "separate"}
         cudnn = ratios.get("sdpa-cudnn", {}).get("fwdbwd")
         if cudnn is not None:
             entry["aim_sdpa_cudnn"] = {"ratio_wanted": 0.9, "ratio": cudnn, "status": "met" if cudnn >= 0.9 else "missed"}
@@ -299,11 +312,13 @@ def write_reports(rows: list[dict[str, Any]], info: dict[str, Any], done: list[C
              f"rows above {REL_TOL} fail",
              "- TFLOP/s: forward 4 * B * H * visible pairs * D, backward 2.5x that, fwd+bwd 3.5x", "",
              "## Targets (fwd+bwd time)", "",
-             "| variant | shape | target | ratio | status | vs SDPA cuDNN (aim >= 0.9x) |", "|---|---|---|---|---|---|"]
+             "| variant | shape | target | ratio | status | vs SDPA cuDNN (aim >= 0.9x) | faster dQ layout (bwd) |",
+             "|---|---|---|---|---|---|---|"]
     for s in summary:
-        t, c = s["target"], s.get("aim_sdpa_cudnn")
+        t, c, lay = s["target"], s.get("aim_sdpa_cudnn"), s.get("dq_layout")
+        lay_text = f"{lay['faster']} ({_f(lay['separate_bwd_ms'])} vs {_f(lay['atomic_bwd_ms'])} ms)" if lay else "-"
         lines.append(f"| {s['variant']} | {s['shape']} | >= {t['ratio_needed']}x {t['peer']} | {_f(t['ratio'])} | "
-                     f"**{t['status']}** | {_f(c['ratio']) + ' (' + c['status'] + ')' if c else '-'} |")
+                     f"**{t['status']}** | {_f(c['ratio']) + ' (' + c['status'] + ')' if c else '-'} | {lay_text} |")
     lines += ["", "## All rows", "",
               "| variant | shape | system | fwd ms | bwd ms | fwd+bwd ms | fwd TFLOP/s | bwd TFLOP/s | "
               "fwd+bwd TFLOP/s | einfuse speed-up fwd / bwd / fwd+bwd | max grad rel_err | note |",
@@ -362,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     done: list[Case] = []
     for case in todo:
-        systems = ["einfuse-triton", *([] if args.dry_run else peers_for(case))]
+        systems = ["einfuse-triton", *([] if case.variant in NO_BACKWARD else [ATOMIC]),
+                   *([] if args.dry_run else peers_for(case))]
         if args.systems:
             systems = [s for s in args.systems.split(",") if s in systems]
         new = run_case(case, systems, dev, bench, opts, log)

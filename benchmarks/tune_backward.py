@@ -8,11 +8,13 @@ For each case (benchmarks/backward.py's, bf16) the forward runs once (output and
 configurations of the backward (:class:`einfuse.codegen.triton.backward.BackwardKernel`:
 ``block_m`` x ``block_n`` x ``num_warps`` x ``num_stages``, for the dK/dV kernel with the dQ kernel
 at its default, then for the dQ kernel with the best dK/dV one; their times add up) are timed with
-``do_bench`` (median) after their ``dq, dk, dv`` are compared with the default configuration's (a configuration that computes
+``do_bench`` (median) after their ``dq, dk, dv`` are compared with the default configuration's; then the
+atomic dQ layout (the dK/dV kernel adds dQ, no dQ kernel) over the same grid (a configuration that computes
 something else, or does not compile, gets a row with the error and is never "best"). Writes
 ``<device>-tune-backward.{json,md}`` under benchmarks/results/backward/ and ``$OUT``: every row, and
 per case the best pair with its speed-up over the default, which is what ``BackwardKernel.config`` and
-``dq_config`` should pick. 2 x 36 configurations per case at the default grid: run a few cases per call.
+``dq_config`` (and ``dq_layout``) should pick. 3 x 18 configurations per case at the default grid: run
+a few cases per call.
 """
 
 from __future__ import annotations
@@ -61,13 +63,13 @@ def sweep_case(case: Any, grid: list[tuple[int, int, int, int]], dev: str, bench
     kv0, dq0 = default.config(q), default.dq_config(q)
     rows: list[dict[str, Any]] = []
 
-    def run(kernel: str, kv: tuple, dq: tuple) -> dict[str, Any]:
+    def run(kernel: str, kv: tuple, dq: tuple, layout: str = "separate") -> dict[str, Any]:
         row: dict[str, Any] = {"variant": case.variant, "shape": case.shape, "kernel": kernel,
-                               "dkdv": list(kv), "dq": list(dq)}
+                               "dkdv": list(kv), "dq": list(dq), "dq_layout": layout}
         try:
             kern = BackwardKernel(f.kernel, default.plan, block_m=kv[0], block_n=kv[1], num_warps=kv[2],
                                   num_stages=kv[3], dq_block_m=dq[0], dq_block_n=dq[1], dq_num_warps=dq[2],
-                                  dq_num_stages=dq[3])
+                                  dq_num_stages=dq[3], dq_layout=layout)
             got = kern(q, k, v, out, lse, do)
             errs = {n: rel(g, w_.double()) for n, g, w_ in zip(("dq", "dk", "dv"), got, want)}
             row["agree"] = errs
@@ -93,6 +95,9 @@ def sweep_case(case: Any, grid: list[tuple[int, int, int, int]], dev: str, bench
     for c in grid:
         if c != base_dq:
             run("dq", best_kv, c)
+    # the other layout: dQ added atomically by the dK/dV kernel (no dQ kernel), swept over its tiles
+    for c in grid:
+        run("atomic", c, base_dq, "atomic")
     return rows
 
 
@@ -106,7 +111,8 @@ def best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         top = min(mine, key=lambda r: r["ms"])
         base = next((r for r in mine if r.get("kernel") == "default"), None)
-        out.append({"variant": variant, "shape": top["shape"], "dkdv": top["dkdv"], "dq": top["dq"],
+        out.append({"variant": variant, "shape": top["shape"], "dq_layout": top["dq_layout"], "dkdv": top["dkdv"],
+                    "dq": top["dq"],
                     "best_ms": top["ms"], "default_ms": base["ms"] if base else None,
                     "speedup_over_default": base["ms"] / top["ms"] if base else None})
     return out
@@ -119,15 +125,16 @@ def write(rows: list[dict[str, Any]], device: str, stem: str, dirs: list[str]) -
              "bf16; backward only (preprocess + dK/dV + dQ), median of do_bench; the dK/dV kernel is swept with "
              "dQ at its default, then dQ with the best dK/dV; every configuration's gradients agree with the "
              f"default's within {AGREE_TOL}", "",
-             f"| variant | shape | best dK/dV {cfg} | best dQ {cfg} | best ms | default ms | speed-up |",
-             "|---|---|---|---|---|---|---|"]
+             f"| variant | shape | dQ layout | best dK/dV {cfg} | best dQ {cfg} | best ms | default ms | speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in summary:
         if "dkdv" not in s:
-            lines.append(f"| {s['variant']} | - | - | - | - | - | {s['error']} |")
+            lines.append(f"| {s['variant']} | - | - | - | - | - | - | {s['error']} |")
             continue
         dflt = "-" if s["default_ms"] is None else f"{s['default_ms']:.3f}"
         up = "-" if s["speedup_over_default"] is None else f"{s['speedup_over_default']:.3f}"
-        lines.append(f"| {s['variant']} | {s['shape']} | {tuple(s['dkdv'])} | {tuple(s['dq'])} | "
+        dq_cfg = "-" if s["dq_layout"] == "atomic" else tuple(s["dq"])
+        lines.append(f"| {s['variant']} | {s['shape']} | {s['dq_layout']} | {tuple(s['dkdv'])} | {dq_cfg} | "
                      f"{s['best_ms']:.3f} | {dflt} | {up} |")
     lines += ["", "## All configurations", "", f"| variant | swept | dK/dV {cfg} | dQ {cfg} | ms | note |",
               "|---|---|---|---|---|---|"]
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-m", default="32,64,128", help="query tile sizes")
     ap.add_argument("--block-n", default="32,64,128", help="key tile sizes")
     ap.add_argument("--warps", default="4,8")
-    ap.add_argument("--stages", default="1,2")
+    ap.add_argument("--stages", default="2")
     ap.add_argument("--rep", type=int, default=50, help="do_bench repetition time, ms")
     ap.add_argument("--results-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (Triton interpreter), two configs")

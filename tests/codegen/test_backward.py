@@ -198,3 +198,28 @@ def test_dq_kernel_tiles_independent_of_dkdv_tiles():
     want = torch.autograd.grad(softmax_plan_attention(f.plan, q64, k64, v64), (q64, k64, v64), do.double())
     for g, w in zip(got, want):
         assert rel_err(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("spec,dtype", [("causal:head_dim=24", torch.float32),
+                                        ("na2d:shape=7x9,kernel=3,head_dim=24", torch.float32),
+                                        ("sigmoid:bias=-1.0,causal=true,head_dim=24", torch.bfloat16)])
+def test_atomic_dq_layout_matches_the_reference(spec, dtype):
+    # dQ added by the dK/dV kernel with atomics (FlashAttention-2's CUDA layout) instead of a dQ kernel
+    from einfuse.codegen.autograd import backward_kernel
+    from einfuse.codegen.triton.backward import BackwardKernel
+
+    f = einfuse.compile(spec, decode=False)
+    q, k, v = (rand(1, h, 63, 24, seed=s, dtype=dtype).detach() for h, s in ((4, 1), (2, 2), (2, 3)))
+    do = rand(1, 4, 63, 24, seed=4, dtype=dtype).detach()
+    plan = backward_kernel(f).plan
+    if plan.family == "softmax":
+        out, lse = f.kernel.forward_with_lse(q, k, v)
+    else:
+        out, lse = f.kernel(q, k, v), torch.zeros(1, 4, 63)
+    atomic = BackwardKernel(f.kernel, plan, dq_layout="atomic", block_m=16, block_n=32)(q, k, v, out, lse, do)
+    separate = BackwardKernel(f.kernel, plan, block_m=16, block_n=32)(q, k, v, out, lse, do)
+    assert atomic[0].dtype == dtype
+    for a, s in zip(atomic, separate):
+        assert rel_err(a, s) < (1e-6 if dtype == torch.float32 else 1e-2)
+    with pytest.raises(CodegenError, match="dq_layout"):
+        BackwardKernel(f.kernel, plan, dq_layout="fused")

@@ -50,7 +50,7 @@ def run(model, x):
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 def test_compiled_model_matches_eager_values_and_gradients(backend):
     model = Block("softcap:cap=5,causal=true,head_dim=16")
-    x = rand(2, 37, 32, seed=1)   # 37 tokens: not a multiple of any tile
+    x = rand(1, 23, 32, seed=1)   # 23 tokens: not a multiple of any tile
     want_out, want = run(model, x)
     compiled = torch.compile(model, backend=backend, fullgraph=True)   # fullgraph: a graph break fails
     got_out, got = run(compiled, x)

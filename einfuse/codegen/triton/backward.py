@@ -34,10 +34,19 @@ class BackwardKernel:
     dq_block_n: int | None = None
     dq_num_warps: int | None = None
     dq_num_stages: int | None = None
+    dq_layout: str = "separate"
+    """'separate': a dQ kernel per query tile (recomputes P and dS, deterministic); 'atomic': the dK/dV
+    kernel adds dQ into an fp32 buffer with atomics (no recomputation, run-to-run rounding differs)."""
     _modules: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     last_config: KernelConfig | None = None
     last_dq_config: KernelConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.dq_layout not in ("separate", "atomic"):
+            from einfuse.errors import CodegenError
+
+            raise CodegenError(f"{self.plan.name}: dq_layout={self.dq_layout!r}: use 'separate' or 'atomic'")
 
     def source(self, layout: Layout | None = None) -> str:
         from einfuse.lowering.tile_order import FLAT
@@ -127,12 +136,17 @@ class BackwardKernel:
         tables_t = self._tables[key]
         dk = torch.empty((B, Hkv, Nkv, D), dtype=k.dtype, device=q.device)
         dv = torch.empty((B, Hkv, Nkv, Dv), dtype=v.dtype, device=q.device)
+        atomic = self.dq_layout == "atomic"
+        dq_acc = torch.zeros((B, H, Nq, D), dtype=lse.dtype, device=q.device) if atomic else dk  # fp32 (fp64)
         n_k_tiles = k_order.num_tiles(Nkv, kv_cfg.block_n)
         getattr(mod, DKDV)[(n_k_tiles, B * Hkv)](
-            q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3],
+            q, k, v, dout, lse, delta, dk, dv, dq_acc, *strides, *dk.stride()[:3], *dv.stride()[:3],
+            *(dq_acc.stride()[:3] if atomic else (0, 0, 0)),
             *tables_t.kernel_args(dummy), Nq, Nkv, H, q_off, Nq == Nkv, H // Hkv, tables_kv.n_full, n_q_tiles,
             TABLES=not tables_t.dense, FULL_CONTIG=tables_t.full_contig, PART_CONTIG=tables_t.part_contig,
-            **launch_args(kv_cfg))
+            ATOMIC_DQ=atomic, **launch_args(kv_cfg))
+        if atomic:
+            return dq_acc.to(q.dtype), dk, dv
 
         # dQ: the forward's block tables at the dQ tiles, query-major as the forward reads them
         tables = fwd.tables(Nq, Nkv, H, B, q_cfg, layout, q.device, q_off)
@@ -147,8 +161,8 @@ class BackwardKernel:
 
 def build_backward(forward: AttentionKernel, plan: Any, **options: Any) -> BackwardKernel:
     """The backward of a compiled softmax or sigmoid kernel; ``options``: block_m, block_n, num_warps,
-    num_stages (the dK/dV kernel, and the dQ kernel's defaults) and dq_block_m, dq_block_n, dq_num_warps,
-    dq_num_stages."""
+    num_stages (the dK/dV kernel, and the dQ kernel's defaults), dq_block_m, dq_block_n, dq_num_warps,
+    dq_num_stages, and dq_layout ('separate' | 'atomic')."""
     from einfuse.lowering.backward import backward_plan
 
     bp = plan if isinstance(plan, BackwardPlan) else backward_plan(plan)

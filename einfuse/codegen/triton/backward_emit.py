@@ -8,7 +8,9 @@ Three kernels, FlashAttention-2's schedule (the forward saved each query row's l
   head of its group, recomputes ``P = exp2(s - LSE)`` and accumulates ``dV += P^T dO`` and
   ``dK += dX^T Q`` on chip, so grouped-query gradients are summed without atomics;
 * ``attn_bwd_dq``: one program per (query tile, batch x head), the forward's loop and tables,
-  ``dQ += dX K``.
+  ``dQ += dX K`` (the "separate" dQ layout; with ``ATOMIC_DQ`` the dK/dV kernel adds each tile pair's
+  ``dX K`` into an fp32 dQ buffer atomically instead, FlashAttention-2's CUDA layout, and this kernel
+  is not launched).
 
 Sigmoid attention (no normalisation, nothing saved) recomputes ``A = sigmoid(s)`` instead of ``P``, has
 ``dS = dA * A * (1 - A)`` and skips the preprocess (``D`` is unused).
@@ -174,12 +176,12 @@ def attn_bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_on, stride_do
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, t, kpos, kvalid, h, b, stride_qn, stride_don,
-               N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_D: tl.constexpr,
+def _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, DQ_head, t, kpos, kvalid, h, b, stride_qn,
+               stride_don, stride_dqn, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_D: tl.constexpr,
                BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, BQ0: tl.constexpr,
                BQ1: tl.constexpr, BQ2: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr,
-               UPCAST: tl.constexpr, EVEN_KV: tl.constexpr):
-    """Query tile t's contribution to one key tile's dK and dV."""
+               UPCAST: tl.constexpr, EVEN_KV: tl.constexpr, ATOMIC_DQ: tl.constexpr):
+    """Query tile t's contribution to one key tile's dK and dV (and, with ATOMIC_DQ, to t's dQ)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -198,14 +200,20 @@ def _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, t, kpos, kvali
     # dV[m,f] += sum_p P[m,p] dO[p,f];  dK[m,e] += sum_p dX[m,p] Q[p,e]
     dv = tl.dot(tl.trans(p).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
     dk = tl.dot(tl.trans(dx).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    if ATOMIC_DQ:
+        # dQ[p,e] += sum_m dX[m,p] K[m,e], added into an fp32 buffer by every key tile (no dQ kernel)
+        dq = tl.dot(dx.to(k.dtype), k, input_precision=DOT_PRECISION)
+        tl.atomic_add(DQ_head + qpos[:, None] * stride_dqn + offs_d[None, :], dq,
+                      mask=qvalid[:, None] & (offs_d[None, :] < HEAD_D))
     return dk, dv
 
 
 @triton.jit
 def attn_bwd_dkdv(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+    stride_dqb, stride_dqh, stride_dqn,
     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, stride_nh, stride_fh, stride_fq, stride_ph, stride_pq,
     N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, GROUP, N_FULL_DENSE, N_Q_TILES,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -213,9 +221,11 @@ def attn_bwd_dkdv(
     FULL_CONTIG: tl.constexpr, PART_CONTIG: tl.constexpr, BQ0: tl.constexpr, BQ1: tl.constexpr,
     BQ2: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr,
     FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_KV: tl.constexpr, ACC: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
     """One program per (key tile j, batch x K/V head): dK, dV summed over the group's query heads and
-    the query tiles of the transposed tables (FULL, then PARTIAL)."""
+    the query tiles of the transposed tables (FULL, then PARTIAL); with ATOMIC_DQ also dQ, added
+    atomically into an fp32 buffer (FlashAttention-2's CUDA layout) instead of a second kernel."""
     j = tl.program_id(0)
     bhk = tl.program_id(1)
     HKV = H // GROUP
@@ -240,6 +250,7 @@ def attn_bwd_dkdv(
         DO_head = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
         LSE_row = LSE + (b * H + h).to(tl.int64) * N_Q
         DELTA_row = DELTA + (b * H + h).to(tl.int64) * N_Q
+        DQ_head = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
         if TABLES:
             # transposed block tables (mask heads x key tiles): counts, padded lists of query tiles
             n_full = tl.load(FULL_NUM + h * stride_nh + j)
@@ -260,17 +271,19 @@ def attn_bwd_dkdv(
                 t = tl.load(FULL_IDX + row + i)
             else:
                 t = t_full + i
-            dk, dv = _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, t, kpos, kvalid, h, b,
-                                stride_qn, stride_don, N_Q, N_KV, H, Q_OFF, SAME_LEN, False, BLOCK_M, HEAD_D, BLOCK_D,
-                                HEAD_DV, BLOCK_DV, BQ0, BQ1, BQ2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
+            dk, dv = _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, DQ_head, t, kpos, kvalid, h, b,
+                                stride_qn, stride_don, stride_dqn, N_Q, N_KV, H, Q_OFF, SAME_LEN, False, BLOCK_M, HEAD_D, BLOCK_D,
+                                HEAD_DV, BLOCK_DV, BQ0, BQ1, BQ2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV,
+                                ATOMIC_DQ)
         for i in range(0, n_part):
             if TABLES and not PART_CONTIG:
                 t = tl.load(PART_IDX + prow + i)
             else:
                 t = t_part + i
-            dk, dv = _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, t, kpos, kvalid, h, b,
-                                stride_qn, stride_don, N_Q, N_KV, H, Q_OFF, SAME_LEN, True, BLOCK_M, HEAD_D, BLOCK_D,
-                                HEAD_DV, BLOCK_DV, BQ0, BQ1, BQ2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
+            dk, dv = _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, DQ_head, t, kpos, kvalid, h, b,
+                                stride_qn, stride_don, stride_dqn, N_Q, N_KV, H, Q_OFF, SAME_LEN, True, BLOCK_M, HEAD_D, BLOCK_D,
+                                HEAD_DV, BLOCK_DV, BQ0, BQ1, BQ2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV,
+                                ATOMIC_DQ)
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + kpos[:, None] * stride_dkn
              + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kvalid[:, None] & (offs_d[None, :] < HEAD_D))
     tl.store(DV + b.to(tl.int64) * stride_dvb + hk.to(tl.int64) * stride_dvh + kpos[:, None] * stride_dvn
