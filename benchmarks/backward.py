@@ -2,6 +2,7 @@
 
     python benchmarks/run_gpu.py --backward                      # every case (this module's main)
     python benchmarks/backward.py --only causal,na2d --rep 50
+    python benchmarks/backward.py --only na3d --append           # add cases to the same results file
     TRITON_INTERPRET=1 python benchmarks/backward.py --dry-run   # tiny shapes on the CPU: the plumbing only
 
 The cases are the forward benchmark's (benchmarks/bench_cases.py: softmax and causal B4 H16 N4096
@@ -358,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--name", help="results file stem (default: <device>-backward)")
     ap.add_argument("--einfuse-options", default="{}", help='JSON {"variant": {option: value}}')
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of other cases already in the results file (run the cases in batches)")
     ap.add_argument("--dry-run", action="store_true",
                     help="tiny shapes, einfuse only, on the CPU in the Triton interpreter (checks the plumbing)")
     args = ap.parse_args(argv)
@@ -376,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = _timer(dev, args.warmup, args.rep)
     rows: list[dict[str, Any]] = []
     done: list[Case] = []
+    previous = os.path.join(dirs[0], stem + ".json")
+    if args.append and os.path.exists(previous):  # earlier batches of this device's run
+        with open(previous) as fh:
+            kept = [r for r in json.load(fh)["rows"] if r["variant"] not in {c.variant for c in todo}]
+        known = {c.variant: c for c in (dry_cases() if args.dry_run else cases(None))}
+        rows = kept
+        done = [known[v] for v in dict.fromkeys(r["variant"] for r in kept) if v in known]
     for case in todo:
         systems = ["einfuse-triton", *([] if case.variant in NO_BACKWARD else [ATOMIC]),
                    *([] if args.dry_run else peers_for(case))]
