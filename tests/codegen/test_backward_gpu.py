@@ -104,3 +104,20 @@ def test_mirrored_tiles_and_query_offsets():
     want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
     for g, w in zip(got, want):
         assert torch.isfinite(g).all() and rel_err(g, w) < 2e-2
+
+
+@pytest.mark.parametrize("spec", ["causal:head_dim=128", "na2d:shape=24x24,kernel=7,head_dim=128"])
+def test_atomic_dq_layout_bf16(spec):
+    from einfuse.codegen.autograd import backward_kernel
+    from einfuse.codegen.triton.backward import BackwardKernel
+
+    f = einfuse.compile(spec)
+    q, k, v = _inputs(2, 4, 2, 576, 128)
+    out, lse = f.kernel.forward_with_lse(q.detach(), k.detach(), v.detach())
+    do = torch.randn_like(out)
+    got = BackwardKernel(f.kernel, backward_kernel(f).plan, dq_layout="atomic")(
+        q.detach(), k.detach(), v.detach(), out, lse, do)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = torch.autograd.grad(softmax_plan_attention(f.plan, q64, k64, v64), (q64, k64, v64), do.double())
+    for g, w in zip(got, want):
+        assert g.dtype == torch.bfloat16 and torch.isfinite(g).all() and rel_err(g, w) < 2e-2
