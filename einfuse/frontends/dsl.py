@@ -30,6 +30,7 @@ import sympy
 
 from einfuse.errors import SpecError
 from einfuse.frontends import symbolic
+from einfuse.frontends.captured import tracing
 from einfuse.ir.builder import CascadeBuilder, acc  # noqa: F401  (part of the DSL's API)
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import Access, Compare, Condition, Const, Expr, as_expr, binary, unary
@@ -52,8 +53,10 @@ def _call_user(fn: Callable[..., object], kind: str, args: tuple) -> object:
     if n != len(args):
         names = "(score, b, h, q_idx, kv_idx)" if kind == "score_mod" else "(b, h, q_idx, kv_idx)"
         raise SpecError(f"{kind} must take {len(args)} arguments {names}; it takes {n}")
+    from einfuse.frontends.captured import substitute_tensors
+
     try:
-        return fn(*args)
+        return substitute_tensors(fn)(*args)  # torch tensors the mod closes over become captures
     except SpecError:
         raise
     except Exception as exc:
@@ -215,7 +218,9 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
     cb.params.update(params or {})
     cb.params.update(offset_params(align))
     cb.attrs["family"] = normalization
-    score = qk_einsums(cb, scale, aligned(score_mod, align), aligned(mask_mod, align))
+    with tracing() as seen:  # captured tensors the mods read (einfuse.frontends.captured)
+        score = qk_einsums(cb, scale, aligned(score_mod, align), aligned(mask_mod, align))
+    cb.captures.update(seen)
     va = cb.input("V", "M", "F")
     if normalization == "softmax":
         gm = cb.einsum("GM", ("P",), score, reduce="max", comment="pass 1: global max")
