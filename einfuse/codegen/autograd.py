@@ -63,4 +63,7 @@ class AttentionFunction(torch.autograd.Function):
 
 def attention_with_grad(compiled: CompiledAttention, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
     """Run ``compiled`` on ``q, k, v`` recording the backward for autograd."""
+    from einfuse.codegen.capture_args import check_no_grad
+
+    check_no_grad(compiled, runtime)  # (the autograd forward runs with grad mode off: check here)
     return AttentionFunction.apply(q, k, v, compiled, runtime)

@@ -85,6 +85,8 @@ def param_text(caps: Iterable[KernelCapture]) -> str:
 
 
 _SITES = (re.compile(r"\bH, Q_OFF(?=[,)])"), re.compile(r"\bN_K_TILES, Q_OFF(?=,)"))
+BACKWARD_SITES = (re.compile(r"\bN_Q, N_KV, H(?=[,)])"),)
+"""The backward module's functions and kernels take ``N_Q, N_KV, H`` (then the captures)."""
 
 
 def add_params(text: str, caps: tuple[KernelCapture, ...], sites: tuple[re.Pattern, ...] = _SITES,
@@ -165,6 +167,14 @@ def version_key(tensors: Mapping[str, Any]) -> tuple:
                  for n, t in sorted(tensors.items()))
 
 
+def check_no_grad(compiled: Any, runtime: Mapping[str, Any]) -> None:
+    """Raise when a captured tensor of this call requires grad (no gradient flows to them yet)."""
+    for name, cap in compiled.cascade.captures.items():
+        t = runtime.get(name, cap.value)
+        if getattr(t, "requires_grad", False):
+            raise CodegenError(f"{compiled.name}: captured tensor {name} requires grad: {GRAD_HINT}")
+
+
 def mask_tables_key(mask: object, captures: tuple[dict[str, Any], tuple] | None) -> tuple:
     """The part of a block-table cache key that depends on captured values: the version of each
     capture the mask reads (tables of a ``doc_ids`` mask follow the ids), else nothing."""
@@ -176,5 +186,5 @@ def mask_tables_key(mask: object, captures: tuple[dict[str, Any], tuple] | None)
     return tuple(item for item in captures[1] if item[0] in names)
 
 
-__all__ = ["mask_tables_key", "GRAD_HINT", "KernelCapture", "add_params", "env", "kernel_names", "launch_args", "param_text",
+__all__ = ["GRAD_HINT", "check_no_grad", "mask_tables_key", "KernelCapture", "add_params", "env", "kernel_names", "launch_args", "param_text",
            "plan_captures", "resolve", "version_key"]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from einfuse.codegen.capture_args import plan_captures
 from einfuse.codegen.reference import run_cascade
 from einfuse.errors import CodegenError, EinfuseError
-from einfuse.codegen.capture_args import plan_captures
 from einfuse.ir.builder import CascadeBuilder
 from einfuse.ir.captures import Capture
 from einfuse.ir.cascade import Cascade

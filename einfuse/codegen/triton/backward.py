@@ -64,7 +64,13 @@ class BackwardKernel:
         import torch
         import triton.language as tl
 
+        from einfuse.codegen import capture_args
+
         fwd = self.forward
+        options = dict(options)
+        caps = fwd.call_captures(options, q)  # captured tensors (bias tables, ids) the score/mask read
+        cap_args = capture_args.launch_args(capture_args.plan_captures(fwd.plan.score, fwd.plan.mask),
+                                            caps[0]) if caps else []
         opts = LaunchOptions.from_kwargs({**_non_default(fwd.defaults), **options})
         q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
         B, H, Nq, D = q.shape
@@ -73,9 +79,10 @@ class BackwardKernel:
         order, k_order = layout
         cfg = self.config(q)
         self.last_config = cfg
-        tables = fwd.tables(Nq, Nkv, H, B, cfg, layout, q.device)
+        tables = fwd.tables(Nq, Nkv, H, B, cfg, layout, q.device, captures=caps)
         n_q_tiles = order.num_tiles(Nq, cfg.block_m)
-        key = (Nq, Nkv, H, cfg.block_m, cfg.block_n, layout, str(q.device))
+        key = (Nq, Nkv, H, cfg.block_m, cfg.block_n, layout, str(q.device),
+               capture_args.mask_tables_key(fwd.plan.mask, caps))
         if key not in self._tables:
             self._tables[key] = transpose_tables(tables, n_q_tiles)
         tables_t = self._tables[key]
@@ -105,14 +112,14 @@ class BackwardKernel:
         n_k_tiles = k_order.num_tiles(Nkv, cfg.block_n)
         getattr(mod, DKDV)[(n_k_tiles, B * Hkv)](
             q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3],
-            *tables_t.kernel_args(dummy), Nq, Nkv, H, H // Hkv, tables.n_full, n_q_tiles,
+            *tables_t.kernel_args(dummy), Nq, Nkv, H, *cap_args, H // Hkv, tables.n_full, n_q_tiles,
             TABLES=not tables_t.dense, FULL_CONTIG=tables_t.full_contig, PART_CONTIG=tables_t.part_contig,
             **common)
 
         dq = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
         getattr(mod, DQ)[(n_q_tiles, B * H)](
             q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3],
-            *tables.kernel_args(dummy), Nq, Nkv, H, H // Hkv, tables.n_full, tables.n_k_tiles,
+            *tables.kernel_args(dummy), Nq, Nkv, H, *cap_args, H // Hkv, tables.n_full, tables.n_k_tiles,
             TABLES=not tables.dense, FULL_CONTIG=tables.full_contig, PART_CONTIG=tables.part_contig,
             **common)
         return dq, dk, dv
