@@ -117,7 +117,7 @@ class _Executor:
             ok = (arr >= 0) & (arr < shape[k + 2])
             valid = ok if valid is None else valid & ok
             idx_arrays.append(np.clip(arr, 0, shape[k + 2] - 1))
-        bidx = env[BATCH_INDEX].astype(np.int64)
+        bidx = env[BATCH_INDEX].astype(np.int64) * (1 if shape[0] > 1 else 0)  # batch 1 broadcasts (K/V)
         key = (bidx, hidx, *idx_arrays)
         data = src.data[key]
         present = None if src.present is None else src.present[key]
@@ -308,8 +308,8 @@ def infer_sizes(c: Cascade, inputs: Mapping[str, np.ndarray],
         if arr.ndim != len(t.ranks) + 2:
             raise ExecutionError(
                 f"input {name} must have shape (B, H, {', '.join(t.ranks)}); got {tuple(arr.shape)}")
-        B = arr.shape[0] if B is None else B
-        if arr.shape[0] != B:
+        B = arr.shape[0] if B is None or B == 1 else B
+        if arr.shape[0] not in (B, 1):  # an input of batch 1 is shared by every batch (K/V broadcast)
             raise ExecutionError(f"input {name}: batch {arr.shape[0]} differs from {B}")
         H = arr.shape[1] if H is None else max(H, arr.shape[1])
         for r, n in zip(t.ranks, arr.shape[2:]):
