@@ -38,6 +38,7 @@ from einfuse.ir.tensor import Tensor
 from einfuse.ir.validate import validate
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CALL = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 _NUMBER = re.compile(r"(\d+\.?\d*([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?)")
 _SYMPY_FUNCS = {
     "Abs": sympy.Abs, "Mod": sympy.Mod, "floor": sympy.floor, "ceiling": sympy.ceiling,
@@ -57,6 +58,10 @@ def parse_index_expr(text: str, line: str = "") -> sympy.Basic:
         raise ParseError(f"cannot parse index expression {text[:200]!r}{_at(line)}: {exc}") from None
     local: dict[str, object] = dict(_SYMPY_FUNCS)
     local.update({name: cap.fn for name, cap in captures.current().items()})  # reads of captured tensors
+    for call in _CALL.findall(text):
+        if call not in local:  # NAME(...) of an undeclared name: a captured tensor missing its declaration
+            raise ParseError(f"{call}(...) in {text!r}{_at(line)} reads a captured tensor that is not declared; "
+                             f"add 'capture {call}[_] float' (one _ per dimension; float or int)")
     for name in _NAME.findall(text):
         if name in local:
             continue
