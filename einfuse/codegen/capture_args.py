@@ -22,9 +22,8 @@ import sympy
 from einfuse.errors import CodegenError
 from einfuse.ir.captures import Capture, expr_read_names, kind_of, reads
 
-GRAD_HINT = ("gradients with respect to captured tensors are not computed yet; pass it detached "
-             "(t.detach()) or call under torch.no_grad() for that tensor (Q, K, V gradients need no "
-             "captured tensor to require grad)")
+GRAD_HINT = ("this kernel has no gradient for it (gradients of captured tensors flow through "
+             "one-pass softmax variants called with autograd on); pass it detached (t.detach())")
 
 
 @dataclass(frozen=True)
@@ -167,12 +166,16 @@ def version_key(tensors: Mapping[str, Any]) -> tuple:
                  for n, t in sorted(tensors.items()))
 
 
-def check_no_grad(compiled: Any, runtime: Mapping[str, Any]) -> None:
-    """Raise when a captured tensor of this call requires grad (no gradient flows to them yet)."""
+def grad_captures(compiled: Any, runtime: Mapping[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
+    """Names and tensors of this call's captured tensors that require grad (a keyword argument, else
+    the tensor bound at declaration); their gradients come from einfuse.codegen.triton.capture_grad."""
+    names, tensors = [], []
     for name, cap in compiled.cascade.captures.items():
         t = runtime.get(name, cap.value)
         if getattr(t, "requires_grad", False):
-            raise CodegenError(f"{compiled.name}: captured tensor {name} requires grad: {GRAD_HINT}")
+            names.append(name)
+            tensors.append(t)
+    return tuple(names), tensors
 
 
 def mask_tables_key(mask: object, captures: tuple[dict[str, Any], tuple] | None) -> tuple:
@@ -186,5 +189,5 @@ def mask_tables_key(mask: object, captures: tuple[dict[str, Any], tuple] | None)
     return tuple(item for item in captures[1] if item[0] in names)
 
 
-__all__ = ["GRAD_HINT", "check_no_grad", "mask_tables_key", "KernelCapture", "add_params", "env", "kernel_names", "launch_args", "param_text",
+__all__ = ["GRAD_HINT", "grad_captures", "mask_tables_key", "KernelCapture", "add_params", "env", "kernel_names", "launch_args", "param_text",
            "plan_captures", "resolve", "version_key"]

@@ -64,7 +64,9 @@ class CompiledAttention:
         from einfuse.codegen.call_extras import broadcast_kv
 
         k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
-        grad = autograd.needs_grad(q, k, v) and not _traced(q)
+        from einfuse.codegen.capture_args import grad_captures
+
+        grad = autograd.needs_grad(q, k, v, *grad_captures(self, runtime)[1]) and not _traced(q)
         if grad and runtime.get("return_lse"):
             raise CodegenError(f"{self.name}: return_lse=True is forward only; call it under torch.no_grad()")
         check_tensors(self.name, {"q": q, "k": k, "v": v}, grad_ok=grad and self.has_backward,

@@ -184,18 +184,51 @@ def test_q_k_v_gradients_flow_through_variants_that_read_captured_tensors():
         assert rel_err(a, b) < 1e-6
 
 
-def test_a_captured_tensor_that_requires_grad_is_a_clear_error():
+def test_gradients_of_learned_tables_match_torch_autograd():
+    """Swin-style (heads, 15*15) relative-position table on an 8x8 window, per-head temperatures
+    inside a soft-cap, under a document mask: every float captured tensor gets its gradient."""
+    g = torch.Generator().manual_seed(11)
+    table = torch.nn.Parameter(torch.randn(4, 225, generator=g, dtype=torch.float64))
+    temp = torch.nn.Parameter(torch.rand(4, generator=g, dtype=torch.float64) + 0.5)
+    docs = torch.repeat_interleave(torch.arange(2), torch.tensor([40, 24]))
+
+    def rel(q, kv):
+        return (q // 8 - kv // 8 + 7) * 15 + (q % 8 - kv % 8 + 7)
+    c = ef.attention("swin", score_mod=lambda s, b, h, q, kv: 4 * ef.tanh((s * temp[h] + table[h, rel(q, kv)]) / 4),
+                     mask_mod=lambda b, h, q, kv: docs[q] == docs[kv], head_dim=D)
+    f = ef.compile(c, torch_op=False)
+    q, k, v = (x.requires_grad_() for x in _qkv(2, 4, 2, 64, 64, seed=12, dtype=torch.float64))
+    f(q, k, v).pow(2).sum().backward()
+    got = [x.grad.clone() for x in (q, k, v, table, temp)]
+    for x in (q, k, v, table, temp):
+        x.grad = None
+    hh = torch.arange(4).view(1, 4, 1, 1)
+    _attend(q, k, v, lambda s, qi, ki: 4 * torch.tanh((s * temp.view(1, 4, 1, 1) + table[hh, rel(qi, ki)]) / 4),
+            lambda qi, ki: docs[qi] == docs[ki]).pow(2).sum().backward()
+    for a, x in zip(got, (q, k, v, table, temp)):
+        assert rel_err(a, x.grad) < 1e-6
+
+
+def test_only_the_table_requires_grad_and_inference_needs_no_grad():
     table = torch.nn.Parameter(torch.randn(50))
     c = ef.attention("c", score_mod=lambda s, b, h, q, kv: s + table[q - kv + 25], head_dim=D)
     f = ef.compile(c, torch_op=False)
     q, k, v = _qkv(1, 2, 2, 9, 9)
-    with pytest.raises(CodegenError, match="table requires grad"):
-        f(q.requires_grad_(), k, v)
-    with pytest.raises(CodegenError, match="table requires grad"):
-        f(q.detach(), k, v)
-    with torch.no_grad():  # inference with a learned table
+    f(q, k, v).sum().backward()  # q, k, v need no grad: the table still gets one
+    assert table.grad is not None and table.grad.abs().sum() > 0
+    with torch.no_grad():
         want = _attend(q, k, v, lambda s, qi, ki: s + table.detach()[qi - ki + 25])
         assert rel_err(f(q, k, v), want) < 3e-5
+
+
+def test_a_table_that_requires_grad_in_a_variant_without_backward_is_a_clear_error():
+    table = torch.nn.Parameter(torch.randn(50))
+    c = ef.attention("sig", score_mod=lambda s, b, h, q, kv: s + table[q - kv + 25], normalization="sigmoid",
+                     head_dim=D)
+    f = ef.compile(c, torch_op=False)
+    q, k, v = _qkv(1, 2, 2, 9, 9)
+    with pytest.raises(ef.EinfuseError, match="backward"):
+        f(q, k, v)
 
 
 # ---- FlexAttention call conventions -------------------------------------------------------------------
