@@ -44,8 +44,27 @@ class KernelCapture:
                 + [f"{self.base}_s{k}" for k in range(self.ndim)])
 
 
+_MEMO: dict[tuple[int, ...], tuple[tuple[object, ...], tuple[KernelCapture, ...]]] = {}
+
+
 def plan_captures(*exprs: object) -> tuple[KernelCapture, ...]:
-    """The captures read by these sympy expressions or IR value expressions, sorted by name."""
+    """The captures read by these sympy expressions or IR value expressions, sorted by name.
+
+    Memoised by the identity of the expressions (a plan's score and mask live as long as its kernel,
+    and launches ask on every call: walking the trees each time would cost every variant, with
+    captures or not); the entry holds the expressions, so their ids cannot be reused."""
+    key = tuple(id(e) for e in exprs)
+    hit = _MEMO.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], exprs)):
+        return hit[1]
+    out = _find_captures(exprs)
+    if len(_MEMO) > 4096:
+        _MEMO.clear()
+    _MEMO[key] = (exprs, out)
+    return out
+
+
+def _find_captures(exprs: tuple[object, ...]) -> tuple[KernelCapture, ...]:
     found: dict[str, KernelCapture] = {}
     for e in exprs:
         if e is None:
@@ -135,14 +154,31 @@ def resolve(kernel_name: str, caps: tuple[KernelCapture, ...], declared: Mapping
             raise CodegenError(f"{kernel_name}: captured tensor {c.name} requires grad: {GRAD_HINT}")
         given[c.name] = t
         if c.kind == "float" and not t.is_floating_point():
-            t = t.float()
+            t = _converted(t, torch.float32)
         if c.kind == "int" and (t.is_floating_point() or t.dtype == torch.bool):
             raise CodegenError(f"{kernel_name}: captured tensor {c.name} is read as an index (int); got dtype "
                                f"{t.dtype}")
         if c.kind == "int" and t.dtype not in (torch.int32,):
-            t = t.to(torch.int32)
+            t = _converted(t, torch.int32)
         out[c.name] = t
     return out, version_key(given)
+
+
+_CONVERTED: dict[int, tuple[tuple, Any, Any]] = {}
+
+
+def _converted(t: Any, dtype: Any) -> Any:
+    """``t.to(dtype)``, reused while ``t`` is unchanged (int64 ids are read as int32 on every call:
+    one conversion per new tensor or in-place update, not one kernel launch per call)."""
+    key = version_key({"t": t}) + (str(dtype),)
+    hit = _CONVERTED.get(id(t))
+    if hit is not None and hit[0] == key and hit[1] is t:
+        return hit[2]
+    out = t.to(dtype)
+    if len(_CONVERTED) > 256:
+        _CONVERTED.clear()
+    _CONVERTED[id(t)] = (key, t, out)
+    return out
 
 
 def launch_args(caps: tuple[KernelCapture, ...], tensors: Mapping[str, Any]) -> list[Any]:
