@@ -91,11 +91,14 @@ def check_plan(c: Cascade, plan) -> None:
             f"{err:.2e}); Einsums outside the score -> normalisation -> output chain are not supported")
 
 
-def check_captures(c: Cascade, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def check_captures(c: Cascade, rng: np.random.Generator, unbound_only: bool = False) -> dict[str, np.ndarray]:
     """Values of the captured tensors for the check: random, of extent 7 per dimension (reads clamp,
-    so any extent is valid); ids and lengths in 0..3 so that equalities hold somewhere."""
+    so any extent is valid); ids and lengths in 0..3 so that equalities hold somewhere. With
+    ``unbound_only``, only for captures declared without a value (random inputs of the CLI)."""
     out = {}
     for name, cap in c.captures.items():
+        if unbound_only and cap.value is not None:
+            continue
         shape = (7,) * cap.ndim
         out[name] = rng.integers(0, 4, shape).astype(np.float64) if cap.kind == "int" else rng.standard_normal(shape)
     return out
