@@ -12,6 +12,7 @@ when the variant was declared) and pass :func:`launch_args`.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -195,11 +196,25 @@ def env(caps: tuple[KernelCapture, ...], tensors: Mapping[str, Any]) -> dict[obj
     return {c.fn: tensors[c.name] for c in caps}
 
 
+_TOKENS = itertools.count()
+
+
 def version_key(tensors: Mapping[str, Any]) -> tuple:
-    """Identity of the captured values of a call (storage, in-place version, layout): block tables
-    computed from them are reused while it is unchanged."""
-    return tuple((n, t.data_ptr(), t._version, tuple(t.shape), tuple(t.stride()), str(t.dtype))
-                 for n, t in sorted(tensors.items()))
+    """Identity of the captured values of a call: block tables computed from them are reused while
+    it is unchanged. A token set on each tensor object (a new tensor at a freed tensor's address is
+    another object, so it never inherits its tables), its in-place version counter (``ids[3] = 7``
+    bumps it; writes through ``.data`` do not, so avoid them), storage and layout."""
+    out = []
+    for n, t in sorted(tensors.items()):
+        token = getattr(t, "_einfuse_token", None)
+        if token is None:
+            token = next(_TOKENS)
+            try:
+                t._einfuse_token = token
+            except (AttributeError, TypeError):  # a tensor subclass without a __dict__: no reuse
+                token = ("unique", next(_TOKENS))
+        out.append((n, token, t.data_ptr(), t._version, tuple(t.shape), tuple(t.stride()), str(t.dtype)))
+    return tuple(out)
 
 
 def grad_captures(compiled: Any, runtime: Mapping[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
@@ -225,5 +240,17 @@ def mask_tables_key(mask: object, captures: tuple[dict[str, Any], tuple] | None)
     return tuple(item for item in captures[1] if item[0] in names)
 
 
-__all__ = ["GRAD_HINT", "grad_captures", "mask_tables_key", "KernelCapture", "add_params", "env", "kernel_names", "launch_args", "param_text",
+KEEP_TABLES = 8
+"""Block tables kept per kernel for masks over captured values (one per recent set of ids)."""
+
+
+def evict_stale(tables: dict) -> None:
+    """Drop the oldest capture-dependent block tables beyond :data:`KEEP_TABLES` (keys end with the
+    capture part of :func:`mask_tables_key`; dicts keep insertion order)."""
+    dependent = [k for k in tables if isinstance(k, tuple) and k and k[-1]]
+    for k in dependent[: max(0, len(dependent) - KEEP_TABLES + 1)]:
+        del tables[k]
+
+
+__all__ = ["GRAD_HINT", "KEEP_TABLES", "evict_stale", "grad_captures", "mask_tables_key", "KernelCapture", "add_params", "env", "kernel_names", "launch_args", "param_text",
            "plan_captures", "resolve", "version_key"]

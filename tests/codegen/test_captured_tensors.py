@@ -159,6 +159,12 @@ def test_document_mask_skips_tiles_across_documents_and_follows_the_ids():
     assert rel_err(f(q, k, v), _attend(q, k, v, keep=keep)) < 3e-5
     other = torch.zeros(N, dtype=torch.long)  # one document: causal
     assert rel_err(f(q, k, v, docs=other), _attend(q, k, v, keep=lambda qi, ki: qi >= ki)) < 3e-5
+    for n_docs in range(2, 14):  # new id tensors (often at a freed tensor's address): never stale tables
+        ids = torch.arange(N) * n_docs // N
+        want = _attend(q, k, v, keep=lambda qi, ki, ids=ids: (ids[qi] == ids[ki]) & (qi >= ki))
+        assert rel_err(f(q, k, v, docs=ids), want) < 3e-5
+        del ids
+    assert sum(1 for key in f.kernel._tables if key[-1]) <= 8  # a few recent tables, not one per call
 
 
 def test_batch_dependent_document_mask_is_correct_without_skipping():

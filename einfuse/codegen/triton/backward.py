@@ -83,6 +83,8 @@ class BackwardKernel:
         n_q_tiles = order.num_tiles(Nq, cfg.block_m)
         key = (Nq, Nkv, H, cfg.block_m, cfg.block_n, layout, str(q.device),
                capture_args.mask_tables_key(fwd.plan.mask, caps))
+        if key not in self._tables and key[-1]:
+            capture_args.evict_stale(self._tables)  # transposed tables of earlier ids
         if key not in self._tables:
             self._tables[key] = transpose_tables(tables, n_q_tiles)
         tables_t = self._tables[key]

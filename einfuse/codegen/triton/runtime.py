@@ -280,10 +280,12 @@ class AttentionKernel:
 
     def tables(self, n_q: int, n_kv: int, heads: int, batch: int, cfg: KernelConfig, layout: Layout,
                device: Any, q_offset: int = 0, captures: tuple[dict[str, Any], tuple] | None = None) -> BlockTables:
-        from einfuse.codegen.capture_args import mask_tables_key
+        from einfuse.codegen.capture_args import evict_stale, mask_tables_key
 
         key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, layout, str(device), q_offset,
                mask_tables_key(self.plan.mask, captures))
+        if key not in self._tables and key[-1]:
+            evict_stale(self._tables)  # tables of earlier document ids: keep a few, not every batch's
         if key not in self._tables:
             order, k_order = layout
             mask = self.plan.mask if self.plan.mask is not None else _always()
