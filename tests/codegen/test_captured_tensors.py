@@ -258,3 +258,17 @@ def test_kv_batch_broadcast_and_return_lse(n_q):
     assert torch.equal(torch.isinf(lse), torch.isinf(want))
     live = torch.isfinite(want)
     assert (lse[live].double() - want[live]).abs().max() < 1e-4
+
+
+def test_closure_cells_of_factories_and_bound_placeholders_are_captured():
+    def with_bias(table):  # a mod built by a factory: the tensor lives in a closure cell
+        return lambda s, b, h, q, kv: s + table[kv]
+    t = torch.randn(40, dtype=torch.float64)
+    c1 = ef.attention("c1", score_mod=with_bias(t), head_dim=D)
+    bound = ef.tensor("tab", value=t)
+    c2 = ef.attention("c2", score_mod=lambda s, b, h, q, kv: s + bound[kv], head_dim=D)
+    assert c1.captures["table"].value is t and c2.captures["tab"].value is t
+    q, k, v = _qkv(1, 2, 2, 7, 40, seed=13, dtype=torch.float64)
+    want = _attend(q, k, v, lambda s, qi, ki: s + t[ki]).numpy()
+    for c in (c1, c2):
+        np.testing.assert_allclose(run_cascade(c, {"Q": q, "K": k, "V": v})["O"], want, rtol=1e-10, atol=1e-12)
