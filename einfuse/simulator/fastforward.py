@@ -228,8 +228,10 @@ class FastForward:
             now_st, _, _, p_now = hist[-1]
             dt = self.ref() - r_then
             self.counters += reps * (self.counters - c_then)
-            for key, v in _dict_diff(self.stalls, s_then).items():
+            dst = _dict_diff(self.stalls, s_then)
+            for key, v in dst.items():
                 self.stalls[key] = self.stalls.get(key, 0) + reps * v
+            self.stats.period, self.stats.period_reps, self.stats.period_stalls = dt / k, k, dst
             dphase = tuple(reps * (b - a) for a, b in zip(p_then, p_now))
             self._jump(now_st, reps * dt, dphase)
             self.stats.skipped_iterations += reps * k
