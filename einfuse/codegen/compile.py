@@ -90,13 +90,13 @@ class CompiledAttention:
 
         ``q_offset=`` sets the position of query 0 of a variant built with ``align="offset"``
         (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs."""
+        from einfuse.codegen.call_extras import broadcast_kv, forward_lse
+
+        k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
         if self.family != "linear" and not getattr(self.kernel, "checks_inputs", False):
             from einfuse.codegen.triton.runtime import check_inputs
 
             check_inputs(self.name, q, k, v)  # the same clear errors whichever kernel runs
-        from einfuse.codegen.call_extras import broadcast_kv, forward_lse
-
-        k, v = broadcast_kv(self.name, q, k, v)
         return_lse = bool(runtime.pop("return_lse", False))
         q_offset = runtime.pop("q_offset", None)
         if q_offset is not None and Q_OFFSET not in self.cascade.params:
