@@ -130,6 +130,11 @@ def flex_system(case: Case, score_mod, mask_mod, device: str) -> tuple[Callable,
     """(attention call, block-mask build) for compiled FlexAttention."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+    cfg = torch._dynamo.config  # past the recompile limit dynamo silently runs Flex eagerly (bench_peers.py)
+    for name, value in (("cache_size_limit", 64), ("recompile_limit", 64),
+                        ("accumulated_cache_size_limit", 1024), ("accumulated_recompile_limit", 1024)):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), value))
     fa = torch.compile(flex_attention, dynamic=False)
 
     def build():
