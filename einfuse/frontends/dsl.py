@@ -60,6 +60,10 @@ def _call_user(fn: Callable[..., object], kind: str, args: tuple) -> object:
     except SpecError:
         raise
     except Exception as exc:
+        if "Index" in str(exc) and isinstance(exc, (IndexError, TypeError)):
+            raise SpecError(f"{kind} indexes a tensor einfuse cannot see ({type(exc).__name__}: {exc}): only tensors "
+                            "the mod reads as closure variables or module globals are captured; read it from a "
+                            "variable (bias = self.bias) or index an ef.tensor(...)") from None
         raise SpecError(f"{kind} could not be traced symbolically: {type(exc).__name__}: {exc}. "
                         "Use einfuse functions (ef.exp, ef.tanh, ef.where, ef.maximum, ef.abs) instead of "
                         "torch/math ones") from None

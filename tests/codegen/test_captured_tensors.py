@@ -82,6 +82,14 @@ def test_bad_indexing_names_the_tensor_and_the_fix(make, match):
         ef.attention("c", score_mod=make(t))
 
 
+def test_a_tensor_reached_through_an_attribute_names_the_fix():
+    from types import SimpleNamespace
+
+    holder = SimpleNamespace(bias=torch.randn(8))
+    with pytest.raises(SpecError, match="closure variables or module globals"):
+        ef.attention("c", score_mod=lambda s, b, h, q, kv: s + holder.bias[kv])
+
+
 def test_bad_names_and_scalars_are_refused():
     with pytest.raises(SpecError, match="name"):
         ef.tensor("B", ndim=1)
