@@ -62,20 +62,29 @@ class AttentionFunction(torch.autograd.Function):
     calls; traced calls go through the ``einfuse::attention_train`` custom op, :mod:`torch_op`)."""
 
     @staticmethod
-    def forward(ctx: Any, q: Any, k: Any, v: Any, compiled: CompiledAttention, runtime: dict) -> Any:
-        bwd = backward_kernel(compiled)
+    def forward(ctx: Any, q: Any, k: Any, v: Any, compiled: CompiledAttention, runtime: dict,
+                cap_names: tuple[str, ...] = (), *caps: Any) -> Any:
+        bwd = backward_kernel(compiled)  # before the forward: an unsupported plan fails before any work
         out, lse = forward_saving(compiled, q, k, v, **runtime)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.bwd, ctx.runtime = bwd, runtime
+        ctx.bwd, ctx.runtime, ctx.cap_names = bwd, runtime, cap_names
         return out
 
     @staticmethod
     def backward(ctx: Any, dout: Any) -> tuple[Any, ...]:
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = ctx.bwd(q, k, v, out, lse, dout, **ctx.runtime)
-        return dq, dk, dv, None, None
+        dcaps = []
+        if ctx.cap_names:  # learned bias tables and other float captured tensors (capture_grad)
+            from einfuse.codegen.triton.capture_grad import capture_grads
+
+            dcaps = capture_grads(ctx.bwd.forward, q, k, v, out, dout, lse, ctx.runtime, ctx.cap_names)
+        return (dq, dk, dv, None, None, None, *dcaps)
 
 
 def attention_with_grad(compiled: CompiledAttention, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
     """Run ``compiled`` on ``q, k, v`` recording the backward for autograd."""
-    return AttentionFunction.apply(q, k, v, compiled, runtime)
+    from einfuse.codegen.capture_args import grad_captures
+
+    names, caps = grad_captures(compiled, runtime)  # captured tensors that require grad: inputs too
+    return AttentionFunction.apply(q, k, v, compiled, runtime, names, *caps)

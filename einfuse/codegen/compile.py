@@ -67,8 +67,14 @@ class CompiledAttention:
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         from einfuse.codegen import autograd
+        from einfuse.codegen.call_extras import broadcast_kv
 
-        grad = autograd.needs_grad(q, k, v)
+        k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
+        from einfuse.codegen.capture_args import grad_captures
+
+        grad = autograd.needs_grad(q, k, v, *grad_captures(self, runtime)[1])
+        if grad and runtime.get("return_lse"):
+            raise CodegenError(f"{self.name}: return_lse=True is forward only; call it under torch.no_grad()")
         check_tensors(self.name, {"q": q, "k": k, "v": v}, grad_ok=grad and self.has_backward,
                       family=self.family)
         traced = self.use_torch_op and _traced(q)
@@ -89,10 +95,14 @@ class CompiledAttention:
 
         ``q_offset=`` sets the position of query 0 of a variant built with ``align="offset"``
         (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs."""
+        from einfuse.codegen.call_extras import broadcast_kv, forward_lse
+
+        k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
         if self.family != "linear" and not getattr(self.kernel, "checks_inputs", False):
             from einfuse.codegen.triton.runtime import check_inputs
 
             check_inputs(self.name, q, k, v)  # the same clear errors whichever kernel runs
+        return_lse = bool(runtime.pop("return_lse", False))
         q_offset = runtime.pop("q_offset", None)
         if q_offset is not None and Q_OFFSET not in self.cascade.params:
             raise CodegenError(f"{self.name}: q_offset is given but the variant does not use a query offset; "
@@ -106,9 +116,14 @@ class CompiledAttention:
         if self.family == "softmax" and self.decode and q.shape[2] <= DECODE_MAX_QUERIES:
             dec = self.decode_kernel()
             if dec is not None:
-                return dec(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
+                extra = {} if q_offset is None else {Q_OFFSET: q_offset}
+                if return_lse:
+                    return forward_lse(self, q, k, v, dec, **runtime, **extra)
+                return dec(q, k, v, **runtime, **extra)
         if q_offset is not None:
             runtime["q_offset"] = q_offset
+        if return_lse:
+            return forward_lse(self, q, k, v, None, **runtime)
         return self.kernel(q, k, v, **runtime)
 
     def varlen(self, q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: int,

@@ -175,6 +175,9 @@ def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool
     from einfuse.ir.grid import check_grid
 
     t0 = time.perf_counter()
+    if cascade.captures:
+        raise SimulatorError(f"{cascade.name}: reads captured tensors ({', '.join(cascade.captures)}); the "
+                             "simulator does not model masks or scores that depend on tensor values yet")
     check_grid(cascade, workload.seq, workload.kv_seq or workload.seq, workload.sizes,
                f"the workload ({workload.model}, seq)", SimulatorError)
     if isinstance(arch, str):

@@ -90,7 +90,13 @@ class BackwardKernel:
         import torch
         import triton.language as tl
 
+        from einfuse.codegen import capture_args
+
         fwd = self.forward
+        options = dict(options)
+        caps = fwd.call_captures(options, q)  # captured tensors (bias tables, ids) the score/mask read
+        cap_args = capture_args.launch_args(capture_args.plan_captures(fwd.plan.score, fwd.plan.mask),
+                                            caps[0]) if caps else []
         opts = LaunchOptions.from_kwargs({**_non_default(fwd.defaults), **options})
         q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
         B, H, Nq, D = q.shape
@@ -128,9 +134,12 @@ class BackwardKernel:
             delta = lse
 
         # dK, dV: the forward's block tables at the dK/dV tiles, transposed (key-major)
-        tables_kv = fwd.tables(Nq, Nkv, H, B, kv_cfg, layout, q.device, q_off)
+        tables_kv = fwd.tables(Nq, Nkv, H, B, kv_cfg, layout, q.device, q_off, captures=caps)
         n_q_tiles = order.num_tiles(Nq, kv_cfg.block_m)
-        key = (Nq, Nkv, H, kv_cfg.block_m, kv_cfg.block_n, layout, str(q.device), q_off)
+        key = (Nq, Nkv, H, kv_cfg.block_m, kv_cfg.block_n, layout, str(q.device), q_off,
+               capture_args.mask_tables_key(fwd.plan.mask, caps))
+        if key not in self._tables and key[-1]:
+            capture_args.evict_stale(self._tables)  # transposed tables of earlier ids
         if key not in self._tables:
             self._tables[key] = transpose_tables(tables_kv, n_q_tiles)
         tables_t = self._tables[key]
@@ -142,18 +151,18 @@ class BackwardKernel:
         getattr(mod, DKDV)[(n_k_tiles, B * Hkv)](
             q, k, v, dout, lse, delta, dk, dv, dq_acc, *strides, *dk.stride()[:3], *dv.stride()[:3],
             *(dq_acc.stride()[:3] if atomic else (0, 0, 0)),
-            *tables_t.kernel_args(dummy), Nq, Nkv, H, q_off, Nq == Nkv, H // Hkv, tables_kv.n_full, n_q_tiles,
+            *tables_t.kernel_args(dummy), Nq, Nkv, H, *cap_args, q_off, Nq == Nkv, H // Hkv, tables_kv.n_full, n_q_tiles,
             TABLES=not tables_t.dense, FULL_CONTIG=tables_t.full_contig, PART_CONTIG=tables_t.part_contig,
             ATOMIC_DQ=atomic, **launch_args(kv_cfg))
         if atomic:
             return dq_acc.to(q.dtype), dk, dv
 
         # dQ: the forward's block tables at the dQ tiles, query-major as the forward reads them
-        tables = fwd.tables(Nq, Nkv, H, B, q_cfg, layout, q.device, q_off)
+        tables = fwd.tables(Nq, Nkv, H, B, q_cfg, layout, q.device, q_off, captures=caps)
         dq = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
         getattr(mod, DQ)[(order.num_tiles(Nq, q_cfg.block_m), B * H)](
             q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3],
-            *tables.kernel_args(dummy), Nq, Nkv, H, q_off, Nq == Nkv, H // Hkv, tables.n_full, tables.n_k_tiles,
+            *tables.kernel_args(dummy), Nq, Nkv, H, *cap_args, q_off, Nq == Nkv, H // Hkv, tables.n_full, tables.n_k_tiles,
             TABLES=not tables.dense, FULL_CONTIG=tables.full_contig, PART_CONTIG=tables.part_contig,
             **launch_args(q_cfg))
         return dq, dk, dv

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import textwrap
 
+from einfuse.codegen import capture_args
 from einfuse.codegen.triton.emit import (
     TABLE_ROW,
     _bind_params,
@@ -106,7 +107,9 @@ def _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr):
     """The forward's mask predicate; evaluated on partial tiles only."""
     return {mask_code}
 ''', _BWD_TILE.replace("{weights}", _SOFTMAX_WEIGHTS if softmax else _SIGMOID_WEIGHTS).replace("{dx_line}", dx_line), _KERNELS.replace("{TABLE_ROW}", TABLE_ROW)]
-    return "\n".join(parts)
+    # captured tensors the score or mask reads: their pointers, extents and strides follow H
+    return capture_args.add_params("\n".join(parts), capture_args.plan_captures(fwd.score, fwd.mask),
+                                   capture_args.BACKWARD_SITES)
 
 
 def _short(e: Expr) -> str:
