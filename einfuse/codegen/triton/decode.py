@@ -2,8 +2,9 @@
 
 ``build_decode(cascade, **options)`` analyses a softmax cascade (:mod:`decode_analysis`), prints the
 split-KV kernels (:mod:`decode_kernels`) and returns a :class:`DecodeKernel`, called as
-``fn(q, k, v, **sizes)`` on ``(B, H, Nq, D)`` queries and ``(B, Hkv, Nk, D)`` keys/values. It is
-meant for ``Nq <= 16``; larger query counts work but waste the split-KV schedule.
+``fn(q, k, v, **sizes)`` on ``(B, H, Nq, D)`` queries and ``(B, Hkv, Nk, D)`` keys/values, or a paged
+cache with ``page_table=`` and per-sequence ``seq_lens=`` (:mod:`kv_cache` describes the layouts). It
+is meant for ``Nq <= 16``; larger query counts work but waste the split-KV schedule.
 
 Why split the keys: with one query a head there are only ``B * Hkv`` (batch, KV head) pairs, far
 fewer than the GPU has multiprocessors, so each pair's keys are split across ``n_splits`` programs
@@ -17,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from einfuse.codegen.triton.decode_kernels import decode_source
+from einfuse.codegen.triton.kv_cache import describe
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.options import cdiv, parse_options, pow2
 from einfuse.errors import CodegenError
@@ -57,7 +59,7 @@ def _sm_count(device: Any) -> int:
 
 @dataclass(frozen=True)
 class DecodeKernel:
-    """A compiled decode variant: ``fn(q, k, v, splits=None, **sizes)``."""
+    """A compiled decode variant: ``fn(q, k, v, splits=None, page_table=None, seq_lens=None, **sizes)``."""
 
     plan: DecodePlan
     options: DecodeOptions
@@ -99,45 +101,58 @@ class DecodeKernel:
         return float(self.plan.scale.subs({size_symbol(k): v for k, v in known.items()}))
 
     def __call__(self, q: Any, k: Any, v: Any, splits: int | None = None, return_lse: bool = False,
-                 **sizes: Any) -> Any:
+                 page_table: Any = None, seq_lens: Any = None, **sizes: Any) -> Any:
         """The output ``(B, H, N_q, D_v)``; with ``return_lse`` also the float32 log-sum-exp of each
         row's logits ``(B, H, N_q)`` (-inf for a row with no visible key), which is what combining
-        partial results over key shards needs (:mod:`einfuse.distributed`)."""
+        partial results over key shards needs (:mod:`einfuse.distributed`).
+
+        ``k``, ``v``: ``(B, H_kv, N, D)``, or pages ``(num_pages, page_size, H_kv, D)`` with
+        ``page_table`` ``(B, max_pages)`` int32; ``seq_lens`` ``(B,)`` int32 gives each sequence its
+        own length (required with pages). See :mod:`einfuse.codegen.triton.kv_cache`."""
         import torch
 
-        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-            raise CodegenError("q, k, v must be (B, H, N, D) tensors")
+        cache = describe(self.plan.name, q, k, v, page_table, seq_lens)
         B, H, NQ, D = q.shape
-        Hkv, NK, DV = k.shape[1], k.shape[2], v.shape[-1]
-        if k.shape[0] != B or k.shape[3] != D or v.shape[:3] != k.shape[:3]:
-            raise CodegenError(f"shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)} do not match")
-        if H % Hkv:
-            raise CodegenError(f"{Hkv} key/value heads do not divide {H} query heads")
+        Hkv, NK, DV = cache.heads, cache.max_len, v.shape[-1]
         unknown = set(sizes) - set(self.plan.sizes) - set(self.plan.params)
         if unknown:
             raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
+        dev = q.device
+        o = torch.empty((B, H, NQ, DV), device=dev, dtype=q.dtype)
+        if NK == 0:  # no key anywhere: every row is empty (output 0, log-sum-exp -inf)
+            o.zero_()
+            lse = torch.full((B, H, NQ), float("-inf"), device=dev, dtype=torch.float32)
+            return (o, lse) if return_lse else o
         size_args = self._sizes(B, H, NQ, NK, D, DV, sizes)
         group_rows = (H // Hkv) * NQ
         rows = min(self.options.block_rows, pow2(group_rows))
         row_blocks = cdiv(group_rows, rows)
-        n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, q.device, splits)
-        dev = q.device
+        n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, dev, splits)
         mws = torch.empty((B * H * NQ * n_splits,), device=dev, dtype=torch.float32)
         lws = torch.empty_like(mws)
         ows = torch.empty((B * H * NQ * n_splits, DV), device=dev, dtype=torch.float32)
-        o = torch.empty((B, H, NQ, DV), device=dev, dtype=q.dtype)
+        pt = page_table if cache.paged else mws  # unused pointers when not paged / no lengths
+        lens = seq_lens if seq_lens is not None else mws
+        if cache.paged:  # (num_pages, page_size, H_kv, D): page, slot, head, dim strides
+            k_strides = (k.stride(0), k.stride(2), k.stride(1), k.stride(3))
+            v_strides = (v.stride(0), v.stride(2), v.stride(1), v.stride(3))
+            pt_strides = (page_table.stride(0), page_table.stride(1))
+        else:
+            k_strides, v_strides, pt_strides = k.stride(), v.stride(), (0, 0)
         # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see decode_kernels)
         upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
         self.module.decode_partial[(B * Hkv, n_splits, row_blocks)](
-            q, k, v, mws, lws, ows, *q.stride(), *k.stride(), *v.stride(),
+            q, k, v, mws, lws, ows, pt, lens, *q.stride(), *k_strides, *v_strides, *pt_strides,
             NQ, NK, H, Hkv, D, DV, split_len, n_splits, self.scale(self._known(B, H, NQ, NK, D, DV, sizes)),
             *size_args,
             ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
+            PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=seq_lens is not None,
             num_warps=self.options.num_warps, num_stages=self.options.num_stages)
         lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else mws
         self.module.decode_combine[(B * H * NQ,)](
-            mws, lws, ows, o, lse, *o.stride(), H, NQ, DV, n_splits,
-            BS=pow2(n_splits, 2), BDV=pow2(DV), WRITE_LSE=return_lse, num_warps=4)
+            mws, lws, ows, o, lse, lens, *o.stride(), H, NQ, DV, n_splits,
+            BS=pow2(n_splits, 2), BDV=pow2(DV), WRITE_LSE=return_lse, HAS_LENS=seq_lens is not None,
+            BLOCK_N=self.options.block_n, num_warps=4)
         return (o, lse) if return_lse else o
 
 
