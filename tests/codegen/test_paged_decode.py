@@ -187,3 +187,21 @@ def test_bad_cache_arguments_name_what_to_change() -> None:
         bad[0, 1] = kc.shape[0]
         with pytest.raises(CodegenError, match="page_table.0. names page"):
             fn(q, kc, vc, page_table=bad, seq_lens=_lens(lens))
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_many_splits_are_combined_in_chunks(ragged: bool) -> None:
+    lens = [350, 140] if ragged else [350, 350]
+    q, k, v = _data(2, 2, 1, 1, 350, 16, 16, seed=12)
+    fn = build_decode(einfuse.load_spec("decode"), block_n=16)
+    kw = {"seq_lens": _lens(lens)} if ragged else {}
+    out = fn(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), splits=22, **kw)   # 22 splits > the combine's chunk
+    assert fn.split_plan(2, 1, 1, 350, torch.device("cpu"), 22)[0] == 22
+    _check(out, _reference("decode", q, k, v, lens))
+
+
+def test_automatic_split_count_is_capped() -> None:
+    fn = build_decode(einfuse.load_spec("decode"), programs_per_sm=1000, max_splits=96)
+    n, length = fn.split_plan(1, 1, 1, 1 << 20, torch.device("cpu"))
+    assert n <= 96 and n * length >= 1 << 20
+    assert fn.split_plan(1, 1, 1, 1 << 20, torch.device("cpu"), splits=200)[0] == 200  # asked for: kept

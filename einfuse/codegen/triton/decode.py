@@ -31,11 +31,14 @@ from einfuse.lowering.plan import KernelPlan
 @dataclass(frozen=True)
 class DecodeOptions:
     """Tuning knobs. ``splits``: key ranges per (batch, KV head), 0 = chosen from the GPU's
-    multiprocessor count (about ``programs_per_sm`` programs per multiprocessor); ``block_n``: keys
-    per loop step; ``block_rows``: most query rows (group heads x queries) per program."""
+    multiprocessor count (about ``programs_per_sm`` programs per multiprocessor, at most
+    ``max_splits``: FlashAttention-2's cap, beyond which the combine costs more than the extra
+    programs bring); ``block_n``: keys per loop step; ``block_rows``: most query rows (group heads
+    x queries) per program."""
 
     splits: int = 0
     programs_per_sm: int = 8
+    max_splits: int = 128
     block_n: int = 128
     block_rows: int = 64
     num_warps: int = 4
@@ -49,12 +52,31 @@ class DecodeOptions:
         return opts
 
 
-def _sm_count(device: Any) -> int:
-    import torch
+_SMS: dict[str, int] = {}
 
-    if getattr(device, "type", "cpu") == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the interpreter: a few splits, so tests exercise the combine
+
+def _sm_count(device: Any) -> int:
+    """Multiprocessors of ``device`` (asked once per device: the query costs microseconds a call)."""
+    key = str(device)
+    if key not in _SMS:
+        import torch
+
+        cuda = getattr(device, "type", "cpu") == "cuda"
+        # the interpreter: a few splits, so tests exercise the combine
+        _SMS[key] = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 4
+    return _SMS[key]
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Everything a call's signature decides, computed once per signature (launches stay cheap)."""
+
+    n_splits: int
+    split_len: int
+    rows: int
+    row_blocks: int
+    scale: float
+    size_args: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,7 @@ class DecodeKernel:
     module: ModuleType = field(repr=False)
     cascade: Cascade | None = field(default=None, repr=False)  # the split-KV cascade it follows
     lowering: str = ""
+    _launches: dict = field(default_factory=dict, repr=False, compare=False)
 
     def split_plan(self, B: int, Hkv: int, row_blocks: int, NK: int, device: Any,
                    splits: int | None = None) -> tuple[int, int]:
@@ -75,10 +98,20 @@ class DecodeKernel:
         want = splits or self.options.splits
         if not want:
             target = _sm_count(device) * self.options.programs_per_sm
-            want = cdiv(target, B * Hkv * row_blocks)
+            want = min(cdiv(target, B * Hkv * row_blocks), self.options.max_splits)
         want = max(1, min(want, cdiv(NK, bn)))
         split_len = cdiv(cdiv(NK, want), bn) * bn
         return cdiv(NK, split_len), split_len
+
+    def _plan_launch(self, B: int, H: int, NQ: int, D: int, DV: int, Hkv: int, NK: int, device: Any,
+                     splits: int | None, sizes: dict[str, Any]) -> _Launch:
+        size_args = tuple(self._sizes(B, H, NQ, NK, D, DV, sizes))
+        group_rows = (H // Hkv) * NQ
+        rows = min(self.options.block_rows, pow2(group_rows))
+        row_blocks = cdiv(group_rows, rows)
+        n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, device, splits)
+        scale = self.scale(self._known(B, H, NQ, NK, D, DV, sizes))
+        return _Launch(n_splits, split_len, rows, row_blocks, scale, size_args)
 
     def _sizes(self, B: int, H: int, NQ: int, NK: int, D: int, DV: int, given: dict[str, Any]) -> list[int]:
         known = self._known(B, H, NQ, NK, D, DV, given)
@@ -123,16 +156,16 @@ class DecodeKernel:
             o.zero_()
             lse = torch.full((B, H, NQ), float("-inf"), device=dev, dtype=torch.float32)
             return (o, lse) if return_lse else o
-        size_args = self._sizes(B, H, NQ, NK, D, DV, sizes)
-        group_rows = (H // Hkv) * NQ
-        rows = min(self.options.block_rows, pow2(group_rows))
-        row_blocks = cdiv(group_rows, rows)
-        n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, dev, splits)
-        mws = torch.empty((B * H * NQ * n_splits,), device=dev, dtype=torch.float32)
-        lws = torch.empty_like(mws)
-        ows = torch.empty((B * H * NQ * n_splits, DV), device=dev, dtype=torch.float32)
-        pt = page_table if cache.paged else mws  # unused pointers when not paged / no lengths
-        lens = seq_lens if seq_lens is not None else mws
+        has_lens = seq_lens is not None
+        key = (B, H, NQ, D, DV, Hkv, NK, has_lens, splits, str(dev), tuple(sizes.items()))
+        plan = self._launches.get(key)
+        if plan is None:
+            plan = self._launches[key] = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes)
+        n_splits = plan.n_splits
+        R = B * H * NQ * n_splits  # workspace: partial maxima, sums (R each), outputs (R x DV), float32
+        ws = torch.empty((R * (DV + 2),), device=dev, dtype=torch.float32)
+        pt = page_table if cache.paged else ws  # unused pointers when not paged / no lengths
+        lens = seq_lens if has_lens else ws
         if cache.paged:  # (num_pages, page_size, H_kv, D): page, slot, head, dim strides
             k_strides = (k.stride(0), k.stride(2), k.stride(1), k.stride(3))
             v_strides = (v.stride(0), v.stride(2), v.stride(1), v.stride(3))
@@ -141,18 +174,17 @@ class DecodeKernel:
             k_strides, v_strides, pt_strides = k.stride(), v.stride(), (0, 0)
         # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see decode_kernels)
         upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
-        self.module.decode_partial[(B * Hkv, n_splits, row_blocks)](
-            q, k, v, mws, lws, ows, pt, lens, *q.stride(), *k_strides, *v_strides, *pt_strides,
-            NQ, NK, H, Hkv, D, DV, split_len, n_splits, self.scale(self._known(B, H, NQ, NK, D, DV, sizes)),
-            *size_args,
-            ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
-            PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=seq_lens is not None,
+        self.module.decode_partial[(B * Hkv, n_splits, plan.row_blocks)](
+            q, k, v, ws, R, pt, lens, *q.stride(), *k_strides, *v_strides, *pt_strides,
+            NQ, NK, H, Hkv, D, DV, plan.split_len, n_splits, plan.scale, *plan.size_args,
+            ROWS=plan.rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
+            PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=has_lens,
             num_warps=self.options.num_warps, num_stages=self.options.num_stages)
-        lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else mws
+        lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else ws
         self.module.decode_combine[(B * H * NQ,)](
-            mws, lws, ows, o, lse, lens, *o.stride(), H, NQ, DV, n_splits,
-            BS=pow2(n_splits, 2), BDV=pow2(DV), WRITE_LSE=return_lse, HAS_LENS=seq_lens is not None,
-            BLOCK_N=self.options.block_n, num_warps=4)
+            ws, R, o, lse, lens, *o.stride(), H, NQ, DV, n_splits,
+            BS=pow2(n_splits, 2), CHUNK=min(pow2(n_splits, 2), 16), BDV=pow2(DV), WRITE_LSE=return_lse,
+            HAS_LENS=has_lens, BLOCK_N=self.options.block_n, num_warps=4)
         return (o, lse) if return_lse else o
 
 

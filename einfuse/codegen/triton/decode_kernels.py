@@ -71,13 +71,17 @@ def _partial_kernel(plan: DecodePlan, split: SplitKV) -> str:
         if "M" in plan.sizes else ""
     return f'''
 @triton.jit
-def decode_partial(Q, K, V, Mws, Lws, Ows, PT, LENS, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d,
+def decode_partial(Q, K, V, WS, R, PT, LENS, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d,
                    sv_b, sv_h, sv_n, sv_d, spt_b, spt_n, NQ, NK, H, HKV, D, DV, SPLIT_LEN, N_SPLITS, scale{sz},
                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                    UPCAST: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
                    HAS_LENS: tl.constexpr):
     # K, V: (B, HKV, N, D) with strides sk_b.. (PAGED=False), or pages (num_pages, PAGE_SIZE, HKV, D)
-    # with sk_b the page stride and sk_n the slot stride, read through PT[b, m // PAGE_SIZE]
+    # with sk_b the page stride and sk_n the slot stride, read through PT[b, m // PAGE_SIZE].
+    # WS: the float32 workspace, R partial maxima, then R sums, then R x DV partial outputs
+    Mws = WS
+    Lws = WS + R
+    Ows = WS + 2 * R
     pid = tl.program_id(0)
     split = tl.program_id(1)
     rb = tl.program_id(2)
@@ -162,10 +166,13 @@ def _combine_kernel(split: SplitKV) -> str:
     c = split.comment
     return f'''
 @triton.jit
-def decode_combine(Mws, Lws, Ows, O, LSE, LENS, so_b, so_h, so_n, so_d, H, NQ, DV, N_SPLITS,
-                   BS: tl.constexpr, BDV: tl.constexpr, WRITE_LSE: tl.constexpr, HAS_LENS: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
+def decode_combine(WS, R, O, LSE, LENS, so_b, so_h, so_n, so_d, H, NQ, DV, N_SPLITS,
+                   BS: tl.constexpr, CHUNK: tl.constexpr, BDV: tl.constexpr, WRITE_LSE: tl.constexpr,
+                   HAS_LENS: tl.constexpr, BLOCK_N: tl.constexpr):
     # merge the splits of one (batch, head, query); 0 where no split saw a visible key
+    Mws = WS
+    Lws = WS + R
+    Ows = WS + 2 * R
     row = tl.program_id(0)
     b = row // (H * NQ)
     h = (row // NQ) % H
@@ -175,19 +182,28 @@ def decode_combine(Mws, Lws, Ows, O, LSE, LENS, so_b, so_h, so_n, so_d, H, NQ, D
     if HAS_LENS:  # only the splits that held keys of this sequence (decode_partial's split lengths)
         n_kv = tl.load(LENS + b)
         split_len = tl.maximum(tl.cdiv(tl.cdiv(n_kv, N_SPLITS), BLOCK_N) * BLOCK_N, 1)
-        s_ok = offs_s < tl.cdiv(n_kv, split_len)
+        n_used = tl.cdiv(n_kv, split_len)
     else:
-        s_ok = offs_s < N_SPLITS
+        n_used = N_SPLITS
+    s_ok = offs_s < n_used
     f_ok = offs_f < DV
     base = row.to(tl.int64) * N_SPLITS
     m_s = tl.load(Mws + base + offs_s, mask=s_ok, other=float("-inf"))
     l_s = tl.load(Lws + base + offs_s, mask=s_ok, other=0.0)
 {c("global_max")}    m = tl.max(m_s, 0)
-{c("weight")}    w = l_s * tl.exp(m_s - tl.where(m == float("-inf"), 0.0, m))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+{c("weight")}    w = l_s * tl.exp(m_s - m_safe)
 {c("denominator")}    l = tl.sum(w, 0)
-    po = tl.load(Ows + (base + offs_s[:, None]) * DV + offs_f[None, :],
-                 mask=s_ok[:, None] & f_ok[None, :], other=0.0)
-{c("weighted")}    snv = tl.sum(po * w[:, None], 0)
+    # the weighted outputs, CHUNK splits at a time (a BS x DV tile would not fit in registers)
+{c("weighted")}    snv = tl.zeros([BDV], dtype=tl.float32)
+    for c0 in range(0, n_used, CHUNK):
+        cs = c0 + tl.arange(0, CHUNK)
+        c_ok = cs < n_used
+        w_c = tl.load(Lws + base + cs, mask=c_ok, other=0.0) * \\
+            tl.exp(tl.load(Mws + base + cs, mask=c_ok, other=float("-inf")) - m_safe)
+        po = tl.load(Ows + (base + cs[:, None]) * DV + offs_f[None, :], mask=c_ok[:, None] & f_ok[None, :],
+                     other=0.0)
+        snv += tl.sum(po * w_c[:, None], 0)
 {c("output")}    o = snv / tl.where(l > 0, l, 1.0)
     tl.store(O + b.to(tl.int64) * so_b + h * so_h + i * so_n + offs_f * so_d,
              o.to(O.dtype.element_ty), mask=f_ok)
