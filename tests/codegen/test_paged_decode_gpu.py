@@ -62,3 +62,30 @@ def test_paged_and_ragged_decode_bf16(Hkv: int, page_size: int, NQ: int, spec: s
         assert torch.all(out[1] == 0)
         err = float(torch.linalg.vector_norm(out.float() - want) / torch.linalg.vector_norm(want))
         assert err < 1e-2, err
+
+
+def test_paged_decode_replays_in_a_cuda_graph_with_new_lengths_and_pages() -> None:
+    """A serving loop captures the decode step once and replays it: lengths and the page table are
+    read on the device, so changing their contents between replays changes what is attended to."""
+    B, H, Hkv, D, ps, pages = 3, 32, 8, 128, 16, 64
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q = torch.randn(B, H, 1, D, device="cuda", generator=g, dtype=torch.bfloat16)
+    kc = torch.randn(pages, ps, Hkv, D, device="cuda", generator=g, dtype=torch.bfloat16)
+    vc = torch.randn(pages, ps, Hkv, D, device="cuda", generator=g, dtype=torch.bfloat16)
+    table = torch.randperm(pages, device="cuda")[: B * 20].view(B, 20).to(torch.int32)
+    lens = torch.tensor([300, 17, 0], dtype=torch.int32, device="cuda")
+    fn = einfuse.compile("decode:head_dim=128")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn(q, kc, vc, page_table=table, seq_lens=lens)   # compile and warm up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(q, kc, vc, page_table=table, seq_lens=lens)
+    lens.copy_(torch.tensor([5, 320, 64], dtype=torch.int32))
+    table.copy_(table.flip(1))
+    graph.replay()
+    torch.cuda.synchronize()
+    want = fn(q, kc, vc, page_table=table, seq_lens=lens)
+    assert torch.equal(out, want)
