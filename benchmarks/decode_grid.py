@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--contexts", default="1024,8192,32768,131072")
     ap.add_argument("--gqa", default="8,4", help="query heads per KV head (32 query heads)")
-    ap.add_argument("--sets", default="grid,ragged", help="grid (uniform lengths), ragged (varying lengths)")
+    ap.add_argument("--sets", default="grid,ragged",
+                    help="grid (uniform lengths), ragged (varying lengths); '' for none (e.g. a --tune run)")
     ap.add_argument("--ragged-batches", default="8,64")
     ap.add_argument("--host-calls", type=int, default=1000, help="0: skip the whole-call timing")
     ap.add_argument("--tune", action="store_true", help="sweep splits x block_n x warps x stages per grid point")
@@ -365,8 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     elif not torch.cuda.is_available():
         print("no CUDA device: use --dry-run on a CPU", file=sys.stderr)
         return 2
+    sets = [x for x in args.sets.split(",") if x]
+    if set(sets) - {"grid", "ragged"}:
+        ap.error(f"--sets takes grid, ragged or '', got {args.sets!r}")
+    gqas = [int(x) for x in args.gqa.split(",")]
     info = device_info(dev)
-    stem = args.name or slug(info["device"])
+    tune_only = "-tune-gqa" + "-".join(map(str, gqas)) if args.tune and not sets else ""
+    stem = args.name or slug(info["device"]) + tune_only
     out_dir = os.environ.get("OUT")
     dirs = [args.results_dir] + ([out_dir] if out_dir else [])
     for d in dirs:
@@ -376,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     bench = timer(dev, args.warmup, args.rep)
     attn = einfuse.compile(SPEC if not args.dry_run else "decode", decode_options={"block_n": 16} if args.dry_run
                            else None)
-    gqas = [int(x) for x in args.gqa.split(",")]
     rows: list[dict] = []
     host: list[dict] = []
     tune: list[dict] = []
@@ -393,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         for gqa in gqas:
             host.append(host_time(attn, gqa, dev, args.host_calls))
             print(json.dumps(host[-1]), flush=True)
-    for ragged in [s == "ragged" for s in args.sets.split(",")]:
+    for ragged in [x == "ragged" for x in sets]:
         for gqa in gqas:
             for B in (ragged_batches if ragged else batches):
                 for N in contexts:

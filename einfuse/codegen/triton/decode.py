@@ -9,6 +9,15 @@ is meant for ``Nq <= 16``; larger query counts work but waste the split-KV sched
 Why split the keys: with one query a head there are only ``B * Hkv`` (batch, KV head) pairs, far
 fewer than the GPU has multiprocessors, so each pair's keys are split across ``n_splits`` programs
 and their partial softmax states merged by a second, tiny kernel.
+
+Split heuristic (``DecodeKernel.split_plan``): ``n_splits = min(ceil(SMs * programs_per_sm /
+(B * H_kv * row_blocks)), max_splits, ceil(N / block_n))``, then each split gets a multiple of
+``block_n`` keys. About 8 programs per multiprocessor leaves enough waves that unequal programs
+(ragged lengths) even out and the last wave's tail is small; on an H100 at B8 context 32K, 8, 16
+and 18 splits timed within noise (benchmarks/notes-linear-decode.md). With per-sequence lengths the
+count is planned for the longest sequence the cache can hold (no device-to-host read, so CUDA
+graphs can capture the call); each sequence cuts its own keys into that many ranges, and ranges past
+its end exit at once. ``benchmarks/decode_grid.py --tune`` times the alternatives at serving sizes.
 """
 
 from __future__ import annotations
