@@ -205,3 +205,16 @@ def test_automatic_split_count_is_capped() -> None:
     n, length = fn.split_plan(1, 1, 1, 1 << 20, torch.device("cpu"))
     assert n <= 96 and n * length >= 1 << 20
     assert fn.split_plan(1, 1, 1, 1 << 20, torch.device("cpu"), splits=200)[0] == 200  # asked for: kept
+
+
+def test_vllm_views_of_one_kv_tensor_and_token_major_queries() -> None:
+    lens, NQ = [26, 13], 2
+    q, k, v = _data(2, 4, 2, NQ, 26, 16, 16, seed=21)
+    kc, vc, table = _pages(k, v, lens, 16, seed=4)
+    kv_cache = torch.stack([kc, vc]).to(DEVICE)            # vLLM: (2, num_blocks, block_size, H_kv, D)
+    tokens = q.transpose(1, 2).reshape(2 * NQ, 4, 16)      # (tokens, H, D), sequence-major
+    q_view = tokens.to(DEVICE).view(2, NQ, 4, 16).transpose(1, 2)
+    assert not q_view.is_contiguous()
+    fn = build_decode(einfuse.load_spec("decode:causal=true"), block_n=16)
+    out = fn(q_view, kv_cache[0], kv_cache[1], page_table=table.to(DEVICE), seq_lens=_lens(lens))
+    _check(out, _reference("decode:causal=true", q, k, v, lens))
