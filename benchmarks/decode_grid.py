@@ -183,10 +183,14 @@ def run_point(attn, gqa: int, B: int, N: int, ragged: bool, dev: str, bench, log
     dec = attn.decode_kernel()
     row["splits"] = dec.split_plan(B, Hkv, 1, N, q.device)[0] if dec is not None else None
     print(json.dumps(row), file=log, flush=True)
+    return row
+
+
+def release(dev: str) -> None:
+    """Hand a point's tensors back (called after its function returned, so they are unreferenced)."""
     gc.collect()
     if dev == "cuda":
         torch.cuda.empty_cache()
-    return row
 
 
 def host_time(attn, gqa: int, dev: str, calls: int) -> dict[str, Any]:
@@ -250,7 +254,6 @@ def tune_point(gqa: int, B: int, N: int, dev: str, bench, sms: int) -> list[dict
                         rows.append({"gqa": f"{gqa}:1", "B": B, "context": N, "layout": layout, "block_n": bn,
                                      "num_warps": warps, "num_stages": stages, "splits_asked": splits,
                                      "splits": used, "ms": ms, "error": err})
-    gc.collect()
     return rows
 
 
@@ -403,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             for B in (ragged_batches if ragged else batches):
                 for N in contexts:
                     rows.append(run_point(attn, gqa, B, N, ragged, dev, bench, log))
+                    release(dev)
                     r = rows[-1]
                     print(f"{r['set']:6s} {r['gqa']} B{B:<3d} N{N:<7d} einfuse {r.get('einfuse_vs_sdpa', 0):.2f}x "
                           f"paged {r.get('einfuse-paged_vs_sdpa', 0):.2f}x sdpa {r.get('sdpa_ms', 0):.4f} ms "
@@ -413,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             for B in batches:
                 for N in contexts:
                     tune += tune_point(gqa, B, N, dev, bench, info["sms"])
+                    release(dev)
                     save()
     save()
     print(markdown(info, rows, host, tune))
