@@ -222,6 +222,9 @@ def host_time(attn, gqa: int, dev: str, calls: int) -> dict[str, Any]:
     return out
 
 
+_TUNE_KERNELS: dict[tuple[int, int, int], Any] = {}
+
+
 def tune_point(gqa: int, B: int, N: int, dev: str, bench, sms: int) -> list[dict[str, Any]]:
     """Every (block_n, num_warps, num_stages) x split count on the contiguous and paged caches."""
     from einfuse.codegen.triton.decode import build_decode
@@ -237,7 +240,10 @@ def tune_point(gqa: int, B: int, N: int, dev: str, bench, sms: int) -> list[dict
     for bn in (64, 128):
         for warps in (4, 8):
             for stages in (2, 3, 4):
-                fn = build_decode(cascade, block_n=bn, num_warps=warps, num_stages=stages)
+                if (bn, warps, stages) not in _TUNE_KERNELS:  # built once per run, reused at every point
+                    _TUNE_KERNELS[bn, warps, stages] = build_decode(cascade, block_n=bn, num_warps=warps,
+                                                                    num_stages=stages)
+                fn = _TUNE_KERNELS[bn, warps, stages]
                 cap = -(-N // bn)
                 for splits in sorted({s for s in (1, 2, 4, 8, 16, 32, 64, 128, 256)
                                       if s <= cap and B * Hkv * s <= 16 * sms} | {0}):
