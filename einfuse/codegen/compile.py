@@ -18,6 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from einfuse.codegen.triton.launch import (
+    CallCache,
+    cached_call,
+    plain_call,
+    refuse_during_capture,
+    signature_key,
+)
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.positions import Q_OFFSET
@@ -51,6 +58,7 @@ class CompiledAttention:
     sizes: dict[str, int] = field(default_factory=dict)
     """Token count of the declared grid (neighbourhood variants): queries and keys must number it."""
     _backward_kernel: Any = None
+    _calls: CallCache = field(default_factory=CallCache, repr=False)
 
     @property
     def has_backward(self) -> bool:
@@ -60,6 +68,14 @@ class CompiledAttention:
         return self.family == "softmax" and self.plan is not None and isinstance(self.kernel, AttentionKernel)
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+        if not _compiling() and plain_call(q, k, v):
+            # eager calls without gradients: the prepared launch of this signature (checks, plan,
+            # tables and the bound kernel were worked out on its first call)
+            key = signature_key(q, k, v, runtime)
+            prepared = self._calls.get(key)
+            if prepared is None:
+                prepared = self._calls.remember(key, self.prepare(q, k, v, **runtime))
+            return prepared(q, k, v)
         from einfuse.codegen import autograd
 
         grad = autograd.needs_grad(q, k, v) and not _traced(q)
@@ -80,6 +96,12 @@ class CompiledAttention:
 
         ``q_offset=`` sets the position of query 0 of a variant built with ``align="offset"``
         (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs."""
+        return cached_call(self._calls, q, k, v, runtime, lambda: self.prepare(q, k, v, **runtime))
+
+    def prepare(self, q: Any, k: Any, v: Any, **runtime: Any) -> Callable[[Any, Any, Any], Any]:
+        """Check a call and choose its kernel; returns ``launch(q, k, v) -> out`` for tensors of the
+        same signature (shapes, strides, dtypes, device) and these runtime options."""
+        runtime = dict(runtime)
         if self.family != "linear" and not getattr(self.kernel, "checks_inputs", False):
             from einfuse.codegen.triton.runtime import check_inputs
 
@@ -90,6 +112,7 @@ class CompiledAttention:
                                "build it with align='offset' (einfuse.ir.positions)")
         else:
             check_tensors(self.name, {"q": q, "k": k, "v": v})
+        refuse_during_capture(self.name, q.device)
         if self.tokens is not None and (q.shape[2] != self.tokens or k.shape[2] != self.tokens):
             from einfuse.ir.grid import check_grid
 
@@ -97,10 +120,14 @@ class CompiledAttention:
         if self.family == "softmax" and self.decode and q.shape[2] <= DECODE_MAX_QUERIES:
             dec = self.decode_kernel()
             if dec is not None:
-                return dec(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
+                return dec.prepare(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
         if q_offset is not None:
             runtime["q_offset"] = q_offset
-        return self.kernel(q, k, v, **runtime)
+        prepare = getattr(self.kernel, "prepare", None)
+        if prepare is not None:
+            return prepare(q, k, v, **runtime)
+        kernel = self.kernel
+        return lambda q, k, v: kernel(q, k, v, **runtime)
 
     def decode_kernel(self) -> Any:
         if self._decode_kernel is None and self.decode_fallback is None:
@@ -176,6 +203,19 @@ def check_tensors(name: str, tensors: Mapping[str, Any], grad_ok: bool = False, 
             raise CodegenError(f"{name}: {nm} requires grad, but there is no backward for {what} yet (one-pass softmax "
                                "plans on the Triton target do); call under torch.no_grad() or pass detached "
                                "tensors (x.detach())")
+
+
+_is_compiling: Callable[[], bool] | None = None
+
+
+def _compiling() -> bool:
+    """``torch.compiler.is_compiling()``, looked up once (Dynamo folds it to True while tracing)."""
+    global _is_compiling
+    if _is_compiling is None:
+        import torch
+
+        _is_compiling = torch.compiler.is_compiling
+    return _is_compiling()
 
 
 def _traced(q: Any) -> bool:

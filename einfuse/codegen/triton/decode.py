@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from einfuse.codegen.triton.decode_kernels import decode_source
+from einfuse.codegen.triton.launch import BoundLaunch, CallCache, cached_call, refuse_during_capture
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.options import cdiv, parse_options, pow2
 from einfuse.errors import CodegenError
@@ -65,6 +66,7 @@ class DecodeKernel:
     module: ModuleType = field(repr=False)
     cascade: Cascade | None = field(default=None, repr=False)  # the split-KV cascade it follows
     lowering: str = ""
+    _calls: CallCache = field(default_factory=CallCache, repr=False, compare=False)
 
     def split_plan(self, B: int, Hkv: int, row_blocks: int, NK: int, device: Any,
                    splits: int | None = None) -> tuple[int, int]:
@@ -102,7 +104,16 @@ class DecodeKernel:
                  **sizes: Any) -> Any:
         """The output ``(B, H, N_q, D_v)``; with ``return_lse`` also the float32 log-sum-exp of each
         row's logits ``(B, H, N_q)`` (-inf for a row with no visible key), which is what combining
-        partial results over key shards needs (:mod:`einfuse.distributed`)."""
+        partial results over key shards needs (:mod:`einfuse.distributed`). A signature seen before
+        reuses its prepared launches (:mod:`einfuse.codegen.triton.launch`)."""
+        opts = {**sizes, " splits": splits, " lse": return_lse}
+        return cached_call(self._calls, q, k, v, opts,
+                           lambda: self.prepare(q, k, v, splits=splits, return_lse=return_lse, **sizes))
+
+    def prepare(self, q: Any, k: Any, v: Any, splits: int | None = None, return_lse: bool = False,
+                **sizes: Any) -> PreparedDecode:
+        """Check the shapes and work out the split plan, scale, grids and arguments of the two
+        kernels for tensors of this signature."""
         import torch
 
         if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -116,29 +127,51 @@ class DecodeKernel:
         unknown = set(sizes) - set(self.plan.sizes) - set(self.plan.params)
         if unknown:
             raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
+        refuse_during_capture(self.plan.name, q.device)
         size_args = self._sizes(B, H, NQ, NK, D, DV, sizes)
         group_rows = (H // Hkv) * NQ
         rows = min(self.options.block_rows, pow2(group_rows))
         row_blocks = cdiv(group_rows, rows)
         n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, q.device, splits)
-        dev = q.device
-        mws = torch.empty((B * H * NQ * n_splits,), device=dev, dtype=torch.float32)
-        lws = torch.empty_like(mws)
-        ows = torch.empty((B * H * NQ * n_splits, DV), device=dev, dtype=torch.float32)
-        o = torch.empty((B, H, NQ, DV), device=dev, dtype=q.dtype)
         # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see decode_kernels)
-        upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
-        self.module.decode_partial[(B * Hkv, n_splits, row_blocks)](
-            q, k, v, mws, lws, ows, *q.stride(), *k.stride(), *v.stride(),
-            NQ, NK, H, Hkv, D, DV, split_len, n_splits, self.scale(self._known(B, H, NQ, NK, D, DV, sizes)),
-            *size_args,
-            ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
-            num_warps=self.options.num_warps, num_stages=self.options.num_stages)
-        lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else mws
-        self.module.decode_combine[(B * H * NQ,)](
-            mws, lws, ows, o, lse, *o.stride(), H, NQ, DV, n_splits,
-            BS=pow2(n_splits, 2), BDV=pow2(DV), WRITE_LSE=return_lse, num_warps=4)
-        return (o, lse) if return_lse else o
+        upcast = q.device.type != "cuda" and q.dtype == torch.bfloat16
+        partial = BoundLaunch(
+            self.module.decode_partial, (B * Hkv, n_splits, row_blocks), 6,
+            (*q.stride(), *k.stride(), *v.stride(), NQ, NK, H, Hkv, D, DV, split_len, n_splits,
+             self.scale(self._known(B, H, NQ, NK, D, DV, sizes)), *size_args),
+            dict(ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast),
+            self.options.num_warps, self.options.num_stages)
+        # the output is allocated contiguous: its strides are known now
+        combine = BoundLaunch(
+            self.module.decode_combine, (B * H * NQ,), 5, (H * NQ * DV, NQ * DV, DV, 1, H, NQ, DV, n_splits),
+            dict(BS=pow2(n_splits, 2), BDV=pow2(DV), WRITE_LSE=return_lse), 4, 3)
+        return PreparedDecode((B * H * NQ * n_splits, DV), (B, H, NQ, DV), q.dtype, q.device, partial,
+                              combine, return_lse)
+
+
+class PreparedDecode:
+    """A prepared decode call: allocate the split workspaces and the output, launch both kernels."""
+
+    __slots__ = ("ws", "shape", "dtype", "device", "partial", "combine", "return_lse", "_empty", "_f32")
+
+    def __init__(self, ws: tuple[int, int], shape: tuple[int, ...], dtype: Any, device: Any,
+                 partial: BoundLaunch, combine: BoundLaunch, return_lse: bool) -> None:
+        import torch
+
+        self.ws, self.shape, self.dtype, self.device = ws, shape, dtype, device
+        self.partial, self.combine, self.return_lse = partial, combine, return_lse
+        self._empty, self._f32 = torch.empty, torch.float32
+
+    def __call__(self, q: Any, k: Any, v: Any) -> Any:
+        empty, f32, dev = self._empty, self._f32, self.device
+        mws = empty(self.ws[0], device=dev, dtype=f32)
+        lws = empty(self.ws[0], device=dev, dtype=f32)
+        ows = empty(self.ws, device=dev, dtype=f32)
+        o = empty(self.shape, device=dev, dtype=self.dtype)
+        self.partial(q, k, v, mws, lws, ows)
+        lse = empty(self.shape[:3], device=dev, dtype=f32) if self.return_lse else mws
+        self.combine(mws, lws, ows, o, lse)
+        return (o, lse) if self.return_lse else o
 
 
 def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
@@ -158,4 +191,4 @@ def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
     return DecodeKernel(dec, opts, source, module, plan.cascade, plan.lowering)
 
 
-__all__ = ["DecodeKernel", "DecodeOptions", "build_decode"]
+__all__ = ["DecodeKernel", "DecodeOptions", "PreparedDecode", "build_decode"]
