@@ -145,32 +145,38 @@ class DecodeKernel:
         combine = BoundLaunch(
             self.module.decode_combine, (B * H * NQ,), 5, (H * NQ * DV, NQ * DV, DV, 1, H, NQ, DV, n_splits),
             dict(BS=pow2(n_splits, 2), BDV=pow2(DV), WRITE_LSE=return_lse), 4, 3)
-        return PreparedDecode((B * H * NQ * n_splits, DV), (B, H, NQ, DV), q.dtype, q.device, partial,
-                              combine, return_lse)
+        return PreparedDecode(B * H * NQ * n_splits, DV, (B, H, NQ, DV), q.dtype, q.device, partial, combine,
+                              return_lse)
 
 
 class PreparedDecode:
-    """A prepared decode call: allocate the split workspaces and the output, launch both kernels."""
+    """A prepared decode call: allocate the split workspace (partial maxima, sums and outputs in one
+    buffer) and the output, launch both kernels."""
 
-    __slots__ = ("ws", "shape", "dtype", "device", "partial", "combine", "return_lse", "_empty", "_f32")
+    __slots__ = ("n", "dv", "shape", "dtype", "device", "partial", "combine", "return_lse", "_empty", "_f32")
 
-    def __init__(self, ws: tuple[int, int], shape: tuple[int, ...], dtype: Any, device: Any,
+    def __init__(self, n: int, dv: int, shape: tuple[int, ...], dtype: Any, device: Any,
                  partial: BoundLaunch, combine: BoundLaunch, return_lse: bool) -> None:
         import torch
 
-        self.ws, self.shape, self.dtype, self.device = ws, shape, dtype, device
+        self.n, self.dv, self.shape, self.dtype, self.device = n, dv, shape, dtype, device
         self.partial, self.combine, self.return_lse = partial, combine, return_lse
         self._empty, self._f32 = torch.empty, torch.float32
 
     def __call__(self, q: Any, k: Any, v: Any) -> Any:
-        empty, f32, dev = self._empty, self._f32, self.device
-        mws = empty(self.ws[0], device=dev, dtype=f32)
-        lws = empty(self.ws[0], device=dev, dtype=f32)
-        ows = empty(self.ws, device=dev, dtype=f32)
+        empty, f32, dev, n = self._empty, self._f32, self.device, self.n
+        ws = empty(n * (2 + self.dv), device=dev, dtype=f32)
         o = empty(self.shape, device=dev, dtype=self.dtype)
-        self.partial(q, k, v, mws, lws, ows)
-        lse = empty(self.shape[:3], device=dev, dtype=f32) if self.return_lse else mws
-        self.combine(mws, lws, ows, o, lse)
+        lse = empty(self.shape[:3], device=dev, dtype=f32) if self.return_lse else None
+        partial, combine = self.partial, self.combine
+        if partial.compiled is not None and combine.compiled is not None:  # addresses, no views
+            m, o_ptr = ws.data_ptr(), o.data_ptr()
+            partial.direct(q.data_ptr(), k.data_ptr(), v.data_ptr(), m, m + 4 * n, m + 8 * n)
+            combine.direct(m, m + 4 * n, m + 8 * n, o_ptr, lse.data_ptr() if lse is not None else m)
+        else:
+            mws, lws, ows = ws[:n], ws[n:2 * n], ws[2 * n:]
+            partial(q, k, v, mws, lws, ows)
+            combine(mws, lws, ows, o, mws if lse is None else lse)
         return (o, lse) if self.return_lse else o
 
 

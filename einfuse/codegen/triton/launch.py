@@ -122,20 +122,25 @@ class BoundLaunch:
         self._stream: Any = None
 
     def __call__(self, *tensors: Any) -> None:
-        ck = self.compiled
-        if ck is None:
+        if self.compiled is None:
             self._first(tensors)
-            return
+        else:
+            self.direct(*map(_data_ptr, tensors))
+
+    def direct(self, *ptrs: int) -> None:
+        """Launch with the call's tensors given as device addresses; only after the first launch
+        (``compiled`` is set), whose tensors had the same alignment as these addresses."""
+        ck = self.compiled
         stream = self._stream(self._device)
         g = self.grid
         enter, leave = _RUNTIME.launch_enter_hook, _RUNTIME.launch_exit_hook
-        if _hooked(enter) or _hooked(leave):  # a profiler listens: give it what Triton gives it
-            args = (*tensors, *self.rest)
-            ck.run(g[0], g[1], g[2], stream, ck.function, ck.packed_metadata,
-                   ck.launch_metadata(g, stream, *args), enter, leave, *args)
-            return
-        ck.run(g[0], g[1], g[2], stream, ck.function, ck.packed_metadata, None, None, None,
-               *map(_data_ptr, tensors), *self._rest_ptrs)
+        # hooks are None (Triton 3.4) or HookChains, empty unless a profiler listens
+        if (enter is not None and getattr(enter, "calls", True)) or (leave is not None and getattr(leave, "calls", True)):
+            meta = ck.launch_metadata(g, stream, *ptrs, *self._rest_ptrs)
+        else:
+            enter = leave = meta = None
+        ck.run(g[0], g[1], g[2], stream, ck.function, ck.packed_metadata, meta, enter, leave,
+               *ptrs, *self._rest_ptrs)
 
     def _first(self, tensors: tuple) -> None:
         """Triton's own path; keeps the compiled kernel for the direct path when that is safe."""
@@ -160,11 +165,6 @@ class BoundLaunch:
 
 _RUNTIME: Any = None  # triton.knobs.runtime, bound at the first direct launch
 _data_ptr: Any = None  # torch.Tensor.data_ptr, likewise
-
-
-def _hooked(hook: Any) -> bool:
-    """Whether a Triton launch hook is set (None in Triton 3.4, an empty HookChain later)."""
-    return hook is not None and bool(getattr(hook, "calls", True))
 
 
 _TORCH: Any = None

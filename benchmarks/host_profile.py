@@ -1,0 +1,129 @@
+"""Host (Python) cost of an eager call, measured on the CPU without a GPU: the kernels' launches
+are replaced by no-ops, so what is timed is einfuse's wrapper (signature lookup, checks, plan,
+allocation of the output) and nothing of Triton's launcher or the GPU.
+
+    python benchmarks/host_profile.py                 # the three call_overhead cases, us per call
+    python benchmarks/host_profile.py --profile       # and where the time goes (cProfile, top 15)
+    PYTHONPATH=/path/to/other/checkout python benchmarks/host_profile.py   # the same for another version
+
+It sets ``TRITON_INTERPRET=1`` and patches ``InterpretedFunction.run`` (the interpreter's launch)
+to return at once, so it times any einfuse version the same way. Allocations are CPU ``torch.empty``
+(malloc), dearer than CUDA's caching allocator; ``--no-alloc`` reports them separately. Numbers
+scale with the host's single-thread speed: compare versions on one machine, not across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+os.environ["TRITON_INTERPRET"] = "1"
+if not os.environ.get("PYTHONPATH"):  # this checkout's einfuse, not an installed one
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CASES = {  # name: (spec, q shape, kv shape) -- as in call_overhead.py
+    "softmax B1 H8 N128 D64": ("softmax:head_dim=64", (1, 8, 128, 64), (1, 8, 128, 64)),
+    "decode B1 H32/8 ctx 1K D128": ("causal:head_dim=128", (1, 32, 1, 128), (1, 8, 1024, 128)),
+    "na2d 96x96 k13 B1 H8 D64": ("na2d:shape=96x96,kernel=13,head_dim=64", (1, 8, 9216, 64), (1, 8, 9216, 64)),
+}
+
+
+def per_call_us(fn: Callable[[], Any], calls: int, repeats: int = 5) -> float:
+    """Best of ``repeats`` means over ``calls`` calls, in CPU time of this process (other processes
+    on a shared host then cost little; the minimum is the least disturbed)."""
+    for _ in range(20):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.process_time()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.process_time() - t) / calls * 1e6)
+    return best
+
+
+class _NoLaunch:
+    """Stands in for a ``CompiledKernel``: the direct launch path runs all its Python, then
+    calls this launcher, which does nothing (on a GPU, Triton's C launcher runs here)."""
+
+    function = None
+    packed_metadata = None
+
+    @staticmethod
+    def run(*args: Any) -> None:
+        return None
+
+
+def _stub_direct_launch() -> bool:
+    """With einfuse's BoundLaunch (the launch cache), make each launch after the first take the
+    direct path the GPU takes, ending in a no-op launcher; False for versions without it."""
+    try:
+        from einfuse.codegen.triton import launch
+    except ImportError:
+        return False
+    from triton import knobs
+
+    first = launch.BoundLaunch._first
+
+    def first_then_direct(self: Any, tensors: tuple) -> None:
+        first(self, tensors)
+        launch._RUNTIME, launch._data_ptr = knobs.runtime, type(tensors[0]).data_ptr
+        self._device, self._stream, self.compiled = -1, lambda device: 0, _NoLaunch
+
+    launch.BoundLaunch._first = first_then_direct
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--profile", action="store_true", help="print the top of a cProfile of each case")
+    ap.add_argument("--only", help="substring of a case name")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+
+    import torch
+    from triton.runtime import interpreter
+
+    import einfuse
+
+    interpreter.InterpretedFunction.run = lambda self, *a, **k: None  # the launch: a no-op
+    direct = _stub_direct_launch()
+    results = {"einfuse": os.path.dirname(einfuse.__file__), "torch": torch.__version__, "cases": {}}
+    empty_us = per_call_us(lambda: torch.empty((1, 8, 128, 64), dtype=torch.bfloat16), args.calls)
+    results["cpu_torch_empty_us"] = empty_us
+    print(f"einfuse from {results['einfuse']}; one CPU torch.empty: {empty_us:.2f} us; "
+          f"{'direct launch path (BoundLaunch) with a no-op launcher' if direct else 'interpreter launch: no-op'}")
+    for name, (spec, qs, kvs) in CASES.items():
+        if args.only and args.only not in name:
+            continue
+        f = einfuse.compile(spec)
+        q = torch.randn(qs, dtype=torch.bfloat16)
+        k, v = torch.randn(kvs, dtype=torch.bfloat16), torch.randn(kvs, dtype=torch.bfloat16)
+        with torch.no_grad():
+            f(q, k, v)  # the first call prepares (tables, plan): not timed
+        us = per_call_us(lambda: f(q, k, v), args.calls)
+        results["cases"][name] = us
+        print(f"{name:32s} {us:8.2f} us per call (no launch)", flush=True)
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.calls):
+                f(q, k, v)
+            prof.disable()
+            pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(15)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
