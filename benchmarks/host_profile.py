@@ -8,7 +8,8 @@ allocation of the output) and nothing of Triton's launcher or the GPU.
 
 It sets ``TRITON_INTERPRET=1`` and patches ``InterpretedFunction.run`` (the interpreter's launch)
 to return at once, so it times any einfuse version the same way. Allocations are CPU ``torch.empty``
-(malloc), dearer than CUDA's caching allocator; ``--no-alloc`` reports them separately. Numbers
+(malloc), dearer than CUDA's caching allocator (na2d's 38 MB output most of all); ``--no-alloc``
+times the calls without them. Numbers
 scale with the host's single-thread speed: compare versions on one machine, not across machines.
 """
 
@@ -28,11 +29,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 if not os.environ.get("PYTHONPATH"):  # this checkout's einfuse, not an installed one
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CASES = {  # name: (spec, q shape, kv shape) -- as in call_overhead.py
-    "softmax B1 H8 N128 D64": ("softmax:head_dim=64", (1, 8, 128, 64), (1, 8, 128, 64)),
-    "decode B1 H32/8 ctx 1K D128": ("causal:head_dim=128", (1, 32, 1, 128), (1, 8, 1024, 128)),
-    "na2d 96x96 k13 B1 H8 D64": ("na2d:shape=96x96,kernel=13,head_dim=64", (1, 8, 9216, 64), (1, 8, 9216, 64)),
-}
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+from call_overhead import CASES  # noqa: E402 - the same cases as the GPU measurement
 
 
 def per_call_us(fn: Callable[[], Any], calls: int, repeats: int = 5) -> float:
@@ -61,6 +59,19 @@ class _NoLaunch:
         return None
 
 
+def _cache_allocations(torch: Any) -> None:
+    """Make ``torch.empty`` return one tensor per (shape, dtype, device), allocated once."""
+    real, pool = torch.empty, {}
+
+    def empty(*shape: Any, dtype: Any = None, device: Any = None, **kw: Any) -> Any:
+        key = (shape, dtype, str(device))
+        if key not in pool:
+            pool[key] = real(*shape, dtype=dtype, device=device, **kw)
+        return pool[key]
+
+    torch.empty = empty
+
+
 def _stub_direct_launch() -> bool:
     """With einfuse's BoundLaunch (the launch cache), make each launch after the first take the
     direct path the GPU takes, ending in a no-op launcher; False for versions without it."""
@@ -87,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="print the top of a cProfile of each case")
     ap.add_argument("--only", help="substring of a case name")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--no-alloc", action="store_true",
+                    help="torch.empty hands back one cached tensor per shape (CPU malloc of large outputs "
+                         "costs far more than CUDA's caching allocator)")
     args = ap.parse_args(argv)
 
     import torch
@@ -95,18 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     import einfuse
 
     interpreter.InterpretedFunction.run = lambda self, *a, **k: None  # the launch: a no-op
+    if args.no_alloc:
+        _cache_allocations(torch)
     direct = _stub_direct_launch()
     results = {"einfuse": os.path.dirname(einfuse.__file__), "torch": torch.__version__, "cases": {}}
     empty_us = per_call_us(lambda: torch.empty((1, 8, 128, 64), dtype=torch.bfloat16), args.calls)
     results["cpu_torch_empty_us"] = empty_us
     print(f"einfuse from {results['einfuse']}; one CPU torch.empty: {empty_us:.2f} us; "
           f"{'direct launch path (BoundLaunch) with a no-op launcher' if direct else 'interpreter launch: no-op'}")
-    for name, (spec, qs, kvs) in CASES.items():
+    for case in CASES:
+        name = case.name
         if args.only and args.only not in name:
             continue
-        f = einfuse.compile(spec)
-        q = torch.randn(qs, dtype=torch.bfloat16)
-        k, v = torch.randn(kvs, dtype=torch.bfloat16), torch.randn(kvs, dtype=torch.bfloat16)
+        f = einfuse.compile(case.spec)
+        q = torch.randn(case.B, case.H, case.NQ, case.D, dtype=torch.bfloat16)
+        k, v = (torch.randn(case.B, case.Hkv, case.NK, case.D, dtype=torch.bfloat16) for _ in range(2))
         with torch.no_grad():
             f(q, k, v)  # the first call prepares (tables, plan): not timed
         us = per_call_us(lambda: f(q, k, v), args.calls)
