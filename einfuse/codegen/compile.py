@@ -205,17 +205,11 @@ def check_tensors(name: str, tensors: Mapping[str, Any], grad_ok: bool = False, 
                                "tensors (x.detach())")
 
 
-_is_compiling: Callable[[], bool] | None = None
-
-
 def _compiling() -> bool:
-    """``torch.compiler.is_compiling()``, looked up once (Dynamo folds it to True while tracing)."""
-    global _is_compiling
-    if _is_compiling is None:
-        import torch
+    """``torch.compiler.is_compiling()``: True while Dynamo traces (it folds the call to a constant)."""
+    import torch
 
-        _is_compiling = torch.compiler.is_compiling
-    return _is_compiling()
+    return torch.compiler.is_compiling()
 
 
 def _traced(q: Any) -> bool:
