@@ -92,12 +92,38 @@ def _stub_direct_launch() -> bool:
     return True
 
 
+def _parts(f: Any, q: Any, k: Any, v: Any, calls: int) -> dict[str, float]:
+    """Each step of a cached eager call timed alone, in the order the call runs them."""
+    from einfuse.codegen.compile import _compiling
+    from einfuse.codegen.triton.launch import plain_call, signature_key
+
+    key = signature_key(q, k, v, {})
+    prepared = f._calls[key]
+    steps: dict[str, Callable[[], Any]] = {
+        "is_compiling": _compiling,
+        "plain_call": lambda: plain_call(q, k, v),
+        "signature_key": lambda: signature_key(q, k, v, {}),
+        "cache lookup": lambda: f._calls.get(key),
+    }
+    bound = getattr(prepared, "launch", None)
+    if bound is not None:  # the forward kernel: output allocation, then the launch's own Python
+        out = prepared._empty(prepared.shape, dtype=prepared.dtype, device=prepared.device)
+        steps["allocate output"] = lambda: prepared._empty(prepared.shape, dtype=prepared.dtype,
+                                                           device=prepared.device)
+        steps["launch (no-op launcher)"] = lambda: bound(q, k, v, out, out)
+    else:  # decode/linear: allocations and launches together
+        steps["allocate + launches"] = lambda: prepared(q, k, v)
+    return {name: per_call_us(fn, calls) for name, fn in steps.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--profile", action="store_true", help="print the top of a cProfile of each case")
     ap.add_argument("--only", help="substring of a case name")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--parts", action="store_true",
+                    help="also time each step of a cached call on its own (where the time goes)")
     ap.add_argument("--no-alloc", action="store_true",
                     help="torch.empty hands back one cached tensor per shape (CPU malloc of large outputs "
                          "costs far more than CUDA's caching allocator)")
@@ -129,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         us = per_call_us(lambda: f(q, k, v), args.calls)
         results["cases"][name] = us
         print(f"{name:32s} {us:8.2f} us per call (no launch)", flush=True)
+        if args.parts and direct:
+            parts = _parts(f, q, k, v, args.calls)
+            results.setdefault("parts", {})[name] = parts
+            print("    " + ", ".join(f"{p} {t:.2f}" for p, t in parts.items()) + " (us)")
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
