@@ -89,7 +89,8 @@ def refuse_during_capture(name: str, device: Any) -> None:
         if torch.cuda.is_current_stream_capturing():
             raise CodegenError(f"{name}: first call with these shapes/strides/dtypes/options happens during "
                                "CUDA-graph capture; call it once before capturing (a warm-up), as for any "
-                               "Triton kernel, so its plan, block tables and compiled kernel exist")
+                               "Triton kernel, so its plan, block tables and compiled kernel exist (inputs "
+                               "whose data pointers are not 16-byte aligned are never cached: copy them)")
 
 
 class BoundLaunch:
