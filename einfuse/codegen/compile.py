@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from einfuse.lowering.plan import KernelPlan
 
 DECODE_MAX_QUERIES = 16
-TARGETS = ("triton", "cutlass")
+TARGETS = ("triton", "cutlass", "auto")
 
 
 @dataclass
@@ -58,6 +58,9 @@ class CompiledAttention:
     sizes: dict[str, int] = field(default_factory=dict)
     """Token count of the declared grid (neighbourhood variants): queries and keys must number it."""
     _backward_kernel: Any = None
+    backend_note: str | None = None
+    """Why ``target="auto"`` compiled for one back end only (the CUTLASS back end refused the plan)."""
+    _varlen_kernel: Any = None
     _calls: CallCache = field(default_factory=CallCache, repr=False)
 
     @property
@@ -65,7 +68,8 @@ class CompiledAttention:
         """Whether gradients can flow through this variant (one-pass softmax plans on Triton)."""
         from einfuse.codegen.triton.runtime import AttentionKernel
 
-        return self.family == "softmax" and self.plan is not None and isinstance(self.kernel, AttentionKernel)
+        kernel = getattr(self.kernel, "triton", self.kernel)  # target="auto" trains on its Triton kernel
+        return self.family == "softmax" and self.plan is not None and isinstance(kernel, AttentionKernel)
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         if not _compiling() and plain_call(q, k, v):
@@ -123,11 +127,22 @@ class CompiledAttention:
                 return dec.prepare(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
         if q_offset is not None:
             runtime["q_offset"] = q_offset
-        prepare = getattr(self.kernel, "prepare", None)
-        if prepare is not None:
-            return prepare(q, k, v, **runtime)
         kernel = self.kernel
+        # the kernel's own prepare only (target="auto" forwards attributes to its Triton kernel, but
+        # chooses the back end per call)
+        prepare = getattr(type(kernel), "prepare", None)
+        if prepare is not None:
+            return prepare(kernel, q, k, v, **runtime)
         return lambda q, k, v: kernel(q, k, v, **runtime)
+
+    def varlen(self, q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: int,
+               max_seqlen_k: int, **runtime: Any) -> Any:
+        """A packed variable-length batch, FlashAttention's ``flash_attn_varlen_func`` convention:
+        ``(total, H, D)`` tensors, int32 offsets; each sequence attends within itself
+        (:mod:`einfuse.codegen.triton.varlen`). Returns ``(total_q, H, D_v)``."""
+        from einfuse.codegen.triton.varlen import varlen_call
+
+        return varlen_call(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **runtime)
 
     def decode_kernel(self) -> Any:
         if self._decode_kernel is None and self.decode_fallback is None:
@@ -260,6 +275,9 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
 
     if target == "cutlass":
         return _compile_cutlass(c, sizes=sizes, torch_op=torch_op, **options)
+    if target == "auto" and not is_multistage(c):
+        return _compile_auto(c, sizes=sizes, decode=decode, decode_options=decode_options, torch_op=torch_op,
+                             **options)
     if is_multistage(c):
         # several score products (Agent, BASED): one kernel per stage, launched directly. Decided
         # before the one-stage analysers run: they trace one softmax chain and would not notice the
@@ -293,6 +311,25 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
 
         out.key = f"{c.name}-{id(out):x}"
         op.register(out.key, out.run)
+    return out
+
+
+def _compile_auto(c: Cascade, *, sizes: Mapping[str, int] | None, torch_op: bool, **kwargs: Any) -> Any:
+    """``target="auto"``: the Triton kernel and, where the CUTLASS back end prints the plan, its kernel
+    too; each shape class runs on the faster (:mod:`einfuse.codegen.backend_choice`). Plans the CUTLASS
+    back end refuses (linear attention, ...) compile for Triton alone."""
+    out = compile(c, target="triton", sizes=sizes, torch_op=torch_op, **kwargs)
+    if not isinstance(out, CompiledAttention) or out.family == "linear" or out.plan is None:
+        return out
+    from einfuse.codegen.backend_choice import FastestBackend
+    from einfuse.codegen.cutlass.runtime import CutlassAttention
+
+    try:
+        cutlass = CutlassAttention.build(out.plan, sizes=sizes)
+    except CodegenError as exc:
+        out.backend_note = f"Triton only: {exc}"
+        return out
+    out.kernel = FastestBackend(c.name, out.kernel, cutlass)
     return out
 
 
