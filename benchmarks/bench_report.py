@@ -28,13 +28,13 @@ def repeatability_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not twice:
         return []
     lines = ["", "## Repeatability (einfuse rows, two passes)", "",
-             f"Pass 1 times every row; pass 2 times each einfuse row again after all cases. Rows whose passes "
+             f"Pass 1 times every row; pass 2 times each einfuse row (Triton and CUTLASS) again after all cases. Rows whose passes "
              f"differ by more than {REPEAT_TOL:.0%} are flagged **unstable** (host contention, clocks, luck).", "",
-             "| variant | shape | pass 1 ms | pass 2 ms | difference | status |", "|---|---|---|---|---|---|"]
+             "| variant | shape | system | pass 1 ms | pass 2 ms | difference | status |", "|---|---|---|---|---|---|---|"]
     for r in twice:
         d = pass_spread(r)
         status = r.get("pass2_error", "").replace("|", "/") or ("**unstable**" if d > REPEAT_TOL else "stable")
-        lines.append(f"| {r['variant']} | {r['shape']} | {_fmt(r.get('ms'))} | {_fmt(r.get('ms_pass2'))} | "
+        lines.append(f"| {r['variant']} | {r['shape']} | {r['system']} | {_fmt(r.get('ms'))} | {_fmt(r.get('ms_pass2'))} | "
                      f"{'-' if d is None else f'{d:.1%}'} | {status} |")
     return lines
 
