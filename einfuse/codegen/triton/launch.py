@@ -15,8 +15,8 @@ re-specialises ~40 arguments (tens of microseconds of CPU; a short kernel then w
   directly, the same call ``JITFunction.run`` ends in, with the pointers passed as integers.
 
 Triton's per-launch options read from its knobs when it compiles (``TRITON_DEBUG``, instrumentation)
-are fixed at the first launch of a signature. ``EINFUSE_FAST_LAUNCH=0`` keeps Triton's own launch
-path on every call (the prepared call is still cached).
+are fixed at the first launch of a signature. ``EINFUSE_FAST_LAUNCH=0`` when a signature is first
+called keeps Triton's own launch path for its calls (the prepared call is still cached).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class BoundLaunch:
     among ``args`` (block tables) are kept alive here and passed to the launcher as addresses.
     """
 
-    __slots__ = ("fn", "grid", "rest", "options", "compiled", "_rest_ptrs", "_device", "_stream")
+    __slots__ = ("fn", "grid", "rest", "options", "compiled", "_rest_ptrs", "_device", "_stream", "_direct_ok")
 
     def __init__(self, fn: Any, grid: Sequence[int], n_tensors: int, args: Sequence[Any],
                  constexprs: dict[str, Any], num_warps: int, num_stages: int) -> None:
@@ -121,6 +121,7 @@ class BoundLaunch:
         self._rest_ptrs = tuple(a.data_ptr() if hasattr(a, "data_ptr") else a for a in self.rest)
         self._device = -1
         self._stream: Any = None
+        self._direct_ok = fast_launch_enabled()  # decided when the call is prepared
 
     def __call__(self, *tensors: Any) -> None:
         if self.compiled is None:
@@ -146,7 +147,7 @@ class BoundLaunch:
     def _first(self, tensors: tuple) -> None:
         """Triton's own path; keeps the compiled kernel for the direct path when that is safe."""
         fn = self.fn
-        if not (fast_launch_enabled() and hasattr(fn, "run") and tensors[0].device.type == "cuda"):
+        if not (self._direct_ok and hasattr(fn, "run") and tensors[0].device.type == "cuda"):
             fn[self.grid](*tensors, *self.rest, **self.options)
             return
         global _RUNTIME, _data_ptr
