@@ -210,3 +210,96 @@ def test_bound_launch_refuses_arguments_that_do_not_match_the_kernel():
     fn = getattr(f.kernel.module(_FLAT_LAYOUT), KERNEL_NAME)
     with pytest.raises(CodegenError, match="launch arguments do not match.*missing"):
         BoundLaunch(fn, (1, 1), 5, (), {"BLOCK_M": 16}, 4, 1)
+
+
+class _Recorder:
+    """Stands in for Triton's CompiledKernel: records what the direct launch path hands its launcher."""
+
+    function, packed_metadata = "function", "packed"
+
+    def __init__(self):
+        self.runs, self.metadata = [], []
+
+    def run(self, *args):
+        self.runs.append(args)
+
+    def launch_metadata(self, grid, stream, *args):
+        self.metadata.append((grid, stream, args))
+        return "meta"
+
+
+class _Hooks:
+    def __init__(self, calls):
+        self.calls = calls
+
+
+def _direct(monkeypatch, bound, hooks=()):
+    """Switch a bound launch to the direct path with a recording launcher (no GPU here)."""
+    from types import SimpleNamespace
+
+    rec = _Recorder()
+    monkeypatch.setattr(launch, "_RUNTIME", SimpleNamespace(launch_enter_hook=_Hooks(list(hooks)),
+                                                            launch_exit_hook=_Hooks([])))
+    monkeypatch.setattr(launch, "_data_ptr", torch.Tensor.data_ptr)
+    bound.compiled, bound._stream, bound._device = rec, (lambda device: 1000 + device), 3
+    return rec
+
+
+def test_direct_launch_hands_the_launcher_every_argument_in_parameter_order(monkeypatch):
+    f = einfuse.compile("causal", decode=False)
+    q, k, v = qkv(2, 4, 2, 40, 40, 16, 1)
+    f(q, k, v)
+    prepared = next(iter(f._calls.values()))
+    rec = _direct(monkeypatch, prepared.launch)
+    out = f(q, k, v)
+    (args,) = rec.runs
+    grid = prepared.launch.grid
+    assert args[:9] == (*grid, 1003, "function", "packed", None, None, None)  # no hooks: no metadata
+    params = dict(zip(prepared.launch.fn.arg_names, args[9:], strict=True))
+    assert [params[n] for n in ("Q", "K", "V", "Out", "LSE")] == [t.data_ptr() for t in (q, k, v, out, out)]
+    assert (params["stride_qb"], params["stride_kh"], params["stride_on"]) == (4 * 40 * 16, 40 * 16, 16)
+    assert (params["N_Q"], params["N_KV"], params["H"], params["B"], params["GROUP"]) == (40, 40, 4, 2, 2)
+    assert params["BLOCK_M"] == prepared.config.block_m and params["STORE_LSE"] is False
+    tables = prepared.tables  # causal: block tables (device tensors kept by the launch), by address
+    assert not tables.dense and params["TABLES"] is True
+    assert (params["FULL_NUM"], params["PART_IDX"]) == (tables.full_num.data_ptr(), tables.part_idx.data_ptr())
+    assert grid == (-(-40 // prepared.config.block_m), 2 * 4, 1)
+
+
+def test_direct_launch_gives_listening_profilers_the_launch_metadata(monkeypatch):
+    f = einfuse.compile("causal", decode=False)
+    q, k, v = qkv(1, 2, 2, 24, 24, 16, 2)
+    f(q, k, v)
+    bound = next(iter(f._calls.values())).launch
+    rec = _direct(monkeypatch, bound, hooks=[lambda meta: None])
+    f(q, k, v)
+    (args,) = rec.runs
+    assert args[6] == "meta" and args[7] is launch._RUNTIME.launch_enter_hook
+    assert rec.metadata[0][:2] == (bound.grid, 1003)
+
+
+def test_direct_decode_launches_share_one_workspace(monkeypatch):
+    f = einfuse.compile("causal")
+    q, k, v = qkv(1, 4, 2, 1, 90, 16, 3)
+    f(q, k, v)
+    prepared = next(iter(f._calls.values()))
+    part, comb = _direct(monkeypatch, prepared.partial), _Recorder()
+    prepared.combine.compiled, prepared.combine._stream, prepared.combine._device = comb, (lambda d: 0), 0
+    out = f(q, k, v)
+    p_args = dict(zip(prepared.partial.fn.arg_names, part.runs[0][9:], strict=True))
+    c_args = dict(zip(prepared.combine.fn.arg_names, comb.runs[0][9:], strict=True))
+    n = prepared.n  # rows x splits: partial maxima, sums, then outputs in one float32 buffer
+    assert (p_args["Lws"] - p_args["Mws"], p_args["Ows"] - p_args["Mws"]) == (4 * n, 8 * n)
+    assert (c_args["Mws"], c_args["Lws"], c_args["Ows"]) == (p_args["Mws"], p_args["Lws"], p_args["Ows"])
+    assert c_args["O"] == out.data_ptr() and p_args["Q"] == q.data_ptr()
+
+
+def test_fast_launch_switch_is_read_when_a_signature_is_prepared(monkeypatch):
+    f = einfuse.compile("causal", decode=False)
+    q, k, v = qkv(1, 2, 2, 24, 24, 16, 4)
+    monkeypatch.setenv("EINFUSE_FAST_LAUNCH", "0")
+    f(q, k, v)
+    monkeypatch.delenv("EINFUSE_FAST_LAUNCH")
+    assert next(iter(f._calls.values())).launch._direct_ok is False
+    f(*qkv(1, 2, 2, 30, 30, 16, 5))
+    assert list(f._calls.values())[1].launch._direct_ok is launch.fast_launch_enabled()
