@@ -167,7 +167,7 @@ class _NoLauncher:
         return None
 
 
-def _without_launch(case: OverheadCase, q: Any, k: Any, v: Any) -> Fn:
+def _without_launch(case: OverheadCase, q: Any, k: Any, v: Any) -> Fn | str:
     """einfuse's call with the final launches replaced by no-ops: the Python of a call alone."""
     import einfuse
     from einfuse.codegen.triton.launch import BoundLaunch
@@ -175,12 +175,14 @@ def _without_launch(case: OverheadCase, q: Any, k: Any, v: Any) -> Fn:
     f = einfuse.compile(case.spec)
     f(q, k, v)  # prepares and binds
     prepared = next(iter(f._calls.values()))
-    for name in ("launch", "partial", "combine", "states", "output"):
-        bound = getattr(prepared, name, None)
-        if isinstance(bound, BoundLaunch):
-            if bound.compiled is None:
-                raise RuntimeError("the direct launch path is off (EINFUSE_FAST_LAUNCH=0 or Triton < 3.4)")
-            bound.compiled = _NoLauncher
+    bound = [b for b in (getattr(prepared, n, None) for n in ("launch", "states", "output"))
+             if isinstance(b, BoundLaunch)]
+    if not bound:
+        return "n/a: this call launches through Triton's own path (the decode kernel's plan cache)"
+    for b in bound:
+        if b.compiled is None:
+            raise RuntimeError("the direct launch path is off (EINFUSE_FAST_LAUNCH=0 or Triton < 3.4)")
+        b.compiled = _NoLauncher
     return lambda: f(q, k, v)
 
 

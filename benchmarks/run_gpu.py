@@ -2,6 +2,7 @@
 
     python benchmarks/run_gpu.py                 # all cases -> benchmarks/results/<device>.{json,md}
     python benchmarks/run_gpu.py --only lightning,decode_gqa --rep 50
+    python benchmarks/run_gpu.py --backward      # training: fwd, bwd, fwd+bwd (benchmarks/backward.py)
 
 Each row is timed with ``triton.testing.do_bench`` (median) after a check of its output against the
 float64 reference of the same cascade (benchmarks/bench_reference.py) on a slice of heads and
@@ -258,6 +259,11 @@ def slug(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--backward" in argv:  # forward + backward timings: benchmarks/backward.py (its own options)
+        import backward
+
+        return backward.main([a for a in argv if a != "--backward"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="comma-separated case variants (default: all)")
     ap.add_argument("--systems", help="comma-separated systems (default: einfuse-triton + the case's peers)")

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from einfuse.lowering.plan import KernelPlan
 
 DECODE_MAX_QUERIES = 16
+_UNCACHED = frozenset({"return_lse", "page_table", "seq_lens"})
+"""Runtime keywords whose calls are prepared every time (their outputs or caches differ per call)."""
 TARGETS = ("triton", "cutlass", "auto")
 
 
@@ -65,75 +67,111 @@ class CompiledAttention:
 
     @property
     def has_backward(self) -> bool:
-        """Whether gradients can flow through this variant (one-pass softmax plans on Triton)."""
+        """Whether gradients can flow through this variant (one-pass softmax and sigmoid plans on Triton)."""
         from einfuse.codegen.triton.runtime import AttentionKernel
+        from einfuse.lowering.backward import BACKWARD_FAMILIES
 
         kernel = getattr(self.kernel, "triton", self.kernel)  # target="auto" trains on its Triton kernel
-        return self.family == "softmax" and self.plan is not None and isinstance(kernel, AttentionKernel)
+        return (self.plan is not None and self.plan.family in BACKWARD_FAMILIES
+                and isinstance(kernel, AttentionKernel))
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
-        if not _compiling() and plain_call(q, k, v):
+        if not _compiling() and plain_call(q, k, v) and self._cacheable(runtime):
             # eager calls without gradients: the prepared launch of this signature (checks, plan,
             # tables and the bound kernel were worked out on its first call)
             key = signature_key(q, k, v, runtime)
             prepared = self._calls.get(key)
             if prepared is None:
+                if key is not None:
+                    refuse_during_capture(self.name, q.device)
                 prepared = self._calls.remember(key, self.prepare(q, k, v, **runtime))
             return prepared(q, k, v)
         from einfuse.codegen import autograd
+        from einfuse.codegen.call_extras import broadcast_kv
 
-        grad = autograd.needs_grad(q, k, v) and not _traced(q)
+        k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
+        from einfuse.codegen.capture_args import grad_captures
+
+        grad = autograd.needs_grad(q, k, v, *grad_captures(self, runtime)[1])
+        if grad and runtime.get("return_lse"):
+            raise CodegenError(f"{self.name}: return_lse=True is forward only; call it under torch.no_grad()")
         check_tensors(self.name, {"q": q, "k": k, "v": v}, grad_ok=grad and self.has_backward,
                       family=self.family)
-        if grad:
+        traced = self.use_torch_op and _traced(q)
+        if grad and not traced:
             return autograd.attention_with_grad(self, q, k, v, **runtime)  # forward + saved LSE, backward
-        if runtime or not self.use_torch_op or not _traced(q):
+        if not traced:
             # eager calls launch directly: the custom op is for graphs (torch.compile, export), and
             # its dispatch costs ~0.1 ms of CPU per call, more than short kernels take on the GPU
             return self.run(q, k, v, **runtime)
         from einfuse.codegen import torch_op
 
-        return torch_op.call(self.key, q, k, v)
+        if grad:  # the trainable op: its registered autograd formula launches the backward kernels
+            return torch_op.call_train(self.key, q, k, v, **runtime)
+        return torch_op.call(self.key, q, k, v, **runtime)
+
+    def _cacheable(self, runtime: dict[str, Any]) -> bool:
+        """Whether a call may reuse a prepared launch: no captured tensors (their addresses and the
+        tables they imply change per call), no paged/ragged cache, no log-sum-exp output."""
+        if self.cascade.captures:
+            return False
+        return not runtime or (not (runtime.keys() & _UNCACHED)
+                               and not any(hasattr(x, "data_ptr") for x in runtime.values()))
 
     def run(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         """Launch directly (no custom op): decode kernel for short query blocks, else the main one.
 
         ``q_offset=`` sets the position of query 0 of a variant built with ``align="offset"``
-        (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs."""
-        return cached_call(self._calls, q, k, v, runtime, lambda: self.prepare(q, k, v, **runtime))
+        (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs. ``page_table=`` and
+        ``seq_lens=`` (a paged or ragged KV cache, einfuse.codegen.triton.kv_cache) go to the decode kernel."""
+        if self._cacheable(runtime):
+            return cached_call(self._calls, q, k, v, runtime, lambda: self.prepare(q, k, v, **runtime), self.name)
+        return self.prepare(q, k, v, **runtime)(q, k, v)
 
     def prepare(self, q: Any, k: Any, v: Any, **runtime: Any) -> Callable[[Any, Any, Any], Any]:
         """Check a call and choose its kernel; returns ``launch(q, k, v) -> out`` for tensors of the
-        same signature (shapes, strides, dtypes, device) and these runtime options."""
+        same signature (shapes, strides, dtypes, device) and these runtime options. K/V of batch 1
+        are broadcast here (stride 0): the launch is given the caller's k, v, at the same address."""
         runtime = dict(runtime)
+        if "page_table" in runtime or "seq_lens" in runtime:
+            return lambda q, k, v: self._run_kv_cache(q, k, v, **runtime)
+        from einfuse.codegen.call_extras import broadcast_kv, forward_lse
+
+        name = self.name
+        k, v = broadcast_kv(name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
         if self.family != "linear" and not getattr(self.kernel, "checks_inputs", False):
             from einfuse.codegen.triton.runtime import check_inputs
 
             check_inputs(self.name, q, k, v)  # the same clear errors whichever kernel runs
+        return_lse = bool(runtime.pop("return_lse", False))
         q_offset = runtime.pop("q_offset", None)
         if q_offset is not None and Q_OFFSET not in self.cascade.params:
             raise CodegenError(f"{self.name}: q_offset is given but the variant does not use a query offset; "
                                "build it with align='offset' (einfuse.ir.positions)")
         else:
             check_tensors(self.name, {"q": q, "k": k, "v": v})
-        refuse_during_capture(self.name, q.device)
         if self.tokens is not None and (q.shape[2] != self.tokens or k.shape[2] != self.tokens):
             from einfuse.ir.grid import check_grid
 
             check_grid(self.cascade, q.shape[2], k.shape[2], self.sizes, "q and k", CodegenError)
         if self.family == "softmax" and self.decode and q.shape[2] <= DECODE_MAX_QUERIES:
             dec = self.decode_kernel()
-            if dec is not None:
-                return dec.prepare(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
+            if dec is not None:  # the decode kernel caches its own launch plan per shape
+                extra = {} if q_offset is None else {Q_OFFSET: q_offset}
+                if return_lse:
+                    return lambda q, k, v: forward_lse(self, q, *broadcast_kv(name, q, k, v), dec, **runtime, **extra)
+                return lambda q, k, v: dec(q, *broadcast_kv(name, q, k, v), **runtime, **extra)
         if q_offset is not None:
             runtime["q_offset"] = q_offset
+        if return_lse:
+            return lambda q, k, v: forward_lse(self, q, *broadcast_kv(name, q, k, v), None, **runtime)
         kernel = self.kernel
         # the kernel's own prepare only (target="auto" forwards attributes to its Triton kernel, but
-        # chooses the back end per call)
+        # chooses the back end per call); it bakes the broadcast k, v strides in
         prepare = getattr(type(kernel), "prepare", None)
         if prepare is not None:
             return prepare(kernel, q, k, v, **runtime)
-        return lambda q, k, v: kernel(q, k, v, **runtime)
+        return lambda q, k, v: kernel(q, *broadcast_kv(name, q, k, v), **runtime)
 
     def varlen(self, q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: int,
                max_seqlen_k: int, **runtime: Any) -> Any:
@@ -143,6 +181,21 @@ class CompiledAttention:
         from einfuse.codegen.triton.varlen import varlen_call
 
         return varlen_call(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **runtime)
+
+    def _run_kv_cache(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+        """A decode step over a paged cache or per-sequence lengths: only the split-KV decode kernel
+        reads those, so anything it cannot run is an error rather than a silent fallback."""
+        why = None
+        if self.family != "softmax" or not self.decode:
+            why = f"is not used for {self.family} variants" if self.family != "softmax" else "is off (decode=False)"
+        elif q.dim() == 4 and q.shape[2] > DECODE_MAX_QUERIES:
+            why = f"takes at most {DECODE_MAX_QUERIES} queries, got {q.shape[2]}"
+        dec = self.decode_kernel() if why is None else None
+        if dec is None:
+            raise CodegenError(f"{self.name}: page_table=/seq_lens= are read by the split-KV decode kernel, "
+                               f"which {why or 'cannot run this variant: ' + str(self.decode_fallback)}")
+        q_offset = runtime.pop("q_offset", None)
+        return dec(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
 
     def decode_kernel(self) -> Any:
         if self._decode_kernel is None and self.decode_fallback is None:
@@ -216,7 +269,7 @@ def check_tensors(name: str, tensors: Mapping[str, Any], grad_ok: bool = False, 
         if t.requires_grad and torch.is_grad_enabled() and not grad_ok:
             what = f"{family} attention" if family else "this variant"
             raise CodegenError(f"{name}: {nm} requires grad, but there is no backward for {what} yet (one-pass softmax "
-                               "plans on the Triton target do); call under torch.no_grad() or pass detached "
+                               "and sigmoid plans on the Triton target do); call under torch.no_grad() or pass detached "
                                "tensors (x.detach())")
 
 
@@ -310,7 +363,7 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
         from einfuse.codegen import torch_op as op
 
         out.key = f"{c.name}-{id(out):x}"
-        op.register(out.key, out.run)
+        op.register(out.key, out.run, out)
     return out
 
 

@@ -186,12 +186,14 @@ def plain_call(q: Any, k: Any, v: Any) -> bool:
 
 
 def cached_call(cache: CallCache, q: Any, k: Any, v: Any, options: dict[str, Any],
-                prepare: Callable[[], Callable[[Any, Any, Any], Any]]) -> Any:
+                prepare: Callable[[], Callable[[Any, Any, Any], Any]], name: str = "einfuse") -> Any:
     """Run the prepared call of this signature, preparing (checks, plan, tables) on a miss."""
     if plain_call(q, k, v):
         key = signature_key(q, k, v, options)
         prepared = cache.get(key)
         if prepared is None:
+            if key is not None:
+                refuse_during_capture(name, q.device)
             prepared = cache.remember(key, prepare())
         return prepared(q, k, v)
     return prepare()(q, k, v)

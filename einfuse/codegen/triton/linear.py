@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from einfuse.codegen.triton.launch import BoundLaunch, CallCache, cached_call, refuse_during_capture
+from einfuse.codegen.triton.launch import BoundLaunch, CallCache, cached_call
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.linear_kernels import linear_source
 from einfuse.codegen.triton.options import cdiv, parse_options, pow2
@@ -76,7 +76,8 @@ class LinearKernel:
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         """``o`` of shape ``(B, H, N, D_v)``; a signature seen before reuses its prepared launches
         (:mod:`einfuse.codegen.triton.launch`)."""
-        return cached_call(self._calls, q, k, v, runtime, lambda: self.prepare(q, k, v, **runtime))
+        return cached_call(self._calls, q, k, v, runtime, lambda: self.prepare(q, k, v, **runtime),
+                           self.plan.name)
 
     def prepare(self, q: Any, k: Any, v: Any, **runtime: Any) -> PreparedLinear:
         """Check the shapes and work out both kernels' grids and arguments for this signature."""
@@ -92,7 +93,6 @@ class LinearKernel:
             raise CodegenError(f"shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)} do not match")
         if H % Hkv:
             raise CodegenError(f"{Hkv} key/value heads do not divide {H} query heads")
-        refuse_during_capture(self.plan.name, q.device)
         opt = self.options
         chunk = opt.chunk
         schunk = opt.state_chunk or 2 * chunk

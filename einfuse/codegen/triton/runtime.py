@@ -15,7 +15,7 @@ from typing import Any
 from einfuse.codegen import autotune
 from einfuse.codegen.autotune import KernelConfig
 from einfuse.codegen.triton.emit import KERNEL_NAME, emit_module
-from einfuse.codegen.triton.launch import BoundLaunch, CallCache, cached_call, refuse_during_capture
+from einfuse.codegen.triton.launch import BoundLaunch, CallCache, cached_call
 from einfuse.codegen.triton.loader import load_module
 from einfuse.codegen.triton.options import pow2
 from einfuse.errors import CodegenError
@@ -204,8 +204,11 @@ class AttentionKernel:
         ``QOFF``; default the cascade's value), see :mod:`einfuse.ir.positions`. A call whose
         signature (shapes, strides, dtypes, device, options) was seen before reuses its prepared
         launch (:mod:`einfuse.codegen.triton.launch`)."""
+        if self._reads_captures():  # captured tensors: their addresses and tables change per call
+            return self.prepare(q, k, v, q_offset, **options)(q, k, v)
         opts = options if q_offset is None else {**options, "q_offset": q_offset}
-        return cached_call(self._calls, q, k, v, opts, lambda: self.prepare(q, k, v, q_offset, **options))
+        return cached_call(self._calls, q, k, v, opts, lambda: self.prepare(q, k, v, q_offset, **options),
+                           self.plan.name)
 
     def forward_with_lse(self, q: Any, k: Any, v: Any, q_offset: int | None = None,
                          **options: Any) -> tuple[Any, Any]:
@@ -214,9 +217,11 @@ class AttentionKernel:
         saved state)."""
         if self.plan.family != "softmax":
             raise CodegenError(f"{self.plan.name}: the log-sum-exp exists for softmax plans only")
+        if self._reads_captures():
+            return self.prepare(q, k, v, q_offset, with_lse=True, **options)(q, k, v)
         opts = {**options, "q_offset": q_offset, " lse": True}
         return cached_call(self._calls, q, k, v, opts,
-                           lambda: self.prepare(q, k, v, q_offset, with_lse=True, **options))
+                           lambda: self.prepare(q, k, v, q_offset, with_lse=True, **options), self.plan.name)
 
     def prepare(self, q: Any, k: Any, v: Any, q_offset: int | None = None, *, with_lse: bool = False,
                 **options: Any) -> PreparedAttention:
@@ -224,16 +229,32 @@ class AttentionKernel:
         tile order, block tables, grid, arguments); the result launches on tensors like these."""
         import torch
 
+        caps = self.call_captures(options, q)  # keyword arguments naming captured tensors
         opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
         B, H, _, Nq, _, _, _ = check_inputs(self.plan.name, q, k, v)
-        refuse_during_capture(self.plan.name, q.device)
         order = self.order_for(q, k, opts)
-        cfg = self.config(q, k, v, order, opts)
-        launch, tables = self._bind(q, k, v, cfg, order, opts, self._q_offset(q_offset), with_lse)
+        cfg = self.config(q, k, v, order, opts, caps)
+        launch, tables = self._bind(q, k, v, cfg, order, opts, self._q_offset(q_offset), with_lse, caps)
         lse = None
         if with_lse:
             lse = ((B, H, Nq), torch.float64 if q.dtype == torch.float64 else torch.float32)
         return PreparedAttention(self, (B, H, Nq, v.shape[3]), q.dtype, q.device, launch, lse, cfg, tables)
+
+    def call_captures(self, options: dict[str, Any], q: Any) -> tuple[dict[str, Any], tuple] | None:
+        """The captured tensors of this call (popped from ``options``) and their version key, or
+        None when the plan reads none (einfuse.codegen.capture_args)."""
+        from einfuse.codegen import capture_args
+
+        caps = capture_args.plan_captures(self.plan.score, self.plan.mask)
+        if not caps:
+            return None
+        return capture_args.resolve(self.plan.name, caps, self.cascade.captures, options, q)
+
+    def _reads_captures(self) -> bool:
+        """Whether the score or mask reads captured tensors (such calls are prepared every time)."""
+        from einfuse.codegen import capture_args
+
+        return bool(capture_args.plan_captures(self.plan.score, self.plan.mask))
 
     def _q_offset(self, q_offset: int | None) -> int:
         if q_offset is None:
@@ -244,14 +265,19 @@ class AttentionKernel:
         return int(q_offset)
 
     def _bind(self, q, k, v, cfg: KernelConfig, layout: Layout, opts: LaunchOptions,
-              q_offset: int = 0, store_lse: bool = False) -> tuple[BoundLaunch, BlockTables]:
+              q_offset: int = 0, store_lse: bool = False,
+              captures: tuple[dict[str, Any], tuple] | None = None) -> tuple[BoundLaunch, BlockTables]:
         """The kernel launch of this signature: tables, grid and every argument but the tensors
         ``q, k, v, out, lse`` (``out`` again when no log-sum-exp is stored)."""
         import torch
 
+        from einfuse.codegen import capture_args
+
         B, H, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[3]
-        tables = self.tables(Nq, Nkv, H, B, cfg, layout, q.device, q_offset)
+        tables = self.tables(Nq, Nkv, H, B, cfg, layout, q.device, q_offset, captures)
+        cap_args = capture_args.launch_args(capture_args.plan_captures(self.plan.score, self.plan.mask),
+                                            captures[0]) if captures else []
         kernel = getattr(self.module(layout), KERNEL_NAME)
         order, k_order = layout
         interp = q.device.type != "cuda"
@@ -266,7 +292,7 @@ class AttentionKernel:
         out_strides = (H * Nq * Dv, Nq * Dv, Dv)
         args = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out_strides,
                 *tables.kernel_args(dummy),
-                Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles, q_offset)
+                Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles, q_offset, *cap_args)
         constexprs = dict(
             SAME_LEN=Nq == Nkv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D),
             HEAD_DV=Dv, BLOCK_DV=pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
@@ -286,8 +312,13 @@ class AttentionKernel:
         return self._tables[key]
 
     def tables(self, n_q: int, n_kv: int, heads: int, batch: int, cfg: KernelConfig, layout: Layout,
-               device: Any, q_offset: int = 0) -> BlockTables:
-        key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, layout, str(device), q_offset)
+               device: Any, q_offset: int = 0, captures: tuple[dict[str, Any], tuple] | None = None) -> BlockTables:
+        from einfuse.codegen.capture_args import evict_stale, mask_tables_key
+
+        key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, layout, str(device), q_offset,
+               mask_tables_key(self.plan.mask, captures))
+        if key not in self._tables and key[-1]:
+            evict_stale(self._tables)  # tables of earlier document ids: keep a few, not every batch's
         if key not in self._tables:
             order, k_order = layout
             mask = self.plan.mask if self.plan.mask is not None else _always()
@@ -302,11 +333,12 @@ class AttentionKernel:
                                    "on the batch index; use 'box' or 'flat'")
             else:
                 t = build_tables(self.cascade, mask, sizes, n_q, n_kv, heads, cfg.block_m, cfg.block_n,
-                                 order, k_order, device)
+                                 order, k_order, device, captured=_mask_env(mask, captures))
             self._tables[key] = t
         return self._tables[key]
 
-    def config(self, q, k, v, layout: Layout, opts: LaunchOptions) -> KernelConfig:
+    def config(self, q, k, v, layout: Layout, opts: LaunchOptions,
+               captures: tuple[dict[str, Any], tuple] | None = None) -> KernelConfig:
         """Explicit options, else the tuned (cached) configuration, else the heuristic one."""
         B, H, Nq, D = q.shape
         Hkv, Nkv = k.shape[1], k.shape[2]
@@ -333,7 +365,7 @@ class AttentionKernel:
             out = torch.empty((B, H, Nq, v.shape[3]), dtype=q.dtype, device=q.device)
 
             def make_run(c: KernelConfig):  # bound once: the timing sees the GPU, not our host code
-                launch, _ = self._bind(q, k, v, c, layout, opts)
+                launch, _ = self._bind(q, k, v, c, layout, opts, captures=captures)
                 return lambda: launch(q, k, v, out, out)
 
             cfg = autotune.tune(make_run, autotune.candidates(max(D, v.shape[3]), dt, boxed),
@@ -375,6 +407,14 @@ class PreparedAttention:
 def _non_default(opts: LaunchOptions) -> dict[str, Any]:
     base = LaunchOptions()
     return {k: getattr(opts, k) for k in LaunchOptions.__dataclass_fields__ if getattr(opts, k) != getattr(base, k)}
+
+
+def _mask_env(mask: Any, captures: tuple[dict[str, Any], tuple] | None) -> dict | None:
+    """Read function -> tensor of the captures the mask reads (block tables evaluate it on them)."""
+    from einfuse.codegen import capture_args
+
+    caps = capture_args.plan_captures(mask)
+    return capture_args.env(caps, captures[0]) if caps and captures else None
 
 
 def _always():
