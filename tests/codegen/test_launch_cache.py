@@ -115,15 +115,19 @@ def test_bad_inputs_raise_after_a_cached_call(causal, bad):
 
 
 def test_grad_and_runtime_errors_still_raise_after_a_cached_call():
-    sig = einfuse.compile("sigmoid")  # no backward
+    lin = einfuse.compile("linear")  # no backward
     q, k, v = qkv(1, 2, 2, 16, 16, 16, 4)
-    sig(q, k, v)
+    lin(q, k, v)
     with pytest.raises(CodegenError, match="requires grad"):
-        sig(q.requires_grad_(), k, v)
+        lin(q.requires_grad_(), k, v)
     with pytest.raises(CodegenError, match="q_offset"):
-        sig(q.detach(), k, v, q_offset=3)
-    with pytest.raises(CodegenError, match="unknown option"):
-        sig(q.detach(), k, v, block_q=16)
+        lin(q.detach(), k, v, q_offset=3)
+    with pytest.raises(CodegenError, match="unexpected runtime argument"):
+        lin(q.detach(), k, v, block_q=16)
+    sm = einfuse.compile("causal", decode=False)
+    sm(q.detach(), k, v)
+    with pytest.raises(CodegenError, match="unknown option block_q"):
+        sm(q.detach(), k, v, block_q=16)
 
 
 def test_gradients_and_inference_share_the_forward_cache(causal):
@@ -274,3 +278,30 @@ def test_fast_launch_switch_is_read_when_a_signature_is_prepared(monkeypatch):
     assert next(iter(f._calls.values())).launch._direct_ok is False
     f(*qkv(1, 2, 2, 30, 30, 16, 5))
     assert list(f._calls.values())[1].launch._direct_ok is launch.fast_launch_enabled()
+
+
+@pytest.mark.parametrize("n_q", [29, 3])  # main kernel (prepared launch), decode kernel
+def test_kv_of_batch_one_are_broadcast_by_the_cached_call(n_q):
+    c = einfuse.load_spec("causal")
+    f = einfuse.compile(c)
+    calls = counted(f)
+    for seed in (0, 50):  # the prepared launch bakes stride 0 in, and reads the caller's k, v
+        q = rand(3, 4, n_q, 16, seed=seed)
+        _, k, v = qkv(1, 4, 2, n_q, 41, 16, seed + 1)
+        out = f(q, k, v)
+        kk, vv = (x.expand(3, -1, -1, -1) for x in (k, v))
+        assert rel_err(out, run_cascade(c, {"Q": q, "K": kk, "V": vv})["O"]) < 2e-5
+    assert len(calls) == 1
+
+
+def test_captured_tensor_calls_are_prepared_every_time():
+    bias = torch.randn(64)
+    c = einfuse.attention("biased", score_mod=lambda s, b, h, q, kv: s + bias[kv], head_dim=16)
+    f = einfuse.compile(c, decode=False)
+    calls = counted(f)
+    q, k, v = qkv(1, 2, 2, 20, 20, 16, 6)
+    first = f(q, k, v)
+    bias.add_(1.0 + torch.arange(64.0))  # new values in place: the next call must read them
+    second = f(q, k, v)
+    assert len(calls) == 2 and len(f._calls) == 0 and not torch.allclose(first, second)
+    assert rel_err(second, run_cascade(c, {"Q": q, "K": k, "V": v})["O"]) < 2e-5
