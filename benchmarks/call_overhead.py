@@ -175,10 +175,10 @@ def _without_launch(case: OverheadCase, q: Any, k: Any, v: Any) -> Fn | str:
     f = einfuse.compile(case.spec)
     f(q, k, v)  # prepares and binds
     prepared = next(iter(f._calls.values()))
-    bound = [b for b in (getattr(prepared, n, None) for n in ("launch", "states", "output"))
+    bound = [b for b in (getattr(prepared, n, None) for n in ("launch", "partial", "combine", "states", "output"))
              if isinstance(b, BoundLaunch)]
     if not bound:
-        return "n/a: this call launches through Triton's own path (the decode kernel's plan cache)"
+        return "n/a: this call launches through Triton's own path"
     for b in bound:
         if b.compiled is None:
             raise RuntimeError("the direct launch path is off (EINFUSE_FAST_LAUNCH=0 or Triton < 3.4)")

@@ -81,14 +81,14 @@ def _stub_direct_launch() -> bool:
         return False
     from triton import knobs
 
-    first = launch.BoundLaunch._first
+    first = launch.BoundLaunch.first
 
-    def first_then_direct(self: Any, tensors: tuple) -> None:
-        first(self, tensors)
+    def first_then_direct(self: Any, *tensors: Any) -> None:
+        first(self, *tensors)
         launch._RUNTIME, launch._data_ptr = knobs.runtime, type(tensors[0]).data_ptr
         self._device, self._stream, self.compiled = -1, lambda device: 0, _NoLaunch
 
-    launch.BoundLaunch._first = first_then_direct
+    launch.BoundLaunch.first = first_then_direct
     return True
 
 

@@ -160,7 +160,7 @@ class CompiledAttention:
                 extra = {} if q_offset is None else {Q_OFFSET: q_offset}
                 if return_lse:
                     return lambda q, k, v: forward_lse(self, q, *broadcast_kv(name, q, k, v), dec, **runtime, **extra)
-                return lambda q, k, v: dec(q, *broadcast_kv(name, q, k, v), **runtime, **extra)
+                return dec.prepare(q, k, v, **runtime, **extra)  # bakes the broadcast k, v strides in
         if q_offset is not None:
             runtime["q_offset"] = q_offset
         if return_lse:

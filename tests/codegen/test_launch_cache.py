@@ -160,7 +160,24 @@ def test_decode_path_is_cached_and_reads_new_inputs():
     calls = counted(f)
     for seed in (0, 30):  # 3 queries over 70 keys, GQA 4:1 -> the split-KV decode kernels
         check(f, c, *qkv(2, 4, 1, 3, 70, 24, seed))
-    assert len(calls) == 1  # the decode kernel keeps its own launch plan per shape
+    assert len(calls) == 1
+    assert type(next(iter(f._calls.values()))).__name__ == "PreparedDecode"
+
+
+def test_direct_decode_launches_share_one_workspace(monkeypatch):
+    f = einfuse.compile("causal")
+    q, k, v = qkv(1, 4, 2, 1, 90, 16, 3)
+    f(q, k, v)
+    prepared = next(iter(f._calls.values()))
+    part, comb = _direct(monkeypatch, prepared.partial), _Recorder()
+    prepared.combine.compiled, prepared.combine._stream, prepared.combine._device = comb, (lambda d: 0), 0
+    out = f(q, k, v)
+    p_args = dict(zip(prepared.partial.fn.arg_names, part.runs[0][9:], strict=True))
+    c_args = dict(zip(prepared.combine.fn.arg_names, comb.runs[0][9:], strict=True))
+    assert p_args["Q"] == q.data_ptr() and p_args["R"] == prepared.n == c_args["R"]
+    assert c_args["WS"] == p_args["WS"] and c_args["O"] == out.data_ptr()
+    assert (p_args["PAGED"], p_args["HAS_LENS"], c_args["WRITE_LSE"]) == (False, False, False)
+    assert (p_args["sk_b"], p_args["NK"]) == (k.stride(0), 90)
 
 
 def test_linear_attention_is_cached():

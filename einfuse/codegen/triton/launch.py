@@ -125,7 +125,7 @@ class BoundLaunch:
 
     def __call__(self, *tensors: Any) -> None:
         if self.compiled is None:
-            self._first(tensors)
+            self.first(*tensors)
         else:
             self.direct(*map(_data_ptr, tensors))
 
@@ -144,7 +144,7 @@ class BoundLaunch:
         ck.run(g[0], g[1], g[2], stream, ck.function, ck.packed_metadata, meta, enter, leave,
                *ptrs, *self._rest_ptrs)
 
-    def _first(self, tensors: tuple) -> None:
+    def first(self, *tensors: Any) -> None:
         """Triton's own path; keeps the compiled kernel for the direct path when that is safe."""
         fn = self.fn
         if not (self._direct_ok and hasattr(fn, "run") and tensors[0].device.type == "cuda"):
