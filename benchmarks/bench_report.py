@@ -11,6 +11,32 @@ import json
 from typing import Any
 
 UNITS = {"tflops": "TFLOP/s", "mtok_s": "Mtok/s", "tb_s": "TB/s (KV read)"}
+REPEAT_TOL = 0.10  # einfuse rows whose two passes differ by more than this are flagged
+
+
+def pass_spread(row: dict[str, Any]) -> float | None:
+    """|pass 2 - pass 1| / the faster pass, for rows timed twice (run_gpu.py's second pass)."""
+    a, b = row.get("ms"), row.get("ms_pass2")
+    if a is None or b is None or min(a, b) <= 0:
+        return None
+    return abs(b - a) / min(a, b)
+
+
+def repeatability_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The markdown section comparing each einfuse row's two passes (empty without a second pass)."""
+    twice = [r for r in rows if "ms_pass2" in r or "pass2_error" in r]
+    if not twice:
+        return []
+    lines = ["", "## Repeatability (einfuse rows, two passes)", "",
+             f"Pass 1 times every row; pass 2 times each einfuse row (Triton and CUTLASS) again after all cases. Rows whose passes "
+             f"differ by more than {REPEAT_TOL:.0%} are flagged **unstable** (host contention, clocks, luck).", "",
+             "| variant | shape | system | pass 1 ms | pass 2 ms | difference | status |", "|---|---|---|---|---|---|---|"]
+    for r in twice:
+        d = pass_spread(r)
+        status = r.get("pass2_error", "").replace("|", "/") or ("**unstable**" if d > REPEAT_TOL else "stable")
+        lines.append(f"| {r['variant']} | {r['shape']} | {r['system']} | {_fmt(r.get('ms'))} | {_fmt(r.get('ms_pass2'))} | "
+                     f"{'-' if d is None else f'{d:.1%}'} | {status} |")
+    return lines
 
 
 def _value(row: dict[str, Any], metric: str) -> float | None:
@@ -61,6 +87,10 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def write_reports(rows: list[dict[str, Any]], info: dict[str, Any], cases: list[Any], stem: str) -> None:
     """``info["notes"]`` (a list of lines), when present, is printed under the header."""
     summary = annotate(rows, cases)
+    for r in rows:
+        if pass_spread(r) is not None:
+            r["pass_spread"] = pass_spread(r)
+            r["unstable"] = r["pass_spread"] > REPEAT_TOL
     with open(stem + ".json", "w") as fh:
         json.dump({"info": info, "rows": rows, "summary": summary}, fh, indent=1)
     lines = [
@@ -115,8 +145,11 @@ def write_reports(rows: list[dict[str, Any]], info: dict[str, Any], cases: list[
         note = r.get("error", "")
         if r["system"] == "einfuse-triton" and r.get("via"):
             note = (note + "; " if note else "") + f"via {r['via']}"
+        if r.get("unstable"):
+            note += f"; **unstable**: pass 2 {_fmt(r['ms_pass2'])} ms ({r['pass_spread']:.0%} apart)"
         lines.append(f"| {r['variant']} | {r['shape']} | {r['system']} | {_fmt(r.get('ms'))} | "
                      f"{_fmt(r.get(metric))} {UNITS[metric] if metric in r else ''} | "
                      f"{_fmt(r.get('rel_err'), 2)} | {_fmt(ratio)} | {note.replace('|', '/')} |")
+    lines += repeatability_lines(rows)
     with open(stem + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")

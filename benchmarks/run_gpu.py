@@ -213,6 +213,34 @@ def run_case(case: Case, systems: list[str], device: str, rep: int, warmup: int,
     return rows
 
 
+def retime_einfuse(case: Case, rows: list[dict[str, Any]], rep: int, warmup: int,
+                   einfuse_options: dict[str, Any], log: Any) -> None:
+    """Pass 2: time the case's einfuse rows again after every case's pass 1 ran (other processes'
+    load, clocks and host contention then differ); bench_report flags rows whose passes differ."""
+    import triton
+
+    mine = [r for r in rows if r["variant"] == case.variant and r["system"].startswith("einfuse-") and "ms" in r]
+    if not mine:
+        return
+    q, k, v = _inputs(case, seed=zlib.crc32(case.variant.encode()) % 10000)
+    for row in mine:
+        try:
+            if row["system"] in CUTLASS_SYSTEMS:
+                fn, _ = make_einfuse(case, {"path": CUTLASS_SYSTEMS[row["system"]]}, target="cutlass")
+            else:
+                fn, _ = make_einfuse(case, einfuse_options.get(case.variant, {}))
+            fn(q, k, v)
+            row["ms_pass2"] = triton.testing.do_bench(lambda fn=fn, a=(q, k, v): fn(*a), warmup=warmup, rep=rep,
+                                                      return_mode="median")
+        except Exception as exc:  # noqa: BLE001 - recorded; pass 1 stands
+            row["pass2_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        print(json.dumps({"variant": case.variant, "system": row["system"], "pass1": row["ms"],
+                          "pass2": row.get("ms_pass2")}), file=log, flush=True)
+    del q, k, v
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def device_info() -> dict[str, Any]:
     import triton
 
@@ -245,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", help="results file stem (default: the device name)")
     ap.add_argument("--no-cutlass", action="store_true", help="skip the einfuse-cutlass rows (nvcc builds)")
     ap.add_argument("--einfuse-options", default="{}", help='JSON {"variant": {option: value}}')
+    ap.add_argument("--single-pass", action="store_true",
+                    help="time einfuse rows once (default: a second pass after all cases, for repeatability)")
     args = ap.parse_args(argv)
     info = device_info()
     out_dir = os.environ.get("OUT")
@@ -272,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows[-len(systems):]:
             print(f"{r['variant']:15s} {r['system']:16s} ms={r.get('ms', float('nan')):.4f} "
                   f"rel={r.get('rel_err', float('nan')):.2e} {r.get('error', '')[:90]}", flush=True)
+    if not args.single_pass:
+        for case in done:
+            retime_einfuse(case, rows, args.rep, args.warmup, opts, log)
+        for d in dirs:
+            write_reports(rows, info, done, os.path.join(d, stem))
     with open(os.path.join(dirs[-1], stem + ".md")) as fh:
         print(fh.read())
     return 0 if all(math.isfinite(r.get("ms", 0.0)) for r in rows) else 1

@@ -18,6 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from einfuse.codegen.triton.launch import (
+    CallCache,
+    cached_call,
+    plain_call,
+    refuse_during_capture,
+    signature_key,
+)
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.positions import Q_OFFSET
@@ -27,6 +34,8 @@ if TYPE_CHECKING:
     from einfuse.lowering.plan import KernelPlan
 
 DECODE_MAX_QUERIES = 16
+_UNCACHED = frozenset({"return_lse", "page_table", "seq_lens"})
+"""Runtime keywords whose calls are prepared every time (their outputs or caches differ per call)."""
 TARGETS = ("triton", "cutlass", "auto")
 
 
@@ -54,6 +63,7 @@ class CompiledAttention:
     backend_note: str | None = None
     """Why ``target="auto"`` compiled for one back end only (the CUTLASS back end refused the plan)."""
     _varlen_kernel: Any = None
+    _calls: CallCache = field(default_factory=CallCache, repr=False)
 
     @property
     def has_backward(self) -> bool:
@@ -66,6 +76,16 @@ class CompiledAttention:
                 and isinstance(kernel, AttentionKernel))
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+        if not _compiling() and plain_call(q, k, v) and self._cacheable(runtime):
+            # eager calls without gradients: the prepared launch of this signature (checks, plan,
+            # tables and the bound kernel were worked out on its first call)
+            key = signature_key(q, k, v, runtime)
+            prepared = self._calls.get(key)
+            if prepared is None:
+                if key is not None:
+                    refuse_during_capture(self.name, q.device)
+                prepared = self._calls.remember(key, self.prepare(q, k, v, **runtime))
+            return prepared(q, k, v)
         from einfuse.codegen import autograd
         from einfuse.codegen.call_extras import broadcast_kv
 
@@ -90,17 +110,35 @@ class CompiledAttention:
             return torch_op.call_train(self.key, q, k, v, **runtime)
         return torch_op.call(self.key, q, k, v, **runtime)
 
+    def _cacheable(self, runtime: dict[str, Any]) -> bool:
+        """Whether a call may reuse a prepared launch: no captured tensors (their addresses and the
+        tables they imply change per call), no paged/ragged cache, no log-sum-exp output."""
+        if self.cascade.captures:
+            return False
+        return not runtime or (not (runtime.keys() & _UNCACHED)
+                               and not any(hasattr(x, "data_ptr") for x in runtime.values()))
+
     def run(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         """Launch directly (no custom op): decode kernel for short query blocks, else the main one.
 
         ``q_offset=`` sets the position of query 0 of a variant built with ``align="offset"``
         (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs. ``page_table=`` and
         ``seq_lens=`` (a paged or ragged KV cache, einfuse.codegen.triton.kv_cache) go to the decode kernel."""
+        if self._cacheable(runtime):
+            return cached_call(self._calls, q, k, v, runtime, lambda: self.prepare(q, k, v, **runtime), self.name)
+        return self.prepare(q, k, v, **runtime)(q, k, v)
+
+    def prepare(self, q: Any, k: Any, v: Any, **runtime: Any) -> Callable[[Any, Any, Any], Any]:
+        """Check a call and choose its kernel; returns ``launch(q, k, v) -> out`` for tensors of the
+        same signature (shapes, strides, dtypes, device) and these runtime options. K/V of batch 1
+        are broadcast here (stride 0): the launch is given the caller's k, v, at the same address."""
+        runtime = dict(runtime)
         if "page_table" in runtime or "seq_lens" in runtime:
-            return self._run_kv_cache(q, k, v, **runtime)
+            return lambda q, k, v: self._run_kv_cache(q, k, v, **runtime)
         from einfuse.codegen.call_extras import broadcast_kv, forward_lse
 
-        k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
+        name = self.name
+        k, v = broadcast_kv(name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
         if self.family != "linear" and not getattr(self.kernel, "checks_inputs", False):
             from einfuse.codegen.triton.runtime import check_inputs
 
@@ -118,16 +156,22 @@ class CompiledAttention:
             check_grid(self.cascade, q.shape[2], k.shape[2], self.sizes, "q and k", CodegenError)
         if self.family == "softmax" and self.decode and q.shape[2] <= DECODE_MAX_QUERIES:
             dec = self.decode_kernel()
-            if dec is not None:
+            if dec is not None:  # the decode kernel caches its own launch plan per shape
                 extra = {} if q_offset is None else {Q_OFFSET: q_offset}
                 if return_lse:
-                    return forward_lse(self, q, k, v, dec, **runtime, **extra)
-                return dec(q, k, v, **runtime, **extra)
+                    return lambda q, k, v: forward_lse(self, q, *broadcast_kv(name, q, k, v), dec, **runtime, **extra)
+                return dec.prepare(q, k, v, **runtime, **extra)  # bakes the broadcast k, v strides in
         if q_offset is not None:
             runtime["q_offset"] = q_offset
         if return_lse:
-            return forward_lse(self, q, k, v, None, **runtime)
-        return self.kernel(q, k, v, **runtime)
+            return lambda q, k, v: forward_lse(self, q, *broadcast_kv(name, q, k, v), None, **runtime)
+        kernel = self.kernel
+        # the kernel's own prepare only (target="auto" forwards attributes to its Triton kernel, but
+        # chooses the back end per call); it bakes the broadcast k, v strides in
+        prepare = getattr(type(kernel), "prepare", None)
+        if prepare is not None:
+            return prepare(kernel, q, k, v, **runtime)
+        return lambda q, k, v: kernel(q, *broadcast_kv(name, q, k, v), **runtime)
 
     def varlen(self, q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: int,
                max_seqlen_k: int, **runtime: Any) -> Any:
@@ -227,6 +271,13 @@ def check_tensors(name: str, tensors: Mapping[str, Any], grad_ok: bool = False, 
             raise CodegenError(f"{name}: {nm} requires grad, but there is no backward for {what} yet (one-pass softmax "
                                "and sigmoid plans on the Triton target do); call under torch.no_grad() or pass detached "
                                "tensors (x.detach())")
+
+
+def _compiling() -> bool:
+    """``torch.compiler.is_compiling()``: True while Dynamo traces (it folds the call to a constant)."""
+    import torch
+
+    return torch.compiler.is_compiling()
 
 
 def _traced(q: Any) -> bool:

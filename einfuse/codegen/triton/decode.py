@@ -199,6 +199,43 @@ class DecodeKernel:
         return (o, lse) if return_lse else o
 
 
+    def prepare(self, q: Any, k: Any, v: Any, splits: int | None = None, **sizes: Any) -> Any:
+        """A prepared call for a contiguous cache (no page table, lengths, captured tensors or
+        log-sum-exp): both kernels bound once with their grids and arguments
+        (:class:`~einfuse.codegen.triton.launch.BoundLaunch`), launched directly after the first
+        call. Other calls get ``self(...)`` with these options."""
+        import torch
+
+        from einfuse.codegen import capture_args
+        from einfuse.codegen.triton.launch import BoundLaunch
+
+        describe(self.plan.name, q, k, v, None, None)
+        B, H, NQ, D = q.shape
+        Hkv, NK, DV = k.shape[1], k.shape[2], v.shape[-1]
+        if NK == 0 or capture_args.plan_captures(self.plan.logit, self.plan.mask):
+            return lambda q, k, v: self(q, k, v, splits=splits, **sizes)
+        unknown = set(sizes) - set(self.plan.sizes) - set(self.plan.params)
+        if unknown:
+            raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
+        dev = q.device
+        plan = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes)
+        n = B * H * NQ * plan.n_splits
+        unused = torch.zeros(1, dtype=torch.int32, device=dev)  # page table and lengths: not read
+        upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
+        partial = BoundLaunch(
+            self.module.decode_partial, (B * Hkv, plan.n_splits, plan.row_blocks), 4,
+            (n, unused, unused, *q.stride(), *k.stride(), *v.stride(), 0, 0, NQ, NK, H, Hkv, D, DV,
+             plan.split_len, plan.n_splits, plan.scale, *plan.size_args),
+            dict(ROWS=plan.rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
+                 PAGED=False, PAGE_SIZE=1, HAS_LENS=False),
+            self.options.num_warps, self.options.num_stages)
+        # combine's first four arguments (WS, R, O, LSE) come per call; the output is contiguous
+        combine = BoundLaunch(
+            self.module.decode_combine, (B * H * NQ,), 4, (unused, H * NQ * DV, NQ * DV, DV, 1, H, NQ, DV, plan.n_splits),
+            dict(BS=pow2(plan.n_splits, 2), CHUNK=min(pow2(plan.n_splits, 2), 16), BDV=pow2(DV), WRITE_LSE=False,
+                 HAS_LENS=False, BLOCK_N=self.options.block_n), 4, 3)
+        return PreparedDecode(n, DV, (B, H, NQ, DV), q.dtype, dev, partial, combine, unused)
+
     def _capture_args(self, runtime: dict[str, Any], q: Any) -> list[Any]:
         """Launch arguments of the captured tensors the logit or mask reads (einfuse.ir.captures)."""
         from einfuse.codegen import capture_args
@@ -209,6 +246,37 @@ class DecodeKernel:
         declared = self.captures or (self.cascade.captures if self.cascade is not None else {})
         tensors, _ = capture_args.resolve(self.plan.name, caps, declared, runtime, q)
         return capture_args.launch_args(caps, tensors)
+
+
+class PreparedDecode:
+    """A prepared decode call: allocate the split workspace and the output, launch both kernels
+    (by address once both have launched through Triton)."""
+
+    __slots__ = ("n", "dv", "shape", "dtype", "device", "partial", "combine", "unused", "_empty", "_f32")
+
+    def __init__(self, n: int, dv: int, shape: tuple[int, ...], dtype: Any, device: Any, partial: Any,
+                 combine: Any, unused: Any) -> None:
+        import torch
+
+        self.n, self.dv, self.shape, self.dtype, self.device = n, dv, shape, dtype, device
+        self.partial, self.combine, self.unused = partial, combine, unused
+        self._empty, self._f32 = torch.empty, torch.float32
+
+    def __call__(self, q: Any, k: Any, v: Any) -> Any:
+        n = self.n
+        ws = self._empty((n * (self.dv + 2),), device=self.device, dtype=self._f32)
+        o = self._empty(self.shape, device=self.device, dtype=self.dtype)
+        partial, combine = self.partial, self.combine
+        if partial.compiled is not None:
+            partial.direct(q.data_ptr(), k.data_ptr(), v.data_ptr(), ws.data_ptr())
+        else:
+            partial.first(q, k, v, ws)
+        if combine.compiled is not None:  # its second argument is the workspace row count R
+            w = ws.data_ptr()
+            combine.direct(w, n, o.data_ptr(), w)
+        else:
+            combine.first(ws, n, o, ws)
+        return o
 
 
 def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
@@ -229,4 +297,4 @@ def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
     return DecodeKernel(dec, opts, source, module, plan.cascade, plan.lowering, declared)
 
 
-__all__ = ["DecodeKernel", "DecodeOptions", "build_decode"]
+__all__ = ["DecodeKernel", "DecodeOptions", "PreparedDecode", "build_decode"]

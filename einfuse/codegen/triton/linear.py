@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from einfuse.codegen.triton.launch import BoundLaunch, CallCache, cached_call
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.linear_kernels import linear_source
-from einfuse.codegen.triton.options import parse_options, pow2
+from einfuse.codegen.triton.options import cdiv, parse_options, pow2
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
 from einfuse.lowering.linear import LinearPlan
@@ -70,10 +71,17 @@ class LinearKernel:
     module: ModuleType = field(repr=False)
     cascade: Cascade | None = field(default=None, repr=False)  # the lowered cascade the kernel follows
     lowering: str = ""
+    _calls: CallCache = field(default_factory=CallCache, repr=False, compare=False)
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+        """``o`` of shape ``(B, H, N, D_v)``; a signature seen before reuses its prepared launches
+        (:mod:`einfuse.codegen.triton.launch`)."""
+        return cached_call(self._calls, q, k, v, runtime, lambda: self.prepare(q, k, v, **runtime),
+                           self.plan.name)
+
+    def prepare(self, q: Any, k: Any, v: Any, **runtime: Any) -> PreparedLinear:
+        """Check the shapes and work out both kernels' grids and arguments for this signature."""
         import torch
-        import triton
 
         if runtime:
             raise CodegenError(f"{self.plan.name}: unexpected runtime argument(s) {', '.join(runtime)}")
@@ -85,30 +93,51 @@ class LinearKernel:
             raise CodegenError(f"shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)} do not match")
         if H % Hkv:
             raise CodegenError(f"{Hkv} key/value heads do not divide {H} query heads")
-        o = torch.empty((B, H, N, DV), device=q.device, dtype=q.dtype)
         opt = self.options
         chunk = opt.chunk
         schunk = opt.state_chunk or 2 * chunk
-        nt = triton.cdiv(N, schunk) if self.plan.causal else 1
+        nt = cdiv(N, schunk) if self.plan.causal else 1
         sdt = torch.float32 if opt.state_dtype == "fp32" or q.dtype == torch.float32 else q.dtype
-        states = torch.empty((B * H, nt, D, DV), device=q.device, dtype=sdt)
-        zs = torch.empty((B * H, nt, D), device=q.device, dtype=torch.float32) if self.plan.normalize \
-            else states
         # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see linear_kernels)
         upcast = q.device.type != "cuda" and q.dtype == torch.bfloat16
         bk = min(opt.block_k, pow2(D))
         bv = min(opt.block_v, pow2(DV))
-        grid_s = (triton.cdiv(D, bk) * triton.cdiv(DV, bv), B * H)
-        self.module.linear_states[grid_s](
-            k, v, states, zs, *k.stride(), *v.stride(), H, Hkv, N, nt, D, DV,
-            CHUNK=schunk, BK=bk, BV=bv, UPCAST=upcast, num_warps=opt.num_warps_states, num_stages=opt.num_stages_states)
-        bd = pow2(D)
+        states = BoundLaunch(
+            self.module.linear_states, (cdiv(D, bk) * cdiv(DV, bv), B * H), 4,
+            (*k.stride(), *v.stride(), H, Hkv, N, nt, D, DV),
+            dict(CHUNK=schunk, BK=bk, BV=bv, UPCAST=upcast), opt.num_warps_states, opt.num_stages_states)
         bo = pow2(DV) if opt.block_o == 0 else min(opt.block_o, pow2(DV))
-        grid_o = (triton.cdiv(N, chunk), triton.cdiv(DV, bo), B * H)
-        self.module.linear_output[grid_o](
-            q, k, v, states, zs, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-            H, Hkv, N, nt, D, DV, float(self.plan.scale),
-            CHUNK=chunk, SCHUNK=schunk, BD=bd, BV=bo, UPCAST=upcast, num_warps=opt.num_warps_output, num_stages=opt.num_stages_output)
+        output = BoundLaunch(
+            self.module.linear_output, (cdiv(N, chunk), cdiv(DV, bo), B * H), 6,
+            (*q.stride(), *k.stride(), *v.stride(), H * N * DV, N * DV, DV, 1,  # o: contiguous
+             H, Hkv, N, nt, D, DV, float(self.plan.scale)),
+            dict(CHUNK=chunk, SCHUNK=schunk, BD=pow2(D), BV=bo, UPCAST=upcast), opt.num_warps_output,
+            opt.num_stages_output)
+        return PreparedLinear((B, H, N, DV), q.dtype, (B * H, nt, D, DV), sdt,
+                              (B * H, nt, D) if self.plan.normalize else None, q.device, states, output)
+
+
+class PreparedLinear:
+    """A prepared linear-attention call: allocate the chunk states and the output, launch both kernels."""
+
+    __slots__ = ("shape", "dtype", "states_shape", "states_dtype", "zs_shape", "device", "states", "output",
+                 "_empty", "_f32")
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, states_shape: tuple[int, ...], states_dtype: Any,
+                 zs_shape: tuple[int, ...] | None, device: Any, states: BoundLaunch, output: BoundLaunch) -> None:
+        import torch
+
+        self.shape, self.dtype, self.states_shape, self.states_dtype = shape, dtype, states_shape, states_dtype
+        self.zs_shape, self.device, self.states, self.output = zs_shape, device, states, output
+        self._empty, self._f32 = torch.empty, torch.float32
+
+    def __call__(self, q: Any, k: Any, v: Any) -> Any:
+        empty, dev = self._empty, self.device
+        o = empty(self.shape, device=dev, dtype=self.dtype)
+        states = empty(self.states_shape, device=dev, dtype=self.states_dtype)
+        zs = states if self.zs_shape is None else empty(self.zs_shape, device=dev, dtype=self._f32)
+        self.states(k, v, states, zs)
+        self.output(q, k, v, states, zs, o)
         return o
 
 
@@ -134,4 +163,4 @@ def build_linear(plan: KernelPlan | Cascade, **options: Any) -> LinearKernel:
     return LinearKernel(lin, opts, source, module, plan.cascade, plan.lowering)
 
 
-__all__ = ["LinearKernel", "LinearOptions", "build_linear"]
+__all__ = ["LinearKernel", "LinearOptions", "PreparedLinear", "build_linear"]

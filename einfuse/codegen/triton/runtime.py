@@ -15,6 +15,7 @@ from typing import Any
 from einfuse.codegen import autotune
 from einfuse.codegen.autotune import KernelConfig
 from einfuse.codegen.triton.emit import KERNEL_NAME, emit_module
+from einfuse.codegen.triton.launch import BoundLaunch, CallCache, cached_call
 from einfuse.codegen.triton.loader import load_module
 from einfuse.codegen.triton.options import pow2
 from einfuse.errors import CodegenError
@@ -127,8 +128,17 @@ class AttentionKernel:
     _modules: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     _configs: dict = field(default_factory=dict)
-    last_config: KernelConfig | None = None
-    last_tables: BlockTables | None = None
+    _calls: CallCache = field(default_factory=CallCache, repr=False)
+    _last: Any = field(default=None, repr=False)
+
+    @property
+    def last_config(self) -> KernelConfig | None:
+        """The configuration of the last launch (tests and benchmarks read it)."""
+        return self._last.config if self._last is not None else None
+
+    @property
+    def last_tables(self) -> BlockTables | None:
+        return self._last.tables if self._last is not None else None
 
     @staticmethod
     def build(plan: KernelPlan, sizes: dict[str, int] | None = None,
@@ -191,18 +201,44 @@ class AttentionKernel:
     # ---- launch ---------------------------------------------------------------------------------
     def __call__(self, q: Any, k: Any, v: Any, q_offset: int | None = None, **options: Any) -> Any:
         """``q_offset``: the position of query 0 for cascades built with ``align="offset"`` (their
-        ``QOFF``; default the cascade's value), see :mod:`einfuse.ir.positions`."""
+        ``QOFF``; default the cascade's value), see :mod:`einfuse.ir.positions`. A call whose
+        signature (shapes, strides, dtypes, device, options) was seen before reuses its prepared
+        launch (:mod:`einfuse.codegen.triton.launch`)."""
+        if self._reads_captures():  # captured tensors: their addresses and tables change per call
+            return self.prepare(q, k, v, q_offset, **options)(q, k, v)
+        opts = options if q_offset is None else {**options, "q_offset": q_offset}
+        return cached_call(self._calls, q, k, v, opts, lambda: self.prepare(q, k, v, q_offset, **options),
+                           self.plan.name)
+
+    def forward_with_lse(self, q: Any, k: Any, v: Any, q_offset: int | None = None,
+                         **options: Any) -> tuple[Any, Any]:
+        """``(out, lse)``: the output and each query row's log-sum-exp of the score in log2 units,
+        ``(B, H, N_q)`` fp32 (+inf for rows with no kept key); softmax plans only (the backward's
+        saved state)."""
+        if self.plan.family != "softmax":
+            raise CodegenError(f"{self.plan.name}: the log-sum-exp exists for softmax plans only")
+        if self._reads_captures():
+            return self.prepare(q, k, v, q_offset, with_lse=True, **options)(q, k, v)
+        opts = {**options, "q_offset": q_offset, " lse": True}
+        return cached_call(self._calls, q, k, v, opts,
+                           lambda: self.prepare(q, k, v, q_offset, with_lse=True, **options), self.plan.name)
+
+    def prepare(self, q: Any, k: Any, v: Any, q_offset: int | None = None, *, with_lse: bool = False,
+                **options: Any) -> PreparedAttention:
+        """Check the inputs and work out everything a call of this signature needs (configuration,
+        tile order, block tables, grid, arguments); the result launches on tensors like these."""
         import torch
 
         caps = self.call_captures(options, q)  # keyword arguments naming captured tensors
         opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
         B, H, _, Nq, _, _, _ = check_inputs(self.plan.name, q, k, v)
-        Dv = v.shape[3]
         order = self.order_for(q, k, opts)
         cfg = self.config(q, k, v, order, opts, caps)
-        out = torch.empty((B, H, Nq, Dv), dtype=q.dtype, device=q.device)
-        self._launch(q, k, v, out, cfg, order, opts, self._q_offset(q_offset), captures=caps)
-        return out
+        launch, tables = self._bind(q, k, v, cfg, order, opts, self._q_offset(q_offset), with_lse, caps)
+        lse = None
+        if with_lse:
+            lse = ((B, H, Nq), torch.float64 if q.dtype == torch.float64 else torch.float32)
+        return PreparedAttention(self, (B, H, Nq, v.shape[3]), q.dtype, q.device, launch, lse, cfg, tables)
 
     def call_captures(self, options: dict[str, Any], q: Any) -> tuple[dict[str, Any], tuple] | None:
         """The captured tensors of this call (popped from ``options``) and their version key, or
@@ -214,6 +250,12 @@ class AttentionKernel:
             return None
         return capture_args.resolve(self.plan.name, caps, self.cascade.captures, options, q)
 
+    def _reads_captures(self) -> bool:
+        """Whether the score or mask reads captured tensors (such calls are prepared every time)."""
+        from einfuse.codegen import capture_args
+
+        return bool(capture_args.plan_captures(self.plan.score, self.plan.mask))
+
     def _q_offset(self, q_offset: int | None) -> int:
         if q_offset is None:
             return int(self.sizes.get(Q_OFFSET, 0))
@@ -222,28 +264,11 @@ class AttentionKernel:
                                "offset; build it with align='offset' (einfuse.ir.positions)")
         return int(q_offset)
 
-    def forward_with_lse(self, q: Any, k: Any, v: Any, q_offset: int | None = None,
-                         **options: Any) -> tuple[Any, Any]:
-        """``(out, lse)``: the output and each query row's log-sum-exp of the score in log2 units,
-        ``(B, H, N_q)`` fp32 (+inf for rows with no kept key); softmax plans only (the backward's
-        saved state)."""
-        import torch
-
-        if self.plan.family != "softmax":
-            raise CodegenError(f"{self.plan.name}: the log-sum-exp exists for softmax plans only")
-        caps = self.call_captures(options, q)
-        opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
-        B, H, _, Nq, _, _, _ = check_inputs(self.plan.name, q, k, v)
-        order = self.order_for(q, k, opts)
-        cfg = self.config(q, k, v, order, opts, caps)
-        out = torch.empty((B, H, Nq, v.shape[3]), dtype=q.dtype, device=q.device)
-        lse = torch.empty((B, H, Nq), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-                          device=q.device)
-        self._launch(q, k, v, out, cfg, order, opts, self._q_offset(q_offset), lse=lse, captures=caps)
-        return out, lse
-
-    def _launch(self, q, k, v, out, cfg: KernelConfig, layout: Layout, opts: LaunchOptions,
-                q_offset: int = 0, lse: Any = None, captures: tuple[dict[str, Any], tuple] | None = None) -> None:
+    def _bind(self, q, k, v, cfg: KernelConfig, layout: Layout, opts: LaunchOptions,
+              q_offset: int = 0, store_lse: bool = False,
+              captures: tuple[dict[str, Any], tuple] | None = None) -> tuple[BoundLaunch, BlockTables]:
+        """The kernel launch of this signature: tables, grid and every argument but the tensors
+        ``q, k, v, out, lse`` (``out`` again when no log-sum-exp is stored)."""
         import torch
 
         from einfuse.codegen import capture_args
@@ -253,7 +278,6 @@ class AttentionKernel:
         tables = self.tables(Nq, Nkv, H, B, cfg, layout, q.device, q_offset, captures)
         cap_args = capture_args.launch_args(capture_args.plan_captures(self.plan.score, self.plan.mask),
                                             captures[0]) if captures else []
-        self.last_config, self.last_tables = cfg, tables
         kernel = getattr(self.module(layout), KERNEL_NAME)
         order, k_order = layout
         interp = q.device.type != "cuda"
@@ -262,21 +286,30 @@ class AttentionKernel:
         precision = opts.precision or ("ieee" if q.dtype == torch.float32 else "tf32")
         bq = order.box(cfg.block_m)
         bk = tables.k_box if isinstance(k_order, SpanBoxes) else k_order.box(cfg.block_n)
-        dummy = tables.full_num if not tables.dense else torch.zeros(1, dtype=torch.int32, device=q.device)
+        dummy = tables.full_num if not tables.dense else self._dummy(q.device)
         grid = (order.num_tiles(Nq, cfg.block_m), B * H)
-        kernel[grid](
-            q, k, v, out, out if lse is None else lse,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            *tables.kernel_args(dummy),
-            Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles, q_offset, *cap_args,
+        # the output has q's shape with v's head dim, allocated contiguous: its strides are known
+        out_strides = (H * Nq * Dv, Nq * Dv, Dv)
+        args = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out_strides,
+                *tables.kernel_args(dummy),
+                Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles, q_offset, *cap_args)
+        constexprs = dict(
             SAME_LEN=Nq == Nkv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D),
             HEAD_DV=Dv, BLOCK_DV=pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
             PART_CONTIG=tables.part_contig, BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1],
             BK2=bk[2], FAST_MATH=fast, DOT_PRECISION=precision,
             UPCAST=interp and q.dtype == torch.bfloat16, EVEN_KV=k_order.whole(Nkv, cfg.block_n),
-            STORE_LSE=lse is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+            STORE_LSE=store_lse)
+        return BoundLaunch(kernel, grid, 5, args, constexprs, cfg.num_warps, cfg.num_stages), tables
+
+    def _dummy(self, device: Any) -> Any:
+        """A one-element int32 tensor standing in for absent table pointers (one per device)."""
+        key = ("dummy", str(device))
+        if key not in self._tables:
+            import torch
+
+            self._tables[key] = torch.zeros(1, dtype=torch.int32, device=device)
+        return self._tables[key]
 
     def tables(self, n_q: int, n_kv: int, heads: int, batch: int, cfg: KernelConfig, layout: Layout,
                device: Any, q_offset: int = 0, captures: tuple[dict[str, Any], tuple] | None = None) -> BlockTables:
@@ -331,8 +364,9 @@ class AttentionKernel:
 
             out = torch.empty((B, H, Nq, v.shape[3]), dtype=q.dtype, device=q.device)
 
-            def make_run(c: KernelConfig):
-                return lambda: self._launch(q, k, v, out, c, layout, opts, captures=captures)
+            def make_run(c: KernelConfig):  # bound once: the timing sees the GPU, not our host code
+                launch, _ = self._bind(q, k, v, c, layout, opts, captures=captures)
+                return lambda: launch(q, k, v, out, out)
 
             cfg = autotune.tune(make_run, autotune.candidates(max(D, v.shape[3]), dt, boxed),
                                 key, cache)
@@ -344,6 +378,30 @@ class AttentionKernel:
         import hashlib
 
         return hashlib.sha256(self.module(layout).__source__.encode()).hexdigest()[:16]
+
+
+class PreparedAttention:
+    """A prepared call: allocate the output (and the log-sum-exp), launch the bound kernel."""
+
+    __slots__ = ("kernel", "shape", "dtype", "device", "launch", "lse", "config", "tables", "_empty")
+
+    def __init__(self, kernel: AttentionKernel, shape: tuple[int, ...], dtype: Any, device: Any,
+                 launch: BoundLaunch, lse: tuple[tuple[int, ...], Any] | None, config: KernelConfig,
+                 tables: BlockTables) -> None:
+        import torch
+
+        self.kernel, self.shape, self.dtype, self.device, self.launch = kernel, shape, dtype, device, launch
+        self.lse, self.config, self.tables, self._empty = lse, config, tables, torch.empty
+
+    def __call__(self, q: Any, k: Any, v: Any) -> Any:
+        self.kernel._last = self
+        out = self._empty(self.shape, dtype=self.dtype, device=self.device)
+        if self.lse is None:
+            self.launch(q, k, v, out, out)
+            return out
+        lse = self._empty(self.lse[0], dtype=self.lse[1], device=self.device)
+        self.launch(q, k, v, out, lse)
+        return out, lse
 
 
 def _non_default(opts: LaunchOptions) -> dict[str, Any]:
