@@ -189,9 +189,12 @@ class AttentionKernel:
         return self._configs[key]
 
     # ---- launch ---------------------------------------------------------------------------------
-    def __call__(self, q: Any, k: Any, v: Any, q_offset: int | None = None, **options: Any) -> Any:
+    def __call__(self, q: Any, k: Any, v: Any, q_offset: int | None = None, out: Any = None,
+                 **options: Any) -> Any:
         """``q_offset``: the position of query 0 for cascades built with ``align="offset"`` (their
-        ``QOFF``; default the cascade's value), see :mod:`einfuse.ir.positions`."""
+        ``QOFF``; default the cascade's value), see :mod:`einfuse.ir.positions`. ``out``: a
+        ``(B, H, N_q, D_v)`` buffer to write, any strides with the last one 1 (a transposed view of
+        ``(B, N_q, H, D_v)`` memory is what Hugging Face layers want, with no copy afterwards)."""
         import torch
 
         opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
@@ -199,7 +202,13 @@ class AttentionKernel:
         Dv = v.shape[3]
         order = self.order_for(q, k, opts)
         cfg = self.config(q, k, v, order, opts)
-        out = torch.empty((B, H, Nq, Dv), dtype=q.dtype, device=q.device)
+        if out is None:
+            out = torch.empty((B, H, Nq, Dv), dtype=q.dtype, device=q.device)
+        elif (tuple(out.shape) != (B, H, Nq, Dv) or out.dtype != q.dtype or out.device != q.device
+              or out.stride(-1) != 1):
+            raise CodegenError(f"{self.plan.name}: out must be a {q.dtype} tensor of shape {(B, H, Nq, Dv)} on "
+                               f"{q.device} with last stride 1; got {out.dtype} {tuple(out.shape)} on {out.device}, "
+                               f"strides {tuple(out.stride())}")
         self._launch(q, k, v, out, cfg, order, opts, self._q_offset(q_offset))
         return out
 
