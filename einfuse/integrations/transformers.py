@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from einfuse.errors import CodegenError
+from einfuse.ir.positions import Q_OFFSET
 
 NAME = "einfuse"
 log = logging.getLogger(__name__)
@@ -205,19 +206,16 @@ class _Kernels:
         """``(B, N_q, H, D_v)`` attention of ``(B, H, N, D)`` views (last stride 1)."""
         import torch
 
-        from einfuse.codegen.autograd import needs_grad
-        from einfuse.codegen.compile import _traced
-
         q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
         runtime = {} if q_offset is None else {"q_offset": q_offset}
-        if self.main is None or _traced(q) or needs_grad(q, k, v):
+        graph = type(q) is not torch.Tensor or torch.compiler.is_compiling()  # compile/export: the custom op
+        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        if self.main is None or graph or grad:
             return self.compiled(q, k, v, **runtime).transpose(1, 2).contiguous()
         B, H, n_q, _ = q.shape
         if n_q <= self.decode_max:
             dec = self.compiled.decode_kernel()
             if dec is not None:  # (B, H, 1, D) is (B, 1, H, D) memory: no copy for one query
-                from einfuse.ir.positions import Q_OFFSET
-
                 out = dec(q, k, v, **({} if q_offset is None else {Q_OFFSET: q_offset}))
                 return out.transpose(1, 2).contiguous()
         out = torch.empty((B, n_q, H, v.shape[3]), dtype=q.dtype, device=q.device)
