@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guard-s", type=int, default=300, help="give up one implementation's step after this long")
     p.add_argument("--out-dir", default=None, help="default benchmarks/results/hf-model (a temporary folder "
                    "with --dry-run)")
+    p.add_argument("--tag", default="", help="appended to the result files' names (another size, say)")
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, fp32, tiny sizes")
     a = p.parse_args(argv)
     if a.dry_run:
@@ -105,13 +106,20 @@ def build(family: str, a: argparse.Namespace, device: str, dtype: Any) -> Any:
     return model.to(dtype).eval()
 
 
+_REGISTERED: str | None = None
+
+
 def use(model: Any, impl: str) -> None:
     """Switch the model's attention; einfuse strictly (a fallback to PyTorch would be an error)."""
+    global _REGISTERED
     name = impl
     if impl.startswith("einfuse"):
         import einfuse.integrations.transformers as eft
 
-        name = eft.register(strict=True, **({"autotune": True} if impl == "einfuse-autotune" else {}))
+        if _REGISTERED != impl:  # registering again drops the compiled kernels
+            eft.register(strict=True, **({"autotune": True} if impl == "einfuse-autotune" else {}))
+            _REGISTERED = impl
+        name = eft.NAME
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(name)
     else:  # older transformers
@@ -254,7 +262,9 @@ def generation(model: Any, impls: list[str], a: argparse.Namespace, device: str)
             with guard(a.guard_s):
                 use(model, impl)
                 with torch.no_grad():
-                    greedy(model, prompt[:, : min(64, a.gen_prompt)], 3)  # warm-up: compile, caches
+                    # warm-up: compile, block tables of the prompt, decode kernels at key counts of every
+                    # specialisation (Triton specialises integers divisible by 16)
+                    greedy(model, prompt, min(17, a.new_tokens))
                     run = greedy(model, prompt, a.new_tokens)
                     if ref is None:
                         ref = run
@@ -344,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 res["prefill"][impl] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"  prefill {impl}: {res['prefill'][impl]['error']}\n{traceback.format_exc(limit=3)}", flush=True)
         res["generation"] = generation(model, a.gen_impls.split(","), a, device)
+        if "einfuse.integrations.transformers" in sys.modules:  # the kernels einfuse compiled for this model
+            res["einfuse_variants"] = [str(k) for k in sys.modules["einfuse.integrations.transformers"]._KERNELS]
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -362,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def write(results: dict[str, Any], a: argparse.Namespace, md: str) -> None:
-    stem = "dry-run" if a.dry_run else slug(results["env"]["device"])
+    stem = ("dry-run" if a.dry_run else slug(results["env"]["device"])) + (f"-{a.tag}" if a.tag else "")
     dirs = [a.out_dir] + ([os.environ["OUT"]] if os.environ.get("OUT") else [])
     for d in dirs:
         os.makedirs(d, exist_ok=True)
