@@ -256,7 +256,7 @@ def generation(model: Any, impls: list[str], a: argparse.Namespace, device: str)
     g = torch.Generator().manual_seed(a.seed + 1)
     prompt = torch.randint(0, a.vocab, (a.gen_batch, a.gen_prompt), generator=g).to(device)
     res: dict[str, Any] = {}
-    ref = None
+    ref, ref_impl = None, None
     for impl in impls:
         try:
             with guard(a.guard_s):
@@ -266,16 +266,16 @@ def generation(model: Any, impls: list[str], a: argparse.Namespace, device: str)
                     # specialisation (Triton specialises integers divisible by 16)
                     greedy(model, prompt, min(17, a.new_tokens))
                     run = greedy(model, prompt, a.new_tokens)
-                    if ref is None:
-                        ref = run
+                    if ref is None:  # the first that runs (sdpa unless it failed) is the reference
+                        ref, ref_impl = run, impl
                         forced = None
                     else:
                         forced = greedy(model, prompt, a.new_tokens, force=ref["tokens"])
             r = {"prefill_ms": run["prefill_ms"], "step_ms_median": statistics.median(run["times"]),
                  "step_ms_mean": statistics.fmean(run["times"]),
                  "tokens_per_s": a.gen_batch * len(run["times"]) / (sum(run["times"]) / 1e3)}
-            if impl != impls[0]:
-                r.update(agreement(run, ref, forced))
+            if run is not ref:
+                r.update(agreement(run, ref, forced), reference=ref_impl)
             res[impl] = r
             print(f"  generate {impl:16s} step {r['step_ms_median']:.3f} ms  "
                   + " ".join(f"{k}={v:.4g}" for k, v in r.items() if isinstance(v, float) and "same" in k), flush=True)
