@@ -325,7 +325,12 @@ def slug(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
+    import warnings
+
     import torch
+
+    # transformers >= 5.2x renames past_key_values to cache; the old name is what every 5.x takes
+    warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
     from hf_model_report import markdown, targets
 
     device = "cpu" if a.dry_run else "cuda"
