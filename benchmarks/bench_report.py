@@ -88,6 +88,22 @@ def write_reports(rows: list[dict[str, Any]], info: dict[str, Any], cases: list[
         lines.append(f"| {s['variant']} | {s['shape']} | {s['owner']} | {_fmt(s['einfuse'])} {unit} | "
                      f">= {t['ratio_needed']}x {t['peer']} | {_fmt(t['ratio'])} | **{t['status']}** | "
                      f"{', '.join(f'{k} {v}' for k, v in t['issue_peer_numbers'].items()) or '-'} |")
+    cut = [(s, r) for s in summary for r in rows
+           if r["variant"] == s["variant"] and r["system"].startswith("einfuse-cutlass")]
+    if cut:
+        lines += ["", "## CUTLASS back end", "",
+                  "einfuse-cutlass: the path einfuse picks (on Hopper the wgmma kernel, cp.async loads, no TMA or "
+                  "warp specialisation yet); einfuse-cutlass-sm80: the mma.sync kernel. The issue's targets: full "
+                  "and causal >= 1.0x SDPA cuDNN; every softmax-family row >= the Triton back end", "",
+                  "| variant | shape | system | throughput | / einfuse-triton | / sdpa-cudnn | / flex | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s, r in cut:
+            v = _value(r, s["metric"])
+            peers = {x["system"]: _value(x, s["metric"]) for x in rows if x["variant"] == s["variant"]}
+            ratio = lambda name, v=v, peers=peers: _fmt(v / peers[name]) if v and peers.get(name) else "-"
+            lines.append(f"| {s['variant']} | {s['shape']} | {r['system']} | {_fmt(v)} {UNITS[s['metric']]} | "
+                         f"{ratio('einfuse-triton')} | {ratio('sdpa-cudnn')} | {ratio('flex')} | "
+                         f"{r.get('error', '').replace('|', '/')} |")
     lines += ["", "## All rows", "",
               "| variant | shape | system | ms | throughput | rel_err | einfuse / this | note |",
               "|---|---|---|---|---|---|---|---|"]

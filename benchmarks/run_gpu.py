@@ -2,6 +2,7 @@
 
     python benchmarks/run_gpu.py                 # all cases -> benchmarks/results/<device>.{json,md}
     python benchmarks/run_gpu.py --only lightning,decode_gqa --rep 50
+    python benchmarks/run_gpu.py --backward      # training: fwd, bwd, fwd+bwd (benchmarks/backward.py)
 
 Each row is timed with ``triton.testing.do_bench`` (median) after a check of its output against the
 float64 reference of the same cascade (benchmarks/bench_reference.py) on a slice of heads and
@@ -40,8 +41,53 @@ import einfuse
 REL_TOL = 2e-2  # bf16 operands: 1e-3..1e-2 is normal; above 2e-2 the row is marked wrong
 
 
-def make_einfuse(case: Case, options: dict[str, Any]) -> tuple[Any, str]:
+CUTLASS_OWNERS = ("Triton-A",)  # the one-pass softmax/sigmoid plans: what the CUTLASS back end prints
+
+
+def cutlass_cases(cases: list[Case]) -> list[Case]:
+    return [c for c in cases if c.owner in CUTLASS_OWNERS and c.D in (64, 128)]
+
+
+CUTLASS_SYSTEMS = {"einfuse-cutlass": "auto", "einfuse-cutlass-sm80": "sm80"}
+"""einfuse-cutlass: the path einfuse picks (wgmma on Hopper); -sm80: the mma.sync path, for comparison."""
+
+
+def _build_cutlass(spec: str, head_dim: int, path: str) -> str:
+    """Compile one case's CUTLASS kernel (bf16, its head dim, a path) into the on-disk build cache."""
+    try:
+        from einfuse.codegen.cutlass.build import arch_of, load_extension
+
+        kern = einfuse.compile(spec, target="cutlass", path=path).kernel
+        arch = arch_of(0)
+        t0 = time.time()
+        load_extension(kern.source((("bf16", head_dim),), kern.path_for(arch)), arch)
+        return f"{spec} ({path}): built in {time.time() - t0:.0f}s"
+    except Exception as exc:  # noqa: BLE001 - the case's row reports it again when it runs
+        return f"{spec} ({path}): {type(exc).__name__}: {str(exc)[-300:]}"
+
+
+def prebuild_cutlass(cases: list[Case], log: Any) -> None:
+    """nvcc takes ~1 min per kernel: build every case's kernel at once, one process each."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    todo = cutlass_cases(cases)
+    if not todo:
+        return
+    t0 = time.time()
+    jobs = [(c.spec, c.D, path) for c in todo for path in CUTLASS_SYSTEMS.values()]
+    with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1),
+                             mp_context=get_context("spawn")) as pool:
+        for line in pool.map(_build_cutlass, *zip(*jobs)):
+            print(f"[cutlass] {line}", file=log, flush=True)
+    print(f"[cutlass] {len(jobs)} kernels built in {time.time() - t0:.0f}s", file=log, flush=True)
+
+
+def make_einfuse(case: Case, options: dict[str, Any], target: str = "triton") -> tuple[Any, str]:
     """einfuse's kernel for the case: through ``einfuse.compile`` when it exists, else the builder."""
+    if target == "cutlass":
+        return (einfuse.compile(case.spec, target="cutlass", **options),
+                f"einfuse.compile(target='cutlass', path='{options.get('path', 'auto')}')")
     cascade = einfuse.load_spec(case.spec)
     family = cascade.attrs.get("family")
     compile_error = None
@@ -125,7 +171,11 @@ def run_case(case: Case, systems: list[str], device: str, rep: int, warmup: int,
                                "system": system, "spec": case.spec, "owner": case.owner}
         t0 = time.time()
         try:
-            if system == "einfuse-triton":
+            if system in CUTLASS_SYSTEMS:
+                fn, via = make_einfuse(case, {"path": CUTLASS_SYSTEMS[system]}, target="cutlass")
+                to_native = lambda *x: x
+                row["via"] = via
+            elif system == "einfuse-triton":
                 fn, via = make_einfuse(case, einfuse_options.get(case.variant, {}))
                 to_native = lambda *x: x
                 row["via"] = via
@@ -181,6 +231,11 @@ def slug(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--backward" in argv:  # forward + backward timings: benchmarks/backward.py (its own options)
+        import backward
+
+        return backward.main([a for a in argv if a != "--backward"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="comma-separated case variants (default: all)")
     ap.add_argument("--systems", help="comma-separated systems (default: einfuse-triton + the case's peers)")
@@ -188,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up time, ms")
     ap.add_argument("--results-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--name", help="results file stem (default: the device name)")
+    ap.add_argument("--no-cutlass", action="store_true", help="skip the einfuse-cutlass rows (nvcc builds)")
     ap.add_argument("--einfuse-options", default="{}", help='JSON {"variant": {option: value}}')
     args = ap.parse_args(argv)
     info = device_info()
@@ -199,8 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.name or slug(info["device"])
     dirs = [args.results_dir] + ([out_dir] if out_dir else [])
     done: list[Case] = []
-    for case in select(args.only):
-        systems = ["einfuse-triton", *case.peers]
+    cases = select(args.only)
+    with_cutlass = not args.no_cutlass and (not args.systems or "einfuse-cutlass" in args.systems)
+    if with_cutlass:
+        prebuild_cutlass(cases, log)
+    for case in cases:
+        systems = ["einfuse-triton", *(list(CUTLASS_SYSTEMS) if with_cutlass and case in cutlass_cases([case])
+                                       else []), *case.peers]
         if args.systems:
             systems = [s for s in args.systems.split(",") if s in systems]
         rows += run_case(case, systems, info["device"], args.rep, args.warmup, opts, log)

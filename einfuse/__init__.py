@@ -29,13 +29,14 @@ _LAZY = {
     "Cascade": "einfuse.ir",
     "format_cascade": "einfuse.ir",
     "parse_cascade": "einfuse.ir",
+    "tensor": "einfuse.frontends.captured",  # ef.tensor("bias", ndim=2): a captured tensor placeholder
     **{name: "einfuse.frontends.symbolic" for name in SYMBOLIC},
 }
 
 # (compile is public but not in __all__: `from einfuse import *` must not shadow the builtin)
 __all__ = [
     "BUILTINS", "Cascade", "EinfuseError", "attention", "format_cascade", "format_plan", "linear_attention",
-    "load_spec", "parse_cascade", "plan", *SYMBOLIC,
+    "load_spec", "parse_cascade", "plan", "tensor", *SYMBOLIC,
 ]
 
 
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports this module s
     from einfuse.frontends import attention as attention
     from einfuse.frontends import linear_attention as linear_attention
     from einfuse.frontends import load_spec as load_spec
+    from einfuse.frontends.captured import tensor as tensor
     from einfuse.frontends.symbolic import (  # noqa: F401
         abs,
         clamp,

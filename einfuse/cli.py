@@ -199,6 +199,10 @@ def random_inputs(c, B: int, H: int, N: int, D: int, kv_len: int | None, extra: 
             shape.append(int(ext))
         heads = kv_heads if (kv_heads and name != "Q" and "M" in c.tensors[name].ranks) else H
         inputs[name] = rng.standard_normal((B, heads, *shape))
+    if c.captures:  # captured tensors declared without a value (a text-form spec): random ones
+        from einfuse.lowering.plan_check import check_captures
+
+        inputs.update(check_captures(c, rng, unbound_only=True))
     return inputs, {k: v for k, v in sizes.items()}
 
 

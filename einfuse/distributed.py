@@ -10,7 +10,9 @@ is the process group's (``init_process_group(timeout=...)``).
 
 A rank whose kernel raises does not leave the others waiting: every rank first all-gathers a status
 flag, so all ranks raise an :class:`EinfuseError` naming the failed ranks (the failed rank re-raises
-its own error).
+its own error). The flags travel through a gloo group on the CPU (the data group itself when it is
+gloo), so a step has no host synchronisation: the flag exchange overlaps the kernel, and the
+all-gather of the partial results and the combine are queued behind it on the GPU.
 
 Lamina's query side: with ``src=r`` the queries exist on rank ``r`` only (the compute device), are
 broadcast to the attention ranks, and every rank gets the combined output back.
@@ -36,7 +38,8 @@ class DistributedDecode:
     rank's ``(B, H_kv, N_shard, D)`` keys and values; every rank gets the ``(B, H, N_q, D_v)`` output.
     """
 
-    def __init__(self, spec: str | Cascade, group: Any = None, **decode_options: Any) -> None:
+    def __init__(self, spec: str | Cascade, group: Any = None, timeout: Any = None,
+                 **decode_options: Any) -> None:
         from einfuse.codegen.triton.decode import build_decode
         from einfuse.lowering import kernel_plan
 
@@ -61,6 +64,8 @@ class DistributedDecode:
         self.name = c.name
         self.plan = plan
         self.group = group
+        self.timeout = timeout  # of the CPU group that carries the status flags (None: torch's default)
+        self._flags_group: Any = None
         self.kernel = build_decode(plan, **decode_options)
 
     def __call__(self, q: Any, k: Any, v: Any, src: int | None = None) -> Any:
@@ -78,21 +83,35 @@ class DistributedDecode:
             o, lse = self._local(q, k, v)
         except Exception as exc:  # noqa: BLE001 - reported to every rank below, then re-raised here
             error = exc
-        status = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=k.device)
-        flags = [torch.zeros_like(status) for _ in range(world)]
-        dist.all_gather(flags, status, group=self.group)
-        failed = [r for r, f in enumerate(flags) if int(f.item())]
+        status = torch.tensor([0 if error is None else 1], dtype=torch.int32)
+        flags = torch.zeros(world, dtype=torch.int32)
+        dist.all_gather_into_tensor(flags, status, group=self._flags())  # CPU: no wait on the GPU
+        failed = [r for r in range(world) if flags[r]]
         if error is not None:
             raise error
         if failed:
             raise EinfuseError(f"{self.name}: distributed decode failed on rank(s) "
                                f"{', '.join(map(str, failed))} (this is rank {rank}); see their errors")
         # one all-gather of the small pairs: outputs in float32 with the log-sum-exp as a last column
-        packed = torch.cat([o.float(), lse.unsqueeze(-1)], dim=-1).contiguous()
-        parts = [torch.empty_like(packed) for _ in range(world)]
-        dist.all_gather(parts, packed, group=self.group)
-        stacked = torch.stack(parts)                      # (ranks, B, H, N_q, D_v + 1)
+        packed = torch.cat([o.float(), lse.unsqueeze(-1)], dim=-1)
+        flat = packed.new_empty(world * packed.numel())  # 1-D buffers: gloo takes no stacked shape
+        dist.all_gather_into_tensor(flat, packed.reshape(-1), group=self.group)
+        stacked = flat.view(world, *packed.shape)          # (ranks, B, H, N_q, D_v + 1)
         return combine(stacked[..., :-1], stacked[..., -1]).to(q.dtype)
+
+    def _flags(self) -> Any:
+        """The gloo group of this group's ranks for the status flags (made once, by its members only)."""
+        import torch.distributed as dist
+
+        if self._flags_group is None:
+            if dist.get_backend(self.group) == "gloo":
+                self._flags_group = self.group
+            else:
+                ranks = dist.get_process_group_ranks(self.group or dist.group.WORLD)
+                kw = {} if self.timeout is None else {"timeout": self.timeout}
+                self._flags_group = dist.new_group(ranks, backend="gloo", use_local_synchronization=True,
+                                                   **kw)
+        return self._flags_group
 
     def _local(self, q: Any, k: Any, v: Any) -> tuple[Any, Any]:
         import torch

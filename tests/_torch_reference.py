@@ -74,3 +74,18 @@ def softmax_plan_attention(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     e = torch.where(keep, torch.exp(s - mx), 0.0)
     den = e.sum(-1, keepdim=True)
     return (e / torch.where(den == 0, 1.0, den)) @ vv
+
+
+def sigmoid_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: float, causal: bool = False,
+                      mask=None) -> torch.Tensor:
+    """Sigmoid attention (FlashSigmoid) written out: ``sigmoid(q.k / sqrt(D) + bias) V``, masked pairs
+    0 (``causal`` bottom-right; ``mask(qi, ki)`` an extra predicate), K/V heads repeated over GQA groups."""
+    H, Hkv = q.shape[1], k.shape[1]
+    kk, vv = (t.repeat_interleave(H // Hkv, dim=1) for t in (k, v))
+    w = torch.sigmoid(q @ kk.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias)
+    qi = torch.arange(q.shape[2], device=q.device)[:, None]
+    ki = torch.arange(k.shape[2], device=q.device)[None, :]
+    keep = (ki <= qi + k.shape[2] - q.shape[2]) if causal else torch.ones_like(w, dtype=torch.bool)
+    if mask is not None:
+        keep = keep & mask(qi, ki)
+    return torch.where(keep, w, 0.0) @ vv

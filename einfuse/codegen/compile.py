@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from einfuse.lowering.plan import KernelPlan
 
 DECODE_MAX_QUERIES = 16
-TARGETS = ("triton", "cutlass")
+TARGETS = ("triton", "cutlass", "auto")
 
 
 @dataclass
@@ -51,39 +51,58 @@ class CompiledAttention:
     sizes: dict[str, int] = field(default_factory=dict)
     """Token count of the declared grid (neighbourhood variants): queries and keys must number it."""
     _backward_kernel: Any = None
+    backend_note: str | None = None
+    """Why ``target="auto"`` compiled for one back end only (the CUTLASS back end refused the plan)."""
+    _varlen_kernel: Any = None
 
     @property
     def has_backward(self) -> bool:
-        """Whether gradients can flow through this variant (one-pass softmax plans on Triton)."""
+        """Whether gradients can flow through this variant (one-pass softmax and sigmoid plans on Triton)."""
         from einfuse.codegen.triton.runtime import AttentionKernel
+        from einfuse.lowering.backward import BACKWARD_FAMILIES
 
-        return self.family == "softmax" and self.plan is not None and isinstance(self.kernel, AttentionKernel)
+        kernel = getattr(self.kernel, "triton", self.kernel)  # target="auto" trains on its Triton kernel
+        return (self.plan is not None and self.plan.family in BACKWARD_FAMILIES
+                and isinstance(kernel, AttentionKernel))
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         from einfuse.codegen import autograd
+        from einfuse.codegen.call_extras import broadcast_kv
 
-        grad = autograd.needs_grad(q, k, v) and not _traced(q)
+        k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
+        from einfuse.codegen.capture_args import grad_captures
+
+        grad = autograd.needs_grad(q, k, v, *grad_captures(self, runtime)[1])
+        if grad and runtime.get("return_lse"):
+            raise CodegenError(f"{self.name}: return_lse=True is forward only; call it under torch.no_grad()")
         check_tensors(self.name, {"q": q, "k": k, "v": v}, grad_ok=grad and self.has_backward,
                       family=self.family)
-        if grad:
+        traced = self.use_torch_op and _traced(q)
+        if grad and not traced:
             return autograd.attention_with_grad(self, q, k, v, **runtime)  # forward + saved LSE, backward
-        if runtime or not self.use_torch_op or not _traced(q):
+        if not traced:
             # eager calls launch directly: the custom op is for graphs (torch.compile, export), and
             # its dispatch costs ~0.1 ms of CPU per call, more than short kernels take on the GPU
             return self.run(q, k, v, **runtime)
         from einfuse.codegen import torch_op
 
-        return torch_op.call(self.key, q, k, v)
+        if grad:  # the trainable op: its registered autograd formula launches the backward kernels
+            return torch_op.call_train(self.key, q, k, v, **runtime)
+        return torch_op.call(self.key, q, k, v, **runtime)
 
     def run(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         """Launch directly (no custom op): decode kernel for short query blocks, else the main one.
 
         ``q_offset=`` sets the position of query 0 of a variant built with ``align="offset"``
         (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs."""
+        from einfuse.codegen.call_extras import broadcast_kv, forward_lse
+
+        k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
         if self.family != "linear" and not getattr(self.kernel, "checks_inputs", False):
             from einfuse.codegen.triton.runtime import check_inputs
 
             check_inputs(self.name, q, k, v)  # the same clear errors whichever kernel runs
+        return_lse = bool(runtime.pop("return_lse", False))
         q_offset = runtime.pop("q_offset", None)
         if q_offset is not None and Q_OFFSET not in self.cascade.params:
             raise CodegenError(f"{self.name}: q_offset is given but the variant does not use a query offset; "
@@ -97,10 +116,24 @@ class CompiledAttention:
         if self.family == "softmax" and self.decode and q.shape[2] <= DECODE_MAX_QUERIES:
             dec = self.decode_kernel()
             if dec is not None:
-                return dec(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
+                extra = {} if q_offset is None else {Q_OFFSET: q_offset}
+                if return_lse:
+                    return forward_lse(self, q, k, v, dec, **runtime, **extra)
+                return dec(q, k, v, **runtime, **extra)
         if q_offset is not None:
             runtime["q_offset"] = q_offset
+        if return_lse:
+            return forward_lse(self, q, k, v, None, **runtime)
         return self.kernel(q, k, v, **runtime)
+
+    def varlen(self, q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: int,
+               max_seqlen_k: int, **runtime: Any) -> Any:
+        """A packed variable-length batch, FlashAttention's ``flash_attn_varlen_func`` convention:
+        ``(total, H, D)`` tensors, int32 offsets; each sequence attends within itself
+        (:mod:`einfuse.codegen.triton.varlen`). Returns ``(total_q, H, D_v)``."""
+        from einfuse.codegen.triton.varlen import varlen_call
+
+        return varlen_call(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **runtime)
 
     def decode_kernel(self) -> Any:
         if self._decode_kernel is None and self.decode_fallback is None:
@@ -174,7 +207,7 @@ def check_tensors(name: str, tensors: Mapping[str, Any], grad_ok: bool = False, 
         if t.requires_grad and torch.is_grad_enabled() and not grad_ok:
             what = f"{family} attention" if family else "this variant"
             raise CodegenError(f"{name}: {nm} requires grad, but there is no backward for {what} yet (one-pass softmax "
-                               "plans on the Triton target do); call under torch.no_grad() or pass detached "
+                               "and sigmoid plans on the Triton target do); call under torch.no_grad() or pass detached "
                                "tensors (x.detach())")
 
 
@@ -226,6 +259,9 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
 
     if target == "cutlass":
         return _compile_cutlass(c, sizes=sizes, torch_op=torch_op, **options)
+    if target == "auto" and not is_multistage(c):
+        return _compile_auto(c, sizes=sizes, decode=decode, decode_options=decode_options, torch_op=torch_op,
+                             **options)
     if is_multistage(c):
         # several score products (Agent, BASED): one kernel per stage, launched directly. Decided
         # before the one-stage analysers run: they trace one softmax chain and would not notice the
@@ -258,7 +294,26 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
         from einfuse.codegen import torch_op as op
 
         out.key = f"{c.name}-{id(out):x}"
-        op.register(out.key, out.run)
+        op.register(out.key, out.run, out)
+    return out
+
+
+def _compile_auto(c: Cascade, *, sizes: Mapping[str, int] | None, torch_op: bool, **kwargs: Any) -> Any:
+    """``target="auto"``: the Triton kernel and, where the CUTLASS back end prints the plan, its kernel
+    too; each shape class runs on the faster (:mod:`einfuse.codegen.backend_choice`). Plans the CUTLASS
+    back end refuses (linear attention, ...) compile for Triton alone."""
+    out = compile(c, target="triton", sizes=sizes, torch_op=torch_op, **kwargs)
+    if not isinstance(out, CompiledAttention) or out.family == "linear" or out.plan is None:
+        return out
+    from einfuse.codegen.backend_choice import FastestBackend
+    from einfuse.codegen.cutlass.runtime import CutlassAttention
+
+    try:
+        cutlass = CutlassAttention.build(out.plan, sizes=sizes)
+    except CodegenError as exc:
+        out.backend_note = f"Triton only: {exc}"
+        return out
+    out.kernel = FastestBackend(c.name, out.kernel, cutlass)
     return out
 
 

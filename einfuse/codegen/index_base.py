@@ -32,6 +32,7 @@ from sympy.logic.boolalg import BooleanFunction, to_nnf
 
 from einfuse.errors import CodegenError
 from einfuse.ir.bitwise import TRITON_INFIX as INFIX_BITWISE  # & | ^: the same spelling in Triton and C++
+from einfuse.ir.captures import is_read
 from einfuse.ir.expr import (
     COMPARE_OPS,
     Access,
@@ -102,6 +103,8 @@ class BaseIndexPrinter:
             return Printed(self.TRUE, "bool")
         if e is sympy.false:
             return Printed(self.FALSE, "bool")
+        if is_read(e):  # a gather from a captured tensor (einfuse.ir.captures)
+            return self.capture_read(e)
         if isinstance(e, sympy.Symbol):
             if e not in self.names:
                 raise CodegenError(f"{self.context}: symbol {e} has no value in the kernel "
@@ -266,6 +269,25 @@ class BaseIndexPrinter:
         if a.is_nonnegative and c.is_positive:
             return Printed(f"({pa.code} % {pc.code})", "int")
         return Printed(self.floormod(pa.code, pc.code), "int")
+
+    def capture_read(self, e: sympy.Basic) -> Printed:
+        """A read of a captured tensor; targets that load them override this."""
+        raise CodegenError(f"{self.context}: the {self.target} back end does not read captured tensors "
+                           f"({e.func.__name__}) yet; use the Triton target")
+
+    def capture_indices(self, e: sympy.Basic) -> tuple[str, list[str]]:
+        """The kernel name of a read's tensor and its index codes (integers), for :meth:`capture_read`."""
+        base = self.names.get(e.func)
+        if base is None:
+            raise CodegenError(f"{self.context}: captured tensor {e.func.__name__} is not a parameter of this "
+                               "kernel")
+        codes = []
+        for k, a in enumerate(e.args):
+            pa = self._p(a)
+            if pa.kind != "int":
+                raise CodegenError(f"{self.context}: index {k} of {e.func.__name__} ({a}) is not an integer")
+            codes.append(pa.code)
+        return base, codes
 
     # ---- spellings (override per target) -----------------------------------------------------------
     TRUE = "True"

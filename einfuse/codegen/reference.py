@@ -76,6 +76,7 @@ class _Executor:
     def __init__(self, c: Cascade, sizes: dict[sympy.Symbol, int], B: int, H: int, dtype: type) -> None:
         self.c, self.sizes, self.B, self.H, self.dtype = c, sizes, B, H, dtype
         self.values: dict[str, Value] = {}
+        self.captured: dict = {}  # read function of each captured tensor -> float64 array
 
     # -- sizes -----------------------------------------------------------------------------------
     def extent(self, rank: str) -> int:
@@ -94,6 +95,7 @@ class _Executor:
         n = len(vars_)
         shape = (self.B, self.H) + tuple(self.extent(self.c.rank_of_index(v).name) for v in vars_)
         env: dict[sympy.Symbol, object] = {s: np.float64(v) for s, v in self.sizes.items()}
+        env.update(self.captured)
         env[BATCH_INDEX] = np.arange(self.B, dtype=np.float64).reshape((self.B, 1) + (1,) * n)
         env[HEAD_INDEX] = np.arange(self.H, dtype=np.float64).reshape((1, self.H) + (1,) * n)
         for k, v in enumerate(vars_):
@@ -115,7 +117,7 @@ class _Executor:
             ok = (arr >= 0) & (arr < shape[k + 2])
             valid = ok if valid is None else valid & ok
             idx_arrays.append(np.clip(arr, 0, shape[k + 2] - 1))
-        bidx = env[BATCH_INDEX].astype(np.int64)
+        bidx = env[BATCH_INDEX].astype(np.int64) * (1 if shape[0] > 1 else 0)  # batch 1 broadcasts (K/V)
         key = (bidx, hidx, *idx_arrays)
         data = src.data[key]
         present = None if src.present is None else src.present[key]
@@ -306,8 +308,8 @@ def infer_sizes(c: Cascade, inputs: Mapping[str, np.ndarray],
         if arr.ndim != len(t.ranks) + 2:
             raise ExecutionError(
                 f"input {name} must have shape (B, H, {', '.join(t.ranks)}); got {tuple(arr.shape)}")
-        B = arr.shape[0] if B is None else B
-        if arr.shape[0] != B:
+        B = arr.shape[0] if B is None or B == 1 else B
+        if arr.shape[0] not in (B, 1):  # an input of batch 1 is shared by every batch (K/V broadcast)
             raise ExecutionError(f"input {name}: batch {arr.shape[0]} differs from {B}")
         H = arr.shape[1] if H is None else max(H, arr.shape[1])
         for r, n in zip(t.ranks, arr.shape[2:]):
@@ -346,7 +348,8 @@ def run_cascade(c: Cascade, inputs: Mapping[str, object], sizes: Mapping[str, in
     if not isinstance(inputs, Mapping):
         raise ExecutionError(f"inputs must be a dict of tensor name -> array (e.g. {{'Q': q, 'K': k, 'V': v}}), "
                              f"got {type(inputs).__name__}")
-    arrays = {k: _to_numpy(k, v, dtype) for k, v in inputs.items()}
+    captured = capture_arrays(c, inputs)
+    arrays = {k: _to_numpy(k, v, dtype) for k, v in inputs.items() if k not in c.captures}
     for k, a in arrays.items():
         if a.size == 0:
             raise ExecutionError(f"input {k} is empty (shape {a.shape}); every size must be >= 1")
@@ -357,6 +360,7 @@ def run_cascade(c: Cascade, inputs: Mapping[str, object], sizes: Mapping[str, in
             raise ExecutionError(f"sizes[{k!r}] = {v!r} must be an integer >= {least}")
     bound, B, H = infer_sizes(c, arrays, sizes)
     ex = _Executor(c, bound, B, H, dtype)
+    ex.captured = captured
     for name in c.inputs:
         ex.values[name] = Value(arrays[name], None)
     ex.run()
@@ -368,6 +372,22 @@ def run_cascade(c: Cascade, inputs: Mapping[str, object], sizes: Mapping[str, in
             continue
         v = ex.values[n]
         out[n] = np.where(v.mask(), v.data, 0.0).astype(dtype)
+    return out
+
+
+def capture_arrays(c: Cascade, inputs: Mapping[str, object]) -> dict:
+    """The captured tensors' values as float64 arrays keyed by their read functions: from
+    ``inputs[name]`` when given there, else the tensor bound when the variant was declared."""
+    out = {}
+    for name, cap in c.captures.items():
+        x = inputs.get(name, cap.value)
+        if x is None:
+            raise ExecutionError(f"captured tensor {name} has no value: pass it in inputs ({name!r}: array)")
+        arr = _to_numpy(name, x, np.float64)
+        if arr.ndim != cap.ndim or arr.size == 0:
+            raise ExecutionError(f"captured tensor {name} must be a non-empty {cap.ndim}-d array; got shape "
+                                 f"{tuple(arr.shape)}")
+        out[cap.fn] = arr
     return out
 
 

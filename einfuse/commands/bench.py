@@ -12,7 +12,7 @@ import json
 
 import click
 
-PEERS = ("flex", "sdpa", "cudnn")
+PEERS = ("flex", "sdpa", "cudnn", "cutlass")  # cutlass: einfuse's own second back end
 
 
 def run_bench(spec: str, shape: tuple[int, int, int, int], kv_len: int | None, kv_heads: int | None,
@@ -58,7 +58,9 @@ def run_bench(spec: str, shape: tuple[int, int, int, int], kv_len: int | None, k
         if not isinstance(compiled.kernel, AttentionKernel):
             break
         try:
-            if name == "flex":
+            if name == "cutlass":
+                fn = _cutlass_runner(spec, sizes, q, k, v)
+            elif name == "flex":
                 fn = peer_mod.flex_runner(compiled.kernel.plan, compiled.kernel.sizes, q, k, v)
             else:
                 fn = peer_mod.sdpa_runner(compiled.kernel.plan, "flash" if name == "sdpa" else name, q, k, v)
@@ -87,6 +89,14 @@ def run_bench(spec: str, shape: tuple[int, int, int, int], kv_len: int | None, k
     return record
 
 
+def _cutlass_runner(spec: str, sizes: dict[str, int], q, k, v):
+    """The same variant printed by the CUTLASS back end (built with nvcc on first use)."""
+    import einfuse
+
+    kern = einfuse.compile(spec, target="cutlass", sizes=sizes, torch_op=False)
+    return lambda: kern.run(q, k, v)
+
+
 def register(cli: click.Group) -> None:
     @cli.command("bench")
     @click.argument("spec")
@@ -95,7 +105,8 @@ def register(cli: click.Group) -> None:
     @click.option("--kv-heads", type=int, default=None, help="K/V heads for GQA (default H)")
     @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
     @click.option("--peers", default="flex,sdpa,cudnn", show_default=True,
-                  help="comma-separated peers to time beside einfuse (flex, sdpa, cudnn) or 'none'")
+                  help="comma-separated peers to time beside einfuse's Triton kernel (flex, sdpa, cudnn, cutlass: "
+                       "the CUTLASS back end) or 'none'")
     @click.option("--autotune/--no-autotune", default=True, show_default=True,
                   help="time candidate tile configurations first (cached on disk)")
     @click.option("--size", "sizes", multiple=True, help="bind a cascade param, NAME=VALUE")

@@ -30,6 +30,7 @@ import sympy
 
 from einfuse.errors import SpecError
 from einfuse.frontends import symbolic
+from einfuse.frontends.captured import tracing
 from einfuse.ir.builder import CascadeBuilder, acc  # noqa: F401  (part of the DSL's API)
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import Access, Compare, Condition, Const, Expr, as_expr, binary, unary
@@ -52,11 +53,17 @@ def _call_user(fn: Callable[..., object], kind: str, args: tuple) -> object:
     if n != len(args):
         names = "(score, b, h, q_idx, kv_idx)" if kind == "score_mod" else "(b, h, q_idx, kv_idx)"
         raise SpecError(f"{kind} must take {len(args)} arguments {names}; it takes {n}")
+    from einfuse.frontends.captured import substitute_tensors
+
     try:
-        return fn(*args)
+        return substitute_tensors(fn)(*args)  # torch tensors the mod closes over become captures
     except SpecError:
         raise
     except Exception as exc:
+        if "Index" in str(exc) and isinstance(exc, (IndexError, TypeError)):
+            raise SpecError(f"{kind} indexes a tensor einfuse cannot see ({type(exc).__name__}: {exc}): only tensors "
+                            "the mod reads as closure variables or module globals are captured; read it from a "
+                            "variable (bias = self.bias) or index an ef.tensor(...)") from None
         raise SpecError(f"{kind} could not be traced symbolically: {type(exc).__name__}: {exc}. "
                         "Use einfuse functions (ef.exp, ef.tanh, ef.where, ef.maximum, ef.abs) instead of "
                         "torch/math ones") from None
@@ -215,7 +222,9 @@ def attention(name: str = "attention", *, score_mod: ScoreMod | None = None,
     cb.params.update(params or {})
     cb.params.update(offset_params(align))
     cb.attrs["family"] = normalization
-    score = qk_einsums(cb, scale, aligned(score_mod, align), aligned(mask_mod, align))
+    with tracing() as seen:  # captured tensors the mods read (einfuse.frontends.captured)
+        score = qk_einsums(cb, scale, aligned(score_mod, align), aligned(mask_mod, align))
+    cb.captures.update(seen)
     va = cb.input("V", "M", "F")
     if normalization == "softmax":
         gm = cb.einsum("GM", ("P",), score, reduce="max", comment="pass 1: global max")

@@ -21,10 +21,11 @@ and key offsets transformers computes and passes them on, and the kernel built w
 
 **Masks.** The mask function returns a small :class:`EinfuseMask` rather than a dense tensor when the
 model's mask is exactly the causal (or sliding-window causal) pattern at those positions, which is
-always the case without padding. A padded batch (an ``attention_mask`` with zeros), packed
-sequences or a custom 4-D mask is not that pattern: until einfuse takes variable lengths, such calls
-run a plain PyTorch path with transformers' own dense mask (correct, not fused; ``strict=True`` in
-``register`` raises instead).
+always the case without padding. A padded batch (an ``attention_mask`` with zeros, one run of
+real tokens per row: left or right padding) runs as a packed variable-length batch
+(:mod:`einfuse.integrations.padding`, ``fn.varlen``); query rows at padding positions give 0. Other
+masks (holes in a row's tokens, packed sequences, a custom 4-D mask) run a plain PyTorch path with
+transformers' own dense mask (correct, not fused; ``strict=True`` in ``register`` raises instead).
 
 The kernels are forward-only: ``dropout`` must be 0 and training through them is not supported.
 """
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from einfuse.errors import CodegenError
+from einfuse.integrations import padding as _padding
 from einfuse.ir.positions import Q_OFFSET
 
 NAME = "einfuse"
@@ -105,7 +107,7 @@ def register(name: str = NAME, strict: bool = False, **compile_options: Any) -> 
     """Register einfuse attention (and its mask function) with transformers under ``name``.
 
     ``strict``: raise instead of taking the plain PyTorch path for masks einfuse does not express
-    (padded batches). ``compile_options`` go to :func:`einfuse.compile` (``autotune=True``, ...).
+    (padding with holes, custom masks). ``compile_options`` go to :func:`einfuse.compile` (``autotune=True``, ...).
     Returns ``name``, to pass as ``attn_implementation``.
     """
     from transformers import AttentionInterface
@@ -176,10 +178,16 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
         info = EinfuseMask.decode(attention_mask) or EinfuseMask(n_kv - n_q, sliding_window, causal,
                                                                  dense=attention_mask)
     if info.dense is not None:
+        window = sliding_window if causal else None
+        padded = _padding.padding_runs(info.dense, n_q, n_kv, window) if causal else None
+        if padded is not None:  # a padded batch: one run of real tokens per row, packed for fn.varlen
+            return _padding.padded_attention(_kernel(scale, window, cap, True, "bottom_right").compiled, query, key,
+                                             value, padded), None
         if _SETTINGS.strict:
-            raise CodegenError("einfuse attention: this mask (padding, packed sequences or a custom mask) is "
-                               "not a causal pattern einfuse expresses yet; pass unpadded batches, or "
-                               "register(strict=False) to run it unfused")
+            raise CodegenError("einfuse attention: this mask (padding with holes, packed sequences or a custom "
+                               "mask) is not a causal pattern over one run of tokens per row, which einfuse "
+                               "expresses; pass left- or right-padded batches, or register(strict=False) to "
+                               "run it unfused")
         return _unfused(query, key, value, info.dense, scale, cap).transpose(1, 2).contiguous(), None
     window = info.window if info.window is not None else (sliding_window if causal else None)
     align = "bottom_right" if info.q_offset == n_kv - n_q or not causal else "offset"

@@ -33,6 +33,7 @@ class CascadeBuilder:
         self.outputs: list[str] = []
         self.params: dict[str, float] = {}
         self.attrs: dict[str, object] = {}
+        self.captures: dict = {}  # name -> einfuse.ir.captures.Capture
 
     def rank(self, *names: str) -> CascadeBuilder:
         for n in names:
@@ -62,7 +63,8 @@ class CascadeBuilder:
 
     def build(self) -> Cascade:
         c = Cascade(self.name, dict(self.ranks), dict(self.tensors), tuple(self.einsums),
-                    tuple(self.inputs), tuple(self.outputs), (), dict(self.params), dict(self.attrs))
+                    tuple(self.inputs), tuple(self.outputs), (), dict(self.params), dict(self.attrs),
+                    dict(self.captures))
         # Einsums that reduce over nothing carry no reduction (canonical form, as the parser reads it)
         einsums = tuple(
             ev if c.reduced_vars(ev) else Einsum(ev.output, ev.expr, None, ev.where, ev.comment)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import networkx as nx
 import sympy
 
+from einfuse.ir.captures import Capture
 from einfuse.ir.einsum import Einsum
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, Partition, Rank, index_symbol, size_symbol
 from einfuse.ir.tensor import Tensor
@@ -36,6 +37,9 @@ class Cascade:
     partitions: tuple[Partition, ...] = ()
     params: dict[str, float] = field(default_factory=dict)
     attrs: dict[str, object] = field(default_factory=dict)
+    captures: dict[str, Capture] = field(default_factory=dict)
+    """Captured tensors (:mod:`einfuse.ir.captures`): extra inputs read by gathers inside index
+    expressions (``idx(rel_bias(p - m + 52))``, ``Eq(doc_ids(p), doc_ids(m))``)."""
 
     # ---- lookups -------------------------------------------------------------------------------
     def rank_of_index(self, sym: sympy.Symbol) -> Rank | None:

@@ -15,6 +15,7 @@ import sympy
 from sympy.parsing.sympy_parser import parse_expr
 
 from einfuse.errors import ParseError
+from einfuse.ir import captures
 from einfuse.ir.bitwise import BITWISE
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
@@ -37,6 +38,7 @@ from einfuse.ir.tensor import Tensor
 from einfuse.ir.validate import validate
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CALL = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 _NUMBER = re.compile(r"(\d+\.?\d*([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?)")
 _SYMPY_FUNCS = {
     "Abs": sympy.Abs, "Mod": sympy.Mod, "floor": sympy.floor, "ceiling": sympy.ceiling,
@@ -55,6 +57,11 @@ def parse_index_expr(text: str, line: str = "") -> sympy.Basic:
     except ValueError as exc:
         raise ParseError(f"cannot parse index expression {text[:200]!r}{_at(line)}: {exc}") from None
     local: dict[str, object] = dict(_SYMPY_FUNCS)
+    local.update({name: cap.fn for name, cap in captures.current().items()})  # reads of captured tensors
+    for call in _CALL.findall(text):
+        if call not in local:  # NAME(...) of an undeclared name: a captured tensor missing its declaration
+            raise ParseError(f"{call}(...) in {text!r}{_at(line)} reads a captured tensor that is not declared; "
+                             f"add 'capture {call}[_] float' (one _ per dimension; float or int)")
     for name in _NAME.findall(text):
         if name in local:
             continue
@@ -328,6 +335,7 @@ def parse_cascade(text: str) -> Cascade:
     params: dict[str, float] = {}
     attrs: dict[str, object] = {}
     einsum_lines: list[str] = []
+    caps: dict[str, captures.Capture] = {}
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -368,6 +376,14 @@ def parse_cascade(text: str) -> Cascade:
                 attrs[k.strip()] = json.loads(v)
             except json.JSONDecodeError:
                 raise ParseError(f"attr {k.strip()} value is not JSON{_at(line)}") from None
+        elif word == "capture":
+            try:
+                cap = captures.parse_declaration(line)
+            except ValueError as exc:
+                raise ParseError(f"{exc}{_at(line)}") from None
+            if cap.name in caps:
+                raise ParseError(f"captured tensor {cap.name} is declared twice{_at(line)}")
+            caps[cap.name] = cap
         elif word in ("input", "output", "tensor"):
             m = _DECL.match(line)
             if not m:
@@ -388,6 +404,7 @@ def parse_cascade(text: str) -> Cascade:
             (inputs if kind == "input" else outputs if kind == "output" else []).append(tname)
         else:
             einsum_lines.append(line)
-    c = Cascade(name, ranks, tensors, (), tuple(inputs), tuple(outputs), tuple(partitions), params, attrs)
-    einsums = tuple(parse_einsum(line, c) for line in einsum_lines)
+    c = Cascade(name, ranks, tensors, (), tuple(inputs), tuple(outputs), tuple(partitions), params, attrs, caps)
+    with captures.declared(caps):
+        einsums = tuple(parse_einsum(line, c) for line in einsum_lines)
     return validate(c.with_einsums(einsums))

@@ -129,6 +129,7 @@ def format_cascade(c: Cascade) -> str:
         lines.append(f"partition {p.parent} -> {p.outer}, {p.inner}")
     for k, v in c.attrs.items():
         lines.append(f"attr {k} = {json.dumps(v)}")
+    lines.extend(cap.declaration() for cap in c.captures.values())
     order = list(c.inputs) + list(c.outputs) + [t for t in c.tensors if t not in c.inputs + c.outputs]
     lines.extend(format_tensor_decl(c, t) for t in order)
     lines.extend(format_einsum(c, e) for e in c.einsums)

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import sympy
+from sympy.core.function import AppliedUndef
 from sympy.core.relational import Relational
 
 from einfuse.ir.bitwise import NUMPY_NAMES
@@ -61,6 +62,8 @@ def _q(e: sympy.Basic, env: Mapping[sympy.Symbol, object]) -> Frac:
         if e not in env:
             raise KeyError(e)
         return env[e], 1
+    if isinstance(e, AppliedUndef):  # a read of a captured tensor (einfuse.ir.captures): a gather
+        return gather(e, env), 1
     if e is sympy.true:
         return np.bool_(True), 1
     if e is sympy.false:
@@ -127,6 +130,22 @@ def _q(e: sympy.Basic, env: Mapping[sympy.Symbol, object]) -> Frac:
             out = v if out is None else np.where(_ev(cond, env), v, out)
         return out, 1
     raise TypeError(f"cannot evaluate {e} ({type(e).__name__}) numerically")
+
+
+def gather(e: AppliedUndef, env: Mapping[object, object]) -> np.ndarray:
+    """``NAME(i0, i1, ...)`` from the array bound to ``NAME``'s function in ``env``, each index
+    rounded to an integer and clamped to the array's extent on its dimension (the captured-tensor
+    semantics of :mod:`einfuse.ir.captures`)."""
+    arr = env.get(e.func)
+    if arr is None:
+        raise KeyError(e.func.__name__)
+    arr = np.asarray(arr)
+    if arr.ndim != len(e.args):
+        raise ValueError(f"captured tensor {e.func.__name__} has {arr.ndim} dimension(s); it is read with "
+                         f"{len(e.args)} indices")
+    idx = tuple(np.clip(np.rint(np.asarray(_ev(a, env), dtype=np.float64)).astype(np.int64), 0, n - 1)
+                for a, n in zip(e.args, arr.shape))
+    return np.asarray(arr[idx], dtype=np.float64)
 
 
 def _times(a: object, b: object) -> object:

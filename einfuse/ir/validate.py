@@ -107,11 +107,31 @@ def _check_einsum(c: Cascade, e: Einsum, ivars: dict) -> None:
                 f"Einsum {e.name}: unknown size or parameter {s.name}; declare it as a rank or a param")
         names = [str(v) for v in ivars] + ["b", "h"]
         raise ValidationError(f"Einsum {e.name}: unknown rank index {s.name}{_suggest(s.name, names)}")
+    _check_captures(c, e)
     reduced = c.reduced_vars(e)
     if reduced and e.reduce is None:
         raise ValidationError(
             f"Einsum {e.name}: ranks {', '.join(map(str, reduced))} are missing from the output but the "
             "Einsum declares no reduction")
+
+
+def _check_captures(c: Cascade, e: Einsum) -> None:
+    """Reads of captured tensors (einfuse.ir.captures) name declared captures, with their dimensions."""
+    from einfuse.ir.captures import validate_reads
+    from einfuse.ir.expr import IndexValue, Select, walk
+
+    exprs: list[object] = [e.where] if e.where is not None else []
+    for n in walk(e.expr):
+        if isinstance(n, IndexValue):
+            exprs.append(n.expr)
+        elif isinstance(n, Select) and isinstance(n.cond, sympy.Basic):
+            exprs.append(n.cond)
+        elif isinstance(n, Access):
+            exprs.extend(n.indices)
+    try:
+        validate_reads(c.captures, exprs, f"Einsum {e.name}")
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def _check_cycles(c: Cascade) -> None:

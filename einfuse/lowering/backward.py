@@ -1,4 +1,4 @@
-"""The backward plan of a one-pass softmax plan: what the gradient kernels must compute.
+"""The backward plan of a one-pass softmax (or sigmoid) plan: what the gradient kernels must compute.
 
 Forward (per query ``p``, key ``m``; ``x = Q[p,:].K[m,:]`` is the dot product, ``s = score(x, p, m,
 h, b)`` the plan's score expression, ``keep`` its mask)::
@@ -23,6 +23,10 @@ tile pair empty in the forward pass contributes nothing to any gradient, so the 
 tile, walking query tiles) reads the tables transposed and the dQ loop (one query tile, walking key
 tiles) reads them as the forward pass does. With grouped-query attention the dK/dV of one K/V head
 sum over the query heads of its group.
+
+Sigmoid attention (``O = sum_m sigmoid(s) V``, FlashSigmoid) has no normaliser: ``A = sigmoid(s)`` is
+recomputed from the score alone and ``dS = dA * A * (1 - A)`` with ``dA = dO V^T``; nothing is saved
+and there is no preprocess.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ STEP = "step"
 """A unary operator of derivatives only (not of the IR's value language): 1 where its argument is
 positive, else 0 (the derivative of relu, and the selector of max/min)."""
 
-BACKWARD_FAMILIES = ("softmax",)
+BACKWARD_FAMILIES = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,14 @@ class BackwardPlan:
 
 
 def backward_plan(plan: KernelPlan) -> BackwardPlan:
-    """The backward plan of a one-pass softmax :class:`KernelPlan` (errors name what is missing)."""
+    """The backward plan of a one-pass softmax or sigmoid :class:`KernelPlan` (errors name what is missing)."""
     if plan.family not in BACKWARD_FAMILIES or not isinstance(plan.detail, OnePassPlan):
-        raise CodegenError(f"{plan.name}: no backward for {plan.family} plans yet (softmax one-pass plans "
-                           "only); call it under torch.no_grad() or detach the inputs")
+        raise CodegenError(f"{plan.name}: no backward for {plan.family} plans yet (softmax and sigmoid "
+                           "one-pass plans only); call it under torch.no_grad() or detach the inputs")
     fwd: OnePassPlan = plan.detail
     ds = score_derivative(fwd.score)
+    if plan.family == "sigmoid":
+        return BackwardPlan(plan.name, plan.family, fwd, ds, SIGMOID_STEPS)
     steps = (
         ("forward", "O and LSE[p] = max + log(sum exp(s - max)) saved per query row (+inf for rows "
                     "with no kept key)"),
@@ -90,6 +96,18 @@ def backward_plan(plan: KernelPlan) -> BackwardPlan:
                "recompute P and dS as above, dQ += dX K"),
     )
     return BackwardPlan(plan.name, plan.family, fwd, ds, steps)
+
+
+SIGMOID_STEPS = (
+    ("forward", "O = sum_m sigmoid(s) V; nothing saved (no normaliser)"),
+    ("dkdv", "per key tile (and K/V head): walk the query tiles of the transposed block tables "
+             "(and the query heads of the group); recompute A = sigmoid(s), dV += A^T dO, "
+             "dS = (dO V^T) * A * (1 - A), dX = dS * ds/dx, dK += dX^T Q"),
+    ("dq", "per query tile: walk the key tiles of the forward's block tables; recompute A and dS as "
+           "above, dQ += dX K"),
+)
+"""Sigmoid attention's backward: no log-sum-exp and no ``D = rowsum(dO * O)`` (the weights are not
+normalised, so a row's weights do not depend on each other)."""
 
 
 def format_backward_plan(bp: BackwardPlan, indent: str = "") -> str:

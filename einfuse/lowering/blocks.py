@@ -75,20 +75,24 @@ def dense_tables(n_kv: int, block_n: int, masked: bool) -> BlockTables:
 
 def build_tables(cascade, mask: sympy.Basic, sizes: dict[str, int], n_q: int, n_kv: int, heads: int,
                  block_m: int, block_n: int, q_order: TileOrder, k_order: TileOrder,
-                 device: object) -> BlockTables:
-    """Classify every (query tile, key tile) pair of ``mask`` and pack the lists for the kernel."""
+                 device: object, captured: dict | None = None) -> BlockTables:
+    """Classify every (query tile, key tile) pair of ``mask`` and pack the lists for the kernel.
+
+    A mask that reads captured tensors (``doc_ids[q] == doc_ids[kv]``) is classified on their values
+    (``captured``: read function -> tensor), pair by pair on the tensors' device, the way
+    FlexAttention's ``create_block_mask`` evaluates a mask_mod: tiles across documents are EMPTY."""
     import torch
 
     if BATCH_INDEX in mask.free_symbols:
         return dense_tables(n_kv, block_n, masked=True)  # batch-dependent masks: no skipping
     head_dep = HEAD_INDEX in mask.free_symbols
     kinds, method = None, "dense-check"
-    if q_order.is_flat and k_order.is_flat and cascade is not None:
+    if q_order.is_flat and k_order.is_flat and cascade is not None and not captured:
         kinds = _classify_with_pass(cascade, mask, sizes, block_m, block_n, heads if head_dep else 1)
         method = "classify_tiles"
     if kinds is None:
         kinds = _classify_dense(mask, sizes, n_q, n_kv, heads if head_dep else 1, block_m, block_n,
-                                q_order, k_order, device)
+                                q_order, k_order, device, captured)
         method = "dense-check"
     if not isinstance(kinds, torch.Tensor):
         kinds = torch.as_tensor(np.array(kinds))  # a copy: the pass's cached maps are read-only
@@ -143,7 +147,8 @@ def _classify_with_pass(cascade, mask: sympy.Basic, sizes: dict[str, int], block
 
 
 def _classify_dense(mask: sympy.Basic, sizes: dict[str, int], n_q: int, n_kv: int, heads: int,
-                    block_m: int, block_n: int, q_order: TileOrder, k_order: TileOrder, device: object):
+                    block_m: int, block_n: int, q_order: TileOrder, k_order: TileOrder, device: object,
+                    captured: dict | None = None):
     """Exact tile kinds by checking every (query, key) pair, a chunk of query tiles at a time."""
     import torch
 
@@ -164,7 +169,7 @@ def _classify_dense(mask: sympy.Basic, sizes: dict[str, int], n_q: int, n_kv: in
         for s in range(0, nq, step):
             qp = qpos[s:s + step].double()[:, :, None, None]   # (c, BM, 1, 1)
             qv = qok[s:s + step][:, :, None, None]
-            env = {p_sym: qp, m_sym: kpos4, HEAD_INDEX: float(h)}
+            env = {p_sym: qp, m_sym: kpos4, HEAD_INDEX: float(h), **(captured or {})}
             keep = torch.as_tensor(torch_eval.evaluate(bound, env), device=device)
             keep = torch.broadcast_to(keep, (qp.shape[0], block_m, nk, block_n)) & qv & kok4
             any_ = keep.any(dim=3).any(dim=1)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from einfuse.codegen.capture_args import plan_captures
 from einfuse.codegen.reference import run_cascade
 from einfuse.errors import CodegenError, EinfuseError
 from einfuse.ir.builder import CascadeBuilder
+from einfuse.ir.captures import Capture
 from einfuse.ir.cascade import Cascade
 from einfuse.ir.expr import Access, binary, map_accesses, unary
 from einfuse.lowering.onepass import DOT
@@ -31,6 +33,7 @@ def plan_cascade(plan) -> Cascade:
     cb = CascadeBuilder(f"{plan.name}_plan")
     cb.params.update(plan.params)
     cb.attrs["family"] = plan.family
+    cb.captures.update({k.name: Capture(k.name, k.ndim, k.kind) for k in plan_captures(plan.score, plan.mask)})
     qa, ka, va = cb.input("Q", "P", "E"), cb.input("K", "M", "E"), cb.input("V", "M", "F")
     mask = plan.mask
     qk = cb.einsum("QK", ("M", "P"), binary("mul", qa, ka), where=mask, comment="scores")
@@ -72,9 +75,10 @@ def check_plan(c: Cascade, plan) -> None:
         natural[name] = rng.standard_normal((B, H, n, d))
         stored_last = c.tensors[name].ranks[-1] == feature[name]
         arrays[name] = natural[name] if stored_last else np.swapaxes(natural[name], 2, 3)
+    caps = check_captures(c, rng)  # the same values for both runs
     try:
-        got = run_cascade(c, arrays)[c.outputs[0]]
-        want_out = run_cascade(ref_c, {"Q": natural[plan.q], "K": natural[plan.k], "V": natural[plan.v]})["O"]
+        got = run_cascade(c, {**arrays, **caps})[c.outputs[0]]
+        want_out = run_cascade(ref_c, {"Q": natural[plan.q], "K": natural[plan.k], "V": natural[plan.v], **caps})["O"]
     except EinfuseError as exc:
         raise CodegenError(f"cascade {c.name}: could not check the kernel plan: {exc}") from None
     if got.shape != want_out.shape:
@@ -85,6 +89,19 @@ def check_plan(c: Cascade, plan) -> None:
             f"cascade {c.name}: the Triton generator reads it as {plan.family} attention with score "
             f"{_fmt(plan.score)} and mask {plan.mask}, which computes something else (rel. difference "
             f"{err:.2e}); Einsums outside the score -> normalisation -> output chain are not supported")
+
+
+def check_captures(c: Cascade, rng: np.random.Generator, unbound_only: bool = False) -> dict[str, np.ndarray]:
+    """Values of the captured tensors for the check: random, of extent 7 per dimension (reads clamp,
+    so any extent is valid); ids and lengths in 0..3 so that equalities hold somewhere. With
+    ``unbound_only``, only for captures declared without a value (random inputs of the CLI)."""
+    out = {}
+    for name, cap in c.captures.items():
+        if unbound_only and cap.value is not None:
+            continue
+        shape = (7,) * cap.ndim
+        out[name] = rng.integers(0, 4, shape).astype(np.float64) if cap.kind == "int" else rng.standard_normal(shape)
+    return out
 
 
 def _fmt(e) -> str:

@@ -24,6 +24,7 @@ import operator
 from collections.abc import Callable, Mapping
 
 import sympy
+from sympy.core.function import AppliedUndef
 from sympy.core.relational import Relational
 
 from einfuse.ir.bitwise import NUMPY_NAMES
@@ -94,6 +95,8 @@ def _c(e: sympy.Basic) -> _Fn:
     if isinstance(e, sympy.Piecewise):
         return _piecewise(e)
     args = [_c(a) for a in e.args]
+    if isinstance(e, AppliedUndef):  # a read of a captured tensor (einfuse.ir.captures)
+        return _gather(e.func, args)
     if isinstance(e, sympy.Add):
         return lambda env: functools.reduce(_add, (f(env) for f in args))
     if isinstance(e, sympy.Mul):
@@ -155,6 +158,18 @@ def _c(e: sympy.Basic) -> _Fn:
     if isinstance(e, sympy.Xor):
         return lambda env: (functools.reduce(operator.xor, (_t(_value(f(env))) for f in args)), 1)
     raise TypeError(f"cannot evaluate {e} ({type(e).__name__}) on tensors")
+
+
+def _gather(key: object, args: list[_Fn]) -> _Fn:
+    """A gather from the tensor bound to ``key`` (a captured tensor's read function) in the
+    environment, each index clamped to its dimension (einfuse.ir.captures), as float64."""
+    def gather(env):
+        if key not in env:
+            raise KeyError(key)
+        t = env[key]
+        idx = tuple(_int64(_value(f(env))).to(t.device).clamp(0, n - 1) for f, n in zip(args, t.shape))
+        return t[idx].double(), 1
+    return gather
 
 
 def _piecewise(e: sympy.Piecewise) -> _Fn:

@@ -4,23 +4,28 @@ The simulator needs how many (query, key) points of its PARTIAL tiles the constr
 MACs, utilisation). Counting them point by point costs the sequence length squared; here it costs
 the distinct tile classes times the length of the mask's boundary inside one tile:
 
-1. **classes**: when the constraint is unchanged by shifting ``p`` and ``m`` together (causal, sliding
-   window, chunked-free band masks: proved symbolically, no sampling), two partial tiles with the same
-   diagonal offset ``plo - mlo`` and the same clipped extents keep the same points, so each class is
-   counted once and weighted by its multiplicity. Otherwise every partial tile is its own class.
+1. **classes**: tiles are first grouped by which argument of every ``Min``/``Max`` of the predicate
+   is provably the extreme one over the whole tile (interval bounds); inside a group the predicate is
+   the one with those clamps resolved. If that predicate is unchanged by shifting ``p`` and ``m``
+   together by ``T`` (proved on the expression; ``T`` = 1, each denominator of a ``Mod``/``floor``/
+   rational coefficient, or their lcm), two tiles of the group with the same ``plo - mlo``, the same
+   ``plo mod T`` and the same clipped extents keep the same points: causal and sliding windows
+   (``T = 1``) and N-D neighbourhoods away from their borders (``T`` = a grid row) collapse to a few
+   classes, each counted once and weighted by its multiplicity. Tiles whose group has no period are
+   their own class.
 2. **subdivision**: each class's box is split in halves along its longer side; the interval evaluator
    of the block-sparsity pass (:mod:`einfuse.passes.intervals`) proves sub-boxes wholly inside (their
    area is counted) or wholly outside (dropped); what is undecided at ``LEAF`` points or fewer is
    evaluated point by point, all leaves at once.
 
-Every step is exact: intervals only decide what they prove, and leaves are evaluated. Masks that are
-not shift-invariant and have more than ``MAX_CLASSES`` partial tiles (2-D neighbourhoods at long
-lengths) are counted exactly on a seeded random sample of ``SAMPLE`` tiles and scaled (flagged).
+Every step is exact: intervals only decide what they prove, clamps are resolved only where proved,
+and leaves are evaluated. Nothing is sampled.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import sympy
@@ -32,8 +37,6 @@ from einfuse.passes.intervals import IntervalEvaluator
 PARTIAL = 1
 LEAF = 256            # undecided boxes of at most this many points are evaluated point by point
 _LEAF_SIDE = 16
-MAX_CLASSES = 2048    # distinct partial tiles counted exactly; beyond, a random sample of ...
-SAMPLE = 512          # ... this many is counted exactly and scaled
 
 
 def _canon(pred: sympy.Basic) -> sympy.Basic:
@@ -57,8 +60,7 @@ def partial_points(pred: sympy.Basic, p: sympy.Symbol, m: sympy.Symbol, P: int, 
                    tq: int, tk: int, kinds: np.ndarray) -> tuple[int, int, bool]:
     """``(present, area, exact)``: points kept by ``pred`` and all points, over the PARTIAL tiles of
     ``kinds[head, q_tile, k_tile]`` (tiles of ``tq`` queries x ``tk`` keys, clipped to P x M).
-    ``exact`` is False when more than ``MAX_CLASSES`` distinct tiles had to be counted and
-    ``present`` was scaled from ``SAMPLE`` of them."""
+    Always exact (the flag stays for callers that report it)."""
     idx = np.argwhere(kinds == PARTIAL)
     if len(idx) == 0:
         return 0, 0, True
@@ -66,54 +68,165 @@ def partial_points(pred: sympy.Basic, p: sympy.Symbol, m: sympy.Symbol, P: int, 
     plo, mlo = q * tq, s * tk
     phi, mhi = np.minimum(plo + tq, P) - 1, np.minimum(mlo + tk, M) - 1
     area = int(((phi - plo + 1) * (mhi - mlo + 1)).sum())
-    if HEAD_INDEX not in pred.free_symbols:
-        h = np.zeros_like(h)
-    if shift_invariant(pred, p, m):
-        # one class per (head, diagonal offset, extents); counted at its first tile's position
-        keys = np.stack([h, plo - mlo, phi - plo, mhi - mlo], axis=1)
-        _, first, weight = np.unique(keys, axis=0, return_index=True, return_counts=True)
-        h, plo, phi, mlo, mhi = h[first], plo[first], phi[first], mlo[first], mhi[first]
-    else:
-        weight = np.ones(len(h), np.int64)
-    if len(h) > MAX_CLASSES:
-        # too many distinct tiles to count each: count a seeded random sample exactly and scale
-        # (unbiased; random, not evenly spaced, so regular masks do not alias)
-        pick = np.random.default_rng(0).choice(len(h), SAMPLE, replace=False)
-        areas = (phi - plo + 1) * (mhi - mlo + 1) * weight
-        kept = _count(pred, p, m, h[pick], plo[pick], phi[pick], mlo[pick], mhi[pick], weight[pick])
-        return round(kept * areas.sum() / areas[pick].sum()), area, False
-    present = _count(pred, p, m, h, plo, phi, mlo, mhi, weight)
+    present = int(count_tiles(pred, p, m, h, plo, phi, mlo, mhi).sum())
     return present, area, True
 
 
-def _count(pred, p, m, h, plo, phi, mlo, mhi, weight) -> int:
-    total = 0
-    boxes = [np.asarray(x, np.int64) for x in (h, plo, phi, mlo, mhi, weight)]
+def count_tiles(pred: sympy.Basic, p: sympy.Symbol, m: sympy.Symbol, h: np.ndarray, plo: np.ndarray,
+                phi: np.ndarray, mlo: np.ndarray, mhi: np.ndarray) -> np.ndarray:
+    """Points kept by ``pred`` in each box ``[plo, phi] x [mlo, mhi]`` of head ``h`` (exact, once per
+    tile class; see the module docstring)."""
+    h, plo, phi, mlo, mhi = (np.asarray(x, np.int64) for x in (h, plo, phi, mlo, mhi))
+    if HEAD_INDEX not in pred.free_symbols:
+        h = np.zeros_like(h)
+    out = np.zeros(len(h), np.int64)
+    if not len(h):
+        return out
+    for members, gpred, period in _groups(pred, p, m, h, plo, phi, mlo, mhi):
+        gh, gpl, gph, gml, gmh = h[members], plo[members], phi[members], mlo[members], mhi[members]
+        if period:
+            _, first, inverse = np.unique(_encode([gh, gpl - gml, gpl % period, gph - gpl, gmh - gml]),
+                                          return_index=True, return_inverse=True)
+            counts = count_each(gpred, p, m, gh[first], gpl[first], gph[first], gml[first], gmh[first])
+            out[members] = counts[inverse.reshape(-1)]
+        else:
+            out[members] = count_each(gpred, p, m, gh, gpl, gph, gml, gmh)
+    return out
+
+
+def _encode(cols: list[np.ndarray]) -> np.ndarray:
+    """Rows of small integers as one int64 per row (mixed radix), or an object array of tuples when
+    the ranges do not fit: a fast 1-D key for ``np.unique``."""
+    cols = [np.asarray(c, np.int64) for c in cols]
+    if not cols or not len(cols[0]):
+        return np.zeros(len(cols[0]) if cols else 0, np.int64)
+    lo = [int(c.min()) for c in cols]
+    span = [int(c.max()) - a + 1 for c, a in zip(cols, lo)]
+    if math.prod(span) < 2 ** 62:
+        key = np.zeros(len(cols[0]), np.int64)
+        for c, a, w in zip(cols, lo, span):
+            key = key * w + (c - a)
+        return key
+    return np.array(list(zip(*(c.tolist() for c in cols))), dtype=object)
+
+
+def _clamps(pred: sympy.Basic) -> list[sympy.Basic]:
+    """``Min``/``Max`` nodes, innermost first."""
+    nodes = list(pred.atoms(sympy.Min, sympy.Max))
+    return sorted(nodes, key=lambda e: sympy.count_ops(e))
+
+
+def _groups(pred, p, m, h, plo, phi, mlo, mhi):
+    """``(member indices, predicate with the clamps resolved on them, shift period or 0)``."""
+    nodes = _clamps(pred)
+    n = len(h)
+    if not nodes:
+        return [(np.arange(n), pred, period_of(pred, p, m))]
+    ev = IntervalEvaluator({p: (plo.astype(np.float64), phi.astype(np.float64)),
+                            m: (mlo.astype(np.float64), mhi.astype(np.float64)),
+                            HEAD_INDEX: (h.astype(np.float64), h.astype(np.float64))})
+    choice = np.full((n, len(nodes)), -1, np.int64)
+    for ni, node in enumerate(nodes):
+        ivs = [tuple(np.broadcast_to(x, (n,)) for x in ev.value(a)) for a in node.args]
+        for ai, (lo, hi) in enumerate(ivs):
+            ok = np.ones(n, bool)
+            for bi, (lo2, hi2) in enumerate(ivs):
+                if bi != ai:
+                    # this argument is the extreme one over the whole box
+                    ok &= (hi <= lo2) if isinstance(node, sympy.Min) else (lo >= hi2)
+            choice[ok & (choice[:, ni] < 0), ni] = ai
+    _, first, inverse = np.unique(_encode(list(choice.T)), return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    out = []
+    for gi, vec in enumerate(choice[first]):
+        members = np.flatnonzero(inverse == gi)
+        gpred = _resolve(pred, tuple(nodes), tuple(int(x) for x in vec))
+        out.append((members, gpred, period_of(gpred, p, m)))
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _resolve(pred: sympy.Basic, nodes: tuple, choice: tuple[int, ...]) -> sympy.Basic:
+    mapping = {node: node.args[c] for node, c in zip(nodes, choice) if c >= 0}
+    for _ in range(len(mapping) + 1):        # nested clamps: resolve until nothing changes
+        new = pred.xreplace(mapping)
+        if new == pred:
+            break
+        pred = new
+    return pred
+
+
+def _periods(pred: sympy.Basic) -> list[int]:
+    """Candidate shift periods: 1, every integer denominator in the predicate, their lcm."""
+    dens: set[int] = set()
+    for e in sympy.preorder_traversal(pred):
+        if isinstance(e, sympy.Mod) and e.args[1].is_Integer:
+            dens.add(abs(int(e.args[1])))
+        elif isinstance(e, sympy.Rational) and not e.is_Integer:
+            dens.add(int(e.q))
+        elif isinstance(e, (sympy.floor, sympy.ceiling)):
+            d = sympy.fraction(sympy.together(e.args[0]))[1]
+            if d.is_Integer:
+                dens.add(abs(int(d)))
+    dens.discard(0)
+    out = sorted({1} | dens)
+    if len(dens) > 1:
+        out.append(int(np.lcm.reduce(sorted(dens))))
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def period_of(pred: sympy.Basic, p: sympy.Symbol, m: sympy.Symbol) -> int:
+    """Smallest candidate ``T`` with ``pred(p + T, m + T) == pred(p, m)`` (proved: every relation of
+    the predicate is unchanged, so the boolean combination is), else 0."""
+    atoms = sorted(pred.atoms(sympy.core.relational.Relational), key=sympy.default_sort_key)
+    if not atoms:
+        return 1
+    for t in _periods(pred):
+        if all(_atom_invariant(a, p, m, t) for a in atoms):
+            return t
+    return 0
+
+
+@functools.lru_cache(maxsize=2048)
+def _atom_invariant(rel: sympy.Basic, p: sympy.Symbol, m: sympy.Symbol, t: int) -> bool:
+    """``lhs - rhs`` of the relation is unchanged by the shift (no relation is rebuilt: sympy's
+    relational constructor queries assumptions and is slow)."""
+    e = rel.lhs - rel.rhs
+    shifted = e.xreplace({p: p + t, m: m + t})
+    return sympy.expand(shifted - e) == 0
+
+
+def count_each(pred, p, m, h, plo, phi, mlo, mhi) -> np.ndarray:
+    """Exact points kept in each box, by interval-proved subdivision (see the module docstring)."""
+    n0 = len(h)
+    total = np.zeros(n0, np.int64)
+    boxes = [np.asarray(x, np.int64) for x in (h, plo, phi, mlo, mhi)] + [np.arange(n0)]
     while len(boxes[0]):
-        h, plo, phi, mlo, mhi, w = boxes
+        h, plo, phi, mlo, mhi, ids = boxes
         f64 = [x.astype(np.float64) for x in (h, plo, phi, mlo, mhi)]
         t, f = IntervalEvaluator({p: (f64[1], f64[2]), m: (f64[3], f64[4]), HEAD_INDEX: (f64[0], f64[0])}
                                  ).truth(pred)
         n = len(h)
         t, f = np.broadcast_to(t, (n,)), np.broadcast_to(f, (n,))
         np_, nm = phi - plo + 1, mhi - mlo + 1
-        total += int((w[t] * np_[t] * nm[t]).sum())
+        np.add.at(total, ids[t], (np_ * nm)[t])
         und = ~(t | f)
         leaf = und & (np_ <= _LEAF_SIDE) & (nm <= _LEAF_SIDE)
         if leaf.any():
-            total += _evaluate_leaves(pred, p, m, *(x[leaf] for x in (h, plo, phi, mlo, mhi, w)))
+            np.add.at(total, ids[leaf], _evaluate_leaves(pred, p, m, *(x[leaf] for x in (h, plo, phi, mlo, mhi))))
         split = und & ~leaf
-        h, plo, phi, mlo, mhi, w, np_, nm = (x[split] for x in (h, plo, phi, mlo, mhi, w, np_, nm))
+        h, plo, phi, mlo, mhi, ids, np_, nm = (x[split] for x in (h, plo, phi, mlo, mhi, ids, np_, nm))
         along_p = np_ >= nm
         pmid = plo + np_ // 2 - 1
         mmid = mlo + nm // 2 - 1
-        a = (h, plo, np.where(along_p, pmid, phi), mlo, np.where(along_p, mhi, mmid), w)
-        b = (h, np.where(along_p, pmid + 1, plo), phi, np.where(along_p, mlo, mmid + 1), mhi, w)
+        a = (h, plo, np.where(along_p, pmid, phi), mlo, np.where(along_p, mhi, mmid), ids)
+        b = (h, np.where(along_p, pmid + 1, plo), phi, np.where(along_p, mlo, mmid + 1), mhi, ids)
         boxes = [np.concatenate([x, y]) for x, y in zip(a, b)]
     return total
 
 
-def _evaluate_leaves(pred, p, m, h, plo, phi, mlo, mhi, w) -> int:
+def _evaluate_leaves(pred, p, m, h, plo, phi, mlo, mhi) -> np.ndarray:
     r = np.arange(_LEAF_SIDE)
     pp = plo[:, None, None] + r[None, :, None]
     mm = mlo[:, None, None] + r[None, None, :]
@@ -121,7 +234,7 @@ def _evaluate_leaves(pred, p, m, h, plo, phi, mlo, mhi, w) -> int:
     v = evaluate(pred, {p: pp.astype(np.float64), m: mm.astype(np.float64),
                         HEAD_INDEX: h[:, None, None].astype(np.float64)})
     v = np.broadcast_to(np.asarray(v).astype(bool), inside.shape) & inside
-    return int((v.sum(axis=(1, 2)) * w).sum())
+    return v.sum(axis=(1, 2)).astype(np.int64)
 
 
-__all__ = ["partial_points", "shift_invariant"]
+__all__ = ["count_each", "count_tiles", "partial_points", "period_of", "shift_invariant"]

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -133,6 +133,9 @@ class Stats:
     skipped_iterations: int = 0
     memo_hits: int = 0
     approximate: bool = False
+    period: float = 0.0          # cycles per iteration of the last skipped period (calibrations)
+    period_reps: int = 0         # iterations in that period
+    period_stalls: dict = field(default_factory=dict)   # stall cycles over that period
 
 
 class Engine(FastForward):

@@ -10,6 +10,7 @@ the global buffer and every DRAM byte, with the architecture's energy table.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from einfuse.errors import EinfuseError, SimulatorError
 from einfuse.ir.cascade import Cascade
 from einfuse.lowering.plan import KernelPlan
 from einfuse.simulator.arch import Arch, load_arch
+from einfuse.simulator.classmode import EXACT_TILE_BUDGET, ClassModel, distinct_column_tiles
 from einfuse.simulator.engine import UNITS, Engine
 from einfuse.simulator.mapping import Plan, describe, make_plan, refine_kv_buffers
 from einfuse.simulator.program import Compiler
@@ -105,10 +107,18 @@ def design_plan(cascade: Cascade, arch: Arch) -> KernelPlan | None:
     cascade has no plan (the simulator then maps the cascade as written)."""
     from einfuse.lowering import kernel_plan
 
-    try:
-        return kernel_plan(cascade, key_tile=arch.pe_array.rows, check=False)
-    except EinfuseError:
-        return None
+    per = _PLANS.setdefault(cascade, {})
+    rows = arch.pe_array.rows
+    if rows not in per:       # lowering is sympy-heavy (~1 s); prepare() and the report both ask
+        try:
+            per[rows] = kernel_plan(cascade, key_tile=rows, check=False)
+        except EinfuseError:
+            per[rows] = None
+    return per[rows]
+
+
+# kernel plans per cascade (immutable, compared by identity) and key tile; dropped with the cascade
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def prepare(cascade: Cascade, arch: Arch) -> Cascade:
@@ -129,6 +139,8 @@ def prepare(cascade: Cascade, arch: Arch) -> Cascade:
         return cascade            # no softmax: nothing to lower, simulate as written
     plan = design_plan(cascade, arch)
     if plan is not None and plan.family == "softmax":
+        # the report describes the plan of what was lowered; remember it for the lowered cascade
+        _PLANS.setdefault(plan.cascade, {})[arch.pe_array.rows] = plan
         return plan.cascade
     from einfuse.lowering.lower import one_pass_cascade
 
@@ -153,11 +165,19 @@ def plan_lines(cascade: Cascade, arch: Arch) -> list[str]:
 
 
 def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool = True,
-             fast_forward: bool = True) -> SimResult:
-    """Cycle-level estimate of one attention layer (``batch x heads`` problems) on ``arch``."""
+             fast_forward: bool = True, tile_classes: bool | None = None) -> SimResult:
+    """Cycle-level estimate of one attention layer (``batch x heads`` problems) on ``arch``.
+
+    ``tile_classes``: compose masked layers from per-tile-class engine calibrations
+    (:mod:`einfuse.simulator.classmode`: exact counts, cycles within its ``TOLERANCE``) instead of
+    placing every distinct key-tile column. None (default) does so when the distinct columns hold
+    more than ``EXACT_TILE_BUDGET`` tiles, i.e. when the exact engine would take seconds."""
     from einfuse.ir.grid import check_grid
 
     t0 = time.perf_counter()
+    if cascade.captures:
+        raise SimulatorError(f"{cascade.name}: reads captured tensors ({', '.join(cascade.captures)}); the "
+                             "simulator does not model masks or scores that depend on tensor values yet")
     check_grid(cascade, workload.seq, workload.kv_seq or workload.seq, workload.sizes,
                f"the workload ({workload.model}, seq)", SimulatorError)
     if isinstance(arch, str):
@@ -171,12 +191,22 @@ def simulate(cascade: Cascade, arch: Arch | str, workload: Workload, lower: bool
     tiles = [classify(c, g.roles, sizes, workload.heads, stage_members[g.segment]) for g in plan.groups]
     plan = refine_kv_buffers(plan, [t.min_row_tiles(g.p1) for t, g in zip(tiles, plan.groups)])
     comp = Compiler(plan, tiles)
+    if tile_classes is None:
+        tile_classes = fast_forward and distinct_column_tiles(comp) > EXACT_TILE_BUDGET
+    if tile_classes:
+        run = ClassModel(comp, plan.kv_buffers).run(workload.batch, workload.heads)
+        cycles = run.tail[0]
+        res = _account(plan, comp, run, cycles, tiles, cascade, workload, time.perf_counter() - t0)
+        res.sim["tile_classes"] = True
+        return res
     prog = build_program(comp, workload.batch, workload.heads)
     eng = Engine(comp.counters.size, comp.window_keys, comp.causes, comp.compile, comp.release_keys, comp.keys,
                  fast_forward=fast_forward, row_buffers=plan.kv_buffers)
     eng.run(prog)
     cycles = eng.finish()
-    return _account(plan, comp, eng, cycles, tiles, cascade, workload, time.perf_counter() - t0)
+    res = _account(plan, comp, eng, cycles, tiles, cascade, workload, time.perf_counter() - t0)
+    res.sim["tile_classes"] = False
+    return res
 
 
 def _account(plan: Plan, comp: Compiler, eng: Engine, cycles: int, tiles_list, cascade: Cascade,

@@ -1,7 +1,8 @@
 """Tile classes of the score constraint: which (query sub-block, key tile) pairs are empty, partial, full.
 
-The classification comes from the passes' ``classify_tiles`` when it is available (analytic, no dense
-mask); otherwise small problems are classified exactly here by evaluating the constraint on every
+The classification comes from :mod:`einfuse.simulator.tilemap` when the constraint flattens onto the
+query and key ranks (interval subdivision of whole-tile boxes, present points counted exactly per
+tile class); then from the passes' ``classify_tiles`` (analytic, no dense mask); otherwise small problems are classified exactly here by evaluating the constraint on every
 tile, and large ones conservatively treat every tile as partial (no work is skipped). The density of
 partial tiles (fraction of their points inside the constraint) turns performed work into useful
 work for MAC counts and utilisation. With ``classify_tiles`` it is counted exactly from the flat
@@ -80,6 +81,10 @@ def classify(c: Cascade, roles: Roles, sizes: dict[str, int], heads: int,
         return Tiles(None, 1.0, True, "unconstrained")
     _, where = found
     n_sub, n_stream = roles.n_sub, roles.n_stream
+    table = _from_tilemap(c, sizes, roles, heads)
+    if table is not None:
+        return Tiles(table.kinds, table.present / table.area if table.area else 1.0, True,
+                     "exact tile classes (interval subdivision, present points counted per class)")
     kinds = _from_pass(c, sizes, roles)
     if kinds is not None:
         counted = _count_from_pass(c, sizes, roles, kinds)
@@ -100,6 +105,27 @@ def classify(c: Cascade, roles: Roles, sizes: dict[str, int], heads: int,
     kinds = _exact(where, roles, sizes, heads)
     density, exact = _density(kinds, where, roles, sizes)
     return Tiles(kinds, density, exact, "exact")
+
+
+def _from_tilemap(c: Cascade, sizes: dict[str, int], roles: Roles, heads: int):
+    """Exact tile table of the flat constraint (:mod:`einfuse.simulator.tilemap`), or None when the
+    constraint cannot be flattened onto the query and key ranks."""
+    from einfuse.passes.block_sparsity import _bind
+    from einfuse.passes.block_sparsity import score_constraint as flat_constraint
+    from einfuse.simulator.tilemap import tile_table
+
+    try:
+        pred = flat_constraint(c)
+        env = tuple(sorted({**{k: float(v) for k, v in c.params.items()},
+                            **{k: float(v) for k, v in sizes.items()}}.items()))
+        bound, P, M, hs = _bind(pred, c.ranks["P"].extent, c.ranks["M"].extent, env, "P", "M")
+    except (EinfuseError, KeyError, TypeError, ValueError):
+        return None
+    table = tile_table(bound, index_symbol("P"), index_symbol("M"), P, M, roles.cols_tile, roles.rows_tile,
+                       hs)
+    if table.kinds.shape[1:] != (roles.n_sub, roles.n_stream):
+        return None
+    return table
 
 
 def _count_from_pass(c: Cascade, sizes: dict[str, int], roles: Roles,

@@ -6,7 +6,7 @@ import pytest
 import sympy
 import torch
 from _helpers import rel_err
-from _torch_reference import softmax_plan_attention
+from _torch_reference import sigmoid_reference, softmax_plan_attention
 
 import einfuse
 from einfuse.codegen.reference import run_cascade
@@ -118,10 +118,43 @@ def test_calls_without_grad_take_the_forward_only_path():
 
 
 def test_variants_without_backward_say_so_when_gradients_are_asked_for():
-    f = einfuse.compile("sigmoid:head_dim=16", decode=False)
-    q = rand(1, 1, 20, 16)
-    with pytest.raises(CodegenError, match="no backward for sigmoid"):
+    f = einfuse.compile("linear", decode=False)
+    q = rand(1, 1, 16, 16)
+    with pytest.raises(CodegenError, match="no backward for linear"):
         f(q, q, q)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sigmoid_gradients_ragged_gqa(causal):
+    f = einfuse.compile(f"sigmoid:bias=-2.5,causal={str(causal).lower()},head_dim=24", decode=False)
+    q, k, v = rand(1, 4, 45, 24, seed=1), rand(1, 2, 45, 24, seed=2), rand(1, 2, 45, 24, seed=3)
+    out = f(q, k, v)
+    do = rand(*out.shape, seed=4).detach()
+    got = torch.autograd.grad(out, (q, k, v), do)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = sigmoid_reference(q64, k64, v64, -2.5, causal)
+    want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    assert rel_err(out, ref) < 1e-5
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+
+
+def test_sigmoid_fully_masked_rows_and_unseen_keys_get_zero_gradients():
+    c = einfuse.attention(normalization="sigmoid", score_mod=lambda s, b, h, q, kv: s - 1.0,
+                          mask_mod=lambda b, h, q, kv: kv <= q - 6)
+    assert einfuse.plan(c).family == "sigmoid"
+    f = einfuse.compile(c, decode=False)
+    q, k, v = rand(1, 2, 33, 16, seed=5), rand(1, 1, 33, 16, seed=6), rand(1, 1, 33, 16, seed=7)
+    out = f(q, k, v)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
+    assert torch.all(out[:, :, :6] == 0) and torch.all(dq[:, :, :6] == 0)
+    assert torch.all(dk[:, :, 27:] == 0) and torch.all(dv[:, :, 27:] == 0)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = sigmoid_reference(q64, k64, v64, -1.0, mask=lambda qi, ki: ki <= qi - 6)
+    want = torch.autograd.grad(ref, (q64, k64, v64), torch.ones_like(ref))
+    for g, w in zip((dq, dk, dv), want):
+        assert rel_err(g, w) < 1e-5
 
 
 def test_mask_with_floor_and_mod_classifies_tiles_for_both_loops():
@@ -129,3 +162,64 @@ def test_mask_with_floor_and_mod_classifies_tiles_for_both_loops():
     _, _, _, got, want = grads(c, H=2, Hkv=2, N=53, D=16, block_m=16, block_n=32)
     for g, w in zip(got, want):
         assert rel_err(g, w) < 1e-5
+
+
+def test_query_offset_variant_gradients_follow_the_offset():
+    # align=offset: query i sits at QOFF + i; the backward kernels take Q_OFF as the forward does
+    f = einfuse.compile("sliding_window:window=7,head_dim=16,align=offset", decode=False)
+    q, k, v = rand(1, 2, 13, 16, seed=1), rand(1, 1, 40, 16, seed=2), rand(1, 1, 40, 16, seed=3)
+    out = f(q, k, v, q_offset=20)
+    do = rand(*out.shape, seed=4).detach()
+    got = torch.autograd.grad(out, (q, k, v), do)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = softmax_plan_attention(f.plan, q64, k64, v64, sizes={"QOFF": 20})
+    want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    assert rel_err(out, ref) < 1e-5
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+    assert torch.all(got[1][:, :, 33:] == 0) and torch.all(got[1][:, :, :14] == 0)  # keys outside every window
+
+
+def test_dq_kernel_tiles_independent_of_dkdv_tiles():
+    # FlashAttention-2's Triton backward mirrors the tiles (dK/dV 32x128, dQ 128x32): each kernel gets
+    # block tables at its own tile sizes
+    from einfuse.codegen.autograd import backward_kernel
+    from einfuse.codegen.triton.backward import BackwardKernel
+
+    f = einfuse.compile("sliding_window:window=20,head_dim=24", decode=False)
+    q, k, v = rand(1, 4, 75, 24, seed=1), rand(1, 2, 75, 24, seed=2), rand(1, 2, 75, 24, seed=3)
+    do = rand(1, 4, 75, 24, seed=4).detach()
+    out, lse = f.kernel.forward_with_lse(q.detach(), k.detach(), v.detach())
+    kern = BackwardKernel(f.kernel, backward_kernel(f).plan, block_m=16, block_n=32, dq_block_m=32, dq_block_n=16)
+    got = kern(q.detach(), k.detach(), v.detach(), out, lse, do)
+    assert (kern.last_config.block_m, kern.last_config.block_n) == (16, 32)
+    assert (kern.last_dq_config.block_m, kern.last_dq_config.block_n) == (32, 16)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = torch.autograd.grad(softmax_plan_attention(f.plan, q64, k64, v64), (q64, k64, v64), do.double())
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("spec,dtype", [("causal:head_dim=24", torch.float32),
+                                        ("na2d:shape=7x9,kernel=3,head_dim=24", torch.float32),
+                                        ("sigmoid:bias=-1.0,causal=true,head_dim=24", torch.bfloat16)])
+def test_atomic_dq_layout_matches_the_reference(spec, dtype):
+    # dQ added by the dK/dV kernel with atomics (FlashAttention-2's CUDA layout) instead of a dQ kernel
+    from einfuse.codegen.autograd import backward_kernel
+    from einfuse.codegen.triton.backward import BackwardKernel
+
+    f = einfuse.compile(spec, decode=False)
+    q, k, v = (rand(1, h, 63, 24, seed=s, dtype=dtype).detach() for h, s in ((4, 1), (2, 2), (2, 3)))
+    do = rand(1, 4, 63, 24, seed=4, dtype=dtype).detach()
+    plan = backward_kernel(f).plan
+    if plan.family == "softmax":
+        out, lse = f.kernel.forward_with_lse(q, k, v)
+    else:
+        out, lse = f.kernel(q, k, v), torch.zeros(1, 4, 63)
+    atomic = BackwardKernel(f.kernel, plan, dq_layout="atomic", block_m=16, block_n=32)(q, k, v, out, lse, do)
+    separate = BackwardKernel(f.kernel, plan, block_m=16, block_n=32)(q, k, v, out, lse, do)
+    assert atomic[0].dtype == dtype
+    for a, s in zip(atomic, separate):
+        assert rel_err(a, s) < (1e-6 if dtype == torch.float32 else 1e-2)
+    with pytest.raises(CodegenError, match="dq_layout"):
+        BackwardKernel(f.kernel, plan, dq_layout="fused")

@@ -63,7 +63,7 @@ def test_head_dims_and_dtypes_other_than_64_128_bf16_fp16_are_refused():
         emit_source(plan, configs=(("bf16", 96),))
     with pytest.raises(CodegenError, match="bfloat16 or float16"):
         emit_source(plan, configs=(("fp32", 64),))
-    with pytest.raises(CodegenError, match="no options"):
+    with pytest.raises(CodegenError, match="takes only path="):
         einfuse.compile("causal", target="cutlass", block_m=64)
 
 
@@ -95,15 +95,30 @@ needs_nvcc = pytest.mark.skipif(not _have_toolchain(), reason="needs nvcc and pi
 
 
 @needs_nvcc
-@pytest.mark.parametrize("spec,config,arch", [
-    ("causal", ("bf16", 128), "90a"),
-    ("na2d:shape=12x20,kernel=5,dilation=2,causal=true", ("fp16", 64), "80"),
+@pytest.mark.parametrize("spec,config,arch,path", [
+    ("causal", ("bf16", 128), "90a", "sm90"),   # the Hopper path: wgmma
+    ("na2d:shape=12x20,kernel=5,dilation=2,causal=true", ("fp16", 64), "80", "sm80"),
 ])
-def test_generated_source_compiles_with_nvcc(spec, config, arch):
+def test_generated_source_compiles_with_nvcc(spec, config, arch, path):
     from einfuse.codegen.cutlass.build import compile_object
 
-    obj = compile_object(emit_source(einfuse.plan(spec), configs=(config,)), arch)
+    obj = compile_object(emit_source(einfuse.plan(spec), configs=(config,), path=path), arch)
     assert obj.stat().st_size > 0
+
+
+def test_the_hopper_path_is_printed_with_wgmma_and_refused_off_hopper():
+    from einfuse.codegen.cutlass.runtime import CutlassAttention
+    from einfuse.errors import CodegenError
+
+    src = emit_source(einfuse.plan("causal"), configs=(("bf16", 128),), path="sm90")
+    assert "launch90<Traits90<cutlass::bfloat16_t, 128>>" in src and "warpgroup_arrive" in src
+    assert "launch<Traits<" not in src.split("extern \"C\"")[1]
+    auto = CutlassAttention.build(einfuse.plan("causal"))
+    assert auto.path_for("90a") == "sm90" and auto.path_for("80") == "sm80"
+    with pytest.raises(CodegenError, match="needs a Hopper GPU"):
+        CutlassAttention.build(einfuse.plan("causal"), path="sm90").path_for("80")
+    with pytest.raises(CodegenError, match="path 'sm70' is unknown"):
+        CutlassAttention.build(einfuse.plan("causal"), path="sm70")
 
 
 def test_missing_toolchain_gives_one_clear_error(monkeypatch):

@@ -39,10 +39,11 @@ def reference(c, q, k, v):
     return run_cascade(c, {"Q": q.double().cpu(), "K": k.double().cpu(), "V": v.double().cpu()})[c.outputs[0]]
 
 
-def check(spec, B=1, H=4, Hkv=2, N=777, M=None, D=128, dtype=torch.bfloat16, tol=1e-2, seed=0):
+def check(spec, B=1, H=4, Hkv=2, N=777, M=None, D=128, dtype=torch.bfloat16, tol=1e-2, seed=0, path="auto"):
+    """On Hopper ``path="auto"`` is the wgmma kernel (sm90); ``path="sm80"`` the mma.sync one."""
     c = spec if not isinstance(spec, str) else einfuse.load_spec(spec)
     q, k, v = inputs(B, H, Hkv, N, M or N, D, dtype, seed)
-    f = einfuse.compile(c, target="cutlass")
+    f = einfuse.compile(c, target="cutlass", path=path)
     out = f(q, k, v)
     torch.cuda.synchronize()
     assert out.shape == q.shape and out.dtype == q.dtype
@@ -92,7 +93,8 @@ def test_log_sum_exp_matches_float64():
     f = einfuse.compile("causal", target="cutlass")
     out, lse = f.kernel(q, k, v, return_lse=True)
     qd, kd = q.double(), k.double().repeat_interleave(2, dim=1)
-    s = qd @ kd.transpose(-1, -2) * f.plan.detail.plain_scale
+    scale = f.plan.detail.plain_scale or 64 ** -0.5  # None: the default 1/sqrt(D), resolved at call time
+    s = qd @ kd.transpose(-1, -2) * scale
     s = s.masked_fill(torch.ones(333, 333, dtype=torch.bool, device="cuda").triu(1), float("-inf"))
     want = torch.logsumexp(s, dim=-1)
     assert lse.shape == (2, 4, 333) and lse.dtype == torch.float32
@@ -134,3 +136,25 @@ def test_refuses_float32_and_other_head_dims():
         q, k, v = inputs(1, 2, 2, 64, 64, D, dt)
         with pytest.raises(CodegenError, match="CUTLASS"):
             f(q, k, v)
+
+
+def test_auto_target_times_both_backends_and_matches_float64(tmp_path, monkeypatch):
+    from einfuse.codegen.backend_choice import FastestBackend
+
+    monkeypatch.setenv("EINFUSE_CACHE_DIR", str(tmp_path))  # a fresh choice cache: both are timed
+    f = einfuse.compile("causal", target="auto")
+    q, k, v = inputs(2, 4, 2, 1000, 1000, 128, torch.bfloat16, seed=5)
+    out = f(q, k, v)
+    assert isinstance(f.kernel, FastestBackend) and f.kernel.last_backend in ("triton", "cutlass")
+    assert rel_err(out, reference(einfuse.load_spec("causal"), q, k, v)) < 1e-2
+    (entry,) = f.kernel.cache.read().values()
+    assert set(entry["ms"]) == {"triton", "cutlass"} and all(isinstance(t, float) for t in entry["ms"].values())
+
+
+@pytest.mark.parametrize("spec,D,dtype", [
+    ("causal", 128, torch.bfloat16), ("softcap:cap=20,causal=true", 64, torch.float16),
+    ("na2d:shape=24x20,kernel=5", 64, torch.bfloat16), ("sigmoid:causal=true,bias=-2", 128, torch.float16),
+])
+def test_the_sm80_path_on_every_gpu(spec, D, dtype):
+    n = math.prod(grid_of(einfuse.load_spec(spec).attrs, {})) if spec.startswith("na") else 777
+    check(spec, H=4, Hkv=2, N=n, D=D, dtype=dtype, tol=1e-2 if dtype == torch.bfloat16 else 3e-3, path="sm80")

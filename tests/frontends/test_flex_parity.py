@@ -7,8 +7,9 @@ broadcast int64 index tensors and a float64 score tensor. The mods follow PyTorc
 tests and attention-gym (relative bias, ALiBi, soft-capping, trig, prefix LM, sliding/dilated/global
 windows, sinks, block-diagonal and Sparse-Transformer patterns, 2-D neighbourhoods by index
 arithmetic and by Morton order) plus the cases issue 17 found silently wrong (``==``/``!=`` on
-indices, conditions on the score value, rows sent to -inf, SiLU). Mods that need captured tensors
-(bias tables, document ids, per-head parameters as tensors) are not expressible yet and are not here.
+indices, conditions on the score value, rows sent to -inf, SiLU), and mods that close over tensors
+(relative-bias and Swin tables, per-head and per-batch parameters, document ids, lengths, index
+permutations: captured tensors). ``NOT_EXPRESSIBLE`` lists the two that einfuse refuses, and why.
 
 Every mod runs as a Triton kernel (interpreter) at ragged sizes with GQA and fewer queries than keys,
 and on the split-KV decode path (5 queries).
@@ -57,6 +58,32 @@ def morton_xy(ns, t):
 def morton_neighbours(ns, q, kv):
     (xq, yq), (xk, yk) = morton_xy(ns, q), morton_xy(ns, kv)
     return (ns.abs(xq - xk) <= 1) & (ns.abs(yq - yk) <= 1)
+
+
+# ---- captured tensors: module globals the mods close over, as FlexAttention users write them; einfuse
+# traces each as a captured input bound to this tensor (einfuse.frontends.captured). Indices stay in
+# range for every test shape (positions < 64), since torch's indexing wraps negative indices. Float
+# tables are float64 so that the torch reference is exact (the kernels read them as float32).
+_g = torch.Generator().manual_seed(17)
+rel_table = torch.randn(128, generator=_g, dtype=torch.float64)                       # T5-style relative bias, offset 64
+bias_bhqk = torch.randn(2, NUM_HEADS, 64, 64, generator=_g, dtype=torch.float64)      # a full (B, H, Q, KV) bias
+dist_table = torch.randn(64, generator=_g, dtype=torch.float64)                       # bias by |q - kv|
+head_offset = torch.randn(NUM_HEADS, generator=_g, dtype=torch.float64)
+slopes = torch.tensor([2.0 ** (-8.0 * (i + 1) / NUM_HEADS) for i in range(NUM_HEADS)], dtype=torch.float64)  # ALiBi, as a tensor
+head_scale = torch.rand(NUM_HEADS, generator=_g, dtype=torch.float64) + 0.5           # learnable per-head temperature
+gate = torch.randn(NUM_HEADS, generator=_g, dtype=torch.float64)                      # learnable per-head gate
+batch_bias = torch.randn(2, generator=_g, dtype=torch.float64)
+doc_ids = torch.sort(torch.randint(0, 5, (64,), generator=_g)).values          # packed documents
+doc_ids_b = torch.sort(torch.randint(0, 4, (2, 64), generator=_g), dim=1).values  # per batch
+lengths = torch.tensor([37, 20])                                 # valid keys per batch (padding)
+prefix_len = torch.tensor([9, 17])                               # prefix-LM prefix per batch
+perm = torch.randperm(64, generator=_g)                          # a token order
+swin_table = torch.randn(NUM_HEADS, 15 * 15, generator=_g, dtype=torch.float64)       # Swin: (2*8-1)^2 offsets on an 8x8 window
+
+
+def swin_index(q, kv):
+    """Swin's relative position index of two tokens of an 8x8 window (row-major)."""
+    return (q // 8 - kv // 8 + 7) * 15 + (q % 8 - kv % 8 + 7)
 
 
 # name -> ns -> (score_mod or None, mask_mod or None)
@@ -130,6 +157,41 @@ PORTS: dict[str, Port] = {
     "silu_causal": lambda ns: (PORTS["silu"](ns)[0], lambda b, h, q, kv: q >= kv),
     "threshold_block_diagonal": lambda ns: (PORTS["score_threshold"](ns)[0], PORTS["block_diagonal"](ns)[1]),
     "parity_not_diagonal": lambda ns: (PORTS["parity_bonus"](ns)[0], PORTS["not_diagonal"](ns)[1]),
+    # ---- captured tensors (FlexAttention's captured-buffer tests, attention-gym) ----
+    "rel_bias_table": lambda ns: (lambda s, b, h, q, kv: s + rel_table[q - kv + 64], None),
+    "bias_bhqk": lambda ns: (lambda s, b, h, q, kv: s + bias_bhqk[b, h, q, kv], None),
+    "abs_distance_table": lambda ns: (lambda s, b, h, q, kv: s + dist_table[ns.abs(q - kv)], None),
+    "head_offset": lambda ns: (lambda s, b, h, q, kv: s + head_offset[h], None),
+    "alibi_slopes_tensor": lambda ns: (lambda s, b, h, q, kv: s + slopes[h] * (kv - q), None),
+    "head_temperature_tensor": lambda ns: (lambda s, b, h, q, kv: s * head_scale[h], None),
+    "head_gate": lambda ns: (lambda s, b, h, q, kv: s * ns.sigmoid(gate[h]), None),
+    "batch_bias_tensor": lambda ns: (lambda s, b, h, q, kv: s + batch_bias[b], None),
+    "swin_rel_pos": lambda ns: (lambda s, b, h, q, kv: s + swin_table[h, swin_index(q, kv)], None),
+    "nested_gather": lambda ns: (lambda s, b, h, q, kv: s + dist_table[ns.abs(perm[q] - perm[kv])], None),
+    "document_mask": lambda ns: (None, lambda b, h, q, kv: doc_ids[q] == doc_ids[kv]),
+    "document_causal": lambda ns: (None, lambda b, h, q, kv: (doc_ids[q] == doc_ids[kv]) & (q >= kv)),
+    "document_window": lambda ns: (None, lambda b, h, q, kv: (doc_ids[q] == doc_ids[kv]) & (ns.abs(q - kv) < 6)),
+    "document_per_batch": lambda ns: (None, lambda b, h, q, kv: doc_ids_b[b, q] == doc_ids_b[b, kv]),
+    "lengths_mask": lambda ns: (None, lambda b, h, q, kv: kv < lengths[b]),
+    "prefix_lm_tensor": lambda ns: (None, lambda b, h, q, kv: (kv < prefix_len[b]) | (q >= kv)),
+    "permuted_causal": lambda ns: (None, lambda b, h, q, kv: perm[q] >= perm[kv]),
+    "document_rel_bias": lambda ns: (PORTS["rel_bias_table"](ns)[0], PORTS["document_causal"](ns)[1]),
+}
+
+CAPTURED = [n for n in PORTS if PORTS[n] is not None and n in (
+    "rel_bias_table", "bias_bhqk", "abs_distance_table", "head_offset", "alibi_slopes_tensor",
+    "head_temperature_tensor", "head_gate", "batch_bias_tensor", "swin_rel_pos", "nested_gather",
+    "document_mask", "document_causal", "document_window", "document_per_batch", "lengths_mask",
+    "prefix_lm_tensor", "permuted_causal", "document_rel_bias")]
+
+# FlexAttention mods einfuse cannot express, and why (README "Writing score_mod and mask_mod")
+NOT_EXPRESSIBLE: dict[str, tuple[str, Port]] = {
+    "score_indexed_table": ("a tensor indexed by the score value (a lookup table of quantised scores); "
+                            "indices must be functions of b, h, q_idx, kv_idx",
+                            lambda ns: (lambda s, b, h, q, kv: s + dist_table[s], None)),
+    "searchsorted_offsets": ("torch functions other than indexing on index tensors (torch.searchsorted over "
+                             "jagged offsets); give document ids per token instead",
+                             lambda ns: (None, lambda b, h, q, kv: torch.searchsorted(lengths, q) == 0)),
 }
 
 
@@ -201,8 +263,18 @@ def test_port_matches_flex_reference_in_the_float64_executor(name):
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", sorted(NOT_EXPRESSIBLE))
+def test_mods_not_expressible_are_refused_with_a_reason(name):
+    score_mod, mask_mod = NOT_EXPRESSIBLE[name][1](EF)
+    with pytest.raises(ef.EinfuseError):
+        ef.attention(name, score_mod=score_mod, mask_mod=mask_mod, head_dim=D)
+
+
 def test_the_suite_covers_what_issue_17_asks_for():
-    assert len(PORTS) >= 60
+    assert len(PORTS) >= 64 and len(PORTS) / (len(PORTS) + len(NOT_EXPRESSIBLE)) >= 64 / 66
+    assert len(CAPTURED) == 18
+    for name in CAPTURED:  # each really reads a captured tensor (not a closed form)
+        assert _compile(name).captures, name
     # masks with == / != and score conditions, that Python used to decide while tracing
     for name in ("causal_no_diagonal", "sink_or_block", "block_diagonal", "parity_bonus", "score_relu"):
         text = ef.format_cascade(_compile(name))

@@ -131,18 +131,56 @@ def test_static_cache_uses_the_offset_kernel():
     assert any(k[-1] == "offset" for k in eft._KERNELS)
 
 
-def test_padded_batches_are_correct_and_strict_mode_refuses_them():
+def _varlen_ran() -> bool:
+    return any(getattr(k, "_varlen_kernel", None) is not None for k in eft._KERNELS.values())
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batches_run_as_packed_sequences(side):
+    """Left or right padding is one run of real tokens per row: fn.varlen, equal to sdpa on real tokens."""
+    ref, ours = _models("qwen2")
+    ids = _ids(batch=3)
+    pad = torch.ones_like(ids)
+    if side == "left":
+        pad[0, :3] = 0
+        pad[2, :10] = 0  # one real token
+    else:
+        pad[0, 8:] = 0
+        pad[1, 1:] = 0
+    keep = pad.bool()
+    with torch.no_grad():
+        want, got = ref(ids, attention_mask=pad).logits, ours(ids, attention_mask=pad).logits
+    assert _err(want[keep], got[keep]) < TOL
+    assert _varlen_ran()
+
+
+def test_generation_from_a_left_padded_batch_with_a_window():
+    """Mistral (window 7) generating from a left-padded prompt: every decode step's mask is padding."""
+    ref, ours = _models("mistral")
+    ids = _ids()
+    pad = torch.ones_like(ids)
+    pad[1, :4] = 0
+    kw = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
+              attention_mask=pad, pad_token_id=0)
+    with torch.no_grad():
+        ga, gb = ref.generate(ids, **kw), ours.generate(ids, **kw)
+    assert torch.equal(ga.sequences, gb.sequences)
+    assert max(_err(a, b) for a, b in zip(ga.logits, gb.logits)) < TOL
+    assert _varlen_ran()
+
+
+def test_padding_with_a_hole_runs_unfused_and_strict_mode_refuses_it():
     ref, ours = _models("qwen2")
     ids = _ids()
     pad = torch.ones_like(ids)
-    pad[0, :3] = 0  # left padding of the first sequence
+    pad[0, 4] = 0  # a hole: not one run of tokens
     keep = pad.bool()
     with torch.no_grad():
         want, got = ref(ids, attention_mask=pad).logits, ours(ids, attention_mask=pad).logits
         assert _err(want[keep], got[keep]) < TOL
         eft.register(strict=True)
         try:
-            with pytest.raises(CodegenError, match="padding"):
+            with pytest.raises(CodegenError, match="padding with holes"):
                 ours(ids, attention_mask=pad)
         finally:
             eft.register()

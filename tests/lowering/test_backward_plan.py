@@ -64,9 +64,10 @@ def test_derivative_matches_torch_autograd(name):
     assert torch.allclose(torch.broadcast_to(got, want.shape), want, rtol=1e-12, atol=1e-12)
 
 
-def test_non_softmax_plans_have_no_backward_yet():
-    with pytest.raises(CodegenError, match="no backward for sigmoid"):
-        backward_plan(einfuse.plan("sigmoid"))
+def test_linear_and_normalised_sum_plans_have_no_backward_yet():
+    with pytest.raises(CodegenError, match="no backward for linear"):
+        backward_plan(einfuse.plan("lightning"))
+    assert backward_plan(einfuse.plan("sigmoid:causal=true")).steps[0][0] == "forward"   # sigmoid has one
 
 
 def test_printed_backward_plan_names_derivative_and_kernels():
@@ -103,5 +104,8 @@ def test_passes_command_prints_the_backward_plan():
 
     out = CliRunner().invoke(cli, ["passes", "softcap:cap=20,causal=true,scale=1", "--backward"]).output
     assert "backward plan softcap" in out and "ds/dx     1.0 - square(tanh(Q.K / 20.0))" in out
-    out = CliRunner().invoke(cli, ["passes", "sigmoid", "--backward"]).output
-    assert "backward plan: none" in out
+    out = CliRunner().invoke(cli, ["passes", "sigmoid:bias=-2", "--backward"]).output
+    assert "backward plan sigmoid: sigmoid" in out and "dS = (dO V^T) * A * (1 - A)" in out
+    assert "preprocess" not in out   # no normaliser: no D = rowsum(dO * O)
+    out = CliRunner().invoke(cli, ["passes", "lightning", "--backward"]).output
+    assert "backward plan: none" in out and "no backward for linear" in out

@@ -5,6 +5,9 @@
 also returns the natural-log log-sum-exp ``(B, H, N_q)`` in float32 (softmax plans; ``-inf`` for
 rows with every key masked), which the backward pass needs. One extension is built per (dtype,
 head dim, arch) on first use, so a call pays nvcc once per configuration and machine.
+
+``path`` picks the MMA path: ``"auto"`` (default) runs the wgmma kernel (``sm90``) on Hopper and the
+mma.sync kernel (``sm80``) elsewhere; ``"sm80"`` also runs on Hopper (to compare the two).
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from einfuse.codegen.cutlass.build import arch_of, load_extension
-from einfuse.codegen.cutlass.emit import ALL_CONFIGS, BLOCK_M, BLOCK_N, check_config, check_plan, emit_source
+from einfuse.codegen.cutlass.emit import (
+    ALL_CONFIGS,
+    BLOCK_M,
+    BLOCK_N,
+    check_config,
+    check_path,
+    check_plan,
+    emit_source,
+)
 from einfuse.errors import CodegenError
 from einfuse.ir.ranks import BATCH_INDEX
 from einfuse.lowering.blocks import BlockTables, build_tables, dense_tables
@@ -29,6 +40,7 @@ class CutlassAttention:
 
     plan: KernelPlan
     sizes: dict[str, int]
+    path: str = "auto"
     _sources: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     last_tables: BlockTables | None = None
@@ -37,19 +49,33 @@ class CutlassAttention:
     @staticmethod
     def build(plan: KernelPlan, sizes: dict[str, int] | None = None, **options: Any) -> CutlassAttention:
         check_plan(plan)
+        path = options.pop("path", "auto")
         if options:
-            raise CodegenError(f"{plan.name}: the CUTLASS back end takes no options yet "
-                               f"(got {', '.join(sorted(options))}); tiles are {BLOCK_M}x{BLOCK_N}")
+            raise CodegenError(f"{plan.name}: the CUTLASS back end takes only path= ('auto', 'sm80', 'sm90'; "
+                               f"got {', '.join(sorted(options))}); tiles are {BLOCK_M}x{BLOCK_N}")
+        if path != "auto":
+            check_path(plan.name, path)
         bound = {k: int(v) for k, v in plan.cascade.params.items() if float(v).is_integer()}
         bound.update({k: int(v) for k, v in (sizes or {}).items()})
-        kern = CutlassAttention(plan, bound)
+        kern = CutlassAttention(plan, bound, path)
         kern.source(ALL_CONFIGS[:1])  # print now: printer errors surface at compile time
         return kern
 
-    def source(self, configs: tuple[tuple[str, int], ...] = ALL_CONFIGS) -> str:
-        if configs not in self._sources:
-            self._sources[configs] = emit_source(self.plan, self.sizes, configs)
-        return self._sources[configs]
+    def source(self, configs: tuple[tuple[str, int], ...] = ALL_CONFIGS, path: str | None = None) -> str:
+        """The .cu source for ``configs`` on ``path`` (default: this kernel's; ``auto`` prints sm80)."""
+        path = path or (self.path if self.path != "auto" else "sm80")
+        if (configs, path) not in self._sources:
+            self._sources[(configs, path)] = emit_source(self.plan, self.sizes, configs, path=path)
+        return self._sources[(configs, path)]
+
+    def path_for(self, arch: str) -> str:
+        """The MMA path that runs on ``arch`` (``90a``, ``80``, ...)."""
+        if self.path == "auto":
+            return "sm90" if arch == "90a" else "sm80"
+        if self.path == "sm90" and arch != "90a":
+            raise CodegenError(f"{self.plan.name}: the CUTLASS sm90 path (wgmma) needs a Hopper GPU (sm_90a); "
+                               f"this one is sm_{arch}: use path='sm80'")
+        return self.path
 
     def __call__(self, q: Any, k: Any, v: Any, return_lse: bool = False) -> Any:
         import torch
@@ -68,7 +94,8 @@ class CutlassAttention:
         q, k, v = (_aligned(t) for t in (q, k, v))
         tables = self.tables(Nq, Nkv, H, B, q.device)
         self.last_tables = tables
-        mod = load_extension(self.source(((dt, D),)), arch_of(q.device))
+        arch = arch_of(q.device)
+        mod = load_extension(self.source(((dt, D),), self.path_for(arch)), arch)
         out = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
         lse = torch.empty((B, H, Nq) if return_lse else (0,), dtype=torch.float32, device=q.device)
         dummy = torch.zeros(1, dtype=torch.int32, device=q.device)

@@ -1,8 +1,9 @@
-"""Launching the backward kernels of a softmax one-pass plan (:mod:`backward_emit`).
+"""Launching the backward kernels of a softmax or sigmoid one-pass plan (:mod:`backward_emit`).
 
 :class:`BackwardKernel` sits beside the forward :class:`~einfuse.codegen.triton.runtime.AttentionKernel`
 it differentiates: it shares the forward's sizes, tile orders and block tables (the same
-classification; the dK/dV loop reads them transposed), and launches preprocess, dK/dV and dQ.
+classification; the dK/dV loop reads them transposed), and launches preprocess (softmax only), dK/dV
+and dQ.
 """
 
 from __future__ import annotations
@@ -29,9 +30,23 @@ class BackwardKernel:
     block_n: int | None = None
     num_warps: int | None = None
     num_stages: int | None = None
+    dq_block_m: int | None = None
+    dq_block_n: int | None = None
+    dq_num_warps: int | None = None
+    dq_num_stages: int | None = None
+    dq_layout: str = "separate"
+    """'separate': a dQ kernel per query tile (recomputes P and dS, deterministic); 'atomic': the dK/dV
+    kernel adds dQ into an fp32 buffer with atomics (no recomputation, run-to-run rounding differs)."""
     _modules: dict = field(default_factory=dict)
     _tables: dict = field(default_factory=dict)
     last_config: KernelConfig | None = None
+    last_dq_config: KernelConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.dq_layout not in ("separate", "atomic"):
+            from einfuse.errors import CodegenError
+
+            raise CodegenError(f"{self.plan.name}: dq_layout={self.dq_layout!r}: use 'separate' or 'atomic'")
 
     def source(self, layout: Layout | None = None) -> str:
         from einfuse.lowering.tile_order import FLAT
@@ -53,73 +68,110 @@ class BackwardKernel:
         return (order, order) if isinstance(k_order, SpanBoxes) else (order, k_order)
 
     def config(self, q: Any) -> KernelConfig:
+        """The dK/dV kernel's configuration (tiles: ``block_n`` keys stay on chip, ``block_m`` queries stream)."""
         interp = q.device.type != "cuda"
         d = max(q.shape[3], 16)
         base = KernelConfig(32, 32, 4, 1) if interp else KernelConfig(64, 64, 4 if d <= 64 else 8, 2)
         return KernelConfig(self.block_m or base.block_m, self.block_n or base.block_n,
                             self.num_warps or base.num_warps, self.num_stages or base.num_stages)
 
-    def __call__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, dout: Any,
+    def dq_config(self, q: Any) -> KernelConfig:
+        """The dQ kernel's configuration (``block_m`` queries stay on chip, ``block_n`` keys stream);
+        each field defaults to the dK/dV kernel's. FlashAttention-2's Triton backward uses mirrored
+        tiles (dK/dV 32 x 128, dQ 128 x 32), so the two are tuned separately
+        (benchmarks/tune_backward.py)."""
+        kv = self.config(q)
+        return KernelConfig(self.dq_block_m or kv.block_m, self.dq_block_n or kv.block_n,
+                            self.dq_num_warps or kv.num_warps, self.dq_num_stages or kv.num_stages)
+
+    def __call__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, dout: Any, q_offset: int | None = None,
                  **options: Any) -> tuple[Any, Any, Any]:
+        """Gradients of ``out = forward(q, k, v, q_offset=q_offset, **options)`` given ``dout``."""
         import torch
         import triton.language as tl
 
+        from einfuse.codegen import capture_args
+
         fwd = self.forward
+        options = dict(options)
+        caps = fwd.call_captures(options, q)  # captured tensors (bias tables, ids) the score/mask read
+        cap_args = capture_args.launch_args(capture_args.plan_captures(fwd.plan.score, fwd.plan.mask),
+                                            caps[0]) if caps else []
         opts = LaunchOptions.from_kwargs({**_non_default(fwd.defaults), **options})
         q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
         B, H, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[3]
         layout = self.layout(q, k, opts)
         order, k_order = layout
-        cfg = self.config(q)
-        self.last_config = cfg
-        tables = fwd.tables(Nq, Nkv, H, B, cfg, layout, q.device)
-        n_q_tiles = order.num_tiles(Nq, cfg.block_m)
-        key = (Nq, Nkv, H, cfg.block_m, cfg.block_n, layout, str(q.device))
-        if key not in self._tables:
-            self._tables[key] = transpose_tables(tables, n_q_tiles)
-        tables_t = self._tables[key]
+        kv_cfg, q_cfg = self.config(q), self.dq_config(q)
+        self.last_config = kv_cfg
+        self.last_dq_config = q_cfg
+        q_off = fwd._q_offset(q_offset)
         mod = self.module(layout)
         interp = q.device.type != "cuda"
         fast = opts.fast_math if opts.fast_math is not None else (not interp and q.dtype != torch.float32)
         precision = opts.precision or ("ieee" if q.dtype == torch.float32 else "tf32")
-        bq, bk = order.box(cfg.block_m), k_order.box(cfg.block_n)
         dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
-        common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D), HEAD_DV=Dv,
-                      BLOCK_DV=pow2(Dv), BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1], BK2=bk[2],
-                      FAST_MATH=fast, DOT_PRECISION=precision, UPCAST=interp and q.dtype == torch.bfloat16,
-                      EVEN_KV=k_order.whole(Nkv, cfg.block_n),
-                      ACC=tl.float64 if q.dtype == torch.float64 else tl.float32, num_warps=cfg.num_warps,
-                      num_stages=cfg.num_stages)
+
+        def launch_args(cfg: KernelConfig) -> dict[str, Any]:
+            bq, bk = order.box(cfg.block_m), k_order.box(cfg.block_n)
+            return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D), HEAD_DV=Dv,
+                        BLOCK_DV=pow2(Dv), BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1], BK2=bk[2],
+                        FAST_MATH=fast, DOT_PRECISION=precision, UPCAST=interp and q.dtype == torch.bfloat16,
+                        EVEN_KV=k_order.whole(Nkv, cfg.block_n),
+                        ACC=tl.float64 if q.dtype == torch.float64 else tl.float32, num_warps=cfg.num_warps,
+                        num_stages=cfg.num_stages)
+
         strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
 
-        # D[p] = sum_f dO[p,f] O[p,f]
-        delta = torch.empty((B, H, Nq), dtype=lse.dtype, device=q.device)  # fp64 for fp64 inputs
-        pre_m = 64 if not interp else 32
-        getattr(mod, PREPROCESS)[(-(-Nq // pre_m), B * H)](
-            out, dout, delta, *out.stride()[:3], *dout.stride()[:3], Nq, H,
-            BLOCK_M=pre_m, HEAD_DV=Dv, BLOCK_DV=pow2(Dv))
+        if self.plan.family == "softmax":  # D[p] = sum_f dO[p,f] O[p,f]
+            delta = torch.empty((B, H, Nq), dtype=lse.dtype, device=q.device)  # fp64 for fp64 inputs
+            pre_m = 64 if not interp else 32
+            getattr(mod, PREPROCESS)[(-(-Nq // pre_m), B * H)](
+                out, dout, delta, *out.stride()[:3], *dout.stride()[:3], Nq, H,
+                BLOCK_M=pre_m, HEAD_DV=Dv, BLOCK_DV=pow2(Dv))
+        else:  # sigmoid: no normaliser, the kernels read neither lse nor D
+            delta = lse
 
+        # dK, dV: the forward's block tables at the dK/dV tiles, transposed (key-major)
+        tables_kv = fwd.tables(Nq, Nkv, H, B, kv_cfg, layout, q.device, q_off, captures=caps)
+        n_q_tiles = order.num_tiles(Nq, kv_cfg.block_m)
+        key = (Nq, Nkv, H, kv_cfg.block_m, kv_cfg.block_n, layout, str(q.device), q_off,
+               capture_args.mask_tables_key(fwd.plan.mask, caps))
+        if key not in self._tables and key[-1]:
+            capture_args.evict_stale(self._tables)  # transposed tables of earlier ids
+        if key not in self._tables:
+            self._tables[key] = transpose_tables(tables_kv, n_q_tiles)
+        tables_t = self._tables[key]
         dk = torch.empty((B, Hkv, Nkv, D), dtype=k.dtype, device=q.device)
         dv = torch.empty((B, Hkv, Nkv, Dv), dtype=v.dtype, device=q.device)
-        n_k_tiles = k_order.num_tiles(Nkv, cfg.block_n)
+        atomic = self.dq_layout == "atomic"
+        dq_acc = torch.zeros((B, H, Nq, D), dtype=lse.dtype, device=q.device) if atomic else dk  # fp32 (fp64)
+        n_k_tiles = k_order.num_tiles(Nkv, kv_cfg.block_n)
         getattr(mod, DKDV)[(n_k_tiles, B * Hkv)](
-            q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3],
-            *tables_t.kernel_args(dummy), Nq, Nkv, H, H // Hkv, tables.n_full, n_q_tiles,
+            q, k, v, dout, lse, delta, dk, dv, dq_acc, *strides, *dk.stride()[:3], *dv.stride()[:3],
+            *(dq_acc.stride()[:3] if atomic else (0, 0, 0)),
+            *tables_t.kernel_args(dummy), Nq, Nkv, H, *cap_args, q_off, Nq == Nkv, H // Hkv, tables_kv.n_full, n_q_tiles,
             TABLES=not tables_t.dense, FULL_CONTIG=tables_t.full_contig, PART_CONTIG=tables_t.part_contig,
-            **common)
+            ATOMIC_DQ=atomic, **launch_args(kv_cfg))
+        if atomic:
+            return dq_acc.to(q.dtype), dk, dv
 
+        # dQ: the forward's block tables at the dQ tiles, query-major as the forward reads them
+        tables = fwd.tables(Nq, Nkv, H, B, q_cfg, layout, q.device, q_off, captures=caps)
         dq = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
-        getattr(mod, DQ)[(n_q_tiles, B * H)](
+        getattr(mod, DQ)[(order.num_tiles(Nq, q_cfg.block_m), B * H)](
             q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3],
-            *tables.kernel_args(dummy), Nq, Nkv, H, H // Hkv, tables.n_full, tables.n_k_tiles,
+            *tables.kernel_args(dummy), Nq, Nkv, H, *cap_args, q_off, Nq == Nkv, H // Hkv, tables.n_full, tables.n_k_tiles,
             TABLES=not tables.dense, FULL_CONTIG=tables.full_contig, PART_CONTIG=tables.part_contig,
-            **common)
+            **launch_args(q_cfg))
         return dq, dk, dv
 
 
 def build_backward(forward: AttentionKernel, plan: Any, **options: Any) -> BackwardKernel:
-    """The backward of a compiled softmax kernel; ``options``: block_m, block_n, num_warps, num_stages."""
+    """The backward of a compiled softmax or sigmoid kernel; ``options``: block_m, block_n, num_warps,
+    num_stages (the dK/dV kernel, and the dQ kernel's defaults), dq_block_m, dq_block_n, dq_num_warps,
+    dq_num_stages, and dq_layout ('separate' | 'atomic')."""
     from einfuse.lowering.backward import backward_plan
 
     bp = plan if isinstance(plan, BackwardPlan) else backward_plan(plan)

@@ -8,9 +8,14 @@ Three kernels, FlashAttention-2's schedule (the forward saved each query row's l
   head of its group, recomputes ``P = exp2(s - LSE)`` and accumulates ``dV += P^T dO`` and
   ``dK += dX^T Q`` on chip, so grouped-query gradients are summed without atomics;
 * ``attn_bwd_dq``: one program per (query tile, batch x head), the forward's loop and tables,
-  ``dQ += dX K``.
+  ``dQ += dX K`` (the "separate" dQ layout; with ``ATOMIC_DQ`` the dK/dV kernel adds each tile pair's
+  ``dX K`` into an fp32 dQ buffer atomically instead, FlashAttention-2's CUDA layout, and this kernel
+  is not launched).
 
-What is variant-specific is printed from the plan: ``_score2`` (the score in log2 units), ``_dscore``
+Sigmoid attention (no normalisation, nothing saved) recomputes ``A = sigmoid(s)`` instead of ``P``, has
+``dS = dA * A * (1 - A)`` and skips the preprocess (``D`` is unused).
+
+What is variant-specific is printed from the plan: ``_score2`` (the score, in log2 units for softmax), ``_dscore``
 (its derivative with respect to the dot product, derived from the IR by the chain rule), ``_keep``
 (the mask, on partial tiles only) and the tile orders. Both gradient kernels share ``_bwd_tile``,
 which reads like the math: dot, score, mask, P, dP, dS, dX.
@@ -21,10 +26,12 @@ from __future__ import annotations
 import math
 import textwrap
 
+from einfuse.codegen import capture_args
 from einfuse.codegen.triton.emit import (
     TABLE_ROW,
     _bind_params,
     _bind_params_expr,
+    _same_length_variant,
     head_dim_names,
     kernel_names,
 )
@@ -32,9 +39,11 @@ from einfuse.codegen.triton.index_printer import HELPERS as INDEX_HELPERS
 from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.score_printer import HELPERS as SCORE_HELPERS
 from einfuse.codegen.triton.score_printer import const_code, may_be_minus_inf, print_score
-from einfuse.ir.expr import Expr
+from einfuse.ir.expr import Expr, substitute
+from einfuse.ir.positions import equal_lengths
 from einfuse.ir.ranks import KEY_INDEX as M_IDX
 from einfuse.ir.ranks import QUERY_INDEX as P_IDX
+from einfuse.ir.ranks import size_symbol
 from einfuse.lowering.backward import BackwardPlan, format_backward_plan
 from einfuse.lowering.tile_order import TileOrder
 
@@ -52,15 +61,26 @@ def emit_backward_module(bp: BackwardPlan, sizes: dict[str, int], q_order: TileO
     dscore = _bind_params_expr(bp.dscore, sizes)
     scale = fwd.plain_scale
     hd = head_dim_names(fwd)  # the default scale 1/sqrt(E) folds at compile time, as in the forward
+    def value(e: Expr) -> str:  # bottom-right positions cost nothing when N_Q == N_KV (SAME_LEN)
+        same = substitute(e, {size_symbol("M"): size_symbol("P")})
+        return _same_length_variant(print_score(e, idx, constexprs=hd), print_score(same, idx, constexprs=hd))
+
+    softmax = bp.family == "softmax"  # softmax scores in log2 units (exp2); sigmoid's as they are
+    unit = LOG2E if softmax else 1.0
     if scale is not None:
-        score_body = f"    return qk * {const_code(scale * LOG2E)}\n"
+        score_body = f"    return qk * {const_code(scale * unit)}\n"
+    elif softmax:
+        score_body = f"    s = {value(score)}\n    return s * {const_code(LOG2E)}\n"
     else:
-        score_body = f"    s = {print_score(score, idx, constexprs=hd)}\n    return s * {const_code(LOG2E)}\n"
-    dscore_body = f"    return {print_score(dscore, idx, constexprs=hd)}\n"
-    mask_code = "True" if bp.mask is None else idx.predicate(_bind_params(bp.mask, sizes))
+        score_body = f"    return {value(score)}\n"
+    dscore_body = f"    return {value(dscore)}\n"
+    mask_code = "True"
+    if bp.mask is not None:
+        mask = _bind_params(bp.mask, sizes)
+        mask_code = _same_length_variant(idx.predicate(mask), idx.predicate(equal_lengths(mask)))
     # P == 0 makes dS == 0 exactly; where ds/dx can be inf (masked pairs, padding), keep dX at 0 too
     guard = may_be_minus_inf(dscore) or may_be_minus_inf(score)
-    dx_line = "    dx = ds * _dscore(qk, qi, ki, h, b, N_Q, N_KV, H, HEAD_D, HEAD_DV, FAST_MATH)\n"
+    dx_line = "    dx = ds * _dscore(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, HEAD_D, HEAD_DV, FAST_MATH)\n"
     if bp.dscore_constant is not None:
         dx_line = f"    dx = ds * {const_code(bp.dscore_constant)}\n"
     if guard:
@@ -73,21 +93,23 @@ def emit_backward_module(bp: BackwardPlan, sizes: dict[str, int], q_order: TileO
              f'''
 
 @triton.jit
-def _score2(qk, qi, ki, h, b, N_Q, N_KV, H, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, FAST_MATH: tl.constexpr):
-    """The forward's score of each (query qi, key ki) pair, in log2 units: s = {_short(bp.score)}."""
+def _score2(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, FAST_MATH: tl.constexpr):
+    """The forward's score of each (query qi, key ki) pair{' in log2 units' if softmax else ''}: s = {_short(bp.score)}."""
 {score_body}
 
 @triton.jit
-def _dscore(qk, qi, ki, h, b, N_Q, N_KV, H, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, FAST_MATH: tl.constexpr):
+def _dscore(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, FAST_MATH: tl.constexpr):
     """ds/dx, the score's derivative with respect to the dot product x = qk: {_short(bp.dscore)}."""
 {dscore_body}
 
 @triton.jit
-def _keep(qi, ki, h, b, N_Q, N_KV, H):
+def _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr):
     """The forward's mask predicate; evaluated on partial tiles only."""
     return {mask_code}
-''', _BWD_TILE.replace("{dx_line}", dx_line), _KERNELS.replace("{TABLE_ROW}", TABLE_ROW)]
-    return "\n".join(parts)
+''', _BWD_TILE.replace("{weights}", _SOFTMAX_WEIGHTS if softmax else _SIGMOID_WEIGHTS).replace("{dx_line}", dx_line), _KERNELS.replace("{TABLE_ROW}", TABLE_ROW)]
+    # captured tensors the score or mask reads: their pointers, extents and strides follow H
+    return capture_args.add_params("\n".join(parts), capture_args.plan_captures(fwd.score, fwd.mask),
+                                   capture_args.BACKWARD_SITES)
 
 
 def _short(e: Expr) -> str:
@@ -107,24 +129,33 @@ def _step(x):
 _BWD_TILE = '''
 
 @triton.jit
-def _bwd_tile(q, k, v, do, lse, delta, qi, ki, kvalid, h, b, N_Q, N_KV, H, HEAD_D: tl.constexpr,
+def _bwd_tile(q, k, v, do, lse, delta, qi, ki, kvalid, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, HEAD_D: tl.constexpr,
               HEAD_DV: tl.constexpr, MASKED: tl.constexpr,
               EVEN_KV: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One (query tile, key tile) pair: recompute P, return it with dX = dS * ds/dx."""
+    """One (query tile, key tile) pair: recompute the weights P, return them with dX = dS * ds/dx."""
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-    s = _score2(qk, qi, ki, h, b, N_Q, N_KV, H, HEAD_D, HEAD_DV, FAST_MATH)
+    s = _score2(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, HEAD_D, HEAD_DV, FAST_MATH)
     if MASKED:
-        keep = _keep(qi, ki, h, b, N_Q, N_KV, H)
+        keep = _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN)
         if not EVEN_KV:
             keep = keep & kvalid[None, :]
         s = tl.where(keep, s, float('-inf'))
-    # P = exp(s - LSE): the forward's probabilities (LSE = +inf on rows with no key: P = 0)
+{weights}    # dX = dS * ds/dx: the chain rule through the score
+{dx_line}    return p, dx
+'''
+
+_SOFTMAX_WEIGHTS = '''    # P = exp(s - LSE): the forward's probabilities (LSE = +inf on rows with no key: P = 0)
     p = tl.math.exp2(s - lse[:, None])
     # dP = dO V^T;  dS = P * (dP - D)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
-    # dX = dS * ds/dx: the chain rule through the score
-{dx_line}    return p, dx
+'''
+
+_SIGMOID_WEIGHTS = '''    # A = sigmoid(s), no normalisation (masked pairs: sigmoid(-inf) = 0; lse and delta unused)
+    p = _sigmoid(s, FAST_MATH)
+    # dA = dO V^T;  dS = dA * A * (1 - A), the sigmoid's derivative
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    ds = dp * p * (1.0 - p)
 '''
 
 _KERNELS = '''
@@ -148,12 +179,12 @@ def attn_bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_on, stride_do
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, t, kpos, kvalid, h, b, stride_qn, stride_don,
-               N_Q, N_KV, H, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_D: tl.constexpr,
+def _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, DQ_head, t, kpos, kvalid, h, b, stride_qn,
+               stride_don, stride_dqn, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, MASKED: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_D: tl.constexpr,
                BLOCK_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, BQ0: tl.constexpr,
                BQ1: tl.constexpr, BQ2: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr,
-               UPCAST: tl.constexpr, EVEN_KV: tl.constexpr):
-    """Query tile t's contribution to one key tile's dK and dV."""
+               UPCAST: tl.constexpr, EVEN_KV: tl.constexpr, ATOMIC_DQ: tl.constexpr):
+    """Query tile t's contribution to one key tile's dK and dV (and, with ATOMIC_DQ, to t's dQ)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -167,29 +198,37 @@ def _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, t, kpos, kvali
         do = do.to(tl.float32)
     lse = tl.load(LSE_row + qpos, mask=qvalid, other=float('inf'))
     delta = tl.load(DELTA_row + qpos, mask=qvalid, other=0.0)
-    p, dx = _bwd_tile(q, k, v, do, lse, delta, qpos[:, None], kpos[None, :], kvalid, h, b, N_Q, N_KV, H, HEAD_D, HEAD_DV,
+    p, dx = _bwd_tile(q, k, v, do, lse, delta, qpos[:, None], kpos[None, :], kvalid, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, HEAD_D, HEAD_DV,
                       MASKED, EVEN_KV, FAST_MATH, DOT_PRECISION)
     # dV[m,f] += sum_p P[m,p] dO[p,f];  dK[m,e] += sum_p dX[m,p] Q[p,e]
     dv = tl.dot(tl.trans(p).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
     dk = tl.dot(tl.trans(dx).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    if ATOMIC_DQ:
+        # dQ[p,e] += sum_m dX[m,p] K[m,e], added into an fp32 buffer by every key tile (no dQ kernel)
+        dq = tl.dot(dx.to(k.dtype), k, input_precision=DOT_PRECISION)
+        tl.atomic_add(DQ_head + qpos[:, None] * stride_dqn + offs_d[None, :], dq,
+                      mask=qvalid[:, None] & (offs_d[None, :] < HEAD_D))
     return dk, dv
 
 
 @triton.jit
 def attn_bwd_dkdv(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+    stride_dqb, stride_dqh, stride_dqn,
     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, stride_nh, stride_fh, stride_fq, stride_ph, stride_pq,
-    N_Q, N_KV, H, GROUP, N_FULL_DENSE, N_Q_TILES,
+    N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, GROUP, N_FULL_DENSE, N_Q_TILES,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, TABLES: tl.constexpr,
     FULL_CONTIG: tl.constexpr, PART_CONTIG: tl.constexpr, BQ0: tl.constexpr, BQ1: tl.constexpr,
     BQ2: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr,
     FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_KV: tl.constexpr, ACC: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
     """One program per (key tile j, batch x K/V head): dK, dV summed over the group's query heads and
-    the query tiles of the transposed tables (FULL, then PARTIAL)."""
+    the query tiles of the transposed tables (FULL, then PARTIAL); with ATOMIC_DQ also dQ, added
+    atomically into an fp32 buffer (FlashAttention-2's CUDA layout) instead of a second kernel."""
     j = tl.program_id(0)
     bhk = tl.program_id(1)
     HKV = H // GROUP
@@ -214,6 +253,7 @@ def attn_bwd_dkdv(
         DO_head = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
         LSE_row = LSE + (b * H + h).to(tl.int64) * N_Q
         DELTA_row = DELTA + (b * H + h).to(tl.int64) * N_Q
+        DQ_head = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
         if TABLES:
             # transposed block tables (mask heads x key tiles): counts, padded lists of query tiles
             n_full = tl.load(FULL_NUM + h * stride_nh + j)
@@ -234,17 +274,19 @@ def attn_bwd_dkdv(
                 t = tl.load(FULL_IDX + row + i)
             else:
                 t = t_full + i
-            dk, dv = _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, t, kpos, kvalid, h, b,
-                                stride_qn, stride_don, N_Q, N_KV, H, False, BLOCK_M, HEAD_D, BLOCK_D,
-                                HEAD_DV, BLOCK_DV, BQ0, BQ1, BQ2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
+            dk, dv = _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, DQ_head, t, kpos, kvalid, h, b,
+                                stride_qn, stride_don, stride_dqn, N_Q, N_KV, H, Q_OFF, SAME_LEN, False, BLOCK_M, HEAD_D, BLOCK_D,
+                                HEAD_DV, BLOCK_DV, BQ0, BQ1, BQ2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV,
+                                ATOMIC_DQ)
         for i in range(0, n_part):
             if TABLES and not PART_CONTIG:
                 t = tl.load(PART_IDX + prow + i)
             else:
                 t = t_part + i
-            dk, dv = _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, t, kpos, kvalid, h, b,
-                                stride_qn, stride_don, N_Q, N_KV, H, True, BLOCK_M, HEAD_D, BLOCK_D,
-                                HEAD_DV, BLOCK_DV, BQ0, BQ1, BQ2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV)
+            dk, dv = _dkdv_tile(dk, dv, k, v, Q_head, DO_head, LSE_row, DELTA_row, DQ_head, t, kpos, kvalid, h, b,
+                                stride_qn, stride_don, stride_dqn, N_Q, N_KV, H, Q_OFF, SAME_LEN, True, BLOCK_M, HEAD_D, BLOCK_D,
+                                HEAD_DV, BLOCK_DV, BQ0, BQ1, BQ2, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV,
+                                ATOMIC_DQ)
     tl.store(DK + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh + kpos[:, None] * stride_dkn
              + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kvalid[:, None] & (offs_d[None, :] < HEAD_D))
     tl.store(DV + b.to(tl.int64) * stride_dvb + hk.to(tl.int64) * stride_dvh + kpos[:, None] * stride_dvn
@@ -253,7 +295,7 @@ def attn_bwd_dkdv(
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N_Q, N_KV, H,
+def _dq_tile(dq, q, do, lse, delta, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr,
              MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
              HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, BK0: tl.constexpr, BK1: tl.constexpr,
              BK2: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -270,7 +312,7 @@ def _dq_tile(dq, q, do, lse, delta, qi, K_head, V_head, j, h, b, stride_kn, stri
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
-    p, dx = _bwd_tile(q, k, v, do, lse, delta, qi, kpos[None, :], kvalid, h, b, N_Q, N_KV, H, HEAD_D, HEAD_DV,
+    p, dx = _bwd_tile(q, k, v, do, lse, delta, qi, kpos[None, :], kvalid, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, HEAD_D, HEAD_DV,
                       MASKED, EVEN_KV, FAST_MATH, DOT_PRECISION)
     # dQ[p,e] += sum_m dX[m,p] K[m,e]
     return tl.dot(dx.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -282,7 +324,7 @@ def attn_bwd_dq(
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, stride_nh, stride_fh, stride_fq, stride_ph, stride_pq,
-    N_Q, N_KV, H, GROUP, N_FULL_DENSE, N_K_TILES,
+    N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, GROUP, N_FULL_DENSE, N_K_TILES,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr,
     HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, TABLES: tl.constexpr,
     FULL_CONTIG: tl.constexpr, PART_CONTIG: tl.constexpr, BQ0: tl.constexpr, BQ1: tl.constexpr,
@@ -317,7 +359,7 @@ def attn_bwd_dq(
             j = tl.load(FULL_IDX + row + i)
         else:
             j = j_full + i
-        dq = _dq_tile(dq, q, do, lse, delta, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N_Q, N_KV, H,
+        dq = _dq_tile(dq, q, do, lse, delta, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N_Q, N_KV, H, Q_OFF, SAME_LEN,
                       False, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, BK0, BK1, BK2, FAST_MATH,
                       DOT_PRECISION, UPCAST, EVEN_KV)
     for i in range(0, n_part):
@@ -325,7 +367,7 @@ def attn_bwd_dq(
             j = tl.load(PART_IDX + prow + i)
         else:
             j = j_part + i
-        dq = _dq_tile(dq, q, do, lse, delta, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N_Q, N_KV, H,
+        dq = _dq_tile(dq, q, do, lse, delta, qi, K_head, V_head, j, h, b, stride_kn, stride_vn, N_Q, N_KV, H, Q_OFF, SAME_LEN,
                       True, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, BK0, BK1, BK2, FAST_MATH,
                       DOT_PRECISION, UPCAST, EVEN_KV)
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + qpos[:, None] * stride_dqn

@@ -65,6 +65,7 @@ class DecodeKernel:
     module: ModuleType = field(repr=False)
     cascade: Cascade | None = field(default=None, repr=False)  # the split-KV cascade it follows
     lowering: str = ""
+    captures: dict = field(default_factory=dict, repr=False)  # the variant's declared captures (values)
 
     def split_plan(self, B: int, Hkv: int, row_blocks: int, NK: int, device: Any,
                    splits: int | None = None) -> tuple[int, int]:
@@ -113,6 +114,7 @@ class DecodeKernel:
             raise CodegenError(f"shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)} do not match")
         if H % Hkv:
             raise CodegenError(f"{Hkv} key/value heads do not divide {H} query heads")
+        cap_args = self._capture_args(sizes, q)  # pops captured tensors given by keyword
         unknown = set(sizes) - set(self.plan.sizes) - set(self.plan.params)
         if unknown:
             raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
@@ -131,7 +133,7 @@ class DecodeKernel:
         self.module.decode_partial[(B * Hkv, n_splits, row_blocks)](
             q, k, v, mws, lws, ows, *q.stride(), *k.stride(), *v.stride(),
             NQ, NK, H, Hkv, D, DV, split_len, n_splits, self.scale(self._known(B, H, NQ, NK, D, DV, sizes)),
-            *size_args,
+            *size_args, *cap_args,
             ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
             num_warps=self.options.num_warps, num_stages=self.options.num_stages)
         lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else mws
@@ -141,6 +143,18 @@ class DecodeKernel:
         return (o, lse) if return_lse else o
 
 
+    def _capture_args(self, runtime: dict[str, Any], q: Any) -> list[Any]:
+        """Launch arguments of the captured tensors the logit or mask reads (einfuse.ir.captures)."""
+        from einfuse.codegen import capture_args
+
+        caps = capture_args.plan_captures(self.plan.logit, self.plan.mask)
+        if not caps:
+            return []
+        declared = self.captures or (self.cascade.captures if self.cascade is not None else {})
+        tensors, _ = capture_args.resolve(self.plan.name, caps, declared, runtime, q)
+        return capture_args.launch_args(caps, tensors)
+
+
 def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
     """Generate and load the split-KV decode kernels of a decode plan.
 
@@ -148,6 +162,7 @@ def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
     see :class:`DecodeOptions`. Sigmoid and linear attention have their own plans and kernels.
     """
     opts = DecodeOptions.of(dict(options))
+    declared = dict(plan.captures) if isinstance(plan, Cascade) else {}
     if isinstance(plan, Cascade):
         plan = kernel_plan(plan, decode=True, splits=opts.splits or DEFAULT_SPLITS)
     if plan.family != "decode":
@@ -155,7 +170,7 @@ def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
     dec, split = plan.detail.plan, plan.detail.split
     source = decode_source(dec, split)
     module = load_module(source, f"decode_{dec.name}")
-    return DecodeKernel(dec, opts, source, module, plan.cascade, plan.lowering)
+    return DecodeKernel(dec, opts, source, module, plan.cascade, plan.lowering, declared)
 
 
 __all__ = ["DecodeKernel", "DecodeOptions", "build_decode"]

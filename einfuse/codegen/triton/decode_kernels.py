@@ -15,6 +15,7 @@ The logit (score_mod) and the mask are printed from the cascade into ``logit`` a
 
 from __future__ import annotations
 
+from einfuse.codegen import capture_args
 from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.linear_emit import HELPERS, emit_value
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
@@ -24,12 +25,15 @@ from einfuse.lowering.split_kv import SplitKV
 
 
 def _size_args(plan: DecodePlan) -> str:
-    return "".join(f", sz_{s}" for s in plan.sizes)
+    """Run-time sizes, then the captured tensors' pointers, extents and strides (capture_args)."""
+    caps = capture_args.plan_captures(plan.logit, plan.mask)
+    return "".join(f", sz_{s}" for s in plan.sizes) + capture_args.param_text(caps)
 
 
 def _printer(plan: DecodePlan) -> IndexPrinter:
     names = {P_IDX: "p", M_IDX: "m", HEAD_INDEX: "h", BATCH_INDEX: "b"}
     names.update({size_symbol(s): f"sz_{s}" for s in plan.sizes})
+    names.update(capture_args.kernel_names(capture_args.plan_captures(plan.logit, plan.mask)))
     return IndexPrinter(names, context=f"cascade {plan.name}")
 
 

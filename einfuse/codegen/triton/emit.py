@@ -22,6 +22,7 @@ import textwrap
 
 import sympy
 
+from einfuse.codegen import capture_args
 from einfuse.codegen.triton.index_printer import HELPERS as INDEX_HELPERS
 from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.score_printer import HELPERS as SCORE_HELPERS
@@ -64,6 +65,7 @@ def kernel_names(plan: OnePassPlan, sizes: dict[str, int]) -> dict[sympy.Symbol,
              size_symbol("B"): "B", size_symbol(Q_OFFSET): "Q_OFF"}
     for k, v in sizes.items():
         names.setdefault(size_symbol(k), str(int(v)))
+    names.update(capture_args.kernel_names(capture_args.plan_captures(plan.score, plan.mask)))
     return names
 
 
@@ -180,7 +182,8 @@ def _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr):
     parts.append(_tile_fn(plan, roles, softmax, fast_max, guard_full, scale))
     parts.append(_kernel_fn(plan, roles, softmax))
     parts.append(LAUNCHER)
-    return "\n".join(parts)
+    # captured tensors (bias tables, document ids): their pointers, extents and strides follow Q_OFF
+    return capture_args.add_params("\n".join(parts), capture_args.plan_captures(plan.score, plan.mask))
 
 
 def _bind_params_expr(e, sizes):

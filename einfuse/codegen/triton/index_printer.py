@@ -50,6 +50,16 @@ class IndexPrinter(BaseIndexPrinter):
         "step": "_step({})",  # derivatives only (einfuse.lowering.backward.STEP); backward modules define it
     }
 
+    def capture_read(self, e: sympy.Basic) -> Printed:
+        """``tl.load`` of the element, each index clamped to its dimension (einfuse.ir.captures);
+        int captures load as int32, float ones as float32."""
+        base, codes = self.capture_indices(e)
+        off = " + ".join(f"tl.minimum(tl.maximum({c}, 0), {base}_n{k} - 1) * {base}_s{k}"
+                         for k, c in enumerate(codes))
+        if e.is_integer:
+            return Printed(f"tl.load({base} + {off}).to(tl.int32)", "int")
+        return Printed(f"tl.load({base} + {off}).to(tl.float32)", "float")
+
     def flit(self, v: float) -> str:
         return float_literal(v)
 

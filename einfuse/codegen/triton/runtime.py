@@ -197,11 +197,12 @@ class AttentionKernel:
         ``(B, N_q, H, D_v)`` memory is what Hugging Face layers want, with no copy afterwards)."""
         import torch
 
+        caps = self.call_captures(options, q)  # keyword arguments naming captured tensors
         opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
         B, H, _, Nq, _, _, _ = check_inputs(self.plan.name, q, k, v)
         Dv = v.shape[3]
         order = self.order_for(q, k, opts)
-        cfg = self.config(q, k, v, order, opts)
+        cfg = self.config(q, k, v, order, opts, caps)
         if out is None:
             out = torch.empty((B, H, Nq, Dv), dtype=q.dtype, device=q.device)
         elif (tuple(out.shape) != (B, H, Nq, Dv) or out.dtype != q.dtype or out.device != q.device
@@ -209,8 +210,18 @@ class AttentionKernel:
             raise CodegenError(f"{self.plan.name}: out must be a {q.dtype} tensor of shape {(B, H, Nq, Dv)} on "
                                f"{q.device} with last stride 1; got {out.dtype} {tuple(out.shape)} on {out.device}, "
                                f"strides {tuple(out.stride())}")
-        self._launch(q, k, v, out, cfg, order, opts, self._q_offset(q_offset))
+        self._launch(q, k, v, out, cfg, order, opts, self._q_offset(q_offset), captures=caps)
         return out
+
+    def call_captures(self, options: dict[str, Any], q: Any) -> tuple[dict[str, Any], tuple] | None:
+        """The captured tensors of this call (popped from ``options``) and their version key, or
+        None when the plan reads none (einfuse.codegen.capture_args)."""
+        from einfuse.codegen import capture_args
+
+        caps = capture_args.plan_captures(self.plan.score, self.plan.mask)
+        if not caps:
+            return None
+        return capture_args.resolve(self.plan.name, caps, self.cascade.captures, options, q)
 
     def _q_offset(self, q_offset: int | None) -> int:
         if q_offset is None:
@@ -229,23 +240,28 @@ class AttentionKernel:
 
         if self.plan.family != "softmax":
             raise CodegenError(f"{self.plan.name}: the log-sum-exp exists for softmax plans only")
+        caps = self.call_captures(options, q)
         opts = LaunchOptions.from_kwargs({**_non_default(self.defaults), **options})
         B, H, _, Nq, _, _, _ = check_inputs(self.plan.name, q, k, v)
         order = self.order_for(q, k, opts)
-        cfg = self.config(q, k, v, order, opts)
+        cfg = self.config(q, k, v, order, opts, caps)
         out = torch.empty((B, H, Nq, v.shape[3]), dtype=q.dtype, device=q.device)
         lse = torch.empty((B, H, Nq), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
                           device=q.device)
-        self._launch(q, k, v, out, cfg, order, opts, self._q_offset(q_offset), lse=lse)
+        self._launch(q, k, v, out, cfg, order, opts, self._q_offset(q_offset), lse=lse, captures=caps)
         return out, lse
 
     def _launch(self, q, k, v, out, cfg: KernelConfig, layout: Layout, opts: LaunchOptions,
-                q_offset: int = 0, lse: Any = None) -> None:
+                q_offset: int = 0, lse: Any = None, captures: tuple[dict[str, Any], tuple] | None = None) -> None:
         import torch
+
+        from einfuse.codegen import capture_args
 
         B, H, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[3]
-        tables = self.tables(Nq, Nkv, H, B, cfg, layout, q.device, q_offset)
+        tables = self.tables(Nq, Nkv, H, B, cfg, layout, q.device, q_offset, captures)
+        cap_args = capture_args.launch_args(capture_args.plan_captures(self.plan.score, self.plan.mask),
+                                            captures[0]) if captures else []
         self.last_config, self.last_tables = cfg, tables
         kernel = getattr(self.module(layout), KERNEL_NAME)
         order, k_order = layout
@@ -262,7 +278,7 @@ class AttentionKernel:
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             *tables.kernel_args(dummy),
-            Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles, q_offset,
+            Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles, q_offset, *cap_args,
             SAME_LEN=Nq == Nkv, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=D, BLOCK_D=pow2(D),
             HEAD_DV=Dv, BLOCK_DV=pow2(Dv), TABLES=not tables.dense, FULL_CONTIG=tables.full_contig,
             PART_CONTIG=tables.part_contig, BQ0=bq[0], BQ1=bq[1], BQ2=bq[2], BK0=bk[0], BK1=bk[1],
@@ -272,8 +288,13 @@ class AttentionKernel:
         )
 
     def tables(self, n_q: int, n_kv: int, heads: int, batch: int, cfg: KernelConfig, layout: Layout,
-               device: Any, q_offset: int = 0) -> BlockTables:
-        key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, layout, str(device), q_offset)
+               device: Any, q_offset: int = 0, captures: tuple[dict[str, Any], tuple] | None = None) -> BlockTables:
+        from einfuse.codegen.capture_args import evict_stale, mask_tables_key
+
+        key = (n_q, n_kv, heads, cfg.block_m, cfg.block_n, layout, str(device), q_offset,
+               mask_tables_key(self.plan.mask, captures))
+        if key not in self._tables and key[-1]:
+            evict_stale(self._tables)  # tables of earlier document ids: keep a few, not every batch's
         if key not in self._tables:
             order, k_order = layout
             mask = self.plan.mask if self.plan.mask is not None else _always()
@@ -288,11 +309,12 @@ class AttentionKernel:
                                    "on the batch index; use 'box' or 'flat'")
             else:
                 t = build_tables(self.cascade, mask, sizes, n_q, n_kv, heads, cfg.block_m, cfg.block_n,
-                                 order, k_order, device)
+                                 order, k_order, device, captured=_mask_env(mask, captures))
             self._tables[key] = t
         return self._tables[key]
 
-    def config(self, q, k, v, layout: Layout, opts: LaunchOptions) -> KernelConfig:
+    def config(self, q, k, v, layout: Layout, opts: LaunchOptions,
+               captures: tuple[dict[str, Any], tuple] | None = None) -> KernelConfig:
         """Explicit options, else the tuned (cached) configuration, else the heuristic one."""
         B, H, Nq, D = q.shape
         Hkv, Nkv = k.shape[1], k.shape[2]
@@ -319,7 +341,7 @@ class AttentionKernel:
             out = torch.empty((B, H, Nq, v.shape[3]), dtype=q.dtype, device=q.device)
 
             def make_run(c: KernelConfig):
-                return lambda: self._launch(q, k, v, out, c, layout, opts)
+                return lambda: self._launch(q, k, v, out, c, layout, opts, captures=captures)
 
             cfg = autotune.tune(make_run, autotune.candidates(max(D, v.shape[3]), dt, boxed),
                                 key, cache)
@@ -336,6 +358,14 @@ class AttentionKernel:
 def _non_default(opts: LaunchOptions) -> dict[str, Any]:
     base = LaunchOptions()
     return {k: getattr(opts, k) for k in LaunchOptions.__dataclass_fields__ if getattr(opts, k) != getattr(base, k)}
+
+
+def _mask_env(mask: Any, captures: tuple[dict[str, Any], tuple] | None) -> dict | None:
+    """Read function -> tensor of the captures the mask reads (block tables evaluate it on them)."""
+    from einfuse.codegen import capture_args
+
+    caps = capture_args.plan_captures(mask)
+    return capture_args.env(caps, captures[0]) if caps and captures else None
 
 
 def _always():

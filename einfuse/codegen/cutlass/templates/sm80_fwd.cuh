@@ -7,16 +7,6 @@
 // Pipeline (FlashAttention-2's): K of tile i+1 loads while P.V of tile i runs; V of tile i while
 // Q.K^T of tile i runs. Runs on sm_80 and newer (the Hopper path with TMA/wgmma is not written yet).
 
-struct Params {
-  const void* q; const void* k; const void* v; void* o; float* lse;
-  int64_t q_sb, q_sh, q_sn, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn, o_sb, o_sh, o_sn;
-  int n_q, n_kv, heads, batch, group;
-  // block tables (einfuse.lowering.blocks): counts per (mask head, query tile), padded index lists
-  const int* full_num; const int* full_idx; const int* part_num; const int* part_idx;
-  int64_t stride_nh, stride_fh, stride_fq, stride_ph, stride_pq;
-  int tables, full_contig, part_contig, n_full_dense, n_k_tiles;
-};
-
 template <typename Element_, int kHeadDim_>
 struct Traits {
   using Element = Element_;
@@ -64,21 +54,6 @@ __device__ __forceinline__ auto acc_as_a(Layout const& l) {
   return make_layout(make_layout(get<0>(d), get<2, 0>(d)), get<1>(d), get<2, 1>(d));
 }
 
-// Copy whole rows global -> shared with cp.async; rows at or past `rows` are zero-filled instead
-// (ragged query or key tiles: a zero key row gives a finite score, a zero value row adds nothing).
-template <class TiledCopy, class Src, class Dst, class Coord>
-__device__ __forceinline__ void copy_rows(TiledCopy const& tc, Src const& src, Dst& dst, Coord const& coord,
-                                          int rows) {
-  CUTE_UNROLL
-  for (int m = 0; m < size<1>(dst); ++m) {
-    if (get<0>(coord(0, m, 0)) < rows) {
-      cute::copy(tc, src(_, m, _), dst(_, m, _));
-    } else {
-      cute::clear(dst(_, m, _));
-    }
-  }
-}
-
 // acc += A.B with both operands in shared memory, loading k-block k+1 while multiplying k-block k.
 template <class TiledMma, class Acc, class RA, class RB, class SA, class SB, class CA, class TCA, class CB,
           class TCB>
@@ -111,16 +86,6 @@ __device__ __forceinline__ void gemm_rs(TiledMma& mma, Acc& acc, RA const& rA, R
     }
     cute::gemm(mma, rA(_, _, k), rB(_, _, k), acc);
   }
-}
-
-// Reduce over the 4 threads of a quad (they hold the same accumulator rows).
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
-  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffff, x, 2);
-  return x + __shfl_xor_sync(0xffffffff, x, 1);
 }
 
 template <class T>
@@ -189,26 +154,9 @@ __global__ void __launch_bounds__(T::kNThreads, 1) attn_fwd(const Params p) {
   Tensor o = make_tensor(acc_o.data(), rowcol(acc_o.layout()));
 
   // ---- the key tiles this query tile visits: FULL ones, then PARTIAL ones ----------------------
-  int n_full, n_part, j_full = 0, j_part = 0;
-  int64_t row_f = 0, row_p = 0;
-  if (p.tables) {
-    n_full = p.full_num[h * p.stride_nh + t];
-    n_part = p.part_num[h * p.stride_nh + t];
-    row_f = h * p.stride_fh + t * p.stride_fq;
-    row_p = h * p.stride_ph + t * p.stride_pq;
-    j_full = p.full_idx[row_f];
-    j_part = p.part_idx[row_p];
-  } else {
-    n_full = p.n_full_dense;
-    n_part = p.n_k_tiles - p.n_full_dense;
-    j_part = p.n_full_dense;
-  }
-  const int n_tiles = n_full + n_part;
-  auto tile_at = [&](int i) -> int {
-    if (i < n_full) return (!p.tables || p.full_contig) ? j_full + i : p.full_idx[row_f + i];
-    i -= n_full;
-    return (!p.tables || p.part_contig) ? j_part + i : p.part_idx[row_p + i];
-  };
+  const TileWalk walk(p, h, t);
+  const int n_full = walk.n_full, n_tiles = walk.n_tiles;
+  auto tile_at = [&](int i) { return walk.at(p, i); };
 
   float row_max[kRows], row_sum[kRows];
   CUTE_UNROLL
@@ -236,50 +184,8 @@ __global__ void __launch_bounds__(T::kNThreads, 1) attn_fwd(const Params p) {
     gemm_ss(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, s2r_q, s2r_q_thr, s2r_k, s2r_k_thr);
     Tensor s = make_tensor(acc_s.data(), rowcol(acc_s.layout()));
 
-    CUTE_UNROLL
-    for (int r = 0; r < size<0>(s); ++r) {
-      const int qi = t * kBlockM + get<0>(cS(r, 0));
-      if constexpr (kFamily == kSoftmax) {
-        // score (log2 units), mask, row max
-        float mx = -INFINITY;
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(s); ++c) {
-          const int ki = j * kBlockN + get<1>(cS(r, c));
-          float x = kPlainScale ? s(r, c) : ef_score(s(r, c), qi, ki, h, b, n_q, n_kv, heads, batch, T::kHeadDim) * kLog2e;
-          if (masked && !(ki < n_kv && ef_keep(qi, ki, h, b, n_q, n_kv, heads, batch))) x = -INFINITY;
-          s(r, c) = x;
-          mx = fmaxf(mx, x);
-        }
-        mx = quad_max(mx);
-        if (kPlainScale) mx *= kScaleLog2;  // scale > 0: the max of scaled scores is the scaled max
-        const float m_new = fmaxf(row_max[r], mx);
-        // a row with every key masked so far keeps max -inf: subtract 0 instead (exp2(-inf) = 0, no NaN)
-        const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
-        const float alpha = exp2f(row_max[r] - m_sub);
-        row_max[r] = m_new;
-        float sum = 0.0f;
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(s); ++c) {
-          const float pr = kPlainScale ? exp2f(s(r, c) * kScaleLog2 - m_sub) : exp2f(s(r, c) - m_sub);
-          s(r, c) = pr;
-          sum += pr;
-        }
-        row_sum[r] = row_sum[r] * alpha + sum;  // this thread's share of the row; reduced at the end
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(o); ++c) o(r, c) *= alpha;
-      } else {
-        // sigmoid: the activation of the score, no reduction; normsum: the weights and their sum
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(s); ++c) {
-          const int ki = j * kBlockN + get<1>(cS(r, c));
-          float a = ef_score(s(r, c), qi, ki, h, b, n_q, n_kv, heads, batch, T::kHeadDim);
-          if constexpr (kFamily == kSigmoid) a = ef_sigmoid(a);
-          if (masked && !(ki < n_kv && ef_keep(qi, ki, h, b, n_q, n_kv, heads, batch))) a = 0.0f;
-          s(r, c) = a;
-          if constexpr (kFamily == kNormsum) row_sum[r] += a;
-        }
-      }
-    }
+    score_tile<kBlockM, kBlockN, kD, kRows>(s, o, cS, row_max, row_sum, t, j, masked, h, b, n_q, n_kv, heads,
+                                           batch);
 
     cute::cp_async_wait<0>();
     __syncthreads();  // V of tile j is in shared memory; every thread is done with K
@@ -296,28 +202,7 @@ __global__ void __launch_bounds__(T::kNThreads, 1) attn_fwd(const Params p) {
     gemm_rs(mma, acc_o, tOrP, tOrVt, tOsVt, s2r_v, s2r_v_thr);
   }
 
-  // ---- finalize: divide by the row sum (rows with every key masked store 0), log-sum-exp --------
-  Element* o_head = static_cast<Element*>(p.o) + b * p.o_sb + h * p.o_sh;
-  CUTE_UNROLL
-  for (int r = 0; r < size<0>(o); ++r) {
-    float lse = 0.0f;
-    if constexpr (kFamily != kSigmoid) {
-      const float l = quad_sum(row_sum[r]);
-      const float inv = l == 0.0f ? 1.0f : 1.0f / l;
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(o); ++c) o(r, c) *= inv;
-      lse = l == 0.0f ? -INFINITY : row_max[r] * 0.6931471805599453f + logf(l);
-    }
-    const int qi = t * kBlockM + get<0>(cO(r, 0));
-    if (qi < n_q) {
-      Element* out_row = o_head + qi * p.o_sn;
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(o); ++c) out_row[get<1>(cO(r, c))] = static_cast<Element>(o(r, c));
-      if (kFamily == kSoftmax && p.lse != nullptr && get<1>(cO(r, 0)) == 0) {
-        p.lse[(static_cast<int64_t>(b) * heads + h) * n_q + qi] = lse;
-      }
-    }
-  }
+  store_output<Element, kBlockM, kRows>(p, o, cO, row_max, row_sum, t, h, b);
 }
 
 template <class T>
