@@ -1,7 +1,11 @@
 """Attention offloading: split-KV decode with the KV cache sharded over a ``torch.distributed`` group.
 
-Each rank of the group holds a contiguous shard of every sequence's keys and values (shards may
-differ in length, and may be empty). A decode step runs the generated split-KV kernel on each shard
+Each rank of the group holds a shard of every sequence's keys and values (shards may differ in
+length, and may be empty): contiguous ``(B, H_kv, N_shard, D)``, optionally with per-sequence
+lengths ``seq_lens``, or paged (``(num_pages, page_size, H_kv, D)`` pages, a ``(B, max_pages)`` page
+table and ``seq_lens``; :mod:`einfuse.codegen.triton.kv_cache`), so a sequence's shard on one rank
+may be longer than on another and its pages may sit anywhere in that rank's pool. A decode step
+runs the generated split-KV kernel on each shard
 (the decode plan of :mod:`einfuse.lowering`, with the log-sum-exp as a second output), gathers the
 small per-row pairs (output, log-sum-exp) with one all-gather, and combines them with the decode
 plan's combine rule: ``O = sum_r exp(lse_r - max) o_r / sum_r exp(lse_r - max)``, 0 for a row no
@@ -35,7 +39,8 @@ class DistributedDecode:
     """A decode variant whose KV cache is sharded over the ranks of ``group`` (default: the world).
 
     Call it on every rank as ``fn(q, k_shard, v_shard)`` with ``(B, H, N_q, D)`` queries and this
-    rank's ``(B, H_kv, N_shard, D)`` keys and values; every rank gets the ``(B, H, N_q, D_v)`` output.
+    rank's ``(B, H_kv, N_shard, D)`` keys and values, or ``fn(q, k_pages, v_pages, page_table=...,
+    seq_lens=...)`` with this rank's paged shard; every rank gets the ``(B, H, N_q, D_v)`` output.
     """
 
     def __init__(self, spec: str | Cascade, group: Any = None, timeout: Any = None,
@@ -68,7 +73,8 @@ class DistributedDecode:
         self._flags_group: Any = None
         self.kernel = build_decode(plan, **decode_options)
 
-    def __call__(self, q: Any, k: Any, v: Any, src: int | None = None) -> Any:
+    def __call__(self, q: Any, k: Any, v: Any, src: int | None = None, page_table: Any = None,
+                 seq_lens: Any = None) -> Any:
         import torch
         import torch.distributed as dist
 
@@ -80,7 +86,7 @@ class DistributedDecode:
         rank, world = dist.get_rank(self.group), dist.get_world_size(self.group)
         error: Exception | None = None
         try:
-            o, lse = self._local(q, k, v)
+            o, lse = self.kernel(q, k, v, return_lse=True, page_table=page_table, seq_lens=seq_lens)
         except Exception as exc:  # noqa: BLE001 - reported to every rank below, then re-raised here
             error = exc
         status = torch.tensor([0 if error is None else 1], dtype=torch.int32)
@@ -113,15 +119,6 @@ class DistributedDecode:
                                                    **kw)
         return self._flags_group
 
-    def _local(self, q: Any, k: Any, v: Any) -> tuple[Any, Any]:
-        import torch
-
-        if k.dim() == 4 and k.shape[2] == 0:  # an empty shard sees no key
-            B, H, NQ = q.shape[:3]
-            return (torch.zeros((B, H, NQ, v.shape[-1]), dtype=torch.float32, device=q.device),
-                    torch.full((B, H, NQ), float("-inf"), dtype=torch.float32, device=q.device))
-        return self.kernel(q, k, v, return_lse=True)
-
     def _broadcast_queries(self, q: Any, k: Any, src: int) -> Any:
         import torch
         import torch.distributed as dist
@@ -148,9 +145,10 @@ def combine(outputs: Any, lse: Any) -> Any:
 
 
 def decode(spec: str | Cascade, q: Any, k: Any, v: Any, group: Any = None, src: int | None = None,
-           **decode_options: Any) -> Any:
+           page_table: Any = None, seq_lens: Any = None, **decode_options: Any) -> Any:
     """One-shot :class:`DistributedDecode` (build it once and reuse it in a serving loop)."""
-    return DistributedDecode(spec, group=group, **decode_options)(q, k, v, src=src)
+    return DistributedDecode(spec, group=group, **decode_options)(q, k, v, src=src, page_table=page_table,
+                                                                  seq_lens=seq_lens)
 
 
 __all__ = ["DistributedDecode", "combine", "decode"]

@@ -87,4 +87,10 @@ def attention_with_grad(compiled: CompiledAttention, q: Any, k: Any, v: Any, **r
     from einfuse.codegen.capture_args import grad_captures
 
     names, caps = grad_captures(compiled, runtime)  # captured tensors that require grad: inputs too
+    if names and compiled.family != "softmax":
+        from einfuse.errors import CodegenError
+
+        raise CodegenError(f"{compiled.name}: gradients of captured tensors ({', '.join(names)}) are derived "
+                           f"for the softmax backward only; this variant is {compiled.family} (its q/k/v "
+                           "gradients work: detach the captured tensors or use softmax normalisation)")
     return AttentionFunction.apply(q, k, v, compiled, runtime, names, *caps)

@@ -94,7 +94,10 @@ class CompiledAttention:
         """Launch directly (no custom op): decode kernel for short query blocks, else the main one.
 
         ``q_offset=`` sets the position of query 0 of a variant built with ``align="offset"``
-        (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs."""
+        (the cascade's ``QOFF``; einfuse.ir.positions), whichever kernel runs. ``page_table=`` and
+        ``seq_lens=`` (a paged or ragged KV cache, einfuse.codegen.triton.kv_cache) go to the decode kernel."""
+        if "page_table" in runtime or "seq_lens" in runtime:
+            return self._run_kv_cache(q, k, v, **runtime)
         from einfuse.codegen.call_extras import broadcast_kv, forward_lse
 
         k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
@@ -134,6 +137,21 @@ class CompiledAttention:
         from einfuse.codegen.triton.varlen import varlen_call
 
         return varlen_call(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **runtime)
+
+    def _run_kv_cache(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+        """A decode step over a paged cache or per-sequence lengths: only the split-KV decode kernel
+        reads those, so anything it cannot run is an error rather than a silent fallback."""
+        why = None
+        if self.family != "softmax" or not self.decode:
+            why = f"is not used for {self.family} variants" if self.family != "softmax" else "is off (decode=False)"
+        elif q.dim() == 4 and q.shape[2] > DECODE_MAX_QUERIES:
+            why = f"takes at most {DECODE_MAX_QUERIES} queries, got {q.shape[2]}"
+        dec = self.decode_kernel() if why is None else None
+        if dec is None:
+            raise CodegenError(f"{self.name}: page_table=/seq_lens= are read by the split-KV decode kernel, "
+                               f"which {why or 'cannot run this variant: ' + str(self.decode_fallback)}")
+        q_offset = runtime.pop("q_offset", None)
+        return dec(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
 
     def decode_kernel(self) -> Any:
         if self._decode_kernel is None and self.decode_fallback is None:

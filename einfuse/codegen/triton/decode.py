@@ -2,12 +2,22 @@
 
 ``build_decode(cascade, **options)`` analyses a softmax cascade (:mod:`decode_analysis`), prints the
 split-KV kernels (:mod:`decode_kernels`) and returns a :class:`DecodeKernel`, called as
-``fn(q, k, v, **sizes)`` on ``(B, H, Nq, D)`` queries and ``(B, Hkv, Nk, D)`` keys/values. It is
-meant for ``Nq <= 16``; larger query counts work but waste the split-KV schedule.
+``fn(q, k, v, **sizes)`` on ``(B, H, Nq, D)`` queries and ``(B, Hkv, Nk, D)`` keys/values, or a paged
+cache with ``page_table=`` and per-sequence ``seq_lens=`` (:mod:`kv_cache` describes the layouts). It
+is meant for ``Nq <= 16``; larger query counts work but waste the split-KV schedule.
 
 Why split the keys: with one query a head there are only ``B * Hkv`` (batch, KV head) pairs, far
 fewer than the GPU has multiprocessors, so each pair's keys are split across ``n_splits`` programs
 and their partial softmax states merged by a second, tiny kernel.
+
+Split heuristic (``DecodeKernel.split_plan``): ``n_splits = min(ceil(SMs * programs_per_sm /
+(B * H_kv * row_blocks)), max_splits, ceil(N / block_n))``, then each split gets a multiple of
+``block_n`` keys. About 8 programs per multiprocessor leaves enough waves that unequal programs
+(ragged lengths) even out and the last wave's tail is small; on an H100 at B8 context 32K, 8, 16
+and 18 splits timed within noise (benchmarks/notes-linear-decode.md). With per-sequence lengths the
+count is planned for the longest sequence the cache can hold (no device-to-host read, so CUDA
+graphs can capture the call); each sequence cuts its own keys into that many ranges, and ranges past
+its end exit at once. ``benchmarks/decode_grid.py --tune`` times the alternatives at serving sizes.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from einfuse.codegen.triton.decode_kernels import decode_source
+from einfuse.codegen.triton.kv_cache import describe
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.options import cdiv, parse_options, pow2
 from einfuse.errors import CodegenError
@@ -29,11 +40,14 @@ from einfuse.lowering.plan import KernelPlan
 @dataclass(frozen=True)
 class DecodeOptions:
     """Tuning knobs. ``splits``: key ranges per (batch, KV head), 0 = chosen from the GPU's
-    multiprocessor count (about ``programs_per_sm`` programs per multiprocessor); ``block_n``: keys
-    per loop step; ``block_rows``: most query rows (group heads x queries) per program."""
+    multiprocessor count (about ``programs_per_sm`` programs per multiprocessor, at most
+    ``max_splits``: FlashAttention-2's cap, beyond which the combine costs more than the extra
+    programs bring); ``block_n``: keys per loop step; ``block_rows``: most query rows (group heads
+    x queries) per program."""
 
     splits: int = 0
     programs_per_sm: int = 8
+    max_splits: int = 128
     block_n: int = 128
     block_rows: int = 64
     num_warps: int = 4
@@ -47,17 +61,36 @@ class DecodeOptions:
         return opts
 
 
-def _sm_count(device: Any) -> int:
-    import torch
+_SMS: dict[str, int] = {}
 
-    if getattr(device, "type", "cpu") == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the interpreter: a few splits, so tests exercise the combine
+
+def _sm_count(device: Any) -> int:
+    """Multiprocessors of ``device`` (asked once per device: the query costs microseconds a call)."""
+    key = str(device)
+    if key not in _SMS:
+        import torch
+
+        cuda = getattr(device, "type", "cpu") == "cuda"
+        # the interpreter: a few splits, so tests exercise the combine
+        _SMS[key] = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 4
+    return _SMS[key]
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Everything a call's signature decides, computed once per signature (launches stay cheap)."""
+
+    n_splits: int
+    split_len: int
+    rows: int
+    row_blocks: int
+    scale: float
+    size_args: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class DecodeKernel:
-    """A compiled decode variant: ``fn(q, k, v, splits=None, **sizes)``."""
+    """A compiled decode variant: ``fn(q, k, v, splits=None, page_table=None, seq_lens=None, **sizes)``."""
 
     plan: DecodePlan
     options: DecodeOptions
@@ -66,6 +99,7 @@ class DecodeKernel:
     cascade: Cascade | None = field(default=None, repr=False)  # the split-KV cascade it follows
     lowering: str = ""
     captures: dict = field(default_factory=dict, repr=False)  # the variant's declared captures (values)
+    _launches: dict = field(default_factory=dict, repr=False, compare=False)
 
     def split_plan(self, B: int, Hkv: int, row_blocks: int, NK: int, device: Any,
                    splits: int | None = None) -> tuple[int, int]:
@@ -74,10 +108,20 @@ class DecodeKernel:
         want = splits or self.options.splits
         if not want:
             target = _sm_count(device) * self.options.programs_per_sm
-            want = cdiv(target, B * Hkv * row_blocks)
+            want = min(cdiv(target, B * Hkv * row_blocks), self.options.max_splits)
         want = max(1, min(want, cdiv(NK, bn)))
         split_len = cdiv(cdiv(NK, want), bn) * bn
         return cdiv(NK, split_len), split_len
+
+    def _plan_launch(self, B: int, H: int, NQ: int, D: int, DV: int, Hkv: int, NK: int, device: Any,
+                     splits: int | None, sizes: dict[str, Any]) -> _Launch:
+        size_args = tuple(self._sizes(B, H, NQ, NK, D, DV, sizes))
+        group_rows = (H // Hkv) * NQ
+        rows = min(self.options.block_rows, pow2(group_rows))
+        row_blocks = cdiv(group_rows, rows)
+        n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, device, splits)
+        scale = self.scale(self._known(B, H, NQ, NK, D, DV, sizes))
+        return _Launch(n_splits, split_len, rows, row_blocks, scale, size_args)
 
     def _sizes(self, B: int, H: int, NQ: int, NK: int, D: int, DV: int, given: dict[str, Any]) -> list[int]:
         known = self._known(B, H, NQ, NK, D, DV, given)
@@ -100,46 +144,58 @@ class DecodeKernel:
         return float(self.plan.scale.subs({size_symbol(k): v for k, v in known.items()}))
 
     def __call__(self, q: Any, k: Any, v: Any, splits: int | None = None, return_lse: bool = False,
-                 **sizes: Any) -> Any:
+                 page_table: Any = None, seq_lens: Any = None, **sizes: Any) -> Any:
         """The output ``(B, H, N_q, D_v)``; with ``return_lse`` also the float32 log-sum-exp of each
         row's logits ``(B, H, N_q)`` (-inf for a row with no visible key), which is what combining
-        partial results over key shards needs (:mod:`einfuse.distributed`)."""
+        partial results over key shards needs (:mod:`einfuse.distributed`).
+
+        ``k``, ``v``: ``(B, H_kv, N, D)``, or pages ``(num_pages, page_size, H_kv, D)`` with
+        ``page_table`` ``(B, max_pages)`` int32; ``seq_lens`` ``(B,)`` int32 gives each sequence its
+        own length (required with pages). See :mod:`einfuse.codegen.triton.kv_cache`."""
         import torch
 
-        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-            raise CodegenError("q, k, v must be (B, H, N, D) tensors")
+        cache = describe(self.plan.name, q, k, v, page_table, seq_lens)
         B, H, NQ, D = q.shape
-        Hkv, NK, DV = k.shape[1], k.shape[2], v.shape[-1]
-        if k.shape[0] != B or k.shape[3] != D or v.shape[:3] != k.shape[:3]:
-            raise CodegenError(f"shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)} do not match")
-        if H % Hkv:
-            raise CodegenError(f"{Hkv} key/value heads do not divide {H} query heads")
+        Hkv, NK, DV = cache.heads, cache.max_len, v.shape[-1]
         cap_args = self._capture_args(sizes, q)  # pops captured tensors given by keyword
         unknown = set(sizes) - set(self.plan.sizes) - set(self.plan.params)
         if unknown:
             raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
-        size_args = self._sizes(B, H, NQ, NK, D, DV, sizes)
-        group_rows = (H // Hkv) * NQ
-        rows = min(self.options.block_rows, pow2(group_rows))
-        row_blocks = cdiv(group_rows, rows)
-        n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, q.device, splits)
         dev = q.device
-        mws = torch.empty((B * H * NQ * n_splits,), device=dev, dtype=torch.float32)
-        lws = torch.empty_like(mws)
-        ows = torch.empty((B * H * NQ * n_splits, DV), device=dev, dtype=torch.float32)
         o = torch.empty((B, H, NQ, DV), device=dev, dtype=q.dtype)
+        if NK == 0:  # no key anywhere: every row is empty (output 0, log-sum-exp -inf)
+            o.zero_()
+            lse = torch.full((B, H, NQ), float("-inf"), device=dev, dtype=torch.float32)
+            return (o, lse) if return_lse else o
+        has_lens = seq_lens is not None
+        key = (B, H, NQ, D, DV, Hkv, NK, has_lens, splits, str(dev), tuple(sizes.items()))
+        plan = self._launches.get(key)
+        if plan is None:
+            plan = self._launches[key] = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes)
+        n_splits = plan.n_splits
+        R = B * H * NQ * n_splits  # workspace: partial maxima, sums (R each), outputs (R x DV), float32
+        ws = torch.empty((R * (DV + 2),), device=dev, dtype=torch.float32)
+        pt = page_table if cache.paged else ws  # unused pointers when not paged / no lengths
+        lens = seq_lens if has_lens else ws
+        if cache.paged:  # (num_pages, page_size, H_kv, D): page, slot, head, dim strides
+            k_strides = (k.stride(0), k.stride(2), k.stride(1), k.stride(3))
+            v_strides = (v.stride(0), v.stride(2), v.stride(1), v.stride(3))
+            pt_strides = (page_table.stride(0), page_table.stride(1))
+        else:
+            k_strides, v_strides, pt_strides = k.stride(), v.stride(), (0, 0)
         # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see decode_kernels)
         upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
-        self.module.decode_partial[(B * Hkv, n_splits, row_blocks)](
-            q, k, v, mws, lws, ows, *q.stride(), *k.stride(), *v.stride(),
-            NQ, NK, H, Hkv, D, DV, split_len, n_splits, self.scale(self._known(B, H, NQ, NK, D, DV, sizes)),
-            *size_args, *cap_args,
-            ROWS=rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
+        self.module.decode_partial[(B * Hkv, n_splits, plan.row_blocks)](
+            q, k, v, ws, R, pt, lens, *q.stride(), *k_strides, *v_strides, *pt_strides,
+            NQ, NK, H, Hkv, D, DV, plan.split_len, n_splits, plan.scale, *plan.size_args, *cap_args,
+            ROWS=plan.rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
+            PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=has_lens,
             num_warps=self.options.num_warps, num_stages=self.options.num_stages)
-        lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else mws
+        lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else ws
         self.module.decode_combine[(B * H * NQ,)](
-            mws, lws, ows, o, lse, *o.stride(), H, NQ, DV, n_splits,
-            BS=pow2(n_splits, 2), BDV=pow2(DV), WRITE_LSE=return_lse, num_warps=4)
+            ws, R, o, lse, lens, *o.stride(), H, NQ, DV, n_splits,
+            BS=pow2(n_splits, 2), CHUNK=min(pow2(n_splits, 2), 16), BDV=pow2(DV), WRITE_LSE=return_lse,
+            HAS_LENS=has_lens, BLOCK_N=self.options.block_n, num_warps=4)
         return (o, lse) if return_lse else o
 
 

@@ -11,6 +11,14 @@ Schedule: the keys of each (batch, KV head) are cut into ``n_splits`` contiguous
   the reference's presence semantics say.
 
 The logit (score_mod) and the mask are printed from the cascade into ``logit`` and ``visible``.
+
+KV layouts (constexpr ``PAGED``): contiguous ``(B, H_kv, N, D)`` (any strides, last one 1), or pages
+``(num_pages, page_size, H_kv, D)`` (vLLM's flash-attn layout) read through a page table
+``PT[b, m // PAGE_SIZE]``: key ``m`` of sequence ``b`` is slot ``m % PAGE_SIZE`` of that page, loaded
+in place (no gather copy). With ``HAS_LENS`` each sequence has its own length ``LENS[b]``: its keys
+are split into ``N_SPLITS`` ranges of its own (``SPLIT_LEN`` is ignored), positions in the mask and
+logit use that length as ``M`` (a bottom-right query ``i`` sits at ``LENS[b] - NQ + i``), and the
+combine reads only the splits that held keys.
 """
 
 from __future__ import annotations
@@ -63,12 +71,21 @@ def _partial_kernel(plan: DecodePlan, split: SplitKV) -> str:
     keep = "m_ok[None, :]"
     if plan.mask is not None:
         keep += f" & visible(i[:, None], m[None, :], h[:, None], b{sz})"
+    m_len = "        sz_M = n_kv  # positions (bottom-right alignment) follow this sequence's length\n" \
+        if "M" in plan.sizes else ""
     return f'''
 @triton.jit
-def decode_partial(Q, K, V, Mws, Lws, Ows, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d,
-                   sv_b, sv_h, sv_n, sv_d, NQ, NK, H, HKV, D, DV, SPLIT_LEN, N_SPLITS, scale{sz},
+def decode_partial(Q, K, V, WS, R, PT, LENS, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d,
+                   sv_b, sv_h, sv_n, sv_d, spt_b, spt_n, NQ, NK, H, HKV, D, DV, SPLIT_LEN, N_SPLITS, scale{sz},
                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                   UPCAST: tl.constexpr):
+                   UPCAST: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+                   HAS_LENS: tl.constexpr):
+    # K, V: (B, HKV, N, D) with strides sk_b.. (PAGED=False), or pages (num_pages, PAGE_SIZE, HKV, D)
+    # with sk_b the page stride and sk_n the slot stride, read through PT[b, m // PAGE_SIZE].
+    # WS: the float32 workspace, R partial maxima, then R sums, then R x DV partial outputs
+    Mws = WS
+    Lws = WS + R
+    Ows = WS + 2 * R
     pid = tl.program_id(0)
     split = tl.program_id(1)
     rb = tl.program_id(2)
@@ -89,17 +106,36 @@ def decode_partial(Q, K, V, Mws, Lws, Ows, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, s
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     if UPCAST:  # CPU interpreter only: its bf16 tl.dot is wrong, so every dot runs in fp32
         q = q.to(tl.float32)
-    k_base = K + b.to(tl.int64) * sk_b + hkv * sk_h
-    v_base = V + b.to(tl.int64) * sv_b + hkv * sv_h
-    lo = split * SPLIT_LEN
-    hi = tl.minimum(lo + SPLIT_LEN, NK)
+    if PAGED:  # the page table row of this sequence; the pages hold every sequence
+        k_base = K + hkv * sk_h
+        v_base = V + hkv * sv_h
+        pt_row = PT + b.to(tl.int64) * spt_b
+    else:
+        k_base = K + b.to(tl.int64) * sk_b + hkv * sk_h
+        v_base = V + b.to(tl.int64) * sv_b + hkv * sv_h
+    if HAS_LENS:  # this sequence's own length, cut into N_SPLITS key ranges of its own
+        n_kv = tl.load(LENS + b)
+        split_len = tl.cdiv(tl.cdiv(n_kv, N_SPLITS), BLOCK_N) * BLOCK_N
+{m_len}    else:
+        n_kv = NK
+        split_len = SPLIT_LEN
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, n_kv)
     m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([ROWS], dtype=tl.float32)
     acc = tl.zeros([ROWS, BDV], dtype=tl.float32)
     for start in range(lo, hi, BLOCK_N):
         m = start + tl.arange(0, BLOCK_N)
         m_ok = m < hi
-        kt = tl.load(k_base + m[None, :] * sk_n + offs_d[:, None] * sk_d,
+        if PAGED:  # key m: slot m % PAGE_SIZE of page PT[b, m // PAGE_SIZE], read in place
+            page = tl.load(pt_row + (m // PAGE_SIZE) * spt_n, mask=m_ok, other=0).to(tl.int64)
+            slot = m % PAGE_SIZE
+            k_row = page * sk_b + slot * sk_n
+            v_row = page * sv_b + slot * sv_n
+        else:
+            k_row = m * sk_n
+            v_row = m * sv_n
+        kt = tl.load(k_base + k_row[None, :] + offs_d[:, None] * sk_d,
                      mask=m_ok[None, :] & d_ok[:, None], other=0.0)
         if UPCAST:
             kt = kt.to(tl.float32)
@@ -113,7 +149,7 @@ def decode_partial(Q, K, V, Mws, Lws, Ows, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, s
         alpha = tl.exp(m_i - m_safe)
         pr = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(pr, 1)
-        v = tl.load(v_base + m[:, None] * sv_n + offs_f[None, :] * sv_d,
+        v = tl.load(v_base + v_row[:, None] + offs_f[None, :] * sv_d,
                     mask=m_ok[:, None] & f_ok[None, :], other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
@@ -121,9 +157,12 @@ def decode_partial(Q, K, V, Mws, Lws, Ows, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, s
         m_i = m_new
 {split.comment("partial_norm")}    po = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     ws = ((b * H + h).to(tl.int64) * NQ + i) * N_SPLITS + split
-    tl.store(Mws + ws, m_i, mask=row_ok)
-    tl.store(Lws + ws, l_i, mask=row_ok)
-    tl.store(Ows + ws[:, None] * DV + offs_f[None, :], po, mask=row_ok[:, None] & f_ok[None, :])
+    # a split past its sequence's end stores nothing: the combine skips it (the comparison is made a
+    # row vector first: the interpreter refuses a scalar predicate inside a mask)
+    keep = row_ok & (lo + 0 * r < hi)
+    tl.store(Mws + ws, m_i, mask=keep)
+    tl.store(Lws + ws, l_i, mask=keep)
+    tl.store(Ows + ws[:, None] * DV + offs_f[None, :], po, mask=keep[:, None] & f_ok[None, :])
 '''
 
 
@@ -131,27 +170,45 @@ def _combine_kernel(split: SplitKV) -> str:
     c = split.comment
     return f'''
 @triton.jit
-def decode_combine(Mws, Lws, Ows, O, LSE, so_b, so_h, so_n, so_d, H, NQ, DV, N_SPLITS,
-                   BS: tl.constexpr, BDV: tl.constexpr, WRITE_LSE: tl.constexpr):
+def decode_combine(WS, R, O, LSE, LENS, so_b, so_h, so_n, so_d, H, NQ, DV, N_SPLITS,
+                   BS: tl.constexpr, CHUNK: tl.constexpr, BDV: tl.constexpr, WRITE_LSE: tl.constexpr,
+                   HAS_LENS: tl.constexpr, BLOCK_N: tl.constexpr):
     # merge the splits of one (batch, head, query); 0 where no split saw a visible key
+    Mws = WS
+    Lws = WS + R
+    Ows = WS + 2 * R
     row = tl.program_id(0)
+    b = row // (H * NQ)
+    h = (row // NQ) % H
+    i = row % NQ
     offs_s = tl.arange(0, BS)
     offs_f = tl.arange(0, BDV)
-    s_ok = offs_s < N_SPLITS
+    if HAS_LENS:  # only the splits that held keys of this sequence (decode_partial's split lengths)
+        n_kv = tl.load(LENS + b)
+        split_len = tl.maximum(tl.cdiv(tl.cdiv(n_kv, N_SPLITS), BLOCK_N) * BLOCK_N, 1)
+        n_used = tl.cdiv(n_kv, split_len)
+    else:
+        n_used = N_SPLITS
+    s_ok = offs_s < n_used
     f_ok = offs_f < DV
     base = row.to(tl.int64) * N_SPLITS
     m_s = tl.load(Mws + base + offs_s, mask=s_ok, other=float("-inf"))
     l_s = tl.load(Lws + base + offs_s, mask=s_ok, other=0.0)
 {c("global_max")}    m = tl.max(m_s, 0)
-{c("weight")}    w = l_s * tl.exp(m_s - tl.where(m == float("-inf"), 0.0, m))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+{c("weight")}    w = l_s * tl.exp(m_s - m_safe)
 {c("denominator")}    l = tl.sum(w, 0)
-    po = tl.load(Ows + (base + offs_s[:, None]) * DV + offs_f[None, :],
-                 mask=s_ok[:, None] & f_ok[None, :], other=0.0)
-{c("weighted")}    snv = tl.sum(po * w[:, None], 0)
+    # the weighted outputs, CHUNK splits at a time (a BS x DV tile would not fit in registers)
+{c("weighted")}    snv = tl.zeros([BDV], dtype=tl.float32)
+    for c0 in range(0, n_used, CHUNK):
+        cs = c0 + tl.arange(0, CHUNK)
+        c_ok = cs < n_used
+        w_c = tl.load(Lws + base + cs, mask=c_ok, other=0.0) * \\
+            tl.exp(tl.load(Mws + base + cs, mask=c_ok, other=float("-inf")) - m_safe)
+        po = tl.load(Ows + (base + cs[:, None]) * DV + offs_f[None, :], mask=c_ok[:, None] & f_ok[None, :],
+                     other=0.0)
+        snv += tl.sum(po * w_c[:, None], 0)
 {c("output")}    o = snv / tl.where(l > 0, l, 1.0)
-    b = row // (H * NQ)
-    h = (row // NQ) % H
-    i = row % NQ
     tl.store(O + b.to(tl.int64) * so_b + h * so_h + i * so_n + offs_f * so_d,
              o.to(O.dtype.element_ty), mask=f_ok)
     if WRITE_LSE:  # log-sum-exp of the row's logits (-inf when no key is visible): combines across devices
