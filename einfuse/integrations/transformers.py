@@ -39,6 +39,7 @@ from typing import Any
 
 from einfuse.errors import CodegenError
 from einfuse.integrations import padding as _padding
+from einfuse.ir.positions import Q_OFFSET
 
 NAME = "einfuse"
 log = logging.getLogger(__name__)
@@ -66,22 +67,30 @@ class EinfuseMask:
 
         if self.dense is not None:
             return self.dense
-        return torch.tensor([[[[_MAGIC, self.q_offset, -1 if self.window is None else self.window]]]],
-                            dtype=torch.int64)
+        t = torch.tensor([[[[_MAGIC, self.q_offset, -1 if self.window is None else self.window]]]],
+                         dtype=torch.int64)
+        setattr(t, _ATTR, EinfuseMask(self.q_offset, self.window))  # every layer reads it back for free
+        return t
 
     @staticmethod
     def decode(mask: Any) -> EinfuseMask | None:
-        """The mask :meth:`encode` wrote, or None when ``mask`` is another tensor."""
+        """The mask :meth:`encode` wrote, or None when ``mask`` is another tensor. The tensor
+        :meth:`encode` made carries its descriptor (read without touching the tensor: indexing it
+        cost ~60 us a layer); a copy of it (moved, cloned) is read from its values."""
         import torch
 
-        if (isinstance(mask, torch.Tensor) and mask.dtype == torch.int64 and tuple(mask.shape) == (1, 1, 1, 3)
-                and int(mask[0, 0, 0, 0]) == _MAGIC):
-            _, q_offset, window = (int(x) for x in mask.view(-1).tolist())
-            return EinfuseMask(q_offset, None if window < 0 else window)
+        known = getattr(mask, _ATTR, None)
+        if known is not None:
+            return known
+        if isinstance(mask, torch.Tensor) and mask.dtype == torch.int64 and tuple(mask.shape) == (1, 1, 1, 3):
+            magic, q_offset, window = mask.reshape(-1).tolist()
+            if magic == _MAGIC:
+                return EinfuseMask(q_offset, None if window < 0 else window)
         return None
 
 
 _MAGIC = 0x6E696678  # "einf": marks a descriptor tensor
+_ATTR = "_einfuse_mask"  # the decoded descriptor, an attribute of the tensor encode() returns
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ class _Settings:
 
 
 _SETTINGS = _Settings()
-_KERNELS: dict[tuple, Any] = {}
+_KERNELS: dict[tuple, _Kernels] = {}
 
 
 def register(name: str = NAME, strict: bool = False, **compile_options: Any) -> str:
@@ -172,21 +181,58 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
         window = sliding_window if causal else None
         padded = _padding.padding_runs(info.dense, n_q, n_kv, window) if causal else None
         if padded is not None:  # a padded batch: one run of real tokens per row, packed for fn.varlen
-            return _padding.padded_attention(_kernel(scale, window, cap, True, "bottom_right"), query, key, value,
-                                             padded), None
+            return _padding.padded_attention(_kernel(scale, window, cap, True, "bottom_right").compiled, query, key,
+                                             value, padded), None
         if _SETTINGS.strict:
             raise CodegenError("einfuse attention: this mask (padding with holes, packed sequences or a custom "
                                "mask) is not a causal pattern over one run of tokens per row, which einfuse "
                                "expresses; pass left- or right-padded batches, or register(strict=False) to "
                                "run it unfused")
-        out = _unfused(query, key, value, info.dense, scale, cap)
-    else:
-        window = info.window if info.window is not None else (sliding_window if causal else None)
-        align = "bottom_right" if info.q_offset == n_kv - n_q or not causal else "offset"
-        kernel = _kernel(scale, window, cap, causal, align)
-        runtime = {"q_offset": info.q_offset} if align == "offset" else {}
-        out = kernel(query.contiguous(), key.contiguous(), value.contiguous(), **runtime)
-    return out.transpose(1, 2).contiguous(), None
+        return _unfused(query, key, value, info.dense, scale, cap).transpose(1, 2).contiguous(), None
+    window = info.window if info.window is not None else (sliding_window if causal else None)
+    align = "bottom_right" if info.q_offset == n_kv - n_q or not causal else "offset"
+    kernels = _kernel(scale, window, cap, causal, align)
+    return kernels.run(query, key, value, info.q_offset if align == "offset" else None), None
+
+
+@dataclass
+class _Kernels:
+    """One layer kind's compiled attention, and the launchers an eager call uses directly.
+
+    Eager calls (no autograd, no graph capture) skip :class:`~einfuse.codegen.compile.CompiledAttention`'s
+    dispatch and write the main kernel's output straight into ``(B, N_q, H, D_v)`` memory, the layout
+    the layer's output projection reads: with the strided ``(B, H, N, D)`` views transformers passes
+    in, a prefill call copies nothing. Anything else goes through ``compiled``."""
+
+    compiled: Any
+    main: Any = None
+    """The :class:`~einfuse.codegen.triton.runtime.AttentionKernel` (None: another kind of kernel)."""
+    decode_max: int = 0
+    """Calls with at most this many queries take the split-KV decode kernel (0: never)."""
+
+    def run(self, q: Any, k: Any, v: Any, q_offset: int | None) -> Any:
+        """``(B, N_q, H, D_v)`` attention of ``(B, H, N, D)`` views (last stride 1)."""
+        import torch
+
+        q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+        runtime = {} if q_offset is None else {"q_offset": q_offset}
+        graph = type(q) is not torch.Tensor or torch.compiler.is_compiling()  # compile/export: the custom op
+        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        if self.main is None or graph or grad:
+            return self.compiled(q, k, v, **runtime).transpose(1, 2).contiguous()
+        B, H, n_q, _ = q.shape
+        if n_q <= self.decode_max:
+            dec = self.compiled.decode_kernel()
+            if dec is not None:  # (B, H, 1, D) is (B, 1, H, D) memory: no copy for one query
+                out = dec(q, k, v, **({} if q_offset is None else {Q_OFFSET: q_offset}))
+                return out.transpose(1, 2).contiguous()
+        out = torch.empty((B, n_q, H, v.shape[3]), dtype=q.dtype, device=q.device)
+        self.main(q, k, v, out=out.transpose(1, 2), **runtime)
+        return out
+
+
+def _unit_last(t: Any) -> Any:
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def variant(scale: float, window: int | None = None, softcap: float | None = None, causal: bool = True,
@@ -209,13 +255,19 @@ def variant(scale: float, window: int | None = None, softcap: float | None = Non
     return ef.attention(name, score_mod=score, mask_mod=mask, scale=scale, align=align if causal else "top_left")
 
 
-def _kernel(scale: float, window: int | None, softcap: float | None, causal: bool, align: str) -> Any:
+def _kernel(scale: float, window: int | None, softcap: float | None, causal: bool, align: str) -> _Kernels:
     key = (scale, window, softcap, causal, align)
-    if key not in _KERNELS:
+    kernels = _KERNELS.get(key)
+    if kernels is None:
         import einfuse as ef
+        from einfuse.codegen.compile import DECODE_MAX_QUERIES
+        from einfuse.codegen.triton.runtime import AttentionKernel
 
-        _KERNELS[key] = ef.compile(variant(scale, window, softcap, causal, align), **dict(_SETTINGS.compile_options))
-    return _KERNELS[key]
+        compiled = ef.compile(variant(scale, window, softcap, causal, align), **dict(_SETTINGS.compile_options))
+        main = compiled.kernel if isinstance(getattr(compiled, "kernel", None), AttentionKernel) else None
+        decode_max = DECODE_MAX_QUERIES if getattr(compiled, "decode", False) else 0
+        kernels = _KERNELS[key] = _Kernels(compiled, main, decode_max)
+    return kernels
 
 
 def _unfused(q: Any, k: Any, v: Any, mask: Any, scale: float, softcap: float | None) -> Any:

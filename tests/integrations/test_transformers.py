@@ -80,6 +80,40 @@ def test_prefill_generation_and_chunked_prefill_match(name):
     assert any(k[-1] == "bottom_right" for k in eft._KERNELS)
 
 
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+def test_prefill_longer_than_a_decode_block_matches(name):
+    """21 tokens: more queries than the decode kernel takes, so the prefill kernel runs on the
+    strided views transformers passes and writes the layer's (B, N, H, D) output memory directly."""
+    ref, ours = _models(name)
+    ids = _ids(2, 21)
+    with torch.no_grad():
+        assert _err(ref(ids).logits, ours(ids).logits) < TOL
+    assert any(k.main is not None and k.main.last_config is not None for k in eft._KERNELS.values())
+
+
+def test_a_prefill_call_copies_no_tensor(monkeypatch):
+    """q/k/v as transformers' projections give them ((B, H, N, D) views of (B, N, H, D) memory) go
+    to the kernel as they are, and its output is already the (B, N, H, D) tensor the layer wants."""
+    eft.register()
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 21, 4, 16, generator=g).transpose(1, 2)
+    k, v = (torch.randn(1, 21, 2, 16, generator=g).transpose(1, 2) for _ in range(2))
+    copies = []
+    real = torch.Tensor.contiguous
+
+    def counting(self, *args, **kw):
+        if not self.is_contiguous(*args, **kw):
+            copies.append(tuple(self.shape))
+        return real(self, *args, **kw)
+
+    with torch.no_grad():
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        monkeypatch.setattr(torch.Tensor, "contiguous", counting)
+        out, _ = eft.attention_forward(torch.nn.Module(), q, k, v, eft.EinfuseMask(0).encode(), scaling=0.25)
+    assert copies == [] and out.is_contiguous() and out.shape == (1, 21, 4, 16)
+    assert _err(want.transpose(1, 2), out) < TOL
+
+
 def test_static_cache_uses_the_offset_kernel():
     """A StaticCache's keys are a fixed buffer: the queries sit at the cache position, not at its end."""
     ref, ours = _models("llama")
@@ -98,7 +132,7 @@ def test_static_cache_uses_the_offset_kernel():
 
 
 def _varlen_ran() -> bool:
-    return any(getattr(k, "_varlen_kernel", None) is not None for k in eft._KERNELS.values())
+    return any(getattr(k.compiled, "_varlen_kernel", None) is not None for k in eft._KERNELS.values())
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -199,11 +199,16 @@ class AttentionKernel:
         return self._configs[key]
 
     # ---- launch ---------------------------------------------------------------------------------
-    def __call__(self, q: Any, k: Any, v: Any, q_offset: int | None = None, **options: Any) -> Any:
+    def __call__(self, q: Any, k: Any, v: Any, q_offset: int | None = None, out: Any = None,
+                 **options: Any) -> Any:
         """``q_offset``: the position of query 0 for cascades built with ``align="offset"`` (their
         ``QOFF``; default the cascade's value), see :mod:`einfuse.ir.positions`. A call whose
         signature (shapes, strides, dtypes, device, options) was seen before reuses its prepared
-        launch (:mod:`einfuse.codegen.triton.launch`)."""
+        launch (:mod:`einfuse.codegen.triton.launch`). ``out``: a ``(B, H, N_q, D_v)`` buffer to
+        write, any strides with the last one 1 (a transposed view of ``(B, N_q, H, D_v)`` memory is
+        what Hugging Face layers want, with no copy afterwards)."""
+        if out is not None:
+            return self._call_into(q, k, v, out, q_offset, options)
         if self._reads_captures():  # captured tensors: their addresses and tables change per call
             return self.prepare(q, k, v, q_offset, **options)(q, k, v)
         opts = options if q_offset is None else {**options, "q_offset": q_offset}
@@ -223,8 +228,27 @@ class AttentionKernel:
         return cached_call(self._calls, q, k, v, opts,
                            lambda: self.prepare(q, k, v, q_offset, with_lse=True, **options), self.plan.name)
 
+    def _call_into(self, q: Any, k: Any, v: Any, out: Any, q_offset: int | None,
+                   options: dict[str, Any]) -> Any:
+        """A call writing a caller's buffer: its strides are part of the prepared launch's key."""
+        from einfuse.codegen.triton.launch import plain_call, refuse_during_capture, signature_key
+
+        if not hasattr(out, "stride") or out.dim() != 4 or out.stride(-1) != 1:
+            raise CodegenError(f"{self.plan.name}: out must be a 4-d (B, H, N_q, D_v) tensor with last stride 1")
+        strides = tuple(out.stride()[:3])
+        prep = lambda: self.prepare(q, k, v, q_offset, out_strides=strides, **options)  # noqa: E731
+        if self._reads_captures() or not plain_call(q, k, v):
+            return prep()(q, k, v, out=out)
+        key = signature_key(q, k, v, {**options, "q_offset": q_offset, " out": strides})
+        prepared = self._calls.get(key)
+        if prepared is None:
+            if key is not None:
+                refuse_during_capture(self.plan.name, q.device)
+            prepared = self._calls.remember(key, prep())
+        return prepared(q, k, v, out=out)
+
     def prepare(self, q: Any, k: Any, v: Any, q_offset: int | None = None, *, with_lse: bool = False,
-                **options: Any) -> PreparedAttention:
+                out_strides: tuple[int, ...] | None = None, **options: Any) -> PreparedAttention:
         """Check the inputs and work out everything a call of this signature needs (configuration,
         tile order, block tables, grid, arguments); the result launches on tensors like these."""
         import torch
@@ -234,7 +258,8 @@ class AttentionKernel:
         B, H, _, Nq, _, _, _ = check_inputs(self.plan.name, q, k, v)
         order = self.order_for(q, k, opts)
         cfg = self.config(q, k, v, order, opts, caps)
-        launch, tables = self._bind(q, k, v, cfg, order, opts, self._q_offset(q_offset), with_lse, caps)
+        launch, tables = self._bind(q, k, v, cfg, order, opts, self._q_offset(q_offset), with_lse, caps,
+                                   out_strides)
         lse = None
         if with_lse:
             lse = ((B, H, Nq), torch.float64 if q.dtype == torch.float64 else torch.float32)
@@ -266,7 +291,8 @@ class AttentionKernel:
 
     def _bind(self, q, k, v, cfg: KernelConfig, layout: Layout, opts: LaunchOptions,
               q_offset: int = 0, store_lse: bool = False,
-              captures: tuple[dict[str, Any], tuple] | None = None) -> tuple[BoundLaunch, BlockTables]:
+              captures: tuple[dict[str, Any], tuple] | None = None,
+              out_strides: tuple[int, ...] | None = None) -> tuple[BoundLaunch, BlockTables]:
         """The kernel launch of this signature: tables, grid and every argument but the tensors
         ``q, k, v, out, lse`` (``out`` again when no log-sum-exp is stored)."""
         import torch
@@ -288,8 +314,8 @@ class AttentionKernel:
         bk = tables.k_box if isinstance(k_order, SpanBoxes) else k_order.box(cfg.block_n)
         dummy = tables.full_num if not tables.dense else self._dummy(q.device)
         grid = (order.num_tiles(Nq, cfg.block_m), B * H)
-        # the output has q's shape with v's head dim, allocated contiguous: its strides are known
-        out_strides = (H * Nq * Dv, Nq * Dv, Dv)
+        # the output has q's shape with v's head dim, allocated contiguous unless the caller gives a buffer
+        out_strides = out_strides or (H * Nq * Dv, Nq * Dv, Dv)
         args = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out_strides,
                 *tables.kernel_args(dummy),
                 Nq, Nkv, H, B, H // Hkv, tables.n_full, tables.n_k_tiles, q_offset, *cap_args)
@@ -393,9 +419,13 @@ class PreparedAttention:
         self.kernel, self.shape, self.dtype, self.device, self.launch = kernel, shape, dtype, device, launch
         self.lse, self.config, self.tables, self._empty = lse, config, tables, torch.empty
 
-    def __call__(self, q: Any, k: Any, v: Any) -> Any:
+    def __call__(self, q: Any, k: Any, v: Any, out: Any = None) -> Any:
         self.kernel._last = self
-        out = self._empty(self.shape, dtype=self.dtype, device=self.device)
+        if out is None:
+            out = self._empty(self.shape, dtype=self.dtype, device=self.device)
+        elif tuple(out.shape) != self.shape or out.dtype != self.dtype or out.device != self.device:
+            raise CodegenError(f"{self.kernel.plan.name}: out must be a {self.dtype} tensor of shape {self.shape} "
+                               f"on {self.device}; got {out.dtype} {tuple(out.shape)} on {out.device}")
         if self.lse is None:
             self.launch(q, k, v, out, out)
             return out
