@@ -94,3 +94,15 @@ def test_kernels_follow_the_split_kv_cascade(spec: str) -> None:
     assert fn.lowering == "lowered by split_kv" and fn.cascade.attrs["lowered"] == "split_kv"
     for line in ("# CW[", "# PO[", "# GM[p] = max(", "# SNV[p,f] = CW[", "# O[p,f] = SNV[p,f] / SD[p]"):
         assert line in fn.source  # the split names vary (S is taken by a score_mod: SPLIT)
+
+
+def test_float32_tiles_fit_the_shared_memory_budget():
+    """fp32 K/V at D128 asked 272 KB of shared memory on an H200 (OutOfResources); 16-bit keeps the
+    tuned defaults."""
+    from einfuse.codegen.triton.decode import SMEM_BUDGET, DecodeOptions, fit_tiles
+
+    opts = DecodeOptions()
+    assert fit_tiles(opts.block_n, opts.num_stages, 64, 128, 2) == (opts.block_n, opts.num_stages)
+    bn, st = fit_tiles(opts.block_n, opts.num_stages, 64, 128, 4)
+    assert (max(st - 1, 1) * 2 * bn + 64) * 128 * 4 <= SMEM_BUDGET and bn >= 16
+    assert (bn, st) != (opts.block_n, opts.num_stages)

@@ -86,6 +86,25 @@ class _Launch:
     row_blocks: int
     scale: float
     size_args: tuple[int, ...]
+    block_n: int
+    num_stages: int
+
+
+SMEM_BUDGET = 160 * 1024
+"""Shared memory the decode kernel's K/V pipeline may take (A100's 164 KB per block, with margin)."""
+
+
+def fit_tiles(block_n: int, num_stages: int, rows: int, head_dim: int, elem_bytes: int) -> tuple[int, int]:
+    """``(block_n, num_stages)`` whose buffers fit :data:`SMEM_BUDGET`: the defaults are sized for
+    16-bit inputs; float32 K/V tiles take twice the bytes (fp32 at D128 asked 272 KB on an H200)."""
+    d = pow2(head_dim)
+    need = lambda bn, st: (max(st - 1, 1) * 2 * bn + rows) * d * elem_bytes  # noqa: E731
+    while need(block_n, num_stages) > SMEM_BUDGET and (block_n > 16 or num_stages > 2):
+        if num_stages > 2:
+            num_stages -= 1
+        else:
+            block_n //= 2
+    return block_n, num_stages
 
 
 @dataclass(frozen=True)
@@ -102,9 +121,9 @@ class DecodeKernel:
     _launches: dict = field(default_factory=dict, repr=False, compare=False)
 
     def split_plan(self, B: int, Hkv: int, row_blocks: int, NK: int, device: Any,
-                   splits: int | None = None) -> tuple[int, int]:
+                   splits: int | None = None, block_n: int | None = None) -> tuple[int, int]:
         """(n_splits, keys per split), the latter a multiple of ``block_n``."""
-        bn = self.options.block_n
+        bn = block_n or self.options.block_n
         want = splits or self.options.splits
         if not want:
             target = _sm_count(device) * self.options.programs_per_sm
@@ -114,14 +133,15 @@ class DecodeKernel:
         return cdiv(NK, split_len), split_len
 
     def _plan_launch(self, B: int, H: int, NQ: int, D: int, DV: int, Hkv: int, NK: int, device: Any,
-                     splits: int | None, sizes: dict[str, Any]) -> _Launch:
+                     splits: int | None, sizes: dict[str, Any], elem_bytes: int = 2) -> _Launch:
         size_args = tuple(self._sizes(B, H, NQ, NK, D, DV, sizes))
         group_rows = (H // Hkv) * NQ
         rows = min(self.options.block_rows, pow2(group_rows))
         row_blocks = cdiv(group_rows, rows)
-        n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, device, splits)
+        block_n, stages = fit_tiles(self.options.block_n, self.options.num_stages, rows, max(D, DV), elem_bytes)
+        n_splits, split_len = self.split_plan(B, Hkv, row_blocks, NK, device, splits, block_n)
         scale = self.scale(self._known(B, H, NQ, NK, D, DV, sizes))
-        return _Launch(n_splits, split_len, rows, row_blocks, scale, size_args)
+        return _Launch(n_splits, split_len, rows, row_blocks, scale, size_args, block_n, stages)
 
     def _sizes(self, B: int, H: int, NQ: int, NK: int, D: int, DV: int, given: dict[str, Any]) -> list[int]:
         known = self._known(B, H, NQ, NK, D, DV, given)
@@ -168,10 +188,11 @@ class DecodeKernel:
             lse = torch.full((B, H, NQ), float("-inf"), device=dev, dtype=torch.float32)
             return (o, lse) if return_lse else o
         has_lens = seq_lens is not None
-        key = (B, H, NQ, D, DV, Hkv, NK, has_lens, splits, str(dev), tuple(sizes.items()))
+        key = (B, H, NQ, D, DV, Hkv, NK, has_lens, splits, str(dev), tuple(sizes.items()), k.element_size())
         plan = self._launches.get(key)
         if plan is None:
-            plan = self._launches[key] = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes)
+            plan = self._launches[key] = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes,
+                                                           k.element_size())
         n_splits = plan.n_splits
         R = B * H * NQ * n_splits  # workspace: partial maxima, sums (R each), outputs (R x DV), float32
         ws = torch.empty((R * (DV + 2),), device=dev, dtype=torch.float32)
@@ -188,14 +209,14 @@ class DecodeKernel:
         self.module.decode_partial[(B * Hkv, n_splits, plan.row_blocks)](
             q, k, v, ws, R, pt, lens, *q.stride(), *k_strides, *v_strides, *pt_strides,
             NQ, NK, H, Hkv, D, DV, plan.split_len, n_splits, plan.scale, *plan.size_args, *cap_args,
-            ROWS=plan.rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
+            ROWS=plan.rows, BLOCK_N=plan.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
             PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=has_lens,
-            num_warps=self.options.num_warps, num_stages=self.options.num_stages)
+            num_warps=self.options.num_warps, num_stages=plan.num_stages)
         lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else ws
         self.module.decode_combine[(B * H * NQ,)](
             ws, R, o, lse, lens, *o.stride(), H, NQ, DV, n_splits,
             BS=pow2(n_splits, 2), CHUNK=min(pow2(n_splits, 2), 16), BDV=pow2(DV), WRITE_LSE=return_lse,
-            HAS_LENS=has_lens, BLOCK_N=self.options.block_n, num_warps=4)
+            HAS_LENS=has_lens, BLOCK_N=plan.block_n, num_warps=4)
         return (o, lse) if return_lse else o
 
 
@@ -218,7 +239,7 @@ class DecodeKernel:
         if unknown:
             raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
         dev = q.device
-        plan = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes)
+        plan = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes, k.element_size())
         n = B * H * NQ * plan.n_splits
         unused = torch.zeros(1, dtype=torch.int32, device=dev)  # page table and lengths: not read
         upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
@@ -226,14 +247,14 @@ class DecodeKernel:
             self.module.decode_partial, (B * Hkv, plan.n_splits, plan.row_blocks), 4,
             (n, unused, unused, *q.stride(), *k.stride(), *v.stride(), 0, 0, NQ, NK, H, Hkv, D, DV,
              plan.split_len, plan.n_splits, plan.scale, *plan.size_args),
-            dict(ROWS=plan.rows, BLOCK_N=self.options.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
+            dict(ROWS=plan.rows, BLOCK_N=plan.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
                  PAGED=False, PAGE_SIZE=1, HAS_LENS=False),
-            self.options.num_warps, self.options.num_stages)
+            self.options.num_warps, plan.num_stages)
         # combine's first four arguments (WS, R, O, LSE) come per call; the output is contiguous
         combine = BoundLaunch(
             self.module.decode_combine, (B * H * NQ,), 4, (unused, H * NQ * DV, NQ * DV, DV, 1, H, NQ, DV, plan.n_splits),
             dict(BS=pow2(plan.n_splits, 2), CHUNK=min(pow2(plan.n_splits, 2), 16), BDV=pow2(DV), WRITE_LSE=False,
-                 HAS_LENS=False, BLOCK_N=self.options.block_n), 4, 3)
+                 HAS_LENS=False, BLOCK_N=plan.block_n), 4, 3)
         return PreparedDecode(n, DV, (B, H, NQ, DV), q.dtype, dev, partial, combine, unused)
 
     def _capture_args(self, runtime: dict[str, Any], q: Any) -> list[Any]:
