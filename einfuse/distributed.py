@@ -8,7 +8,7 @@ may be longer than on another and its pages may sit anywhere in that rank's pool
 runs the generated split-KV kernel on each shard
 (the decode plan of :mod:`einfuse.lowering`, with the log-sum-exp as a second output), gathers the
 small per-row pairs (output, log-sum-exp) with one all-gather, and combines them with the decode
-plan's combine rule: ``O = sum_r exp(lse_r - max) o_r / sum_r exp(lse_r - max)``, 0 for a row no
+plan's combine kernel (the generated kernel that merges splits on one GPU, each rank one split): ``O = sum_r exp(lse_r - max) o_r / sum_r exp(lse_r - max)``, 0 for a row no
 shard sees. Collectives are ``torch.distributed``'s own (NCCL on GPUs, gloo on CPUs); their timeout
 is the process group's (``init_process_group(timeout=...)``).
 
@@ -103,7 +103,30 @@ class DistributedDecode:
         flat = packed.new_empty(world * packed.numel())  # 1-D buffers: gloo takes no stacked shape
         dist.all_gather_into_tensor(flat, packed.reshape(-1), group=self.group)
         stacked = flat.view(world, *packed.shape)          # (ranks, B, H, N_q, D_v + 1)
-        return combine(stacked[..., :-1], stacked[..., -1]).to(q.dtype)
+        return self._combine(stacked, q.dtype)
+
+    def _combine(self, stacked: Any, dtype: Any) -> Any:
+        """Merge the ranks' pairs with the decode plan's own combine kernel (printed from the plan's
+        combine roles): each rank is one split whose running max is its log-sum-exp and whose sum is 1
+        (0 weight where a rank saw no key), so the kernel's rule is exactly :func:`combine`'s."""
+        import torch
+
+        from einfuse.codegen.triton.options import pow2
+
+        world, B, H, NQ, width = stacked.shape
+        DV = width - 1
+        R = B * H * NQ * world
+        rows = stacked.permute(1, 2, 3, 0, 4).reshape(R, width)  # (row, split) order, as the kernel reads
+        ws = torch.empty(R * (DV + 2), dtype=torch.float32, device=stacked.device)
+        ws[:R] = rows[:, -1]
+        ws[R:2 * R] = 1.0
+        ws[2 * R:] = rows[:, :-1].reshape(-1)
+        out = torch.empty((B, H, NQ, DV), dtype=dtype, device=stacked.device)
+        n = pow2(world, 2)
+        self.kernel.module.decode_combine[(B * H * NQ,)](
+            ws, R, out, ws, ws, *out.stride(), H, NQ, DV, world, BS=n, CHUNK=min(n, 16), BDV=pow2(DV),
+            WRITE_LSE=False, HAS_LENS=False, BLOCK_N=self.kernel.options.block_n, num_warps=4)
+        return out
 
     def _flags(self) -> Any:
         """The gloo group of this group's ranks for the status flags (made once, by its members only)."""
@@ -133,7 +156,8 @@ class DistributedDecode:
 
 def combine(outputs: Any, lse: Any) -> Any:
     """Merge per-shard results: ``outputs`` (S, ..., D_v) normalised per shard, ``lse`` (S, ...) their
-    log-sum-exps (-inf: the shard saw no key). The split-KV plan's combine, over shards."""
+    log-sum-exps (-inf: the shard saw no key). The split-KV plan's combine rule over shards, in torch:
+    the reference the kernel path of :class:`DistributedDecode` is tested against."""
     import torch
 
     top = lse.max(dim=0).values
