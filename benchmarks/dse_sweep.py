@@ -23,6 +23,7 @@ from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from einfuse.frontends import load_spec
 from einfuse.simulator.area import load_area_table
 from einfuse.simulator.dse_report import write_dse_report
 from einfuse.simulator.explore import ResultTable, as_dict, explore, make_points
@@ -52,7 +53,8 @@ def main() -> None:
     table_path = os.path.join(args.out, "results.jsonl")
     if not args.resume and os.path.isdir(args.out):
         shutil.rmtree(args.out)
-    points = make_points([args.spec], args.arch, grid(parse_vary(args.vary)), ["bert-base"], parse_seq(args.seq))
+    points = make_points([args.spec], args.arch, grid(parse_vary(args.vary)), ["bert-base"], parse_seq(args.seq),
+                         resolve=load_spec)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     me = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()

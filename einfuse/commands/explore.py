@@ -82,7 +82,7 @@ def explore_cmd(specs: tuple[str, ...], arch: str, vary: str, model: str, seq: s
         check_size_names(load_spec(s), extra)
     table_area = load_area_table(area_table)
     points = make_points(list(specs), arch, grid(parse_vary(vary)), models, parse_seq(seq), batch, extra,
-                         area_table, fast_forward=not no_fast_forward)
+                         area_table, fast_forward=not no_fast_forward, resolve=load_spec)
     table = ResultTable(os.path.join(out, "results.jsonl"))
     console = Console(width=160, stderr=True)
     console.print(f"explore: {len(points)} points -> {table.path}")

@@ -43,6 +43,9 @@ class Point:
     area_table: str | None = None
     inputs: str = ""                            # fingerprint of the design and area table contents
     fast_forward: bool = True                   # False: every tile simulated (to check approximate rows)
+    cascade_text: str = field(default="", compare=False, repr=False)
+    """The variant as cascade text (einfuse.ir's form): workers parse it, so this layer never loads
+    specs itself (the front ends sit above the simulator); not part of the key."""
 
     @property
     def key(self) -> str:
@@ -55,8 +58,11 @@ class Point:
 
 def make_points(specs: Sequence[str], arch: str, grid: Sequence[Mapping[str, float]], models: Sequence[str],
                 seqs: Sequence[int], batch: int = 64, sizes: Mapping[str, int] | None = None,
-                area_table: str | None = None, fast_forward: bool = True) -> list[Point]:
-    """Every (spec, parameter set, model, length), lengths innermost.
+                area_table: str | None = None, fast_forward: bool = True,
+                resolve: Callable[[str], Any] | None = None) -> list[Point]:
+    """Every (spec, parameter set, model, length), lengths innermost. ``resolve`` turns a spec into
+    its cascade (``einfuse.load_spec``; the caller's, since the front ends sit above this layer); a
+    spec it is not given for must be cascade text already.
 
     Each point's key covers the contents of the design and the area table as well as their names,
     so editing a design's YAML (or the area table) makes a rerun simulate afresh instead of reusing
@@ -65,17 +71,28 @@ def make_points(specs: Sequence[str], arch: str, grid: Sequence[Mapping[str, flo
 
     sz = tuple(sorted((sizes or {}).items()))
     inputs = hashlib.sha1((repr(_base_arch(arch)) + repr(load_area_table(area_table))).encode()).hexdigest()[:12]
-    return [Point(s, arch, tuple(g.items()), m, n, batch, sz, area_table, inputs, fast_forward)
+    from einfuse.ir.printer import format_cascade
+
+    texts = {s: format_cascade(resolve(s)) if resolve is not None else s for s in specs}
+    return [Point(s, arch, tuple(g.items()), m, n, batch, sz, area_table, inputs, fast_forward, texts[s])
             for s in specs for g in grid for m in models for n in seqs]
 
 
 # ---- one point --------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=32)
-def _cascade(spec: str):
-    from einfuse.frontends import load_spec
+def _parse(text: str):
+    from einfuse.ir.parser import parse_cascade
 
-    return load_spec(spec)
+    try:
+        return parse_cascade(text)
+    except EinfuseError as exc:
+        raise SimulatorError(f"explore: a point's variant is not cascade text ({exc}); make the points "
+                             "with make_points(..., resolve=einfuse.load_spec)") from None
+
+
+def _cascade(point: Point):
+    return _parse(point.cascade_text or point.spec)
 
 
 def _base_arch(name: str):
@@ -91,12 +108,12 @@ def _load_arch(name: str, mtime: int):
 
 
 @lru_cache(maxsize=64)
-def _prepared(spec: str, arch_name: str, params: tuple[tuple[str, float], ...]):
+def _prepared(text: str, arch_name: str, params: tuple[tuple[str, float], ...]):
     """The cascade as the design maps it; it depends on the array height only (the key tile)."""
     from einfuse.simulator.simulate import prepare
     from einfuse.simulator.vary import apply_params
 
-    return prepare(_cascade(spec), apply_params(_base_arch(arch_name), dict(params)))
+    return prepare(_parse(text), apply_params(_base_arch(arch_name), dict(params)))
 
 
 def run_point(point: Point) -> dict[str, Any]:
@@ -110,7 +127,7 @@ def run_point(point: Point) -> dict[str, Any]:
     t0 = time.perf_counter()
     arch = apply_params(_base_arch(point.arch), dict(point.params))
     lowering_key = tuple((k, v) for k, v in point.params if k in ("pe", "rows"))
-    cascade = _prepared(point.spec, point.arch, lowering_key)
+    cascade = _prepared(point.cascade_text or point.spec, point.arch, lowering_key)
     wl = workload(point.model, point.seq, point.batch, dict(point.sizes))
     r = simulate(cascade, arch, wl, lower=False, fast_forward=point.fast_forward)
     area = area_breakdown(arch, load_area_table(point.area_table))
@@ -271,7 +288,7 @@ def _check_points(points: Sequence[Point]) -> None:
         if (p.spec, p.model, p.seq, p.sizes) not in seen:
             seen.add((p.spec, p.model, p.seq, p.sizes))
             w = workload(p.model, p.seq, p.batch, dict(p.sizes))
-            check_grid(_cascade(p.spec), w.seq, w.seq, w.sizes, "the sequence length (--seq)", SimulatorError)
+            check_grid(_cascade(p), w.seq, w.seq, w.sizes, "the sequence length (--seq)", SimulatorError)
         if (p.arch, p.params, p.area_table) not in seen:
             seen.add((p.arch, p.params, p.area_table))
             area_breakdown(apply_params(_base_arch(p.arch), dict(p.params)), load_area_table(p.area_table))

@@ -9,6 +9,7 @@ from dataclasses import fields
 import pytest
 
 from einfuse.errors import SimulatorError
+from einfuse.frontends import load_spec
 from einfuse.simulator import load_arch
 from einfuse.simulator.area import area_breakdown, load_area_table, pe_units, rf_um2
 from einfuse.simulator.explore import ResultTable, explore, make_points
@@ -157,7 +158,7 @@ def test_best_design_under_constraints():
 def small_points():
     """Six cheap points: two array sizes x one buffer x three lengths of a batch-1 layer."""
     return make_points(["softmax"], "fusemax", grid(parse_vary("pe=32,64,dram=400G")), ["bert-base"],
-                       [128, 256, 384], batch=1)
+                       [128, 256, 384], batch=1, resolve=load_spec)
 
 
 def test_a_sweep_resumes_from_its_table_and_keeps_what_a_user_wrote(tmp_path):
@@ -282,11 +283,11 @@ def test_one_design_for_every_workload():
 def test_editing_the_design_yaml_starts_its_points_afresh(tmp_path):
     design = tmp_path / "mine.yaml"
     design.write_text("extends: fusemax\nname: mine\n")
-    before = make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024])
-    assert before == make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024])
+    before = make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024], resolve=load_spec)
+    assert before == make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024], resolve=load_spec)
     design.write_text("extends: fusemax\nname: mine\nclock_hz: 1.0e+9\n")
     os.utime(design, ns=(1, 10 ** 18))          # a new modification time even on a coarse clock
-    after = make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024])
+    after = make_points(["softmax"], str(design), [{"pe": 64}], ["bert-base"], [1024], resolve=load_spec)
     assert after[0].key != before[0].key
 
 
@@ -303,9 +304,22 @@ def test_near_ties_are_ties_on_a_tolerance_grid():
 
 
 def test_points_without_fast_forward_are_separate_rows(tmp_path):
-    fast = make_points(["softmax"], "fusemax", [{"pe": 32}], ["bert-base"], [256], batch=1)
-    slow = make_points(["softmax"], "fusemax", [{"pe": 32}], ["bert-base"], [256], batch=1, fast_forward=False)
+    fast = make_points(["softmax"], "fusemax", [{"pe": 32}], ["bert-base"], [256], batch=1, resolve=load_spec)
+    slow = make_points(["softmax"], "fusemax", [{"pe": 32}], ["bert-base"], [256], batch=1, fast_forward=False,
+                       resolve=load_spec)
     assert fast[0].key != slow[0].key
     rows, stats = explore(fast + slow, ResultTable(str(tmp_path / "r.jsonl")), workers=1)
     assert stats.computed == 2 and [r["fast_forward"] for r in rows] == [True, False]
     assert not rows[0]["approximate"] and rows[0]["cycles"] == rows[1]["cycles"]   # exact fast-forward agrees
+
+
+def test_points_carry_their_cascade_text_and_bare_names_are_refused():
+    """The simulator layer does not load specs (the front ends sit above it): points carry the text."""
+    from einfuse.simulator.explore import run_point
+
+    (p,) = make_points(["causal"], "fusemax", [{"pe": 32}], ["bert-base"], [128], batch=1, resolve=load_spec)
+    assert "cascade" in p.cascade_text and p.key == make_points(["causal"], "fusemax", [{"pe": 32}],
+                                                                ["bert-base"], [128], batch=1)[0].key
+    (bare,) = make_points(["causal"], "fusemax", [{"pe": 32}], ["bert-base"], [128], batch=1)
+    with pytest.raises(SimulatorError, match="resolve=einfuse.load_spec"):
+        run_point(bare)
