@@ -39,7 +39,8 @@ def backward_kernel(compiled: CompiledAttention) -> Any:
         if not hasattr(compiled.kernel, "forward_with_lse"):
             raise CodegenError(f"{compiled.name}: only the Triton target has a backward yet (this kernel is "
                                f"{type(compiled.kernel).__name__}); compile with target='triton' to train")
-        kern = build_backward(getattr(compiled.kernel, "triton", compiled.kernel), bp)  # target='auto': Triton
+        kern = build_backward(getattr(compiled.kernel, "triton", compiled.kernel), bp,  # target='auto': Triton
+                              **getattr(compiled, "backward_options", {}))
         compiled._backward_kernel = kern
     return kern
 

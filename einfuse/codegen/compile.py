@@ -60,6 +60,8 @@ class CompiledAttention:
     sizes: dict[str, int] = field(default_factory=dict)
     """Token count of the declared grid (neighbourhood variants): queries and keys must number it."""
     _backward_kernel: Any = None
+    backward_options: dict[str, Any] = field(default_factory=dict)
+    """Tile options of the backward kernels (``compile(..., backward_options={...})``)."""
     backend_note: str | None = None
     """Why ``target="auto"`` compiled for one back end only (the CUTLASS back end refused the plan)."""
     _varlen_kernel: Any = None
@@ -316,6 +318,8 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
     """
     if target not in TARGETS:
         raise CodegenError(f"target {target!r} is not supported; choose one of {', '.join(TARGETS)}")
+    backward_options = check_backward_options(c.name if isinstance(c, Cascade) else "compile",
+                                              options.pop("backward_options", None), target)
     if not isinstance(c, Cascade):
         raise CodegenError(f"compile takes a Cascade, got {type(c).__name__}; einfuse.compile also takes "
                            "spec strings")
@@ -330,7 +334,7 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
         return _compile_cutlass(c, sizes=sizes, torch_op=torch_op, **options)
     if target == "auto" and not is_multistage(c):
         return _compile_auto(c, sizes=sizes, decode=decode, decode_options=decode_options, torch_op=torch_op,
-                             **options)
+                             backward_options=backward_options, **options)
     if is_multistage(c):
         # several score products (Agent, BASED): one kernel per stage, launched directly. Decided
         # before the one-stage analysers run: they trace one softmax chain and would not notice the
@@ -358,13 +362,33 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
 
     out = CompiledAttention(c.name, family, c, plan.cascade, kernel, decode=decode and family == "softmax",
                             decode_options=dict(decode_options or {}), use_torch_op=torch_op, plan=plan,
-                            tokens=grid_tokens(c, sizes), sizes=dict(sizes or {}))
+                            tokens=grid_tokens(c, sizes), sizes=dict(sizes or {}),
+                            backward_options=backward_options)
     if torch_op:
         from einfuse.codegen import torch_op as op
 
         out.key = f"{c.name}-{id(out):x}"
         op.register(out.key, out.run, out)
     return out
+
+
+def check_backward_options(name: str, given: Mapping[str, Any] | None, target: str) -> dict[str, Any]:
+    """``backward_options=``: tile options of the backward kernels (the fields of
+    :class:`einfuse.codegen.triton.backward.BackwardKernel`), checked when compiling."""
+    if not given:
+        return {}
+    if target == "cutlass":
+        raise CodegenError(f"{name}: backward_options is for the Triton backward; the CUTLASS target has no "
+                           "backward yet (use target='triton' or 'auto' to train)")
+    if not isinstance(given, Mapping):
+        raise CodegenError(f"{name}: backward_options must be a mapping, got {type(given).__name__}")
+    from einfuse.codegen.triton.backward import BACKWARD_OPTIONS
+
+    unknown = sorted(set(given) - set(BACKWARD_OPTIONS))
+    if unknown:
+        raise CodegenError(f"{name}: unknown backward option(s) {', '.join(unknown)}; known: "
+                           f"{', '.join(BACKWARD_OPTIONS)}")
+    return dict(given)
 
 
 def _compile_auto(c: Cascade, *, sizes: Mapping[str, int] | None, torch_op: bool, **kwargs: Any) -> Any:

@@ -223,3 +223,22 @@ def test_atomic_dq_layout_matches_the_reference(spec, dtype):
         assert rel_err(a, s) < (1e-6 if dtype == torch.float32 else 1e-2)
     with pytest.raises(CodegenError, match="dq_layout"):
         BackwardKernel(f.kernel, plan, dq_layout="fused")
+
+
+def test_backward_options_reach_the_backward_kernels_and_bad_ones_are_refused():
+    f = einfuse.compile("causal", backward_options={"dq_layout": "atomic", "block_m": 16, "block_n": 16})
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 37, 16, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3))
+    f(q, k, v).sum().backward()
+    kern = f._backward_kernel
+    assert kern.dq_layout == "atomic" and kern.last_config.block_m == 16
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    s = (q2 @ k2.transpose(-1, -2)) / 4.0
+    s = s.masked_fill(torch.ones(37, 37, dtype=torch.bool).triu(1), float("-inf"))
+    (torch.softmax(s, -1) @ v2).sum().backward()
+    for a, b in ((q.grad, q2.grad), (k.grad, k2.grad), (v.grad, v2.grad)):
+        assert torch.allclose(a, b, atol=1e-9)
+    with pytest.raises(CodegenError, match="unknown backward option.*block_q"):
+        einfuse.compile("causal", backward_options={"block_q": 16})
+    with pytest.raises(CodegenError, match="CUTLASS target has no backward"):
+        einfuse.compile("causal", target="cutlass", backward_options={"block_m": 16})

@@ -168,6 +168,11 @@ class BackwardKernel:
         return dq, dk, dv
 
 
+BACKWARD_OPTIONS = ("block_m", "block_n", "num_warps", "num_stages", "dq_block_m", "dq_block_n", "dq_num_warps",
+                    "dq_num_stages", "dq_layout")
+"""What ``einfuse.compile(..., backward_options={...})`` may set (fields of :class:`BackwardKernel`)."""
+
+
 def build_backward(forward: AttentionKernel, plan: Any, **options: Any) -> BackwardKernel:
     """The backward of a compiled softmax or sigmoid kernel; ``options``: block_m, block_n, num_warps,
     num_stages (the dK/dV kernel, and the dQ kernel's defaults), dq_block_m, dq_block_n, dq_num_warps,
