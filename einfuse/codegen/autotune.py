@@ -106,6 +106,17 @@ def candidates(head_dim: int, dtype: str, boxed: bool = False) -> list[KernelCon
     return out
 
 
+def read_json_object(path: Path) -> dict:
+    """A cache file's JSON object; {} when it is missing, unreadable or not an object (caches are
+    rebuilt, never trusted)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 class TuneCache:
     """Best configurations on disk: ``{key: {"config": {...}, "ms": float}}`` in one JSON file."""
 
@@ -118,12 +129,7 @@ class TuneCache:
         self._mem: dict[str, dict] | None = None
 
     def _read(self) -> dict[str, dict]:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return read_json_object(self.path)
 
     def trials(self, key: str) -> dict:
         """Every configuration timed for ``key``: ms, or the error that ruled it out."""

@@ -16,7 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from einfuse.codegen.autotune import device_key, interpreter_active, shape_class, time_config
+from einfuse.codegen.autotune import (
+    device_key,
+    interpreter_active,
+    read_json_object,
+    shape_class,
+    time_config,
+)
 
 CUTLASS_DTYPES = ("torch.bfloat16", "torch.float16")
 CUTLASS_HEAD_DIMS = (64, 128)
@@ -33,12 +39,7 @@ class ChoiceCache:
         self.path = Path(path)
 
     def read(self) -> dict[str, dict]:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return read_json_object(self.path)
 
     def put(self, key: str, backend: str, times: dict[str, float | str]) -> None:
         from einfuse.codegen.triton.loader import write_atomic

@@ -38,15 +38,19 @@ from einfuse.lowering.tile_order import TileOrder
 LOG2E = math.log2(math.e)
 KERNEL_NAME = "attn_fwd"
 
+TABLE_LOADS = '''n_full = tl.load(FULL_NUM + h * stride_nh + t)
+n_part = tl.load(PART_NUM + h * stride_nh + t)
+row = h * stride_fh + t * stride_fq
+prow = h * stride_ph + t * stride_pq
+j_full = tl.load(FULL_IDX + row)
+j_part = tl.load(PART_IDX + prow)
+'''
+"""Kernel lines (unindented) reading query tile ``t``'s row of the block tables of mask head ``h``:
+FULL and PARTIAL key-tile counts and the first entry of each list."""
+
 TABLE_ROW = '''    if TABLES:
         # block tables (mask heads x query tiles): counts, then padded lists of key tile indices
-        n_full = tl.load(FULL_NUM + h * stride_nh + t)
-        n_part = tl.load(PART_NUM + h * stride_nh + t)
-        row = h * stride_fh + t * stride_fq
-        prow = h * stride_ph + t * stride_pq
-        j_full = tl.load(FULL_IDX + row)
-        j_part = tl.load(PART_IDX + prow)
-    else:
+''' + textwrap.indent(TABLE_LOADS, " " * 8) + '''    else:
         n_full = N_FULL_DENSE
         n_part = N_K_TILES - N_FULL_DENSE
         row = 0

@@ -75,12 +75,10 @@ class LaunchOptions:
         return opts
 
 
-def check_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, int, int, int, int, str]:
-    """Validate q, k, v; returns (B, H, Hkv, N_q, N_kv, D, dtype name). Errors say what to change."""
+def check_device_and_dtype(name: str, q: Any, k: Any, v: Any) -> str:
+    """One device (CUDA, or the CPU under the interpreter) and one supported dtype; its short name."""
     from einfuse.codegen.autotune import interpreter_active
-    from einfuse.codegen.compile import check_tensors
 
-    check_tensors(name, {"q": q, "k": k, "v": v})  # types, ranks, float dtypes, data, no autograd
     if not (q.device == k.device == v.device):
         raise CodegenError(f"{name}: q, k, v are on different devices ({q.device}, {k.device}, {v.device})")
     if q.device.type != "cuda" and not interpreter_active():
@@ -93,19 +91,33 @@ def check_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, int, int,
         raise CodegenError(f"{name}: dtype {q.dtype} is not supported; use bfloat16, float16 or float32")
     if not (q.dtype == k.dtype == v.dtype):
         raise CodegenError(f"{name}: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one")
+    return dt
+
+
+def check_heads(name: str, H: int, Hkv: int, D: int, Dk: int, Dv: int) -> None:
+    """Grouped-query heads and head dims the kernels take (batched and packed inputs alike)."""
+    if Hkv < 1 or H % Hkv:
+        raise CodegenError(f"{name}: K/V heads ({Hkv}) must divide query heads ({H}) for grouped-query attention")
+    if Dk != D:
+        raise CodegenError(f"{name}: q head dim {D} differs from k head dim {Dk}")
+    for dim, what in ((D, "q/k head dim"), (Dv, "v head dim")):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise CodegenError(f"{name}: {what} {dim} is outside 1..{MAX_HEAD_DIM}")
+
+
+def check_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, int, int, int, int, str]:
+    """Validate q, k, v; returns (B, H, Hkv, N_q, N_kv, D, dtype name). Errors say what to change."""
+    from einfuse.codegen.compile import check_tensors
+
+    check_tensors(name, {"q": q, "k": k, "v": v})  # types, ranks, float dtypes, data, no autograd
+    dt = check_device_and_dtype(name, q, k, v)
     B, H, Nq, D = q.shape
     Bk, Hkv, Nkv, Dk = k.shape
     if Bk != B or v.shape[0] != B:
         raise CodegenError(f"{name}: batch sizes differ: q {B}, k {Bk}, v {v.shape[0]}")
     if v.shape[1] != Hkv or v.shape[2] != Nkv:
         raise CodegenError(f"{name}: k {tuple(k.shape)} and v {tuple(v.shape)} must share heads and length")
-    if Hkv < 1 or H % Hkv:
-        raise CodegenError(f"{name}: K/V heads ({Hkv}) must divide query heads ({H}) for grouped-query attention")
-    if Dk != D:
-        raise CodegenError(f"{name}: q head dim {D} differs from k head dim {Dk}")
-    for dim, what in ((D, "q/k head dim"), (v.shape[3], "v head dim")):
-        if not 1 <= dim <= MAX_HEAD_DIM:
-            raise CodegenError(f"{name}: {what} {dim} is outside 1..{MAX_HEAD_DIM}")
+    check_heads(name, H, Hkv, D, Dk, v.shape[3])
     if min(B, H, Nq, Nkv) < 1:
         raise CodegenError(f"{name}: empty input (B={B}, H={H}, N_q={Nq}, N_kv={Nkv})")
     for t, nm in ((q, "q"), (k, "k"), (v, "v")):

@@ -24,15 +24,13 @@ import numpy as np
 from einfuse.codegen import autotune
 from einfuse.codegen.autotune import KernelConfig
 from einfuse.codegen.triton.options import pow2
-from einfuse.codegen.triton.runtime import MAX_HEAD_DIM, AttentionKernel, LaunchOptions
+from einfuse.codegen.triton.runtime import AttentionKernel, LaunchOptions, check_device_and_dtype, check_heads
 from einfuse.codegen.triton.varlen_emit import VARLEN_KERNEL_NAME, emit_varlen_kernel
 from einfuse.errors import CodegenError
 from einfuse.ir.positions import Q_OFFSET
 from einfuse.lowering.varlen_tables import VarlenTables, pack, tile_kinds
 
 _CACHED_BATCHES = 32  # batch layouts whose tables are kept per kernel
-_DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32",
-           "torch.float64": "fp64"}  # fp64: interpreter only
 
 
 class VarlenKernel:
@@ -185,7 +183,6 @@ def check_varlen_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, in
     """Validate packed q, k, v; returns (H, H_kv, D, D_v, dtype name). Errors say what to change."""
     import torch
 
-    from einfuse.codegen.autotune import interpreter_active
 
     for nm, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -200,27 +197,12 @@ def check_varlen_inputs(name: str, q: Any, k: Any, v: Any) -> tuple[int, int, in
         if t.stride(-1) != 1:
             raise CodegenError(f"{name}: {nm} must be contiguous in its last (head) dimension; its strides "
                                f"are {tuple(t.stride())} (call .contiguous())")
-    if not (q.device == k.device == v.device):
-        raise CodegenError(f"{name}: q, k, v are on different devices ({q.device}, {k.device}, {v.device})")
-    if q.device.type != "cuda" and not interpreter_active():
-        raise CodegenError(f"{name}: tensors are on {q.device}; Triton kernels need CUDA tensors "
-                           "(or TRITON_INTERPRET=1 to run them on the CPU for testing)")
-    dt = _DTYPES.get(str(q.dtype))
-    if dt is None or (dt == "fp64" and q.device.type == "cuda"):
-        raise CodegenError(f"{name}: dtype {q.dtype} is not supported; use bfloat16, float16 or float32")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise CodegenError(f"{name}: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one")
+    dt = check_device_and_dtype(name, q, k, v)
     _, H, D = q.shape
     _, Hkv, Dk = k.shape
     if v.shape[0] != k.shape[0] or v.shape[1] != Hkv:
         raise CodegenError(f"{name}: k {tuple(k.shape)} and v {tuple(v.shape)} must share tokens and heads")
-    if Hkv < 1 or H % Hkv:
-        raise CodegenError(f"{name}: K/V heads ({Hkv}) must divide query heads ({H}) for grouped-query attention")
-    if Dk != D:
-        raise CodegenError(f"{name}: q head dim {D} differs from k head dim {Dk}")
-    for dim, what in ((D, "q/k head dim"), (v.shape[2], "v head dim")):
-        if not 1 <= dim <= MAX_HEAD_DIM:
-            raise CodegenError(f"{name}: {what} {dim} is outside 1..{MAX_HEAD_DIM}")
+    check_heads(name, H, Hkv, D, Dk, v.shape[2])
     return H, Hkv, D, v.shape[2], dt
 
 

@@ -11,7 +11,9 @@ and scores see positions counted from the sequence's start.
 
 from __future__ import annotations
 
-from einfuse.codegen.triton.emit import _comment
+import textwrap
+
+from einfuse.codegen.triton.emit import TABLE_LOADS, _comment
 from einfuse.lowering.onepass import OnePassPlan
 
 VARLEN_KERNEL_NAME = "attn_fwd_varlen"
@@ -27,6 +29,7 @@ def emit_varlen_kernel(plan: OnePassPlan) -> str:
                   "    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]\n")
     else:
         finish = "    out = acc\n"
+    table_loads = textwrap.indent(TABLE_LOADS, "    ")
     tile_args = ("N_Q, N_KV, H, Q_OFF, SAME_LEN, {masked}, BLOCK_N, HEAD_D, BLOCK_D, HEAD_DV, BLOCK_DV, 1, 1, "
                  "BLOCK_N, FAST_MATH, DOT_PRECISION, UPCAST, EVEN_KV")
     return f'''
@@ -71,13 +74,7 @@ def {VARLEN_KERNEL_NAME}(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     # this item's row of the tables: FULL and PARTIAL key tiles of its own sequence only
-    n_full = tl.load(FULL_NUM + h * stride_nh + t)
-    n_part = tl.load(PART_NUM + h * stride_nh + t)
-    row = h * stride_fh + t * stride_fq
-    prow = h * stride_ph + t * stride_pq
-    j_full = tl.load(FULL_IDX + row)
-    j_part = tl.load(PART_IDX + prow)
-    # FULL key tiles: every (query, key) pair of the tile is kept; no bounds checks, no mask
+{table_loads}    # FULL key tiles: every (query, key) pair of the tile is kept; no bounds checks, no mask
     for i in range(0, n_full):
         if FULL_CONTIG:
             j = j_full + i
