@@ -106,7 +106,7 @@ def _dscore(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, HEAD_
 def _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr):
     """The forward's mask predicate; evaluated on partial tiles only."""
     return {mask_code}
-''', _BWD_TILE.replace("{weights}", _SOFTMAX_WEIGHTS if softmax else _SIGMOID_WEIGHTS).replace("{dx_line}", dx_line), _KERNELS.replace("{TABLE_ROW}", TABLE_ROW)]
+''', _BWD_TILE.replace("{weights}", _SOFTMAX_WEIGHTS if softmax else _SIGMOID_WEIGHTS).replace("{dx_line}", dx_line), _KERNELS.replace("{TABLE_ROW}", TABLE_ROW).replace("{QUERY_ROW}", QUERY_ROW)]
     # captured tensors the score or mask reads: their pointers, extents and strides follow H
     return capture_args.add_params("\n".join(parts), capture_args.plan_captures(fwd.score, fwd.mask),
                                    capture_args.BACKWARD_SITES)
@@ -117,6 +117,22 @@ def _short(e: Expr) -> str:
     from einfuse.lowering.onepass import DOT
 
     return format_expr(e).replace(f"{DOT}[m,p]", "x").replace('"', "'")
+
+
+QUERY_ROW = '''    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + qpos[:, None] * stride_qn
+                + offs_d[None, :], mask=qvalid[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + qpos[:, None] * stride_don
+                 + offs_dv[None, :], mask=qvalid[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(LSE + bh.to(tl.int64) * N_Q + qpos, mask=qvalid, other=float('inf'))
+    delta = tl.load(DELTA + bh.to(tl.int64) * N_Q + qpos, mask=qvalid, other=0.0)
+    K_head = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    V_head = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+'''
+"""Kernel lines loading one query tile's Q, dO, LSE and D rows and its K/V head pointers: shared by
+the dQ kernel and the captured-tensor gradient kernel (codegen/triton/capture_grad.py)."""
 
 
 _STEP_HELPER = '''
@@ -342,18 +358,7 @@ def attn_bwd_dq(
     offs_dv = tl.arange(0, BLOCK_DV)
     qpos, qvalid = _q_tile(t, offs_m, N_Q, BLOCK_M, BQ0, BQ1, BQ2)
     qi = qpos[:, None]
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + qpos[:, None] * stride_qn
-                + offs_d[None, :], mask=qvalid[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + qpos[:, None] * stride_don
-                 + offs_dv[None, :], mask=qvalid[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    lse = tl.load(LSE + bh.to(tl.int64) * N_Q + qpos, mask=qvalid, other=float('inf'))
-    delta = tl.load(DELTA + bh.to(tl.int64) * N_Q + qpos, mask=qvalid, other=0.0)
-    K_head = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    V_head = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
+{QUERY_ROW}    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
 {TABLE_ROW}    for i in range(0, n_full):
         if TABLES and not FULL_CONTIG:
             j = tl.load(FULL_IDX + row + i)

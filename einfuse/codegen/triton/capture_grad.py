@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from einfuse.codegen import capture_args
+from einfuse.codegen.triton.backward_emit import QUERY_ROW
 from einfuse.codegen.triton.emit import _bind_params, _bind_params_expr, head_dim_names, kernel_names
 from einfuse.codegen.triton.index_printer import HELPERS as INDEX_HELPERS
 from einfuse.codegen.triton.index_printer import IndexPrinter
@@ -92,18 +93,7 @@ def {KERNEL}(Q, K, V, DO, LSE, DELTA, stride_qb, stride_qh, stride_qn, stride_kb
     qi = qpos[:, None]
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + qi * stride_qn + offs_d[None, :],
-                mask=qvalid[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + qi * stride_don
-                 + offs_dv[None, :], mask=qvalid[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    lse = tl.load(LSE + bh.to(tl.int64) * N_Q + qpos, mask=qvalid, other=float('inf'))
-    delta = tl.load(DELTA + bh.to(tl.int64) * N_Q + qpos, mask=qvalid, other=0.0)
-    K_head = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    V_head = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
-    for start in range(0, N_KV, BLOCK_N):
+{QUERY_ROW}    for start in range(0, N_KV, BLOCK_N):
         kpos = start + tl.arange(0, BLOCK_N)
         kvalid = kpos < N_KV
         ki = kpos[None, :]
