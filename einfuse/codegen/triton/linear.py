@@ -130,8 +130,6 @@ class LinearKernel:
 
         from einfuse.codegen.tuned_defaults import find
 
-        if q.device.type != "cuda":
-            return self.options
         dt = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}.get(str(q.dtype))
         e = find(q.device, kernel="linear", variant=self.table_variant(), layout="flat", dtype=dt, head_dim=q.shape[3],
                  value_dim=v.shape[3], group=q.shape[1] // k.shape[1], n_q=q.shape[2], n_kv=k.shape[2]) if dt else None
