@@ -42,6 +42,7 @@ import itertools
 import json
 import math
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -552,16 +553,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device-name", default="NVIDIA H200", help="--dry-run: the device name looked up")
     ap.add_argument("--interpret", action="store_true", help="tiny sizes in the Triton interpreter (CPU check)")
     args = ap.parse_args(argv)
+    if args.dry_run:
+        return dry_run(rows(args.interpret, args.only), _defaults(args))
+    tmp = tempfile.mkdtemp(prefix="einfuse-tuned-defaults-")
+    try:
+        return run(_defaults(args), tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _defaults(args: Any) -> Any:
     if args.max_configs is None:
         args.max_configs = 3 if args.interpret else 36
     if args.table:
         os.environ["EINFUSE_TUNED_DEFAULTS"] = os.path.abspath(args.table)
+    return args
+
+
+def run(args: Any, tmp: str) -> int:
+    """Compile phase, timing phase, reports (and the table) for the selected rows."""
     selected = rows(args.interpret, args.only)
-    if args.dry_run:
-        return dry_run(selected, args)
     t_start = time.time()
     # a fresh machine: no tune cache, no compiled kernels (spawned workers inherit these)
-    tmp = tempfile.mkdtemp(prefix="einfuse-tuned-defaults-")
     os.environ["EINFUSE_CACHE_DIR"] = os.path.join(tmp, "einfuse")
     os.environ["TRITON_CACHE_DIR"] = os.path.join(tmp, "triton")
     interp = bool(os.environ.get("TRITON_INTERPRET"))
