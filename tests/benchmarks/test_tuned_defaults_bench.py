@@ -3,6 +3,7 @@ runtime accepts, and (in the interpreter, at tiny sizes) runs end to end."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -84,3 +85,9 @@ def test_interpreter_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert r["rel_err_default"] < 2e-2 and r["rel_err_tuned"] < 2e-2
         assert r["default_ms"] > 0 and r["tuned_config"] and len(r["trials"]) == 2
     assert (tmp_path / "triton-interpreter.md").read_text().count("\n| ") == 3  # header + two rows
+    # (d) after --write-table: the new default beside the tuned configuration
+    res = rows["na2d"]
+    bench.retime_new_default(bench.rows(True, "na2d")[0], res, argparse.Namespace(rep=10, rounds=1))
+    assert res["new_default_config"] == res["default_config"]  # the interpreter reads no table
+    assert res["new_default_ms"] > 0 and res["new_default_over_tuned"] > 0
+    assert "new default/tuned" in bench.markdown([res], data["info"])
