@@ -73,7 +73,7 @@ class LinearKernel:
     lowering: str = ""
     _calls: CallCache = field(default_factory=CallCache, repr=False, compare=False)
     explicit: frozenset[str] = frozenset()  # options the user gave: the tuned-defaults table keeps off them
-    origin: Cascade | None = field(default=None, repr=False)  # the unlowered cascade (rebuilds at other chunks)
+    origin: Cascade | None = field(default=None, repr=False, compare=False)  # unlowered: rebuilds at other chunks
     _siblings: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
@@ -121,7 +121,6 @@ class LinearKernel:
         return PreparedLinear((B, H, N, DV), q.dtype, (B * H, nt, D, DV), sdt,
                               (B * H, nt, D) if self.plan.normalize else None, q.device, states, output)
 
-
     def tuned_options(self, q: Any, k: Any, v: Any) -> LinearOptions:
         """The kernel's options with the shipped tuned defaults (einfuse.codegen.tuned_defaults) for
         this device and shape in every field the user did not set; chunk sizes change only when the
@@ -136,8 +135,8 @@ class LinearKernel:
         if e is None:
             return self.options
         fixed = set(self.explicit) | (set() if self.origin is not None else {"chunk", "state_chunk"})
-        if "chunk" in self.explicit:  # a state block follows the chunk the user chose
-            fixed.add("state_chunk")
+        if fixed & {"chunk", "state_chunk"}:  # the two go together (state block = a multiple of the chunk)
+            fixed |= {"chunk", "state_chunk"}
         change = {f: val for f, val in e.config.items() if f not in fixed}
         return replace(self.options, **change) if change else self.options
 
