@@ -573,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int,
                     help="compile processes (0: none; default min(16, CPUs), 0 with --interpret)")
     ap.add_argument("--budget-s", type=float, default=240.0, help="cap on the parallel compile phase")
-    ap.add_argument("--search-deadline-s", type=float, default=400.0,
+    ap.add_argument("--search-deadline-s", type=float, default=360.0,
                     help="after this many seconds from the start, rows time only their first candidates")
     ap.add_argument("--dry-run", action="store_true", help="no GPU: list rows, table entries, candidates")
     ap.add_argument("--device-family", default="sm90", help="--dry-run: the device family looked up")
