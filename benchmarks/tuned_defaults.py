@@ -259,6 +259,17 @@ def _warm(job: tuple[str, bool, list[dict[str, Any]]]) -> list[tuple[str, str | 
     return out
 
 
+def _free() -> None:
+    """Drop a finished row's inputs, outputs and tables (kernels hold them in reference cycles)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _sync() -> None:
     import torch
 
@@ -637,6 +648,7 @@ def run(args: Any, tmp: str) -> int:
         except Exception as exc:  # noqa: BLE001 - the row reports it
             traceback.print_exc(file=log)
             results.append({"row": row.name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        _free()
         info["wall_s"] = time.time() - t_start
         write_results(results, info, dirs, stem)
         r = results[-1]
@@ -658,6 +670,7 @@ def run(args: Any, tmp: str) -> int:
                     retime_new_default(row, r, args)
                 except Exception as exc:  # noqa: BLE001
                     r["new_default_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                _free()
     info["wall_s"] = time.time() - t_start
     write_results(results, info, dirs, stem)
     print(markdown(results, info))
