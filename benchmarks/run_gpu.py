@@ -48,8 +48,9 @@ def cutlass_cases(cases: list[Case]) -> list[Case]:
     return [c for c in cases if c.owner in CUTLASS_OWNERS and c.D in (64, 128)]
 
 
-CUTLASS_SYSTEMS = {"einfuse-cutlass": "auto", "einfuse-cutlass-sm80": "sm80"}
-"""einfuse-cutlass: the path einfuse picks (wgmma on Hopper); -sm80: the mma.sync path, for comparison."""
+CUTLASS_SYSTEMS = {"einfuse-cutlass": "auto", "einfuse-cutlass-sm80": "sm80", "einfuse-cutlass-sm90ws": "sm90ws"}
+"""einfuse-cutlass: the path einfuse picks (wgmma on Hopper); -sm80: the mma.sync path, for comparison;
+-sm90ws: the warp-specialised TMA-pipeline kernel (Hopper only), measured before it becomes the default."""
 
 
 def _build_cutlass(spec: str, head_dim: int, path: str) -> str:

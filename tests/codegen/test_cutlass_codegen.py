@@ -97,6 +97,7 @@ needs_nvcc = pytest.mark.skipif(not _have_toolchain(), reason="needs nvcc and pi
 @needs_nvcc
 @pytest.mark.parametrize("spec,config,arch,path", [
     ("causal", ("bf16", 128), "90a", "sm90"),   # the Hopper path: wgmma
+    ("sliding_window:window=100", ("fp16", 64), "90a", "sm90ws"),  # TMA pipeline, warp-specialised
     ("na2d:shape=12x20,kernel=5,dilation=2,causal=true", ("fp16", 64), "80", "sm80"),
 ])
 def test_generated_source_compiles_with_nvcc(spec, config, arch, path):
@@ -117,6 +118,11 @@ def test_the_hopper_path_is_printed_with_wgmma_and_refused_off_hopper():
     assert auto.path_for("90a") == "sm90" and auto.path_for("80") == "sm80"
     with pytest.raises(CodegenError, match="needs a Hopper GPU"):
         CutlassAttention.build(einfuse.plan("causal"), path="sm90").path_for("80")
+    ws = emit_source(einfuse.plan("causal"), configs=(("bf16", 128),), path="sm90ws")
+    assert "launch90ws<Traits90ws<cutlass::bfloat16_t, 128>>" in ws and "SM90_TMA_LOAD" in ws
+    assert "warpgroup_reg_dealloc" in ws and "arrive_and_expect_tx" in ws
+    with pytest.raises(CodegenError, match="needs a Hopper GPU"):
+        CutlassAttention.build(einfuse.plan("causal"), path="sm90ws").path_for("80")
     with pytest.raises(CodegenError, match="path 'sm70' is unknown"):
         CutlassAttention.build(einfuse.plan("causal"), path="sm70")
 
