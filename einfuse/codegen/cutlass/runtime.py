@@ -9,7 +9,8 @@ head dim, arch) on first use, so a call pays nvcc once per configuration and mac
 ``path`` picks the MMA path: ``"auto"`` (default) runs the wgmma kernel (``sm90``) on Hopper and the
 mma.sync kernel (``sm80``) elsewhere; ``"sm80"`` also runs on Hopper (to compare the two);
 ``"sm90ws"`` is the warp-specialised Hopper kernel (TMA loads through a multi-stage pipeline,
-producer and consumer warpgroups), measured against ``sm90`` before it becomes the default.
+producer and consumer warpgroups) and ``"sm90pp"`` the same with FlashAttention-3's intra-warpgroup
+overlap and warpgroup ping-pong; both are measured against ``sm90`` before one becomes the default.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class CutlassAttention:
         check_plan(plan)
         path = options.pop("path", "auto")
         if options:
-            raise CodegenError(f"{plan.name}: the CUTLASS back end takes only path= ('auto', 'sm80', 'sm90', 'sm90ws'; "
+            raise CodegenError(f"{plan.name}: the CUTLASS back end takes only path= ('auto', 'sm80', 'sm90', 'sm90ws', 'sm90pp'; "
                                f"got {', '.join(sorted(options))}); tiles are {BLOCK_M}x{BLOCK_N}")
         if path != "auto":
             check_path(plan.name, path)

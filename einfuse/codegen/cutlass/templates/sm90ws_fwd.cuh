@@ -10,13 +10,18 @@
 // (TileWalk from the block tables), so masks, score mods and FULL/PARTIAL tiles are unchanged.
 // TMA zero-fills rows past the end of the (rows, head dim, heads, batch) tensor, so a ragged last
 // query or key tile reads zeros (never the next head's rows); the mask code still drops keys >= n_kv.
-// Not yet here: intra-warpgroup overlap of the next Q.K^T with the softmax, ping-pong of the two
-// consumer warpgroups, and a TMA store of O. Needs sm_90a.
+// kOverlap (Traits90pp, path sm90pp) adds the rest of FlashAttention-3's consumer schedule:
+// intra-warpgroup overlap (Q.K^T of tile i and P.V of tile i-1 are issued together; the softmax of
+// tile i runs while P.V of tile i-1 is still on the tensor cores, and the output rows are rescaled
+// once it has finished) and ping-pong of the two consumer warpgroups (a pair of named barriers lets
+// them take turns issuing their MMAs, so one warpgroup's softmax hides under the other's MMAs).
+// Not yet here: a TMA store of O. Needs sm_90a.
 
-template <typename Element_, int kHeadDim_, int kStages_ = 2>
+template <typename Element_, int kHeadDim_, int kStages_ = 2, bool kOverlap_ = false>
 struct Traits90ws {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr bool kOverlap = kOverlap_;
   static constexpr int kBlockM = 128;
   static constexpr int kBlockN = 64;
   static constexpr int kStages = kStages_;
@@ -66,6 +71,9 @@ struct Traits90ws {
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
 };
 
+template <typename Element, int kHeadDim>
+using Traits90pp = Traits90ws<Element, kHeadDim, 2, true>;
+
 template <class T>
 struct TmaParams90 {
   typename T::TmaQ q;
@@ -74,6 +82,24 @@ struct TmaParams90 {
 
 // mbarrier helpers (cutlass/arch/barrier.h) on raw shared-memory words
 using Barrier = cutlass::arch::ClusterTransactionBarrier;
+
+// acc (+)= A.B issued as one batch of warpgroup MMAs and committed, not waited for (warpgroup_wait).
+template <class TiledMma, class TA, class TB, class TC>
+__device__ __forceinline__ void wgmma_issue(TiledMma& mma, TA& a, TB const& b, TC& acc) {
+  warpgroup_fence_operand(acc);
+  warpgroup_arrive();
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(a); ++k) cute::gemm(mma, a(_, _, k), b(_, _, k), acc);
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(acc);
+}
+
+// Ping-pong of the two consumer warpgroups (256 threads): warpgroup w waits on named barrier w
+// before issuing its MMAs and then arrives on the other's; warpgroup 1 arrives on barrier 0 at the
+// start so warpgroup 0 goes first, and warpgroup 0 takes that last arrival at the end (every barrier
+// phase completes before the CTA exits).
+__device__ __forceinline__ void turn_wait(int w) { cutlass::arch::NamedBarrier::arrive_and_wait(256, w); }
+__device__ __forceinline__ void turn_pass(int w) { cutlass::arch::NamedBarrier::arrive(256, 1 - w); }
 
 template <class T>
 __global__ void __launch_bounds__(T::kNThreads, 1)
@@ -186,30 +212,98 @@ __global__ void __launch_bounds__(T::kNThreads, 1)
   if (n_tiles > 0) Barrier::wait(&ss.q_full, 0);
   int stage = 0;
   uint32_t phase = 0;
-  for (int i = 0; i < n_tiles; ++i) {
-    const int j = walk.at(p, i);
-    const bool masked = i >= n_full;
+  if constexpr (!T::kOverlap) {
+    for (int i = 0; i < n_tiles; ++i) {
+      const int j = walk.at(p, i);
+      const bool masked = i >= n_full;
+      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      clear(acc_s);
+      // QK[m,p] = Q[p,e] * K[m,e]
+      Barrier::wait(&ss.k_full[stage], phase);
+      Tensor tSrK_s = tSrK(_, _, _, stage);
+      wgmma(mma_qk, tSrQ, tSrK_s, acc_s);
+      if (lane == 0) Barrier::arrive(&ss.k_empty[stage]);  // this warp is done reading K
+      Tensor s = make_tensor(acc_s.data(), rowcol90(acc_s.layout()));
+      score_tile<kBlockM, kBlockN, kD, kRows>(s, o, cS, row_max, row_sum, t, j, masked, h, b, n_q, n_kv, heads,
+                                             batch);
+      // O[p,f] += P[m,p] * V[m,f]
+      Tensor pr = make_tensor<Element>(acc_s.layout());
+      CUTE_UNROLL
+      for (int e = 0; e < size(acc_s); ++e) pr(e) = static_cast<Element>(acc_s(e));
+      Tensor tOrP = make_tensor(pr.data(), acc_as_a90(pr.layout()));
+      warpgroup_fence_operand(tOrP);
+      Barrier::wait(&ss.v_full[stage], phase);
+      Tensor tOrVt_s = tOrVt(_, _, _, stage);
+      wgmma(mma_pv, tOrP, tOrVt_s, acc_o);
+      if (lane == 0) Barrier::arrive(&ss.v_empty[stage]);  // this warp is done reading V
+      if (++stage == kStages) { stage = 0; phase ^= 1; }
+    }
+  } else {
+    const int w = warpgroup - 1;  // consumer warpgroup 0 or 1
+    if (w == 1) cutlass::arch::NamedBarrier::arrive(256, 0);
     Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-    clear(acc_s);
-    // QK[m,p] = Q[p,e] * K[m,e]
-    Barrier::wait(&ss.k_full[stage], phase);
-    Tensor tSrK_s = tSrK(_, _, _, stage);
-    wgmma(mma_qk, tSrQ, tSrK_s, acc_s);
-    if (lane == 0) Barrier::arrive(&ss.k_empty[stage]);  // this warp is done reading K
     Tensor s = make_tensor(acc_s.data(), rowcol90(acc_s.layout()));
-    score_tile<kBlockM, kBlockN, kD, kRows>(s, o, cS, row_max, row_sum, t, j, masked, h, b, n_q, n_kv, heads,
-                                           batch);
-    // O[p,f] += P[m,p] * V[m,f]
-    Tensor pr = make_tensor<Element>(acc_s.layout());
-    CUTE_UNROLL
-    for (int e = 0; e < size(acc_s); ++e) pr(e) = static_cast<Element>(acc_s(e));
+    Tensor pr = make_tensor<Element>(acc_s.layout());  // P of the previous tile, the A operand of P.V
     Tensor tOrP = make_tensor(pr.data(), acc_as_a90(pr.layout()));
-    warpgroup_fence_operand(tOrP);
-    Barrier::wait(&ss.v_full[stage], phase);
-    Tensor tOrVt_s = tOrVt(_, _, _, stage);
-    wgmma(mma_pv, tOrP, tOrVt_s, acc_o);
-    if (lane == 0) Barrier::arrive(&ss.v_empty[stage]);  // this warp is done reading V
-    if (++stage == kStages) { stage = 0; phase ^= 1; }
+    float alpha[kRows];
+    if (n_tiles > 0) {
+      // QK[m,p] = Q[p,e] * K[m,e] of the first tile
+      clear(acc_s);
+      turn_wait(w);
+      Barrier::wait(&ss.k_full[0], 0);
+      Tensor tSrK_s = tSrK(_, _, _, 0);
+      wgmma_issue(mma_qk, tSrQ, tSrK_s, acc_s);
+      turn_pass(w);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_s);
+      if (lane == 0) Barrier::arrive(&ss.k_empty[0]);
+      score_probs<kBlockM, kBlockN, kD, kRows>(s, cS, row_max, row_sum, alpha, t, walk.at(p, 0), n_full == 0, h, b,
+                                               n_q, n_kv, heads, batch);  // o is still zero: no rescale
+      CUTE_UNROLL
+      for (int e = 0; e < size(acc_s); ++e) pr(e) = static_cast<Element>(acc_s(e));
+    }
+    for (int i = 1; i < n_tiles; ++i) {
+      const int j = walk.at(p, i);
+      const bool masked = i >= n_full;
+      const int prev = stage;
+      const uint32_t prev_phase = phase;
+      if (++stage == kStages) { stage = 0; phase ^= 1; }
+      clear(acc_s);
+      turn_wait(w);
+      // QK[m,p] = Q[p,e] * K[m,e] of tile i, then O[p,f] += P[m,p] * V[m,f] of tile i-1
+      Barrier::wait(&ss.k_full[stage], phase);
+      Tensor tSrK_s = tSrK(_, _, _, stage);
+      wgmma_issue(mma_qk, tSrQ, tSrK_s, acc_s);
+      Barrier::wait(&ss.v_full[prev], prev_phase);
+      Tensor tOrVt_s = tOrVt(_, _, _, prev);
+      warpgroup_fence_operand(tOrP);
+      wgmma_issue(mma_pv, tOrP, tOrVt_s, acc_o);
+      warpgroup_fence_operand(tOrP);  // P stays untouched until that P.V has finished
+      turn_pass(w);
+      warpgroup_wait<1>();  // Q.K^T of tile i has finished; P.V of tile i-1 may still run
+      warpgroup_fence_operand(acc_s);
+      if (lane == 0) Barrier::arrive(&ss.k_empty[stage]);
+      score_probs<kBlockM, kBlockN, kD, kRows>(s, cS, row_max, row_sum, alpha, t, j, masked, h, b, n_q, n_kv,
+                                               heads, batch);
+      warpgroup_wait<0>();  // P.V of tile i-1 has finished: its V stage and P registers are free
+      warpgroup_fence_operand(acc_o);
+      warpgroup_fence_operand(tOrP);
+      if (lane == 0) Barrier::arrive(&ss.v_empty[prev]);
+      rescale_rows<kRows>(o, alpha);
+      CUTE_UNROLL
+      for (int e = 0; e < size(acc_s); ++e) pr(e) = static_cast<Element>(acc_s(e));
+    }
+    if (n_tiles > 0) {
+      // O[p,f] += P[m,p] * V[m,f] of the last tile
+      Barrier::wait(&ss.v_full[stage], phase);
+      Tensor tOrVt_s = tOrVt(_, _, _, stage);
+      warpgroup_fence_operand(tOrP);
+      wgmma_issue(mma_pv, tOrP, tOrVt_s, acc_o);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_o);
+      if (lane == 0) Barrier::arrive(&ss.v_empty[stage]);
+    }
+    if (w == 0) turn_wait(0);  // warpgroup 1's last arrival
   }
 
   store_output<Element, kBlockM, kRows>(p, o, cO, row_max, row_sum, t, h, b);
