@@ -19,7 +19,13 @@ from typing import Any
 
 from einfuse.codegen import capture_args
 from einfuse.codegen.triton.backward_emit import QUERY_ROW
-from einfuse.codegen.triton.emit import TABLE_ROW, _bind_params, _bind_params_expr, head_dim_names, kernel_names
+from einfuse.codegen.triton.emit import (
+    TABLE_ROW,
+    _bind_params,
+    _bind_params_expr,
+    head_dim_names,
+    kernel_names,
+)
 from einfuse.codegen.triton.index_printer import HELPERS as INDEX_HELPERS
 from einfuse.codegen.triton.index_printer import IndexPrinter
 from einfuse.codegen.triton.loader import load_module
