@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from _helpers import rel_err
 
@@ -20,9 +19,9 @@ import einfuse as ef
 D = 16
 
 
-def _qkv(B, H, Hkv, N, M, seed, dtype=torch.float64):
+def _qkv(B, H, Hkv, N, M, seed, dtype=torch.float64, d=D):
     g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(B, h, n, D, generator=g, dtype=dtype).requires_grad_()
+    return tuple(torch.randn(B, h, n, d, generator=g, dtype=dtype).requires_grad_()
                  for h, n in ((H, N), (Hkv, M), (Hkv, M)))
 
 
@@ -34,7 +33,7 @@ def _attend(q, k, v, score_fn, keep, q_shift=0):
     P, M = q.shape[2], k.shape[2]
     qi, ki = torch.arange(P).view(1, 1, P, 1) + q_shift, torch.arange(M).view(1, 1, 1, M)
     hh = torch.arange(H).view(1, H, 1, 1)
-    s = score_fn(q @ k.transpose(-1, -2) / math.sqrt(D), qi, ki, hh)
+    s = score_fn(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), qi, ki, hh)
     s = s.masked_fill(~keep(qi, ki, hh), -math.inf)
     top = s.amax(-1, keepdim=True)
     w = torch.exp(s - torch.where(torch.isfinite(top), top, 0.0))
@@ -145,16 +144,15 @@ def _opts(f):
     return LaunchOptions.from_kwargs(_non_default(f.kernel.defaults))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32])
-def test_unmasked_table_gradient_in_float32(dtype):
-    """No mask (dense tables: every tile FULL but the ragged last), fp32 inputs, ragged N = 37."""
-    N = 37
+def test_unmasked_table_gradient_in_float32_with_an_odd_head_dim():
+    """No mask (dense tables: every tile FULL but the ragged last), fp32 inputs, ragged N = 37,
+    head dim 20 (padded to 32 in the kernel), the default scale 1/sqrt(20)."""
+    N, d, dtype = 37, 20, torch.float32
     g = torch.Generator().manual_seed(21)
     rel = torch.nn.Parameter(torch.randn(2 * N - 1, generator=g, dtype=dtype))
-    f = ef.compile(ef.attention("rel", score_mod=lambda s, b, h, q, kv: s + rel[q - kv + N - 1], head_dim=D),
-                   torch_op=False)
-    q, k, v = _qkv(2, 2, 2, N, N, seed=22, dtype=dtype)
-    dout = torch.randn(2, 2, N, D, generator=g, dtype=dtype)
+    f = ef.compile(ef.attention("rel", score_mod=lambda s, b, h, q, kv: s + rel[q - kv + N - 1]), torch_op=False)
+    q, k, v = _qkv(2, 2, 2, N, N, seed=22, dtype=dtype, d=d)
+    dout = torch.randn(2, 2, N, d, generator=g, dtype=dtype)
     got = _grads(f, q, k, v, rel, dout)
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     r64 = rel.detach().double().requires_grad_()
