@@ -160,3 +160,24 @@ def test_unmasked_table_gradient_in_float32_with_an_odd_head_dim():
                   lambda qi, ki, hh: torch.ones_like(qi - ki, dtype=torch.bool))
     _check(got, torch.autograd.grad(ref, (q64, k64, v64, r64), dout.double()), tol=1e-4)
     assert f._backward_kernel.last_capture_tables.dense
+
+
+def test_batch_dependent_document_mask_walks_every_tile_masked_and_stays_right():
+    """``doc_ids[b, q]``: the tables cannot skip (one per batch is not built), so every tile is
+    PARTIAL and the mask is evaluated everywhere; gradients still match."""
+    N, B = 70, 2
+    g = torch.Generator().manual_seed(31)
+    rel = torch.nn.Parameter(torch.randn(2 * N - 1, generator=g, dtype=torch.float64))
+    docs = torch.stack([_docs([30, 40]), _docs([5, 50, 15])])
+    c = ef.attention("bdocs", score_mod=lambda s, b, h, q, kv: s + rel[q - kv + N - 1],
+                     mask_mod=lambda b, h, q, kv: docs[b, q] == docs[b, kv], head_dim=D)
+    f = ef.compile(c, torch_op=False)
+    q, k, v = _qkv(B, 2, 1, N, N, seed=32)
+    dout = torch.randn(B, 2, N, D, generator=g, dtype=torch.float64)
+    got = _grads(f, q, k, v, rel, dout)
+    bb = torch.arange(B).view(B, 1, 1, 1)
+    ref = _attend(q, k, v, lambda s, qi, ki, hh: s + rel[qi - ki + N - 1],
+                  lambda qi, ki, hh: docs[bb, qi] == docs[bb, ki])
+    _check(got, torch.autograd.grad(ref, (q, k, v, rel), dout))
+    t = f._backward_kernel.last_capture_tables
+    assert t.dense and t.n_full == 0  # all partial: nothing skipped, nothing unmasked
