@@ -255,14 +255,15 @@ def skipped(case: Case, system: str, dry: bool, why: str) -> dict[str, Any]:
 
 
 def compare(rows: list[dict[str, Any]]) -> None:
-    """Speed-ups of each einfuse row over the Flex row of its case (Flex ms / einfuse ms)."""
+    """Speed-ups of each einfuse row over the Flex row of its case (Flex ms / einfuse ms), per
+    measurement whose checks both systems passed (a Flex backward that fails keeps its forward)."""
     flex = {r["case"]: r for r in rows if r["system"] == "flex"}
     for r in rows:
         f = flex.get(r["case"])
         if r["system"] != "einfuse" or f is None:
             continue
-        for key, out in (("fwd_ms", "vs_flex"), ("fwdbwd_ms", "vs_flex_fwdbwd")):
-            if r.get(key) and f.get(key) and f.get("status") == "ok":
+        for key, check, out in (("fwd_ms", "ok", "vs_flex"), ("fwdbwd_ms", "grad_ok", "vs_flex_fwdbwd")):
+            if r.get(key) and f.get(key) and r.get(check) and f.get(check):
                 r[out] = round(f[key] / r[key], 3)
         sp = [r[k] for k in ("vs_flex", "vs_flex_fwdbwd") if k in r]
         if sp:

@@ -60,10 +60,16 @@ def test_unknown_case_names_are_refused():
 
 
 def test_speed_ups_compare_each_einfuse_row_with_its_cases_flex_row():
-    rows = [{"case": "a", "system": "einfuse", "status": "ok", "fwd_ms": 1.0, "fwdbwd_ms": 4.0},
-            {"case": "a", "system": "flex", "status": "ok", "fwd_ms": 1.5, "fwdbwd_ms": 3.0},
-            {"case": "b", "system": "einfuse", "status": "ok", "fwd_ms": 1.0},
-            {"case": "b", "system": "flex", "status": "timeout"}]
+    rows = [{"case": "a", "system": "einfuse", "status": "ok", "ok": True, "grad_ok": True, "fwd_ms": 1.0,
+             "fwdbwd_ms": 4.0},
+            {"case": "a", "system": "flex", "status": "ok", "ok": True, "grad_ok": True, "fwd_ms": 1.5,
+             "fwdbwd_ms": 3.0},
+            {"case": "b", "system": "einfuse", "status": "ok", "ok": True, "fwd_ms": 1.0},
+            {"case": "b", "system": "flex", "status": "timeout"},
+            {"case": "c", "system": "einfuse", "status": "ok", "ok": True, "grad_ok": True, "fwd_ms": 1.0,
+             "fwdbwd_ms": 2.0},
+            {"case": "c", "system": "flex", "status": "error", "ok": True, "fwd_ms": 2.0}]  # Flex backward failed
     captured.compare(rows)
     assert rows[0]["vs_flex"] == 1.5 and rows[0]["vs_flex_fwdbwd"] == 0.75 and rows[0]["meets_target"] is False
     assert "vs_flex" not in rows[2] and "meets_target" not in rows[2]  # no Flex time: no claim
+    assert rows[4]["vs_flex"] == 2.0 and "vs_flex_fwdbwd" not in rows[4] and rows[4]["meets_target"] is True
