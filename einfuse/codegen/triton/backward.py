@@ -41,6 +41,8 @@ class BackwardKernel:
     _tables: dict = field(default_factory=dict)
     last_config: KernelConfig | None = None
     last_dq_config: KernelConfig | None = None
+    last_capture_tables: Any = None
+    """The block tables the captured-tensor gradient kernel last walked (the dQ kernel's)."""
 
     def __post_init__(self) -> None:
         if self.dq_layout not in ("separate", "atomic"):
