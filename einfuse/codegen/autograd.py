@@ -95,3 +95,10 @@ def attention_with_grad(compiled: CompiledAttention, q: Any, k: Any, v: Any, **r
                            f"for the softmax backward only; this variant is {compiled.family} (its q/k/v "
                            "gradients work: detach the captured tensors or use softmax normalisation)")
     return AttentionFunction.apply(q, k, v, compiled, runtime, names, *caps)
+
+
+@torch.compiler.disable(recursive=True)
+def attention_with_grad_outside_graphs(compiled: CompiledAttention, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
+    """:func:`attention_with_grad` as a graph break under ``torch.compile``: the custom ops carry q, k
+    and v only, so a call whose captured tensors require grad runs eagerly between two graphs."""
+    return attention_with_grad(compiled, q, k, v, **runtime)

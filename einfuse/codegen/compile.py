@@ -94,12 +94,17 @@ class CompiledAttention:
         k, v = broadcast_kv(self.name, q, k, v)  # K/V of batch 1 serve every batch (FlexAttention)
         from einfuse.codegen.capture_args import grad_captures
 
-        grad = autograd.needs_grad(q, k, v, *grad_captures(self, runtime)[1])
+        grad_names, grad_caps = grad_captures(self, runtime)
+        grad = autograd.needs_grad(q, k, v, *grad_caps)
         if grad and runtime.get("return_lse"):
             raise CodegenError(f"{self.name}: return_lse=True is forward only; call it under torch.no_grad()")
         check_tensors(self.name, {"q": q, "k": k, "v": v}, grad_ok=grad and self.has_backward,
                       family=self.family)
         traced = self.use_torch_op and _traced(q)
+        if grad and traced and grad_names:
+            # the custom ops carry q, k, v only: a learned table's gradient would be lost in the graph,
+            # so this call runs eagerly (Dynamo breaks the graph here; fullgraph=True reports it)
+            return _eager_training_call(self, q, k, v, runtime)
         if grad and not traced:
             return autograd.attention_with_grad(self, q, k, v, **runtime)  # forward + saved LSE, backward
         if not traced:
@@ -273,6 +278,19 @@ def check_tensors(name: str, tensors: Mapping[str, Any], grad_ok: bool = False, 
             raise CodegenError(f"{name}: {nm} requires grad, but there is no backward for {what} yet (one-pass softmax "
                                "and sigmoid plans on the Triton target do); call under torch.no_grad() or pass detached "
                                "tensors (x.detach())")
+
+
+def _eager_training_call(compiled: Any, q: Any, k: Any, v: Any, runtime: dict[str, Any]) -> Any:
+    """The eager autograd path, kept out of traced graphs (captured tensors that require grad)."""
+    import torch
+
+    from einfuse.codegen import autograd
+
+    if type(q) is not torch.Tensor and not torch.compiler.is_compiling():  # export / make_fx: no way out
+        raise CodegenError(f"{compiled.name}: captured tensors that require grad cannot be traced into a graph "
+                           "(export, make_fx); train eagerly or under torch.compile, where this call runs "
+                           "outside the graph")
+    return autograd.attention_with_grad_outside_graphs(compiled, q, k, v, **runtime)
 
 
 def _compiling() -> bool:

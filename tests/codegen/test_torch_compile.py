@@ -143,3 +143,27 @@ def test_variant_without_backward_under_compile_says_so():
     f = torch.compile(lambda q: attn(q, q, q), backend="eager", fullgraph=True)
     with pytest.raises(Exception, match="no backward for linear"):
         f(q)
+
+
+def test_learned_captured_table_keeps_its_gradient_under_torch_compile():
+    """The custom ops carry q, k, v only: a captured table that requires grad must not silently lose
+    its gradient in a graph. The call runs eagerly (a graph break) and matches eager autograd;
+    fullgraph=True reports the break instead."""
+    heads = 2
+    table = torch.nn.Parameter(torch.randn(heads, 15 * 15, generator=torch.Generator().manual_seed(3)))
+
+    def offset(q, kv):
+        return (q // 8 - kv // 8 + 7) * 15 + (q % 8 - kv % 8 + 7)
+
+    swin = einfuse.compile(einfuse.attention("swin_cap", score_mod=lambda s, b, h, q, kv: s + table[h, offset(q, kv)]))
+    x = rand(1, heads, 64, 16, seed=5)
+    swin(x, x, x).pow(2).mean().backward()
+    want_table, want_x = table.grad.clone(), x.grad.clone()
+    table.grad = x.grad = None
+    torch._dynamo.reset()
+    torch.compile(lambda x: swin(x, x, x).pow(2).mean(), backend="aot_eager")(x).backward()
+    assert table.grad is not None and rel_err(table.grad, want_table) < 1e-6
+    assert rel_err(x.grad, want_x) < 1e-6
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="disable"):
+        torch.compile(lambda x: swin(x, x, x).sum(), backend="aot_eager", fullgraph=True)(x)
