@@ -91,10 +91,13 @@ def sigmoid_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: f
     return torch.where(keep, w, 0.0) @ vv
 
 
-def linear_plan_attention(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def linear_plan_attention(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          heads: list[int] | None = None, n_heads: int | None = None) -> torch.Tensor:
     """Linear attention of a linear plan (``plan.detail.plan``) written out quadratically:
     ``A[p,m] = phi_q(q).phi_k(k) * scale * g(p - m)`` where the mask keeps (p, m), ``A V``, divided
-    by ``sum_m A`` when the plan normalises (rows with no kept key 0); K/V heads repeated over GQA groups."""
+    by ``sum_m A`` when the plan normalises (rows with no kept key 0); K/V heads repeated over GQA groups.
+    ``heads``/``n_heads``: q holds only these query heads of ``n_heads`` (the decay depends on h and H),
+    so the GPU tests check a few heads of a large problem."""
     from einfuse.ir.ranks import HEAD_EXTENT
     from einfuse.lowering.linear import DIST
 
@@ -107,8 +110,9 @@ def linear_plan_attention(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     pos = torch.arange(N, dtype=torch.float64, device=q.device)
     p, m = pos[:, None], pos[None, :]
     if lin.decay is not None:
-        hs = torch.arange(H, dtype=torch.float64, device=q.device)[:, None, None]
-        g = torch_eval.evaluate(lin.decay, {DIST: torch.clamp(p - m, min=0.0), HEAD_INDEX: hs, HEAD_EXTENT: H})
+        hs = torch.tensor(heads if heads is not None else range(H), dtype=torch.float64, device=q.device)
+        g = torch_eval.evaluate(lin.decay, {DIST: torch.clamp(p - m, min=0.0), HEAD_INDEX: hs[:, None, None],
+                                            HEAD_EXTENT: n_heads or H})
         a = a * torch.as_tensor(g, dtype=torch.float64, device=q.device)
     keep = torch.ones(N, N, dtype=torch.bool, device=q.device) if lin.mask is None else \
         torch.broadcast_to(torch.as_tensor(torch_eval.evaluate(lin.mask, {QUERY_INDEX: p, KEY_INDEX: m}),

@@ -29,8 +29,8 @@ the reverse state uses the query factor where the forward state uses the key fac
 the chain rule over the feature map's expression (:func:`einfuse.lowering.backward.score_derivative`).
 Without a mask there is one state for the whole sequence and no decay. A normalised plan is the
 unnormalised one with ``V`` widened by a column of ones (which yields ``SD``) and
-``dO`` by ``-D[p] = -sum_f dO[p,f] O[p,f]`` after dividing both by ``SD[p]``; ``SD`` is saved by the
-forward of a training call. With GQA the K/V gradients sum over the query heads of the group.
+``dO`` by ``-D[p] = -sum_f dO[p,f] O[p,f]`` after dividing both by ``SD[p]``; ``O`` and ``SD`` are
+recomputed in float32 by the unnormalised forward kernels (``dO.V - D`` cancels). With GQA the K/V gradients sum over the query heads of the group.
 """
 
 from __future__ import annotations
@@ -117,9 +117,9 @@ def linear_backward_plan(plan: KernelPlan, chunk: int = DEFAULT_CHUNK) -> Linear
             ("dkdv", "dV = fk dS, dK = (V dS^T) * phi_k'(K), summed over the query heads of the group"),
         ]
     if lin.normalize:
-        steps.insert(0, ("forward", "the unnormalised kernels on [V, 1]: NV and SD[p] (saved), O = NV / SD"))
-        steps.insert(1, ("preprocess", "dO' = [dO / SD, -sum_f dO O / SD] (0 on rows with no visible key), "
-                                       "V' = [V, 1]; dV = dV'[:, :F]"))
+        steps.insert(0, ("preprocess", "the unnormalised kernels on V' = [V, 1] in float32 recompute NV and "
+                                       "SD[p], O = NV / SD; dO' = [dO / SD, -sum_f dO O / SD] (0 on rows with "
+                                       "no visible key); the steps below run on V', dO' and dV = dV'[:, :F]"))
     if lin.decay is None:  # no decay: the factors are 1, leave them out of the text
         for f in ("state(P0) ", "key(m0) ", "query(p0) ", " * intra(p0, m0)", " * intra"):
             steps = [(k, w.replace(f, "")) for k, w in steps]

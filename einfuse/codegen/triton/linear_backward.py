@@ -4,9 +4,9 @@
 it differentiates and serves the same autograd route as the softmax backward
 (:mod:`einfuse.codegen.autograd`): ``forward(q, k, v) -> (out, saved)`` for a training call and
 ``kernel(q, k, v, out, saved, dout) -> (dq, dk, dv)``. ``saved`` takes the place of the softmax
-log-sum-exp, ``(B, H, N)``: zeros for unnormalised plans (nothing is needed beyond q, k, v), the
-normaliser ``SD[p]`` for normalised ones, whose forward then runs the unnormalised kernels on
-``[V, 1]`` (one call yields the numerator and ``SD``).
+log-sum-exp, ``(B, H, N)``: zeros (nothing is needed beyond q, k, v). A normalised plan's backward
+runs the unnormalised kernels on ``[V, 1]`` in float32 first (one call recomputes the numerator and
+the normaliser ``SD``), then the unnormalised backward on ``[V, 1]`` and ``[dO, -dO.O] / SD``.
 """
 
 from __future__ import annotations
@@ -33,13 +33,17 @@ INTERPRETER_CHUNK = 16
 class LinearBackwardOptions:
     """Tuning knobs of the backward kernels. ``chunk``: positions per chunk of every kernel (states
     are stored per chunk; 0 = 64, 16 in the CPU interpreter); ``block_k``/``block_v``: key/value
-    feature blocks of the two state kernels; ``num_warps``/``num_stages``: of the dQ and dK/dV kernels."""
+    feature blocks of the two state kernels; ``num_warps``/``num_stages``: of the dQ and dK/dV kernels
+    (num_warps 0 = 4 up to head dim 64, else 8: their accumulators are CHUNK x D); ``state_dtype``:
+    ``"input"`` stores the recomputed and reverse states in the inputs' 16-bit dtype (as the forward
+    and fla do: half the state traffic), ``"fp32"`` keeps them in float32 (float inputs always do)."""
 
     chunk: int = 0
     block_k: int = 64
     block_v: int = 64
-    num_warps: int = 4
+    num_warps: int = 0
     num_stages: int = 2
+    state_dtype: str = "input"
     num_warps_states: int = 4
     num_stages_states: int = 2
 
@@ -104,18 +108,12 @@ class LinearBackwardKernel:
         return self._numerator
 
     def forward(self, q: Any, k: Any, v: Any, **runtime: Any) -> tuple[Any, Any]:
-        """``(out, saved)`` of a training call (see the module docstring)."""
+        """``(out, saved)`` of a training call: the forward kernel's output and zeros (the backward
+        needs nothing beyond q, k, v; a normalised plan recomputes its normaliser there)."""
         import torch
 
         sdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-        if not self.plan.forward.normalize:
-            return self.forward_kernel(q, k, v, **runtime), torch.zeros(q.shape[:3], dtype=sdt, device=q.device)
-        ones = torch.ones((*v.shape[:3], 1), dtype=v.dtype, device=v.device)
-        both = self.numerator_kernel()(q, k, torch.cat([v, ones], -1), **runtime)
-        num, den = both[..., :-1].to(sdt), both[..., -1].to(sdt)
-        keys = self._has_keys(q.shape[2], q.device)
-        out = torch.where(keys[:, None], num / torch.where(keys, den, 1.0)[..., None], 0.0)
-        return out.to(q.dtype), den
+        return self.forward_kernel(q, k, v, **runtime), torch.zeros(q.shape[:3], dtype=sdt, device=q.device)
 
     def __call__(self, q: Any, k: Any, v: Any, out: Any, saved: Any, dout: Any,
                  **runtime: Any) -> tuple[Any, Any, Any]:
@@ -126,14 +124,20 @@ class LinearBackwardKernel:
             raise CodegenError(f"{self.plan.name}: unexpected runtime argument(s) {', '.join(runtime)}")
         if not self.plan.forward.normalize:
             return self.launch(q, k, v, dout)
-        # O = NV / SD: the unnormalised backward with V' = [V, 1], dO' = [dO / SD, -sum_f dO O / SD]
-        keys = self._has_keys(q.shape[2], q.device)
-        den = torch.where(keys, saved, 1.0)[..., None]
-        d = (dout.to(saved.dtype) * out.to(saved.dtype)).sum(-1, keepdim=True)
-        dout2 = torch.where(keys[:, None], torch.cat([dout.to(saved.dtype), -d], -1) / den, 0.0).to(q.dtype)
-        ones = torch.ones((*v.shape[:3], 1), dtype=v.dtype, device=v.device)
-        dq, dk, dv = self.launch(q, k, torch.cat([v, ones], -1), dout2)
-        return dq, dk, dv[..., :-1].contiguous()
+        # O = NV / SD: the unnormalised backward with V' = [V, 1], dO' = [dO / SD, -D / SD], D = dO.O.
+        # dO.V[m] - D cancels when the weights are near uniform, so D must come from an exact O: the
+        # numerator kernels recompute NV and SD in float32 (the saved 16-bit output would cost ~1e-2)
+        wide = saved.dtype
+        qw, kw = q.to(wide), k.to(wide)
+        vw = torch.cat([v.to(wide), torch.ones((*v.shape[:3], 1), dtype=wide, device=v.device)], -1)
+        both = self.numerator_kernel()(qw, kw, vw)
+        keys = self._has_keys(q.shape[2], q.device)[:, None]
+        den = torch.where(keys, both[..., -1:], 1.0)
+        o = torch.where(keys, both[..., :-1] / den, 0.0)
+        d = (dout.to(wide) * o).sum(-1, keepdim=True)
+        dout2 = torch.where(keys, torch.cat([dout.to(wide), -d], -1) / den, 0.0)
+        dq, dk, dv = self.launch(qw, kw, vw, dout2)
+        return dq.to(q.dtype), dk.to(k.dtype), dv[..., :-1].to(v.dtype).contiguous()
 
     def launch(self, q: Any, k: Any, v: Any, dout: Any) -> tuple[Any, Any, Any]:
         """The four kernels on unnormalised attention."""
@@ -152,7 +156,8 @@ class LinearBackwardKernel:
         nt = cdiv(N, chunk) if causal else 1
         ft = float_type(q.dtype)
         upcast = interp and q.dtype == torch.bfloat16
-        sdt = torch.float64 if q.dtype == torch.float64 else torch.float32  # states in float32: exact sums
+        sdt = q.dtype if opt.state_dtype == "input" and q.dtype in (torch.bfloat16, torch.float16) else \
+            torch.float64 if q.dtype == torch.float64 else torch.float32
         bk, bv = min(opt.block_k, pow2(D)), min(opt.block_v, pow2(DV))
         scale = float(bp.forward.scale)
         states = torch.empty((B * H, nt, D, DV), dtype=sdt, device=q.device)
@@ -165,7 +170,8 @@ class LinearBackwardKernel:
                                    CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft, **sw)
         strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
         shapes = (H, Hkv, N, nt, D, DV, scale)
-        meta = dict(CHUNK=chunk, BD=pow2(D), BV=pow2(DV), UPCAST=upcast, FT=ft, num_warps=opt.num_warps,
+        warps = opt.num_warps or (4 if max(D, DV) <= 64 else 8)
+        meta = dict(CHUNK=chunk, BD=pow2(D), BV=pow2(DV), UPCAST=upcast, FT=ft, num_warps=warps,
                     num_stages=opt.num_stages)
         dq = torch.empty_like(q)
         mod.linear_dq[(cdiv(N, chunk), B * H)](q, k, v, dout, states, dq, *strides, *shapes, **meta)
@@ -179,6 +185,8 @@ def build_linear_backward(forward: LinearKernel, plan: KernelPlan, **options: An
     :class:`~einfuse.lowering.plan.KernelPlan`; options: :class:`LinearBackwardOptions`. The module of
     the default chunk is generated now, so errors surface when gradients are first asked for."""
     opts = parse_options(LinearBackwardOptions, dict(options), "linear backward", ("block_k", "block_v"))
+    if opts.state_dtype not in ("input", "fp32"):
+        raise CodegenError(f"{plan.name}: backward option state_dtype={opts.state_dtype!r} must be 'input' or 'fp32'")
     if opts.chunk and (opts.chunk < 16 or opts.chunk & (opts.chunk - 1)):
         raise CodegenError(f"{plan.name}: backward option chunk={opts.chunk} must be a power of two >= 16")
     kern = LinearBackwardKernel(forward, plan, opts)
