@@ -41,9 +41,8 @@ def _no_step(e: Expr) -> Expr:
     return e
 
 
-def _derivative_fn(name: str, d: Expr | None, what: str) -> str:
-    body = "return x * 0.0 + 1.0" if d is None else \
-        f"return {emit_value(_no_step(d), lambda a: 'x', IndexPrinter({}, context=f'derivative of the {what} map'))}"
+def _derivative_fn(name: str, d: Expr, what: str) -> str:
+    body = f"return {emit_value(_no_step(d), lambda a: 'x', IndexPrinter({}, context=f'derivative of the {what} map'))}"
     return f'''
 @triton.jit
 def {name}(x):
@@ -157,14 +156,14 @@ def _dq_kernel(bp: LinearBackwardPlan) -> str:
             "m_ok = p_ok",
             *_load("k", "K", "hkv", "m", "offs_e", "m_ok", "D"),
             *_load("v", "V", "hkv", "m", "offs_f", "m_ok", "DV"),
-            "fk = tl.where(m_ok[:, None] & e_ok[None, :], phi_k(k.to(FT)), 0.0)",
+            "fk = tl.where(m_ok[:, None] & e_ok[None, :], phi_k(k.to(FT)), 0.0).to(dt)",
             "da = tl.dot(do, tl.trans(v)).to(FT)",
         ]
         if dec:
             body.append("da = da * intra_decay(offs_c[:, None], tl.minimum(offs_c[None, :], offs_c[:, None]), h, H, CHUNK)")
         body += [
             "da = tl.where(visible(p[:, None], m[None, :]) & m_ok[None, :], da, 0.0)",
-            "dfq = tl.dot(da.to(dt), fk.to(dt)).to(FT)",
+            "dfq = tl.dot(da.to(dt), fk).to(FT)",
             "# inter part: the forward's state S[c] of the keys before this chunk",
             "s_base = S + (bh.to(tl.int64) * NT + c) * D * DV",
         ]
@@ -180,7 +179,7 @@ def _dq_kernel(bp: LinearBackwardPlan) -> str:
         body.append("inter = inter * query_decay(offs_c, h, H, CHUNK)[:, None]")
     body += [
         "dfq += inter",
-        "dq = dfq * scale * dphi_q(q.to(FT))",
+        "dq = dfq * scale" if bp.dq_map is None else "dq = dfq * scale * dphi_q(q.to(FT))",
         "tl.store(DQ + bh.to(tl.int64) * N * D + p[:, None] * D + offs_e[None, :], dq.to(DQ.dtype.element_ty),",
         "         mask=p_ok[:, None] & e_ok[None, :])",
     ]
@@ -212,7 +211,7 @@ def _dkdv_kernel(bp: LinearBackwardPlan) -> str:
     ]
     body = [*_load("k", "K", "hkv", "m", "offs_e", "m_ok", "D"), *_load("v", "V", "hkv", "m", "offs_f", "m_ok", "DV"),
             "dt = k.dtype",
-            "fk = tl.where(m_ok[:, None] & e_ok[None, :], phi_k(k.to(FT)), 0.0)",
+            "fk = tl.where(m_ok[:, None] & e_ok[None, :], phi_k(k.to(FT)), 0.0).to(dt)",
             "dfk = tl.zeros([CHUNK, BD], dtype=FT)",
             "dv = tl.zeros([CHUNK, BV], dtype=FT)",
             "for g in range(0, G):"]
@@ -224,8 +223,8 @@ def _dkdv_kernel(bp: LinearBackwardPlan) -> str:
             "p_ok = m_ok",
             *_load("q", "Q", "h", "p", "offs_e", "p_ok", "D"),
             *_load("do", "DO", "h", "p", "offs_f", "p_ok", "DV"),
-            "fq = tl.where(p_ok[:, None] & e_ok[None, :], phi_q(q.to(FT)), 0.0) * scale",
-            "at = tl.dot(fk.to(dt), tl.trans(fq.to(dt))).to(FT)",
+            "fq = (tl.where(p_ok[:, None] & e_ok[None, :], phi_q(q.to(FT)), 0.0) * scale).to(dt)",
+            "at = tl.dot(fk, tl.trans(fq)).to(FT)",
             "dat = tl.dot(v, tl.trans(do)).to(FT)",
         ]
         if dec:
@@ -236,7 +235,7 @@ def _dkdv_kernel(bp: LinearBackwardPlan) -> str:
             "at = tl.where(keep, at, 0.0)",
             "dat = tl.where(keep, dat, 0.0)",
             "dv += tl.dot(at.to(dt), do).to(FT)",
-            "dfk += tl.dot(dat.to(dt), fq.to(dt)).to(FT)",
+            "dfk += tl.dot(dat.to(dt), fq).to(FT)",
             "# inter part: dS[c] of the queries after this chunk",
             "ds_base = DS + (bh.to(tl.int64) * NT + c) * D * DV",
         ]
@@ -245,7 +244,7 @@ def _dkdv_kernel(bp: LinearBackwardPlan) -> str:
     loop += [
         "ds = tl.load(ds_base + offs_e[:, None] * DV + offs_f[None, :], mask=e_ok[:, None] & f_ok[None, :],",
         "             other=0.0).to(dt)",
-        "dv_in = tl.dot(fk.to(dt), ds).to(FT)",
+        "dv_in = tl.dot(fk, ds).to(FT)",
         "dk_in = tl.dot(v, tl.trans(ds)).to(FT)",
     ]
     if dec:
@@ -253,7 +252,7 @@ def _dkdv_kernel(bp: LinearBackwardPlan) -> str:
     loop += ["dv += dv_in", "dfk += dk_in"]
     body += [indent("\n".join(loop), 4)]
     body += [
-        "dk = dfk * dphi_k(k.to(FT))",
+        "dk = dfk" if bp.dk_map is None else "dk = dfk * dphi_k(k.to(FT))",
         "tl.store(DK + bkv.to(tl.int64) * N * D + m[:, None] * D + offs_e[None, :], dk.to(DK.dtype.element_ty),",
         "         mask=m_ok[:, None] & e_ok[None, :])",
         "tl.store(DVAL + bkv.to(tl.int64) * N * DV + m[:, None] * DV + offs_f[None, :], dv.to(DVAL.dtype.element_ty),",
@@ -273,7 +272,8 @@ def linear_backward_source(bp: LinearBackwardPlan) -> str:
     header += ['"""', "", "import triton", "import triton.language as tl", ""]
     parts = ["\n".join(header), HELPERS,
              _feature_fn("phi_q", plan.q_map, "queries"), _feature_fn("phi_k", plan.k_map, "keys"),
-             _derivative_fn("dphi_q", bp.dq_map, "queries"), _derivative_fn("dphi_k", bp.dk_map, "keys"),
+             _derivative_fn("dphi_q", bp.dq_map, "queries") if bp.dq_map is not None else "",
+             _derivative_fn("dphi_k", bp.dk_map, "keys") if bp.dk_map is not None else "",
              _decay_fns(plan, bp.parts), _mask_fn(plan), "", _states_kernel(plan), "", _dstates_kernel(bp), "",
              _dq_kernel(bp), "", _dkdv_kernel(bp)]
     return "\n".join(p for p in parts if p)
