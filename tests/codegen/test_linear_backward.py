@@ -151,3 +151,13 @@ def test_cli_prints_the_backward_plan():
     assert "query(p0) = exp(" in res.output
     res = CliRunner().invoke(cli, ["passes", "linear", "--backward"])
     assert "phi_q'(x) = elu1(x) - relu(x)" in res.output
+
+
+def test_opcheck_of_the_training_op_and_gradcheck_through_it():
+    f = einfuse.compile("linear:normalize=true", chunk=16, block_k=16, block_v=16)
+    q, k, v = (rand(1, h, 19, 8, seed=s, scale=0.5, dtype=torch.float64) for s, h in ((8, 2), (9, 1), (10, 1)))
+    torch.library.opcheck(torch.ops.einfuse.attention_train.default, (f.key, q, k, v, ""),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
+    traced = torch.compile(lambda a, b, c: f(a, b, c), backend="aot_eager", fullgraph=True)
+    assert torch.autograd.gradcheck(traced, (q, k, v), fast_mode=True)
