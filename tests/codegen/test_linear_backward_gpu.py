@@ -53,7 +53,7 @@ def test_variants_bf16_ragged_gqa(spec):
     check(spec, B=2, H=8, Hkv=2, N=1000, D=96, DV=64)
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.float32, 1e-3)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.float32, 5e-3)])  # fp32 dots: tf32
 def test_dtypes_and_fp32_states(dtype, tol):
     check("lightning", H=4, Hkv=1, N=777, D=64, dtype=dtype, tol=tol, backward_options={"state_dtype": "fp32"})
 
