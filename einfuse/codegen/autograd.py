@@ -6,7 +6,7 @@ kernels (:mod:`einfuse.codegen.triton.backward`), built on the first backward ca
 :func:`~einfuse.lowering.backward.backward_plan`. Calls without gradients never come here, so the
 forward path stays as fast as before. Sigmoid plans save nothing (an all-zero ``lse`` stands in).
 Linear-attention plans launch the chunked backward of :mod:`einfuse.codegen.triton.linear_backward`
-(their ``lse`` slot holds zeros, or the normaliser of normalised plans). Plans without a backward
+(their ``lse`` slot holds zeros: the backward reads only q, k, v and dO). Plans without a backward
 (staged, normalised sums) raise a :class:`~einfuse.errors.CodegenError` naming the family when
 gradients are asked for.
 """
@@ -57,7 +57,7 @@ def forward_saving(compiled: CompiledAttention, q: Any, k: Any, v: Any, **runtim
     """``(out, lse)``: the forward of a training call with what its backward reads (each query row's
     log-sum-exp). The backward is built first, so an unsupported plan fails before any work."""
     bwd = backward_kernel(compiled)
-    if bwd.plan.family == "linear":  # zeros, or the normaliser of a normalised plan
+    if bwd.plan.family == "linear":  # the forward kernel's output and zeros
         return bwd.forward(q, k, v, **runtime)
     if bwd.plan.family == "softmax":
         return compiled.kernel.forward_with_lse(q, k, v, **runtime)
