@@ -6,10 +6,11 @@
     TRITON_INTERPRET=1 python benchmarks/backward.py --dry-run   # tiny shapes on the CPU: the plumbing only
 
 The cases are the forward benchmark's (benchmarks/bench_cases.py: softmax and causal B4 H16 N4096
-D128, sliding window, GQA, ALiBi, soft-cap, neighbourhood 1-D/2-D/3-D, sigmoid) whose einfuse
-variant has a backward; the others (linear/lightning, decode) get a row saying so. Peers: FlexAttention
+D128, sliding window, GQA, ALiBi, soft-cap, neighbourhood 1-D/2-D/3-D, sigmoid, lightning B4 H16
+N8192 D128) whose einfuse variant has a backward; decode gets a row saying so. Peers: FlexAttention
 compiled with the same mods and a block mask (benchmarks/bench_peers.py), SDPA flash and cuDNN where
-they can express the variant, triton-sigmoid for sigmoid attention; and einfuse with the other dQ
+they can express the variant, triton-sigmoid for sigmoid attention, fla ``chunk_simple_gla`` and
+lightning_attn2 for lightning (benchmarks/backward_linear.py: its reference and Mtok/s); and einfuse with the other dQ
 layout (``einfuse-triton-atomic-dq``: dQ added atomically by the dK/dV kernel), so the layout is
 chosen by measurement.
 
@@ -42,6 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import backward_linear
 from bench_cases import CASES, Case
 from bench_peers import NATIVE_BTHD, PEERS, Unsupported, flex_mods, peer_versions
 
@@ -49,7 +51,7 @@ import einfuse
 
 REL_TOL = 2e-2  # bf16 gradients against float64: ~3e-3..1e-2 is normal
 BWD_FLOP_RATIO = 2.5
-NO_BACKWARD = ("lightning", "decode_gqa")  # einfuse has no backward for these plans (yet)
+NO_BACKWARD = ("decode_gqa",)  # einfuse has no backward for these plans (yet)
 TARGETS = {"na1d": 1.0, "na2d": 3.0, "na3d": 3.0}  # fwd+bwd ratio vs Flex; everything else 1.0
 SIGMOID_PEERS = ("triton-sigmoid",)
 ATOMIC = "einfuse-triton-atomic-dq"
@@ -97,6 +99,8 @@ def _ref_head(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: 
     qi = torch.arange(n_q, device=dev)[:, None]
     ki = torch.arange(n_k, device=dev)[None, :]
     bt, ht = torch.tensor(b, device=dev), torch.tensor(h, device=dev)
+    if case.variant == "lightning":
+        return backward_linear.ref_head(q, k, v, h, case.H)
     s = (q @ k.T) / math.sqrt(case.D)
     if case.variant.startswith("sigmoid"):
         w = torch.sigmoid(s + float(case.extra["bias"]))
@@ -150,6 +154,8 @@ def make_system(system: str, case: Case, options: dict[str, Any]) -> tuple[Any, 
             f._backward_kernel = build_backward(f.kernel, backward_kernel(f).plan, dq_layout="atomic")
         return f, lambda *x: x, False
     prep: dict[str, Any] = {}
+    if case.variant == "lightning":
+        prep["rates"] = backward_linear.rates(case.H, "cuda")
     if case.variant == "sigmoid_causal":
         prep["causal_mask"] = torch.ones(case.NQ, case.NK, device="cuda", dtype=torch.bool).triu(1)
     fn, to_native = PEERS[system](case, prep)
@@ -206,6 +212,10 @@ def run_system(case: Case, system: str, inputs, ref, pairs: int, bench, options:
     except RuntimeError as exc:  # e.g. a compiled backward that frees its saved tensors
         row["bwd_ms"] = max(row["fwdbwd_ms"] - row["fwd_ms"], 0.0)
         row["bwd_method"] = f"fwd+bwd minus fwd ({str(exc).splitlines()[0][:80]})"
+    if case.variant == "lightning":  # chunked: quadratic FLOPs would overstate it; tokens per second
+        for key in ("fwd", "bwd", "fwdbwd"):
+            row[f"{key}_mtok_s"] = backward_linear.mtok_s(case.B, case.NQ, row[f"{key}_ms"])
+        return row
     flops = 4.0 * case.B * case.H * pairs * case.D
     for key, mult in (("fwd", 1.0), ("bwd", BWD_FLOP_RATIO), ("fwdbwd", 1.0 + BWD_FLOP_RATIO)):
         row[f"{key}_tflops"] = flops * mult / (row[f"{key}_ms"] * 1e-3) / 1e12
@@ -258,6 +268,8 @@ def peers_for(case: Case) -> tuple[str, ...]:
         return SIGMOID_PEERS
     if case.variant in NO_BACKWARD:
         return ()
+    if case.variant == "lightning":
+        return tuple(p for p in case.peers if p in backward_linear.PEERS)
     return tuple(p for p in case.peers if p in ("flex", "sdpa-flash", "sdpa-cudnn"))
 
 
@@ -276,7 +288,8 @@ def summarise(rows: list[dict[str, Any]], done: list[Case]) -> list[dict[str, An
             if system != "einfuse-triton" and ok(r) and ok(ours):
                 ratios[system] = {k: r[f"{k}_ms"] / ours[f"{k}_ms"] for k in ("fwd", "bwd", "fwdbwd")
                                   if ours[f"{k}_ms"] > 0}
-        peer = "triton-sigmoid" if case.variant.startswith("sigmoid") else "flex"
+        peer = "triton-sigmoid" if case.variant.startswith("sigmoid") else "fla" if case.variant == "lightning" \
+            else "flex"
         need = TARGETS.get(case.variant, 1.0)
         got = ratios.get(peer, {}).get("fwdbwd")
         status = ("missed (einfuse row failed)" if not ok(ours) else f"unknown ({peer} row failed)" if got is None
@@ -311,7 +324,8 @@ def write_reports(rows: list[dict[str, Any]], info: dict[str, Any], done: list[C
              "- every row's output and dq/dk/dv checked against float64 torch autograd of the variant as "
              "FlexAttention's mods define it (last batch, K/V head 0 and its query group, all tokens); "
              f"rows above {REL_TOL} fail",
-             "- TFLOP/s: forward 4 * B * H * visible pairs * D, backward 2.5x that, fwd+bwd 3.5x", "",
+             "- TFLOP/s: forward 4 * B * H * visible pairs * D, backward 2.5x that, fwd+bwd 3.5x (lightning: "
+             "Mtok/s = B * N / time instead, in the note column)", "",
              "## Targets (fwd+bwd time)", "",
              "| variant | shape | target | ratio | status | vs SDPA cuDNN (aim >= 0.9x) | faster dQ layout (bwd) |",
              "|---|---|---|---|---|---|---|"]
@@ -331,6 +345,9 @@ def write_reports(rows: list[dict[str, Any]], info: dict[str, Any], done: list[C
         errs = r.get("rel_err")
         err = _f(max(errs.values()), 2) if errs else "-"
         note = r.get("error", "")
+        if "fwdbwd_mtok_s" in r:
+            note = (note + "; " if note else "") + "Mtok/s fwd / bwd / fwd+bwd: " + " / ".join(
+                _f(r[f"{k}_mtok_s"]) for k in ("fwd", "bwd", "fwdbwd"))
         if r.get("bwd_method", "retain_graph") != "retain_graph":
             note = (note + "; " if note else "") + f"bwd = {r['bwd_method']}"
         lines.append(f"| {r['variant']} | {r['shape']} | {r['system']} | {_f(r.get('fwd_ms'))} | {_f(r.get('bwd_ms'))} | "
@@ -387,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = kept
         done = [known[v] for v in dict.fromkeys(r["variant"] for r in kept) if v in known]
     for case in todo:
-        systems = ["einfuse-triton", *([] if case.variant in NO_BACKWARD else [ATOMIC]),
+        systems = ["einfuse-triton", *([] if case.variant in NO_BACKWARD or case.variant == "lightning" else [ATOMIC]),
                    *([] if args.dry_run else peers_for(case))]
         if args.systems:
             systems = [s for s in args.systems.split(",") if s in systems]

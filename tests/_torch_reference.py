@@ -89,3 +89,38 @@ def sigmoid_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: f
     if mask is not None:
         keep = keep & mask(qi, ki)
     return torch.where(keep, w, 0.0) @ vv
+
+
+def linear_plan_attention(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          heads: list[int] | None = None, n_heads: int | None = None) -> torch.Tensor:
+    """Linear attention of a linear plan (``plan.detail.plan``) written out quadratically:
+    ``A[p,m] = phi_q(q).phi_k(k) * scale * g(p - m)`` where the mask keeps (p, m), ``A V``, divided
+    by ``sum_m A`` when the plan normalises (rows with no kept key 0); K/V heads repeated over GQA groups.
+    ``heads``/``n_heads``: q holds only these query heads of ``n_heads`` (the decay depends on h and H),
+    so the GPU tests check a few heads of a large problem."""
+    from einfuse.ir.ranks import HEAD_EXTENT
+    from einfuse.lowering.linear import DIST
+
+    lin = plan.detail.plan
+    B, H, N, _ = q.shape
+    kk, vv = (t.repeat_interleave(H // k.shape[1], dim=1) for t in (k, v))
+    fq = q if lin.q_map is None else _eval(lin.q_map, q, {})
+    fk = kk if lin.k_map is None else _eval(lin.k_map, kk, {})
+    a = (fq @ fk.transpose(-1, -2)) * lin.scale
+    pos = torch.arange(N, dtype=torch.float64, device=q.device)
+    p, m = pos[:, None], pos[None, :]
+    if lin.decay is not None:
+        hs = torch.tensor(heads if heads is not None else range(H), dtype=torch.float64, device=q.device)
+        g = torch_eval.evaluate(lin.decay, {DIST: torch.clamp(p - m, min=0.0), HEAD_INDEX: hs[:, None, None],
+                                            HEAD_EXTENT: n_heads or H})
+        a = a * torch.as_tensor(g, dtype=torch.float64, device=q.device)
+    keep = torch.ones(N, N, dtype=torch.bool, device=q.device) if lin.mask is None else \
+        torch.broadcast_to(torch.as_tensor(torch_eval.evaluate(lin.mask, {QUERY_INDEX: p, KEY_INDEX: m}),
+                                           dtype=torch.bool, device=q.device), (N, N))
+    a = torch.where(keep, a, 0.0)
+    out = a @ vv
+    if lin.normalize:
+        den = a.sum(-1, keepdim=True)
+        rows = keep.any(-1)[:, None]
+        out = torch.where(rows, out / torch.where(rows, den, 1.0), 0.0)
+    return out

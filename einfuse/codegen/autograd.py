@@ -5,8 +5,10 @@
 kernels (:mod:`einfuse.codegen.triton.backward`), built on the first backward call from the plan's
 :func:`~einfuse.lowering.backward.backward_plan`. Calls without gradients never come here, so the
 forward path stays as fast as before. Sigmoid plans save nothing (an all-zero ``lse`` stands in).
-Plans without a backward (linear, staged, normalised sums) raise a
-:class:`~einfuse.errors.CodegenError` naming the family when gradients are asked for.
+Linear-attention plans launch the chunked backward of :mod:`einfuse.codegen.triton.linear_backward`
+(their ``lse`` slot holds zeros: the backward reads only q, k, v and dO). Plans without a backward
+(staged, normalised sums) raise a :class:`~einfuse.errors.CodegenError` naming the family when
+gradients are asked for.
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ def backward_kernel(compiled: CompiledAttention) -> Any:
 
         if compiled.plan is None:
             raise CodegenError(f"{compiled.name}: no backward for {compiled.family} attention yet "
-                               "(softmax and sigmoid one-pass plans only); call it under torch.no_grad() or detach the inputs")
+                               "(softmax, sigmoid and linear plans only); call it under torch.no_grad() or detach the inputs")
+        if compiled.plan.family == "linear":
+            from einfuse.codegen.triton.linear_backward import build_linear_backward
+
+            kern = build_linear_backward(compiled.kernel, compiled.plan, **getattr(compiled, "backward_options", {}))
+            compiled._backward_kernel = kern
+            return kern
         bp = backward_plan(compiled.plan)  # names the family when there is no backward plan
         if not hasattr(compiled.kernel, "forward_with_lse"):
             raise CodegenError(f"{compiled.name}: only the Triton target has a backward yet (this kernel is "
@@ -49,6 +57,8 @@ def forward_saving(compiled: CompiledAttention, q: Any, k: Any, v: Any, **runtim
     """``(out, lse)``: the forward of a training call with what its backward reads (each query row's
     log-sum-exp). The backward is built first, so an unsupported plan fails before any work."""
     bwd = backward_kernel(compiled)
+    if bwd.plan.family == "linear":  # the forward kernel's output and zeros
+        return bwd.forward(q, k, v, **runtime)
     if bwd.plan.family == "softmax":
         return compiled.kernel.forward_with_lse(q, k, v, **runtime)
     import torch

@@ -69,11 +69,16 @@ class CompiledAttention:
 
     @property
     def has_backward(self) -> bool:
-        """Whether gradients can flow through this variant (one-pass softmax and sigmoid plans on Triton)."""
+        """Whether gradients can flow through this variant (one-pass softmax and sigmoid plans, and
+        linear plans, on Triton)."""
         from einfuse.codegen.triton.runtime import AttentionKernel
         from einfuse.lowering.backward import BACKWARD_FAMILIES
 
         kernel = getattr(self.kernel, "triton", self.kernel)  # target="auto" trains on its Triton kernel
+        if self.plan is not None and self.plan.family == "linear":
+            from einfuse.codegen.triton.linear import LinearKernel
+
+            return isinstance(kernel, LinearKernel)
         return (self.plan is not None and self.plan.family in BACKWARD_FAMILIES
                 and isinstance(kernel, AttentionKernel))
 
@@ -275,8 +280,8 @@ def check_tensors(name: str, tensors: Mapping[str, Any], grad_ok: bool = False, 
             raise CodegenError(f"{name}: {nm} is a meta tensor (no data); the kernels need real tensors")
         if t.requires_grad and torch.is_grad_enabled() and not grad_ok:
             what = f"{family} attention" if family else "this variant"
-            raise CodegenError(f"{name}: {nm} requires grad, but there is no backward for {what} yet (one-pass softmax "
-                               "and sigmoid plans on the Triton target do); call under torch.no_grad() or pass detached "
+            raise CodegenError(f"{name}: {nm} requires grad, but there is no backward for {what} yet (one-pass softmax, "
+                               "sigmoid and linear plans on the Triton target do); call under torch.no_grad() or pass detached "
                                "tensors (x.detach())")
 
 
@@ -363,6 +368,7 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
     from einfuse.lowering.lower import family_of, kernel_plan
 
     family = family_of(c)
+    _check_family_backward_options(c.name, family, backward_options)
     if family == "linear":
         build_linear = _builder("linear", "build_linear")
         opts = _builder("linear", "LinearOptions").of(dict(options))
@@ -401,12 +407,25 @@ def check_backward_options(name: str, given: Mapping[str, Any] | None, target: s
     if not isinstance(given, Mapping):
         raise CodegenError(f"{name}: backward_options must be a mapping, got {type(given).__name__}")
     from einfuse.codegen.triton.backward import BACKWARD_OPTIONS
+    from einfuse.codegen.triton.linear_backward import LINEAR_BACKWARD_OPTIONS
 
-    unknown = sorted(set(given) - set(BACKWARD_OPTIONS))
+    unknown = sorted(set(given) - set(BACKWARD_OPTIONS) - set(LINEAR_BACKWARD_OPTIONS))
     if unknown:
         raise CodegenError(f"{name}: unknown backward option(s) {', '.join(unknown)}; known: "
-                           f"{', '.join(BACKWARD_OPTIONS)}")
+                           f"{', '.join(BACKWARD_OPTIONS)} (linear attention: {', '.join(LINEAR_BACKWARD_OPTIONS)})")
     return dict(given)
+
+
+def _check_family_backward_options(name: str, family: str, given: dict[str, Any]) -> None:
+    """``backward_options`` names the backward kernels of this family take (linear attention has its own)."""
+    from einfuse.codegen.triton.backward import BACKWARD_OPTIONS
+    from einfuse.codegen.triton.linear_backward import LINEAR_BACKWARD_OPTIONS
+
+    known = LINEAR_BACKWARD_OPTIONS if family == "linear" else BACKWARD_OPTIONS
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise CodegenError(f"{name}: backward option(s) {', '.join(unknown)} do not apply to {family} attention; "
+                           f"its backward takes {', '.join(known)}")
 
 
 def _compile_auto(c: Cascade, *, sizes: Mapping[str, int] | None, torch_op: bool, **kwargs: Any) -> Any:

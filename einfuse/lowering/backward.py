@@ -32,6 +32,7 @@ and there is no preprocess.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sympy
 
@@ -41,6 +42,9 @@ from einfuse.ir.printer import format_expr
 from einfuse.lowering.blocks import BlockTables
 from einfuse.lowering.onepass import DOT, OnePassPlan
 from einfuse.lowering.plan import KernelPlan
+
+if TYPE_CHECKING:
+    from einfuse.lowering.linear_backward import LinearBackwardPlan
 
 STEP = "step"
 """A unary operator of derivatives only (not of the IR's value language): 1 where its argument is
@@ -76,11 +80,15 @@ class BackwardPlan:
         return self.dscore.value if isinstance(self.dscore, Const) else None
 
 
-def backward_plan(plan: KernelPlan) -> BackwardPlan:
+def backward_plan(plan: KernelPlan) -> BackwardPlan | LinearBackwardPlan:
     """The backward plan of a one-pass softmax or sigmoid :class:`KernelPlan` (errors name what is missing)."""
+    if plan.family == "linear":  # chunked linear attention: the reverse state recurrence
+        from einfuse.lowering.linear_backward import linear_backward_plan
+
+        return linear_backward_plan(plan)
     if plan.family not in BACKWARD_FAMILIES or not isinstance(plan.detail, OnePassPlan):
         raise CodegenError(f"{plan.name}: no backward for {plan.family} plans yet (softmax and sigmoid "
-                           "one-pass plans only); call it under torch.no_grad() or detach the inputs")
+                           "one-pass plans, and linear plans, only); call it under torch.no_grad() or detach the inputs")
     fwd: OnePassPlan = plan.detail
     ds = score_derivative(fwd.score)
     if plan.family == "sigmoid":
@@ -110,8 +118,12 @@ SIGMOID_STEPS = (
 normalised, so a row's weights do not depend on each other)."""
 
 
-def format_backward_plan(bp: BackwardPlan, indent: str = "") -> str:
+def format_backward_plan(bp: BackwardPlan | LinearBackwardPlan, indent: str = "") -> str:
     """The backward plan in readable text, one fact per line (``einfuse passes SPEC --backward``)."""
+    if not isinstance(bp, BackwardPlan):  # a linear plan
+        from einfuse.lowering.linear_backward import format_linear_backward
+
+        return format_linear_backward(bp, indent)
     def text(e: Expr) -> str:
         return format_expr(e).replace(f"{DOT}[m,p]", "Q.K")
 

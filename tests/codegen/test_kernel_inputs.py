@@ -22,15 +22,16 @@ def _call(f, spec, q, k, v):
     return f(q, k, v, **extra)
 
 
-def test_softmax_inputs_that_require_grad_get_a_backward(compiled):
+@pytest.mark.parametrize("spec", ["softmax", "linear"])
+def test_inputs_that_require_grad_get_a_backward(compiled, spec):
     q, k, v = (torch.randn(1, 2, 8, 16, requires_grad=i == 0) for i in range(3))
-    out = compiled["softmax"](q, k, v)
+    out = compiled[spec](q, k, v)
     assert out.requires_grad
     out.sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
-@pytest.mark.parametrize("spec", [s for s in SPECS if s != "softmax"])
+@pytest.mark.parametrize("spec", [s for s in SPECS if s not in ("softmax", "linear")])
 def test_inputs_that_require_grad_are_refused_naming_the_variant(compiled, spec):
     q, k, v = (torch.randn(1, 2, 8, 16, requires_grad=i == 0) for i in range(3))
     with pytest.raises(CodegenError, match=f"{spec}: q requires grad.*no backward.*torch.no_grad"):

@@ -64,9 +64,11 @@ def test_derivative_matches_torch_autograd(name):
     assert torch.allclose(torch.broadcast_to(got, want.shape), want, rtol=1e-12, atol=1e-12)
 
 
-def test_linear_and_normalised_sum_plans_have_no_backward_yet():
-    with pytest.raises(CodegenError, match="no backward for linear"):
-        backward_plan(einfuse.plan("lightning"))
+def test_linear_plans_get_the_chunked_backward_and_staged_plans_none_yet():
+    bp = backward_plan(einfuse.plan("lightning"))
+    assert bp.family == "linear" and [k for k, _ in bp.steps] == ["states", "dstates", "dq", "dkdv"]
+    with pytest.raises(CodegenError, match="no backward for staged"):
+        backward_plan(einfuse.plan("based"))
     assert backward_plan(einfuse.plan("sigmoid:causal=true")).steps[0][0] == "forward"   # sigmoid has one
 
 
@@ -107,5 +109,5 @@ def test_passes_command_prints_the_backward_plan():
     out = CliRunner().invoke(cli, ["passes", "sigmoid:bias=-2", "--backward"]).output
     assert "backward plan sigmoid: sigmoid" in out and "dS = (dO V^T) * A * (1 - A)" in out
     assert "preprocess" not in out   # no normaliser: no D = rowsum(dO * O)
-    out = CliRunner().invoke(cli, ["passes", "lightning", "--backward"]).output
-    assert "backward plan: none" in out and "no backward for linear" in out
+    out = CliRunner().invoke(cli, ["passes", "based", "--backward"]).output
+    assert "backward plan: none" in out and "no backward for staged" in out

@@ -105,18 +105,19 @@ class LinearKernel:
         sdt = torch.float32 if opt.state_dtype == "fp32" or q.dtype == torch.float32 else q.dtype
         # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see linear_kernels)
         upcast = q.device.type != "cuda" and q.dtype == torch.bfloat16
+        ft = float_type(q.dtype)
         bk = min(opt.block_k, pow2(D))
         bv = min(opt.block_v, pow2(DV))
         states = BoundLaunch(
             self.module.linear_states, (cdiv(D, bk) * cdiv(DV, bv), B * H), 4,
             (*k.stride(), *v.stride(), H, Hkv, N, nt, D, DV),
-            dict(CHUNK=schunk, BK=bk, BV=bv, UPCAST=upcast), opt.num_warps_states, opt.num_stages_states)
+            dict(CHUNK=schunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft), opt.num_warps_states, opt.num_stages_states)
         bo = pow2(DV) if opt.block_o == 0 else min(opt.block_o, pow2(DV))
         output = BoundLaunch(
             self.module.linear_output, (cdiv(N, chunk), cdiv(DV, bo), B * H), 6,
             (*q.stride(), *k.stride(), *v.stride(), H * N * DV, N * DV, DV, 1,  # o: contiguous
              H, Hkv, N, nt, D, DV, float(self.plan.scale)),
-            dict(CHUNK=chunk, SCHUNK=schunk, BD=pow2(D), BV=bo, UPCAST=upcast), opt.num_warps_output,
+            dict(CHUNK=chunk, SCHUNK=schunk, BD=pow2(D), BV=bo, UPCAST=upcast, FT=ft), opt.num_warps_output,
             opt.num_stages_output)
         return PreparedLinear((B, H, N, DV), q.dtype, (B * H, nt, D, DV), sdt,
                               (B * H, nt, D) if self.plan.normalize else None, q.device, states, output)
@@ -159,6 +160,14 @@ def _state_block(opts: LinearOptions) -> int:
     return opts.state_chunk or 2 * opts.chunk
 
 
+def float_type(dtype: Any) -> Any:
+    """The kernels' ``FT``: float32 math and accumulators, float64 for float64 inputs."""
+    import torch
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 class PreparedLinear:
     """A prepared linear-attention call: allocate the chunk states and the output, launch both kernels."""
 
@@ -171,7 +180,7 @@ class PreparedLinear:
 
         self.shape, self.dtype, self.states_shape, self.states_dtype = shape, dtype, states_shape, states_dtype
         self.zs_shape, self.device, self.states, self.output = zs_shape, device, states, output
-        self._empty, self._f32 = torch.empty, torch.float32
+        self._empty, self._f32 = torch.empty, torch.float64 if dtype == torch.float64 else torch.float32
 
     def __call__(self, q: Any, k: Any, v: Any) -> Any:
         empty, dev = self._empty, self.device

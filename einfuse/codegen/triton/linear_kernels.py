@@ -73,6 +73,8 @@ def visible(p, m):
 '''
 
 
+# FT is the float type of elementwise math and accumulators: float32, float64 for float64 inputs
+# (the CPU interpreter: gradcheck needs the forward exact in float64).
 # The Triton CPU interpreter multiplies bfloat16 tl.dot operands wrongly (relative error ~1e9);
 # with UPCAST (set by the launcher in the interpreter for bf16 inputs only) the dot operands are
 # cast to float32 after loading. On the GPU UPCAST is False and the branch compiles away.
@@ -86,7 +88,7 @@ def _states_kernel(plan: LinearPlan) -> str:
         "@triton.jit",
         "def linear_states(K, V, S, Z, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,",
         "                  H, HKV, N, NT, D, DV,",
-        "                  CHUNK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, UPCAST: tl.constexpr):",
+        "                  CHUNK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, UPCAST: tl.constexpr, FT: tl.constexpr):",
         "    # running state S[e,f] of the chunks before each chunk: inter-chunk part of",
         "    #   O[p,f] = sum_m A[m,p] * V[m,f]   for m in earlier chunks",
         "    pid = tl.program_id(0)",
@@ -104,12 +106,12 @@ def _states_kernel(plan: LinearPlan) -> str:
         "    v_base = V + b.to(tl.int64) * sv_b + hkv * sv_h",
         "    s_ptrs = S + bh.to(tl.int64) * NT * D * DV + offs_e[:, None] * DV + offs_f[None, :]",
         "    s_mask = (offs_e[:, None] < D) & (offs_f[None, :] < DV)",
-        "    state = tl.zeros([BK, BV], dtype=tl.float32)",
+        "    state = tl.zeros([BK, BV], dtype=FT)",
     ]
     if norm:
         lines += [
             "    z_ptrs = Z + bh.to(tl.int64) * NT * D + offs_e",
-            "    zsum = tl.zeros([BK], dtype=tl.float32)",
+            "    zsum = tl.zeros([BK], dtype=FT)",
         ]
     if dec:
         lines.append("    chunk_decay = state_decay(h, H, CHUNK)")
@@ -126,7 +128,7 @@ def _states_kernel(plan: LinearPlan) -> str:
         "m = c * CHUNK + offs_c",
         "m_ok = m < N",
         "kt = tl.load(k_base + m[None, :] * sk_n + offs_e[:, None] * sk_d,",
-        "             mask=m_ok[None, :] & (offs_e[:, None] < D), other=0.0).to(tl.float32)",
+        "             mask=m_ok[None, :] & (offs_e[:, None] < D), other=0.0).to(FT)",
         "kt = tl.where(m_ok[None, :] & (offs_e[:, None] < D), phi_k(kt), 0.0)",
     ]
     if dec:
@@ -165,7 +167,7 @@ def _output_kernel(plan: LinearPlan) -> str:
         "                  sv_b, sv_h, sv_n, sv_d, so_b, so_h, so_n, so_d,",
         "                  H, HKV, N, NT, D, DV, scale,",
         "                  CHUNK: tl.constexpr, SCHUNK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,",
-        "                  UPCAST: tl.constexpr):",
+        "                  UPCAST: tl.constexpr, FT: tl.constexpr):",
         "    # queries of block c (CHUNK positions); states are stored every SCHUNK positions",
         "    c = tl.program_id(0)",
         "    vb = tl.program_id(1)",
@@ -185,13 +187,13 @@ def _output_kernel(plan: LinearPlan) -> str:
         "    if UPCAST:  # CPU interpreter only: its bf16 tl.dot is wrong, so every dot runs in fp32",
         "        q = q.to(tl.float32)",
         "    dt = q.dtype",
-        "    fq = tl.where(p_ok[:, None] & e_ok[None, :], phi_q(q.to(tl.float32)), 0.0) * scale",
+        "    fq = tl.where(p_ok[:, None] & e_ok[None, :], phi_q(q.to(FT)), 0.0) * scale",
     ]
     if plan.causal:
         load_kv = [
             "k = tl.load(K + b.to(tl.int64) * sk_b + hkv * sk_h + m[:, None] * sk_n + offs_e[None, :] * sk_d,",
             "            mask=m_ok[:, None] & e_ok[None, :], other=0.0)",
-            "fk = tl.where(m_ok[:, None] & e_ok[None, :], phi_k(k.to(tl.float32)), 0.0)",
+            "fk = tl.where(m_ok[:, None] & e_ok[None, :], phi_k(k.to(FT)), 0.0)",
             "qk = tl.dot(fq.to(dt), tl.trans(fk.to(dt)))",
         ]
         if dec:
@@ -205,10 +207,10 @@ def _output_kernel(plan: LinearPlan) -> str:
         lines += [
             "    sc = (c * CHUNK) // SCHUNK",
             "    c0 = sc * SCHUNK",
-            "    acc = tl.zeros([CHUNK, BV], dtype=tl.float32)",
+            "    acc = tl.zeros([CHUNK, BV], dtype=FT)",
         ]
         if norm:
-            lines.append("    den = tl.zeros([CHUNK], dtype=tl.float32)")
+            lines.append("    den = tl.zeros([CHUNK], dtype=FT)")
         lines += [
             "    # intra part, earlier key blocks of this state chunk: every key is before every query",
             "    for m0 in range(c0, c * CHUNK, CHUNK):",
