@@ -119,9 +119,9 @@ def train(model: Any, lang: Language, *, steps: int, batch: int, length: int, lr
             with torch.no_grad():
                 hit = out.logits[:, :-1].argmax(-1) == ids[:, 1:]
                 acc = float(hit[labels[:, 1:] != -100].float().mean())
-            curve.append({"step": step, "loss": float(out.loss), "accuracy": acc,
-                          "s": round(time.perf_counter() - t0, 2)})
-            print(f"    train step {step:4d} loss {float(out.loss):.4f} accuracy {acc:.4f}", flush=True)
+            loss = float(out.loss.detach())
+            curve.append({"step": step, "loss": loss, "accuracy": acc, "s": round(time.perf_counter() - t0, 2)})
+            print(f"    train step {step:4d} loss {loss:.4f} accuracy {acc:.4f}", flush=True)
             good = good + 1 if acc >= target_acc else 0
             if good >= 2:
                 reason = f"accuracy >= {target_acc} twice"
