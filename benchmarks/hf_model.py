@@ -2,6 +2,7 @@
 
     python benchmarks/hf_model.py                  # GPU, bf16: Llama- and Mistral-style random models
     python benchmarks/hf_model.py --dry-run        # CPU, Triton interpreter, fp32, tiny sizes: checks the script
+                                                   # (~2 min; its 30 training steps teach a tiny model little)
 
 Random weights built from transformers configs (nothing downloaded); one model per family, whose
 attention implementation is switched between runs, so every implementation sees the same weights.
@@ -11,11 +12,20 @@ window of 1024. Measured in one run:
 
 * prefill: ``model(ids, use_cache=False, logits_to_keep=1)``, B4 x 4096, median of synchronised
   calls, the host time until the call returns, and the top GPU kernels of one call (torch.profiler);
-* generation: 128 greedy tokens over the model's own KV cache (B4, prompt 1536: past the window),
-  each 1-token step synchronised and timed; the fraction of steps whose token equals sdpa's,
-  free-running (the issue's target) and teacher-forced on sdpa's sequence, with the logits' relative
-  error; eager attention (sdpa's math in other kernels) is the bf16 noise floor; an fp32 run of a few
-  teacher-forced steps checks that einfuse and sdpa agree when precision is not the question.
+* training (before generation; ``--train-steps 0`` skips it): random weights give nearly flat
+  logits, so bf16 rounding flips greedy tokens whatever the attention (eager agreed with sdpa on
+  ~50 % of free-running steps). Each model is first trained for <= ``--train-seconds`` on a
+  deterministic synthetic language (benchmarks/hf_synthetic.py: copy rows, skip-bigram rows), with
+  sdpa attention and bf16 autocast over fp32 weights, on rows as long as the generation;
+* prefill: also the GPU ms of the attention kernels and of everything else in one profiled call;
+* generation: 128 greedy tokens over the model's own KV cache (B4, prompt 1536 of held-out language
+  rows: past the window), each 1-token step synchronised and timed; the fraction of steps whose
+  token equals sdpa's, free-running (the issue's target) and teacher-forced on sdpa's sequence, the
+  logits' error, sdpa's top-2 margins and the steps a logit change of that size could flip, and the
+  fraction equal to the language's true continuation; eager attention (sdpa's math in other
+  kernels) is the bf16 noise floor;
+* fp32 control: the fp32 (trained) weights, einfuse vs sdpa teacher-forced for ``--fp32-steps``
+  steps, prefill and decode logits held to 1e-4 (relative), where precision is not the question.
 
 Results: ``benchmarks/results/hf-model/<device>.{json,md}`` and ``$OUT`` when set.
 """
