@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=300,
                    help="steps of training on the synthetic language before generation (0: random weights)")
     p.add_argument("--train-batch", type=int, default=4, help="rows per step, each gen-prompt + new-tokens long")
-    p.add_argument("--train-seconds", type=float, default=50, help="stop training a model after this long")
+    p.add_argument("--train-seconds", type=float, default=40, help="stop training a model after this long")
     p.add_argument("--train-lr", type=float, default=6e-4)
     p.add_argument("--lang-vocab", type=int, default=1024, help="tokens the synthetic language uses")
     p.add_argument("--copy-periods", default="8,256", help="MIN,MAX period of the language's copy rows")
@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-range", type=float, default=0.02, help="initializer_range of the random weights")
     p.add_argument("--guard-s", type=int, default=300, help="give up one implementation's step after this long")
-    p.add_argument("--out-dir", default=None, help="default benchmarks/results/hf-model (a temporary folder "
-                   "with --dry-run)")
+    p.add_argument("--out-dir", "--results-dir", dest="out_dir", default=None,
+                   help="default benchmarks/results/hf-model (a temporary folder with --dry-run); $OUT as well when set")
     p.add_argument("--tag", default="", help="appended to the result files' names (another size, say)")
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, fp32, tiny sizes")
     a = p.parse_args(argv)
@@ -459,12 +459,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["targets"] = targets(res)
         results["models"][family] = res
         print(f"  ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
-    results["wall_s"] = round(time.perf_counter() - t_start, 1)
-    write(results, a, markdown(results))
+        results["wall_s"] = round(time.perf_counter() - t_start, 1)
+        write(results, a, markdown(results), show=False)  # after each model: a run cut short keeps what it did
+    print(markdown(results), flush=True)
     return results
 
 
-def write(results: dict[str, Any], a: argparse.Namespace, md: str) -> None:
+def write(results: dict[str, Any], a: argparse.Namespace, md: str, show: bool = True) -> None:
     stem = ("dry-run" if a.dry_run else slug(results["env"]["device"])) + (f"-{a.tag}" if a.tag else "")
     dirs = [a.out_dir] + ([os.environ["OUT"]] if os.environ.get("OUT") else [])
     for d in dirs:
@@ -473,7 +474,8 @@ def write(results: dict[str, Any], a: argparse.Namespace, md: str) -> None:
             json.dump(results, fh, indent=1, default=str)
         with open(os.path.join(d, f"hf-model-{stem}.md"), "w", encoding="utf-8") as fh:
             fh.write(md)
-    print(md, flush=True)
+    if show:
+        print(md, flush=True)
 
 
 if __name__ == "__main__":

@@ -132,5 +132,5 @@ def markdown(results: dict[str, Any]) -> str:
               "attn/attention/sdpa/fmha/flash); other: every other kernel (projections, MLP, norms, RoPE, masks).",
               ""]
     if results.get("wall_s") is not None:
-        lines += [f"Whole run: {results['wall_s']} s.", ""]
+        lines += [f"Wall time of the run up to this model: {results['wall_s']} s.", ""]
     return "\n".join(lines)
