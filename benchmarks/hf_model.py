@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-lr", type=float, default=6e-4)
     p.add_argument("--lang-vocab", type=int, default=1024, help="tokens the synthetic language uses")
     p.add_argument("--copy-periods", default="8,256", help="MIN,MAX period of the language's copy rows")
+    p.add_argument("--lang-kinds", default="copy,skip", help="row kinds of the language, cycled over a batch")
     p.add_argument("--rep", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-range", type=float, default=0.02, help="initializer_range of the random weights")
@@ -408,13 +409,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         k: getattr(a, k) for k in ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
                                    "window", "batch", "seq", "gen_batch", "gen_prompt", "new_tokens", "rep",
                                    "seed", "init_range", "fp32_steps", "train_steps", "train_batch", "train_seconds",
-                                   "train_lr", "lang_vocab", "copy_periods")} | {"dtype": str(dtype).replace("torch.", "")}}
+                                   "train_lr", "lang_vocab", "copy_periods", "lang_kinds")} | {"dtype": str(dtype).replace("torch.", "")}}
     print(json.dumps(results["env"]), flush=True)
     t_start = time.perf_counter()
     g = torch.Generator().manual_seed(a.seed)
     ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g).to(device)
     lo, hi = (int(x) for x in a.copy_periods.split(","))
-    lang = Language.make(a.vocab, a.lang_vocab, lo, hi, a.seed + 3)
+    lang = Language.make(a.vocab, a.lang_vocab, lo, hi, a.seed + 3, tuple(a.lang_kinds.split(",")))
     for family in a.models.split(","):
         print(f"{family}:", flush=True)
         # fp32 weights: training's master copy, then the fp32 control; the timed model is a copy in dtype

@@ -33,36 +33,40 @@ KINDS = ("copy", "skip")
 
 @dataclass(frozen=True)
 class Language:
-    """The language: tokens ``0 .. vocab_used-1``, copy periods in ``[period_min, period_max]`` and the
-    skip rows' permutation ``perm`` (a CPU int64 tensor)."""
+    """The language: tokens ``0 .. vocab_used-1``, copy periods in ``[period_min, period_max]``, the
+    skip rows' permutation ``perm`` (a CPU int64 tensor) and the kinds rows cycle through."""
 
     vocab_used: int
     period_min: int
     period_max: int
     perm: Any
+    kinds: tuple[str, ...] = KINDS
 
     @staticmethod
-    def make(vocab: int, vocab_used: int, period_min: int, period_max: int, seed: int) -> Language:
+    def make(vocab: int, vocab_used: int, period_min: int, period_max: int, seed: int,
+             kinds: tuple[str, ...] = KINDS) -> Language:
         import torch
 
         used = min(vocab, vocab_used)
         if not 2 <= period_min <= period_max <= used:
             raise SystemExit(f"copy periods {period_min}..{period_max} need 2 <= min <= max <= {used} tokens")
+        if not kinds or set(kinds) - set(KINDS):
+            raise SystemExit(f"row kinds {','.join(kinds)}: choose among {','.join(KINDS)}")
         perm = torch.randperm(used, generator=torch.Generator().manual_seed(seed))
-        return Language(used, period_min, period_max, perm)
+        return Language(used, period_min, period_max, perm, tuple(kinds))
 
     def sample(self, batch: int, length: int, generator: Any) -> tuple[Any, Any, list[str]]:
         """``batch`` rows of ``length`` tokens (CPU int64), the first predictable position of each row,
-        and each row's kind (even rows copy, odd rows skip)."""
+        and each row's kind (row r is ``kinds[r % len(kinds)]``: copy, skip, copy, ... by default)."""
         import torch
 
-        if length <= self.period_max:
+        if length <= self.period_max and "copy" in self.kinds:
             raise SystemExit(f"rows of {length} tokens cannot hold a copy period of {self.period_max} and its repeat")
         ids = torch.empty((batch, length), dtype=torch.int64)
         start = torch.empty((batch,), dtype=torch.int64)
         kinds = []
         for r in range(batch):
-            kind = KINDS[r % 2]
+            kind = self.kinds[r % len(self.kinds)]
             kinds.append(kind)
             if kind == "copy":
                 p = int(torch.randint(self.period_min, self.period_max + 1, (1,), generator=generator))

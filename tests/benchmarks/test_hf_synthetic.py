@@ -43,6 +43,10 @@ def test_bad_periods_and_short_rows_are_refused():
         Language.make(97, 24, 1, 6, 0)
     with pytest.raises(SystemExit, match="cannot hold"):
         _lang().sample(2, 6, torch.Generator())
+    with pytest.raises(SystemExit, match="row kinds"):
+        Language.make(97, 24, 3, 6, 0, kinds=("copy", "random"))
+    skip_only = Language.make(97, 24, 3, 6, 0, kinds=("skip",))
+    assert skip_only.sample(3, 6, torch.Generator())[2] == ["skip"] * 3  # no copy rows: short rows are fine
 
 
 def _tiny_llama():
