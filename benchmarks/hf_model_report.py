@@ -35,6 +35,9 @@ def targets(model: dict[str, Any]) -> dict[str, Any]:
         floor = model.get("generation", {}).get("eager", {}).get(f"same_tokens_{kind}")
         if floor is not None:  # eager vs sdpa: what bf16 rounding alone gives
             out[f"same_tokens_{kind}"]["eager_floor"] = floor
+        learnt = model.get("generation", {}).get("sdpa", {}).get("truth_accuracy")
+        if learnt is not None:  # agreement means something only where the model is sure: did it learn?
+            out[f"same_tokens_{kind}"]["sdpa_tokens_equal_truth"] = learnt
     if "fp32_control" in model:
         err = model["fp32_control"].get("logit_rel_err_max")
         out["fp32_logits_within_1e-4"] = {

@@ -75,6 +75,6 @@ def test_markdown_shows_rows_errors_and_targets():
     assert "| einfuse | 4 | 3.9 | 1 | 1.02x | 1 | 2.5 | attn 1.00 |" in md
     assert "flex_attention | error: TimeoutError" in md and "97.0 %" in md
     assert "**prefill_le_sdpa**: MET" in md and "**same_tokens_free_running**: MET" in md
-    assert "eager_floor 1" in md and "einfuse copy 94.0 %, skip 100.0 %" in md
+    assert "eager_floor 1, sdpa_tokens_equal_truth 1)" in md and "einfuse copy 94.0 %, skip 100.0 %" in md
     assert "Trained 120 steps" in md and "accuracy on predictable tokens 100.0 %" in md
     assert "**fp32_logits_within_1e-4**: MISSED" in md and "decode steps 0.0003" in md
