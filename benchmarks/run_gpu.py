@@ -48,8 +48,11 @@ def cutlass_cases(cases: list[Case]) -> list[Case]:
     return [c for c in cases if c.owner in CUTLASS_OWNERS and c.D in (64, 128)]
 
 
-CUTLASS_SYSTEMS = {"einfuse-cutlass": "auto", "einfuse-cutlass-sm80": "sm80"}
-"""einfuse-cutlass: the path einfuse picks (wgmma on Hopper); -sm80: the mma.sync path, for comparison."""
+CUTLASS_SYSTEMS = {"einfuse-cutlass": "auto", "einfuse-cutlass-sm80": "sm80", "einfuse-cutlass-sm90ws": "sm90ws",
+                   "einfuse-cutlass-sm90pp": "sm90pp"}
+"""einfuse-cutlass: the path einfuse picks (wgmma on Hopper); -sm80: the mma.sync path, for comparison;
+-sm90ws: the warp-specialised TMA-pipeline kernel; -sm90pp: the same with intra-warpgroup overlap and
+ping-pong (both Hopper only), measured before one becomes the default."""
 
 
 def _build_cutlass(spec: str, head_dim: int, path: str) -> str:
@@ -66,8 +69,9 @@ def _build_cutlass(spec: str, head_dim: int, path: str) -> str:
         return f"{spec} ({path}): {type(exc).__name__}: {str(exc)[-300:]}"
 
 
-def prebuild_cutlass(cases: list[Case], log: Any) -> None:
-    """nvcc takes ~1 min per kernel: build every case's kernel at once, one process each."""
+def prebuild_cutlass(cases: list[Case], log: Any, systems: list[str] | None = None) -> None:
+    """nvcc takes ~1 min per kernel: build every case's kernel (of the asked CUTLASS systems) at once,
+    one process each."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -75,7 +79,10 @@ def prebuild_cutlass(cases: list[Case], log: Any) -> None:
     if not todo:
         return
     t0 = time.time()
-    jobs = [(c.spec, c.D, path) for c in todo for path in CUTLASS_SYSTEMS.values()]
+    paths = [path for name, path in CUTLASS_SYSTEMS.items() if not systems or name in systems]
+    jobs = [(c.spec, c.D, path) for c in todo for path in paths]
+    if not jobs:
+        return
     with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1),
                              mp_context=get_context("spawn")) as pool:
         for line in pool.map(_build_cutlass, *zip(*jobs)):
@@ -288,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = select(args.only)
     with_cutlass = not args.no_cutlass and (not args.systems or "einfuse-cutlass" in args.systems)
     if with_cutlass:
-        prebuild_cutlass(cases, log)
+        prebuild_cutlass(cases, log, args.systems.split(",") if args.systems else None)
     for case in cases:
         systems = ["einfuse-triton", *(list(CUTLASS_SYSTEMS) if with_cutlass and case in cutlass_cases([case])
                                        else []), *case.peers]

@@ -79,7 +79,7 @@ class AttentionFunction(torch.autograd.Function):
         if ctx.cap_names:  # learned bias tables and other float captured tensors (capture_grad)
             from einfuse.codegen.triton.capture_grad import capture_grads
 
-            dcaps = capture_grads(ctx.bwd.forward, q, k, v, out, dout, lse, ctx.runtime, ctx.cap_names)
+            dcaps = capture_grads(ctx.bwd, q, k, v, out, dout, lse, ctx.runtime, ctx.cap_names)
         return (dq, dk, dv, None, None, None, *dcaps)
 
 

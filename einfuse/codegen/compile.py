@@ -349,7 +349,7 @@ def compile(c: Cascade, *, target: str = "triton", sizes: Mapping[str, int] | No
         build_linear = _builder("linear", "build_linear")
         opts = _builder("linear", "LinearOptions").of(dict(options))
         plan = kernel_plan(c, state_block=opts.state_chunk or 2 * opts.chunk)
-        kernel = build_linear(plan, **options)
+        kernel = build_linear(plan, origin=c, **options)
     else:
         from einfuse.codegen.triton.runtime import AttentionKernel
         from einfuse.lowering.tile_order import grid_of

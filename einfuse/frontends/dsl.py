@@ -126,8 +126,10 @@ def aligned(fn: Callable[..., object] | None, align: str) -> Callable[..., objec
     qpos = symbolic.Index(query_position(align))  # traced like q_idx: == and != build predicates
 
     @functools.wraps(fn)  # the signature check of _call_user reads the user's function
-    def call(*args: object) -> object:
-        return fn(*args[:-2], qpos, args[-1])
+    def call(*args: object) -> object:  # the user's function's own tensors are captured, not this wrapper's
+        from einfuse.frontends.captured import substitute_tensors
+
+        return substitute_tensors(fn)(*args[:-2], qpos, args[-1])
     return call
 
 

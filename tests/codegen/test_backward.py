@@ -242,3 +242,33 @@ def test_backward_options_reach_the_backward_kernels_and_bad_ones_are_refused():
         einfuse.compile("causal", backward_options={"block_q": 16})
     with pytest.raises(CodegenError, match="CUTLASS target has no backward"):
         einfuse.compile("causal", target="cutlass", backward_options={"block_m": 16})
+
+
+def test_gpu_defaults_and_the_small_query_tile_guard():
+    """The GPU defaults follow the H200 sweep (dK/dV 64x64 4 warps; dQ 128x128 8 warps for D 65..128) and
+    a dK/dV block_m below 64 is refused for 16-bit GPU inputs (miscompiled dK there), not for fp32."""
+    from dataclasses import astuple
+    from types import SimpleNamespace
+
+    from einfuse.codegen.autograd import backward_kernel
+    from einfuse.codegen.triton.backward import BackwardKernel
+
+    f = einfuse.compile("causal:head_dim=128")
+    plan = backward_kernel(f).plan
+
+    def fake(D, dtype=torch.bfloat16):
+        return SimpleNamespace(device=SimpleNamespace(type="cuda"), dtype=dtype, shape=(1, 1, 64, D))
+
+    kern = BackwardKernel(f.kernel, plan)
+    assert astuple(kern.config(fake(128))) == (64, 64, 4, 2)
+    assert astuple(kern.dq_config(fake(128))) == (128, 128, 8, 2)
+    assert astuple(kern.dq_config(fake(64))) == (64, 64, 4, 2)
+    assert astuple(kern.dq_config(fake(256))) == (64, 64, 4, 2)
+    # an explicit dK/dV choice is also the dQ kernel's unless dq_* says otherwise
+    assert astuple(BackwardKernel(f.kernel, plan, block_n=128).dq_config(fake(128))) == (64, 128, 4, 2)
+    small = BackwardKernel(f.kernel, plan, block_m=32, block_n=128)
+    with pytest.raises(CodegenError, match="block_m=32.*block_m >= 64.*bfloat16"):
+        small.config(fake(128))
+    assert small.config(fake(128, torch.float32)).block_m == 32
+    assert small.config(SimpleNamespace(device=SimpleNamespace(type="cpu"), dtype=torch.bfloat16,
+                                        shape=(1, 1, 64, 128))).block_m == 32

@@ -97,13 +97,27 @@ def test_mirrored_tiles_and_query_offsets():
     k2, v2 = (torch.cat([t.detach()] * 2, dim=2).requires_grad_() for t in (k, v))   # 1400 keys
     out, lse = f.kernel.forward_with_lse(q.detach(), k2.detach(), v2.detach(), q_offset=500)
     do = torch.randn_like(out)
-    kern = BackwardKernel(f.kernel, backward_kernel(f).plan, block_m=32, block_n=128, dq_block_m=128, dq_block_n=32)
+    kern = BackwardKernel(f.kernel, backward_kernel(f).plan, block_m=64, block_n=128, dq_block_m=128, dq_block_n=32)
     got = kern(q.detach(), k2.detach(), v2.detach(), out, lse, do, q_offset=500)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k2, v2))
     ref = softmax_plan_attention(f.plan, q64, k64, v64, sizes={"QOFF": 500})
     want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
     for g, w in zip(got, want):
         assert torch.isfinite(g).all() and rel_err(g, w) < 2e-2
+
+
+def test_small_dkdv_query_tiles_are_refused_for_16_bit_inputs():
+    """block_m 32 gave wrong dK on the H200 (Triton 3.6); it must be an error, not a wrong gradient."""
+    from einfuse.codegen.autograd import backward_kernel
+    from einfuse.codegen.triton.backward import BackwardKernel
+    from einfuse.errors import CodegenError
+
+    f = einfuse.compile("causal:head_dim=128")
+    q, k, v = _inputs(1, 4, 2, 300, 128)
+    out, lse = f.kernel.forward_with_lse(q.detach(), k.detach(), v.detach())
+    kern = BackwardKernel(f.kernel, backward_kernel(f).plan, block_m=32, block_n=128)
+    with pytest.raises(CodegenError, match="block_m=32"):
+        kern(q.detach(), k.detach(), v.detach(), out, lse, torch.randn_like(out))
 
 
 @pytest.mark.parametrize("spec", ["causal:head_dim=128", "na2d:shape=24x24,kernel=7,head_dim=128"])

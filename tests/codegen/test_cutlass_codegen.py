@@ -1,7 +1,8 @@
 """CUTLASS back end without a GPU: sources printed from plans, refusals, the CLI, and nvcc compiles.
 
-The compile tests run nvcc on generated sources (two compiles: a causal bf16 hd128 kernel for sm_90a
-and a 2-D neighbourhood fp16 hd64 kernel for sm_80), so a broken skeleton or printer fails CI; they
+The compile tests run nvcc on generated sources (four compiles, one per path: causal bf16 hd128 on
+sm90, sliding-window fp16 hd64 on sm90ws and ALiBi bf16 hd128 on sm90pp for sm_90a, a 2-D
+neighbourhood fp16 hd64 kernel on sm80 for sm_80), so a broken skeleton or printer fails CI; they
 are skipped when nvcc or the nvidia-cutlass headers are missing, and objects are cached by a hash of
 the source in the temp dir (a second run is instant).
 """
@@ -97,6 +98,8 @@ needs_nvcc = pytest.mark.skipif(not _have_toolchain(), reason="needs nvcc and pi
 @needs_nvcc
 @pytest.mark.parametrize("spec,config,arch,path", [
     ("causal", ("bf16", 128), "90a", "sm90"),   # the Hopper path: wgmma
+    ("sliding_window:window=100", ("fp16", 64), "90a", "sm90ws"),  # TMA pipeline, warp-specialised
+    ("alibi", ("bf16", 128), "90a", "sm90pp"),  # + intra-warpgroup overlap, ping-pong
     ("na2d:shape=12x20,kernel=5,dilation=2,causal=true", ("fp16", 64), "80", "sm80"),
 ])
 def test_generated_source_compiles_with_nvcc(spec, config, arch, path):
@@ -117,6 +120,14 @@ def test_the_hopper_path_is_printed_with_wgmma_and_refused_off_hopper():
     assert auto.path_for("90a") == "sm90" and auto.path_for("80") == "sm80"
     with pytest.raises(CodegenError, match="needs a Hopper GPU"):
         CutlassAttention.build(einfuse.plan("causal"), path="sm90").path_for("80")
+    ws = emit_source(einfuse.plan("causal"), configs=(("bf16", 128),), path="sm90ws")
+    assert "launch90ws<Traits90ws<cutlass::bfloat16_t, 128>>" in ws and "SM90_TMA_LOAD" in ws
+    assert "warpgroup_reg_dealloc" in ws and "arrive_and_expect_tx" in ws
+    pp = emit_source(einfuse.plan("causal"), configs=(("bf16", 128),), path="sm90pp")
+    assert "launch90ws<Traits90pp<cutlass::bfloat16_t, 128>>" in pp and "turn_wait" in pp
+    for path in ("sm90ws", "sm90pp"):
+        with pytest.raises(CodegenError, match="needs a Hopper GPU"):
+            CutlassAttention.build(einfuse.plan("causal"), path=path).path_for("80")
     with pytest.raises(CodegenError, match="path 'sm70' is unknown"):
         CutlassAttention.build(einfuse.plan("causal"), path="sm70")
 

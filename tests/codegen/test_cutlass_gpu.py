@@ -13,6 +13,7 @@ tile walk); a non-finite output is a masked-row bug; a CodegenError names what i
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -158,3 +159,96 @@ def test_auto_target_times_both_backends_and_matches_float64(tmp_path, monkeypat
 def test_the_sm80_path_on_every_gpu(spec, D, dtype):
     n = math.prod(grid_of(einfuse.load_spec(spec).attrs, {})) if spec.startswith("na") else 777
     check(spec, H=4, Hkv=2, N=n, D=D, dtype=dtype, tol=1e-2 if dtype == torch.bfloat16 else 3e-3, path="sm80")
+
+
+# ---- the warp-specialised Hopper kernels (path="sm90ws": TMA loads, multi-stage pipeline, producer and
+# consumer warpgroups; path="sm90pp": the same with intra-warpgroup overlap and ping-pong). Their loads
+# differ from the other paths (TMA zero-fills rows past the end of a head instead of predicated
+# cp.async), so ragged tiles, GQA strides, strided inputs and empty tile lists are checked again; the
+# per-tile softmax and masks are the shared code.
+hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                            reason="the sm90ws/sm90pp paths need a Hopper GPU")
+WS_PATHS = ("sm90ws", "sm90pp")
+ws_paths = pytest.mark.parametrize("path", WS_PATHS)
+WS_VARIANTS = [
+    ("causal", 128, torch.bfloat16, 777, 777, 2),
+    ("causal", 64, torch.float16, 515, 515, 4),
+    ("softcap:cap=20,causal=true", 128, torch.bfloat16, 300, 1000, 1),
+    ("alibi", 128, torch.bfloat16, 1000, 300, 2),
+    ("sliding_window:window=150", 64, torch.bfloat16, 640, 640, 1),
+    ("sigmoid:causal=true,bias=-2", 128, torch.float16, 777, 777, 2),
+    ("softmax", 128, torch.bfloat16, 5, 1000, 2),    # one ragged query tile
+    ("softmax", 128, torch.bfloat16, 1000, 37, 2),   # one ragged key tile, no full tile
+]
+WS_NEIGHBORHOODS = ["na2d:shape=24x20,kernel=5", "na3d:shape=6x8x10,kernel=3"]
+
+
+def masked_prefix_cascade():
+    """Query tile 0 (rows 0-127) sees no key: its tile list is empty (no load is issued); rows 128
+    and 129 have every key masked inside a tile that is walked."""
+    return einfuse.attention(mask_mod=lambda b, h, q, kv: kv <= q - 130, head_dim=128)
+
+
+@pytest.fixture(scope="module")
+def ws_prebuilt():
+    """Build the sm90ws/sm90pp kernels of the tests below at once, one process each (nvcc takes ~1 min
+    per kernel; one after another they would take most of the GPU session). The tests then load them
+    from the build cache; a kernel missing here is simply built by its test."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from einfuse.codegen.cutlass.build import arch_of, prebuild
+
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+    jobs = [(spec, (names[dt], D)) for spec, D, dt, *_ in WS_VARIANTS]
+    jobs += [(spec, ("bf16", 64)) for spec in WS_NEIGHBORHOODS]
+    jobs += [(masked_prefix_cascade(), ("bf16", 128))]
+    sources = {einfuse.compile(spec, target="cutlass", path=path).kernel.source((config,), path)
+               for spec, config in jobs for path in WS_PATHS}
+    arch = arch_of(0)
+    with ProcessPoolExecutor(max_workers=min(len(sources), os.cpu_count() or 1),
+                             mp_context=get_context("spawn")) as pool:
+        list(pool.map(prebuild, sorted(sources), [arch] * len(sources)))
+
+
+@hopper
+@ws_paths
+@pytest.mark.parametrize("spec,D,dtype,N,M,Hkv", WS_VARIANTS)
+def test_sm90ws_variants_ragged_gqa(spec, D, dtype, N, M, Hkv, path, ws_prebuilt):
+    check(spec, B=2, H=4, Hkv=Hkv, N=N, M=M, D=D, dtype=dtype, tol=1e-2 if dtype == torch.bfloat16 else 3e-3,
+          path=path)
+
+
+@hopper
+@ws_paths
+@pytest.mark.parametrize("spec", WS_NEIGHBORHOODS)
+def test_sm90ws_neighborhood_block_tables(spec, path, ws_prebuilt):
+    n = math.prod(grid_of(einfuse.load_spec(spec).attrs, {}))
+    f = check(spec, H=2, Hkv=2, N=n, D=64, path=path)
+    assert not f.kernel.last_tables.dense  # the producer walked the same sparse tile lists
+
+
+@hopper
+@ws_paths
+def test_sm90ws_strided_inputs_lse_fully_masked_rows_and_empty_tiles(path, ws_prebuilt):
+    c = masked_prefix_cascade()
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    # (B, N, H, D) storage seen as (B, H, N, D): the tensor maps take the strides as given; large logits
+    q, k, v = ((torch.randn(2, 333, h, 128, device="cuda", generator=gen) * scale).to(torch.bfloat16).transpose(1, 2)
+               for h, scale in ((4, 20), (2, 20), (2, 1)))
+    assert not q.is_contiguous() and q.stride(2) == 4 * 128
+    f = einfuse.compile(c, target="cutlass", path=path)
+    out, lse = f.kernel(q, k, v, return_lse=True)
+    assert torch.isfinite(out).all() and torch.all(out[:, :, :130] == 0)
+    assert torch.all(lse[:, :, :130] == float("-inf")) and torch.isfinite(lse[:, :, 130:]).all()
+    assert rel_err(out, reference(c, q, k, v)) < 2e-2
+    assert int(f.kernel.last_tables.full_num[..., 0].sum() + f.kernel.last_tables.part_num[..., 0].sum()) == 0
+
+
+@hopper
+@ws_paths
+def test_sm90ws_matches_triton_back_end_on_long_causal(path, ws_prebuilt):
+    q, k, v = inputs(2, 4, 4, 4096, 4096, 128, torch.bfloat16, seed=3)  # many tiles: every stage reused
+    out = einfuse.compile("causal", target="cutlass", path=path)(q, k, v)
+    ref = einfuse.compile("causal")(q, k, v)
+    assert rel_err(out, ref.float()) < 1e-2

@@ -132,3 +132,9 @@ def load_extension(source: str, arch: str) -> ModuleType:
                            f"to see nvcc's output): {str(exc)[-2000:]}") from None
     _LOADED[name] = mod
     return mod
+
+
+def prebuild(source: str, arch: str) -> None:
+    """Build the extension into the on-disk cache without keeping it (a worker process's job when
+    several kernels are built at once: nvcc takes about a minute each)."""
+    load_extension(source, arch)

@@ -7,7 +7,10 @@ rows with every key masked), which the backward pass needs. One extension is bui
 head dim, arch) on first use, so a call pays nvcc once per configuration and machine.
 
 ``path`` picks the MMA path: ``"auto"`` (default) runs the wgmma kernel (``sm90``) on Hopper and the
-mma.sync kernel (``sm80``) elsewhere; ``"sm80"`` also runs on Hopper (to compare the two).
+mma.sync kernel (``sm80``) elsewhere; ``"sm80"`` also runs on Hopper (to compare the two);
+``"sm90ws"`` is the warp-specialised Hopper kernel (TMA loads through a multi-stage pipeline,
+producer and consumer warpgroups) and ``"sm90pp"`` the same with FlashAttention-3's intra-warpgroup
+overlap and warpgroup ping-pong; both are measured against ``sm90`` before one becomes the default.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from einfuse.codegen.cutlass.emit import (
     ALL_CONFIGS,
     BLOCK_M,
     BLOCK_N,
+    HOPPER_PATHS,
     check_config,
     check_path,
     check_plan,
@@ -51,7 +55,7 @@ class CutlassAttention:
         check_plan(plan)
         path = options.pop("path", "auto")
         if options:
-            raise CodegenError(f"{plan.name}: the CUTLASS back end takes only path= ('auto', 'sm80', 'sm90'; "
+            raise CodegenError(f"{plan.name}: the CUTLASS back end takes only path= ('auto', 'sm80', 'sm90', 'sm90ws', 'sm90pp'; "
                                f"got {', '.join(sorted(options))}); tiles are {BLOCK_M}x{BLOCK_N}")
         if path != "auto":
             check_path(plan.name, path)
@@ -72,8 +76,8 @@ class CutlassAttention:
         """The MMA path that runs on ``arch`` (``90a``, ``80``, ...)."""
         if self.path == "auto":
             return "sm90" if arch == "90a" else "sm80"
-        if self.path == "sm90" and arch != "90a":
-            raise CodegenError(f"{self.plan.name}: the CUTLASS sm90 path (wgmma) needs a Hopper GPU (sm_90a); "
+        if self.path in HOPPER_PATHS and arch != "90a":
+            raise CodegenError(f"{self.plan.name}: the CUTLASS {self.path} path (wgmma) needs a Hopper GPU (sm_90a); "
                                f"this one is sm_{arch}: use path='sm80'")
         return self.path
 
@@ -121,7 +125,8 @@ class CutlassAttention:
 
 
 def _aligned(t: Any) -> Any:
-    """cp.async moves 16 bytes: rows must start 16-byte aligned (strides multiples of 8 elements)."""
-    if t.data_ptr() % 16 or any(s % 8 for s in t.stride()[:3]):
+    """cp.async moves 16 bytes: rows must start 16-byte aligned (strides multiples of 8 elements);
+    TMA tensor maps (sm90ws) also refuse a zero stride (an expanded dimension)."""
+    if t.data_ptr() % 16 or any(s % 8 or (s == 0 and n > 1) for s, n in zip(t.stride()[:3], t.shape[:3])):
         t = t.contiguous()
     return t

@@ -41,6 +41,8 @@ class BackwardKernel:
     _tables: dict = field(default_factory=dict)
     last_config: KernelConfig | None = None
     last_dq_config: KernelConfig | None = None
+    last_capture_tables: Any = None
+    """The block tables the captured-tensor gradient kernel last walked (the dQ kernel's)."""
 
     def __post_init__(self) -> None:
         if self.dq_layout not in ("separate", "atomic"):
@@ -68,21 +70,31 @@ class BackwardKernel:
         return (order, order) if isinstance(k_order, SpanBoxes) else (order, k_order)
 
     def config(self, q: Any) -> KernelConfig:
-        """The dK/dV kernel's configuration (tiles: ``block_n`` keys stay on chip, ``block_m`` queries stream)."""
+        """The dK/dV kernel's configuration (tiles: ``block_n`` keys stay on chip, ``block_m`` queries stream).
+
+        GPU default 64 x 64, 4 warps, 2 stages at every head dim: the fastest dK/dV tiles of the H200
+        sweep (benchmarks/results/backward/nvidia-h200-tune-backward.md: causal D128 2.96 ms against
+        4.22 ms with 8 warps; na2d D64 the best too)."""
         interp = q.device.type != "cuda"
-        d = max(q.shape[3], 16)
-        base = KernelConfig(32, 32, 4, 1) if interp else KernelConfig(64, 64, 4 if d <= 64 else 8, 2)
-        return KernelConfig(self.block_m or base.block_m, self.block_n or base.block_n,
-                            self.num_warps or base.num_warps, self.num_stages or base.num_stages)
+        base = KernelConfig(32, 32, 4, 1) if interp else KernelConfig(64, 64, 4, 2)
+        cfg = KernelConfig(self.block_m or base.block_m, self.block_n or base.block_n,
+                           self.num_warps or base.num_warps, self.num_stages or base.num_stages)
+        check_dkdv_rows(self.plan.name, cfg, q)
+        return cfg
 
     def dq_config(self, q: Any) -> KernelConfig:
-        """The dQ kernel's configuration (``block_m`` queries stay on chip, ``block_n`` keys stream);
-        each field defaults to the dK/dV kernel's. FlashAttention-2's Triton backward uses mirrored
-        tiles (dK/dV 32 x 128, dQ 128 x 32), so the two are tuned separately
-        (benchmarks/tune_backward.py)."""
+        """The dQ kernel's configuration (``block_m`` queries stay on chip, ``block_n`` keys stream).
+
+        The two kernels are tuned separately (benchmarks/tune_backward.py): on the GPU the dQ kernel
+        defaults to 128 x 128 with 8 warps for head dims 65..128 (causal D128: 1.95 ms for the whole
+        backward against 2.96 ms at the dK/dV kernel's 64 x 64), else to the dK/dV kernel's tiles (na2d
+        D64: 64 x 64, 4 warps is best); an explicit ``dq_*`` field wins, then an explicit dK/dV field."""
         kv = self.config(q)
-        return KernelConfig(self.dq_block_m or kv.block_m, self.dq_block_n or kv.block_n,
-                            self.dq_num_warps or kv.num_warps, self.dq_num_stages or kv.num_stages)
+        wide = q.device.type == "cuda" and 64 < q.shape[3] <= 128
+        base = (KernelConfig(128, 128, 8, 2) if wide and not (self.block_m or self.block_n or self.num_warps)
+                else kv)
+        return KernelConfig(self.dq_block_m or base.block_m, self.dq_block_n or base.block_n,
+                            self.dq_num_warps or base.num_warps, self.dq_num_stages or base.num_stages)
 
     def __call__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, dout: Any, q_offset: int | None = None,
                  **options: Any) -> tuple[Any, Any, Any]:
@@ -166,6 +178,29 @@ class BackwardKernel:
             TABLES=not tables.dense, FULL_CONTIG=tables.full_contig, PART_CONTIG=tables.part_contig,
             **launch_args(q_cfg))
         return dq, dk, dv
+
+
+MIN_DKDV_ROWS_16BIT = 64
+"""The smallest query tile of the dK/dV kernel on a GPU for 16-bit inputs. With ``block_m`` 16 or 32,
+Triton 3.6 on the H200 computes dK wrong (rel. error 0.02-0.2, dQ and dV right) for most warp/stage
+choices (16x64 4 warps, 32x64 4 warps, 32x128 8 warps, 32x128 4 warps at D64, ...), while the
+interpreter and fp32 inputs are right; every ``block_m`` >= 64 was right (benchmarks/results/backward/
+README.md). The choice depends on warps and stages, i.e. on code generation, so no tile below is
+trusted."""
+
+
+def check_dkdv_rows(name: str, cfg: KernelConfig, q: Any) -> None:
+    """Refuse a dK/dV query tile below :data:`MIN_DKDV_ROWS_16BIT` on a GPU for 16-bit inputs."""
+    import torch
+
+    if (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16)
+            and cfg.block_m < MIN_DKDV_ROWS_16BIT):
+        from einfuse.errors import CodegenError
+
+        raise CodegenError(
+            f"{name}: backward block_m={cfg.block_m}: the dK/dV kernel needs block_m >= "
+            f"{MIN_DKDV_ROWS_16BIT} on the GPU for {str(q.dtype).removeprefix('torch.')} inputs (smaller "
+            f"query tiles compute wrong dK with this Triton; fp32 inputs and the interpreter are not affected)")
 
 
 BACKWARD_OPTIONS = ("block_m", "block_n", "num_warps", "num_stages", "dq_block_m", "dq_block_n", "dq_num_warps",

@@ -15,7 +15,7 @@ from typing import Any
 from einfuse.codegen.triton.launch import BoundLaunch, CallCache, cached_call
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.linear_kernels import linear_source
-from einfuse.codegen.triton.options import cdiv, parse_options, pow2
+from einfuse.codegen.triton.options import IGNORED_OPTIONS, cdiv, parse_options, pow2
 from einfuse.errors import CodegenError
 from einfuse.ir.cascade import Cascade
 from einfuse.lowering.linear import LinearPlan
@@ -72,6 +72,9 @@ class LinearKernel:
     cascade: Cascade | None = field(default=None, repr=False)  # the lowered cascade the kernel follows
     lowering: str = ""
     _calls: CallCache = field(default_factory=CallCache, repr=False, compare=False)
+    explicit: frozenset[str] = frozenset()  # options the user gave: the tuned-defaults table keeps off them
+    origin: Cascade | None = field(default=None, repr=False, compare=False)  # unlowered: rebuilds at other chunks
+    _siblings: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         """``o`` of shape ``(B, H, N, D_v)``; a signature seen before reuses its prepared launches
@@ -93,7 +96,9 @@ class LinearKernel:
             raise CodegenError(f"shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)} do not match")
         if H % Hkv:
             raise CodegenError(f"{Hkv} key/value heads do not divide {H} query heads")
-        opt = self.options
+        opt = self.tuned_options(q, k, v)
+        if _state_block(opt) != _state_block(self.options) or opt.chunk != self.options.chunk:
+            return self.sibling(opt).prepare(q, k, v)
         chunk = opt.chunk
         schunk = opt.state_chunk or 2 * chunk
         nt = cdiv(N, schunk) if self.plan.causal else 1
@@ -115,6 +120,43 @@ class LinearKernel:
             opt.num_stages_output)
         return PreparedLinear((B, H, N, DV), q.dtype, (B * H, nt, D, DV), sdt,
                               (B * H, nt, D) if self.plan.normalize else None, q.device, states, output)
+
+    def tuned_options(self, q: Any, k: Any, v: Any) -> LinearOptions:
+        """The kernel's options with the shipped tuned defaults (einfuse.codegen.tuned_defaults) for
+        this device and shape in every field the user did not set; chunk sizes change only when the
+        unlowered cascade is known (the plan is lowered per state block)."""
+        from dataclasses import replace
+
+        from einfuse.codegen.tuned_defaults import find
+
+        dt = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}.get(str(q.dtype))
+        e = find(q.device, kernel="linear", variant=self.table_variant(), layout="flat", dtype=dt, head_dim=q.shape[3],
+                 value_dim=v.shape[3], group=q.shape[1] // k.shape[1], n_q=q.shape[2], n_kv=k.shape[2]) if dt else None
+        if e is None:
+            return self.options
+        fixed = set(self.explicit) | (set() if self.origin is not None else {"chunk", "state_chunk"})
+        if fixed & {"chunk", "state_chunk"}:  # the two go together (state block = a multiple of the chunk)
+            fixed |= {"chunk", "state_chunk"}
+        change = {f: val for f, val in e.config.items() if f not in fixed}
+        return replace(self.options, **change) if change else self.options
+
+    def table_variant(self) -> str:
+        """The variant's name in tuned-defaults tables: the cascade's name."""
+        src = self.origin if self.origin is not None else self.cascade
+        return src.name if src is not None else self.plan.name
+
+    def sibling(self, opts: LinearOptions) -> LinearKernel:
+        """This variant built at other chunk sizes (lowered again from the unlowered cascade), once."""
+        key = (opts.chunk, _state_block(opts))
+        if key not in self._siblings:
+            from dataclasses import asdict
+
+            self._siblings[key] = build_linear(self.origin, **asdict(opts))
+        return self._siblings[key]
+
+
+def _state_block(opts: LinearOptions) -> int:
+    return opts.state_chunk or 2 * opts.chunk
 
 
 class PreparedLinear:
@@ -141,16 +183,19 @@ class PreparedLinear:
         return o
 
 
-def build_linear(plan: KernelPlan | Cascade, **options: Any) -> LinearKernel:
+def build_linear(plan: KernelPlan | Cascade, origin: Cascade | None = None, **options: Any) -> LinearKernel:
     """Generate and load the chunked Triton kernels of a linear-attention plan.
 
     ``plan``: a :class:`KernelPlan` of family linear (a cascade is lowered first, at the state block
     the options imply). Options: see :class:`LinearOptions`. The plan layer refuses cascades the
     chunked schedule cannot run exactly (non-causal masks, decays not multiplicative in p - m).
+    ``origin``: the unlowered cascade of a given plan, so that calls can rebuild at the chunk sizes of
+    the tuned-defaults table; the options given here are never overridden by that table.
     """
     opts = LinearOptions.of(dict(options))
     block = opts.state_chunk or 2 * opts.chunk
     if isinstance(plan, Cascade):
+        origin = origin if origin is not None else plan
         plan = kernel_plan(plan, state_block=block)
     if plan.family != "linear":
         raise CodegenError(f"{plan.name}: build_linear takes a plan of the linear family, not {plan.family}")
@@ -160,7 +205,8 @@ def build_linear(plan: KernelPlan | Cascade, **options: Any) -> LinearKernel:
     lin = plan.detail.plan
     source = linear_source(lin, plan.detail.parts)
     module = load_module(source, f"linear_{lin.name}")
-    return LinearKernel(lin, opts, source, module, plan.cascade, plan.lowering)
+    return LinearKernel(lin, opts, source, module, plan.cascade, plan.lowering,
+                        explicit=frozenset(options) - IGNORED_OPTIONS, origin=origin)
 
 
 __all__ = ["LinearKernel", "LinearOptions", "PreparedLinear", "build_linear"]

@@ -377,7 +377,8 @@ class AttentionKernel:
 
     def config(self, q, k, v, layout: Layout, opts: LaunchOptions,
                captures: tuple[dict[str, Any], tuple] | None = None) -> KernelConfig:
-        """Explicit options, else the tuned (cached) configuration, else the heuristic one."""
+        """Explicit options, else the tuned (cached) configuration, else the shipped tuned default
+        (einfuse/codegen/tuned_defaults.json), else the heuristic one."""
         B, H, Nq, D = q.shape
         Hkv, Nkv = k.shape[1], k.shape[2]
         dt = _DTYPES[str(q.dtype)]
@@ -408,6 +409,11 @@ class AttentionKernel:
 
             cfg = autotune.tune(make_run, autotune.candidates(max(D, v.shape[3]), dt, boxed),
                                 key, cache)
+        if cfg is None:  # a fresh machine: the shipped tuning results (einfuse.codegen.tuned_defaults)
+            from einfuse.codegen.tuned_defaults import attention_config
+
+            cfg = attention_config(q.device, self.cascade.name, layout_kind(layout), dt, D, v.shape[3],
+                                   H // Hkv, Nq, Nkv)
         cfg = cfg or base
         self._configs[memo] = cfg
         return cfg
@@ -444,6 +450,13 @@ class PreparedAttention:
         lse = self._empty(self.lse[0], dtype=self.lse[1], device=self.device)
         self.launch(q, k, v, out, lse)
         return out, lse
+
+
+def layout_kind(layout: Layout) -> str:
+    """'flat', 'box' or 'span': the tile order's name in tuned-defaults tables."""
+    if layout[0].is_flat:
+        return "flat"
+    return "span" if isinstance(layout[1], SpanBoxes) else "box"
 
 
 def _non_default(opts: LaunchOptions) -> dict[str, Any]:

@@ -69,14 +69,17 @@ __device__ __forceinline__ float quad_sum(float x) {
 }
 
 // One key tile j: scores -> probabilities in place. Softmax: score in log2 units, mask on PARTIAL
-// tiles, online row max, rescale of the output accumulator o; sigmoid/normsum: the weights.
-// s and o are accumulators viewed (rows, columns); cS holds each element's (row, column) in the tile.
-template <int kBlockM, int kBlockN, int kHeadDim, int kRows, class S, class O, class CS>
-__device__ __forceinline__ void score_tile(S& s, O& o, CS const& cS, float (&row_max)[kRows],
-                                           float (&row_sum)[kRows], int t, int j, bool masked, int h, int b,
-                                           int n_q, int n_kv, int heads, int batch) {
+// tiles, online row max, and alpha[r], the factor the output accumulator's row r must be rescaled by
+// (the caller applies it: at once, or after an in-flight P.V of the previous tile has finished);
+// sigmoid/normsum: the weights (alpha stays 1). s is an accumulator viewed (rows, columns); cS holds
+// each element's (row, column) in the tile.
+template <int kBlockM, int kBlockN, int kHeadDim, int kRows, class S, class CS>
+__device__ __forceinline__ void score_probs(S& s, CS const& cS, float (&row_max)[kRows], float (&row_sum)[kRows],
+                                            float (&alpha)[kRows], int t, int j, bool masked, int h, int b,
+                                            int n_q, int n_kv, int heads, int batch) {
   CUTE_UNROLL
   for (int r = 0; r < size<0>(s); ++r) {
+    alpha[r] = 1.0f;
     const int qi = t * kBlockM + get<0>(cS(r, 0));
     if constexpr (kFamily == kSoftmax) {
       // score (log2 units), mask, row max
@@ -94,7 +97,7 @@ __device__ __forceinline__ void score_tile(S& s, O& o, CS const& cS, float (&row
       const float m_new = fmaxf(row_max[r], mx);
       // a row with every key masked so far keeps max -inf: subtract 0 instead (exp2(-inf) = 0, no NaN)
       const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
-      const float alpha = exp2f(row_max[r] - m_sub);
+      alpha[r] = exp2f(row_max[r] - m_sub);
       row_max[r] = m_new;
       float sum = 0.0f;
       CUTE_UNROLL
@@ -103,9 +106,7 @@ __device__ __forceinline__ void score_tile(S& s, O& o, CS const& cS, float (&row
         s(r, c) = pr;
         sum += pr;
       }
-      row_sum[r] = row_sum[r] * alpha + sum;  // this thread's share of the row; reduced at the end
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(o); ++c) o(r, c) *= alpha;
+      row_sum[r] = row_sum[r] * alpha[r] + sum;  // this thread's share of the row; reduced at the end
     } else {
       // sigmoid: the activation of the score, no reduction; normsum: the weights and their sum
       CUTE_UNROLL
@@ -119,6 +120,29 @@ __device__ __forceinline__ void score_tile(S& s, O& o, CS const& cS, float (&row
       }
     }
   }
+}
+
+// Rescale the output accumulator's rows by alpha (softmax: the old max over the new one).
+template <int kRows, class O>
+__device__ __forceinline__ void rescale_rows(O& o, float const (&alpha)[kRows]) {
+  if constexpr (kFamily == kSoftmax) {
+    CUTE_UNROLL
+    for (int r = 0; r < size<0>(o); ++r) {
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(o); ++c) o(r, c) *= alpha[r];
+    }
+  }
+}
+
+// score_probs, then the rescale of o at once (the paths without P.V in flight during the softmax).
+template <int kBlockM, int kBlockN, int kHeadDim, int kRows, class S, class O, class CS>
+__device__ __forceinline__ void score_tile(S& s, O& o, CS const& cS, float (&row_max)[kRows],
+                                           float (&row_sum)[kRows], int t, int j, bool masked, int h, int b,
+                                           int n_q, int n_kv, int heads, int batch) {
+  float alpha[kRows];
+  score_probs<kBlockM, kBlockN, kHeadDim, kRows>(s, cS, row_max, row_sum, alpha, t, j, masked, h, b, n_q, n_kv,
+                                                 heads, batch);
+  rescale_rows<kRows>(o, alpha);
 }
 
 // Finalize: divide by the row sum (rows with every key masked store 0), store O and the log-sum-exp.
