@@ -2,6 +2,7 @@
 
     python benchmarks/hf_model.py                  # GPU, bf16: Llama- and Mistral-style random models
     python benchmarks/hf_model.py --dry-run        # CPU, Triton interpreter, fp32, tiny sizes: checks the script
+                                                   # (~2 min; its 30 training steps teach a tiny model little)
 
 Random weights built from transformers configs (nothing downloaded); one model per family, whose
 attention implementation is switched between runs, so every implementation sees the same weights.
@@ -11,11 +12,20 @@ window of 1024. Measured in one run:
 
 * prefill: ``model(ids, use_cache=False, logits_to_keep=1)``, B4 x 4096, median of synchronised
   calls, the host time until the call returns, and the top GPU kernels of one call (torch.profiler);
-* generation: 128 greedy tokens over the model's own KV cache (B4, prompt 1536: past the window),
-  each 1-token step synchronised and timed; the fraction of steps whose token equals sdpa's,
-  free-running (the issue's target) and teacher-forced on sdpa's sequence, with the logits' relative
-  error; eager attention (sdpa's math in other kernels) is the bf16 noise floor; an fp32 run of a few
-  teacher-forced steps checks that einfuse and sdpa agree when precision is not the question.
+* training (before generation; ``--train-steps 0`` skips it): random weights give nearly flat
+  logits, so bf16 rounding flips greedy tokens whatever the attention (eager agreed with sdpa on
+  ~50 % of free-running steps). Each model is first trained for <= ``--train-seconds`` on a
+  deterministic synthetic language (benchmarks/hf_synthetic.py: copy rows, skip-bigram rows), with
+  sdpa attention and bf16 autocast over fp32 weights, on rows as long as the generation;
+* prefill: also the GPU ms of the attention kernels and of everything else in one profiled call;
+* generation: 128 greedy tokens over the model's own KV cache (B4, prompt 1536 of held-out language
+  rows: past the window), each 1-token step synchronised and timed; the fraction of steps whose
+  token equals sdpa's, free-running (the issue's target) and teacher-forced on sdpa's sequence, the
+  logits' error, sdpa's top-2 margins and the steps a logit change of that size could flip, and the
+  fraction equal to the language's true continuation; eager attention (sdpa's math in other
+  kernels) is the bf16 noise floor;
+* fp32 control: the fp32 (trained) weights, einfuse vs sdpa teacher-forced for ``--fp32-steps``
+  steps, prefill and decode logits held to 1e-4 (relative), where precision is not the question.
 
 Results: ``benchmarks/results/hf-model/<device>.{json,md}`` and ``$OUT`` when set.
 """
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import re
@@ -59,12 +70,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gen-prompt", type=int, default=1536)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--fp32-steps", type=int, default=24, help="teacher-forced fp32 steps (0: skip)")
+    p.add_argument("--train-steps", type=int, default=300,
+                   help="steps of training on the synthetic language before generation (0: random weights)")
+    p.add_argument("--train-batch", type=int, default=4, help="rows per step, each gen-prompt + new-tokens long")
+    p.add_argument("--train-seconds", type=float, default=40, help="stop training a model after this long")
+    p.add_argument("--train-lr", type=float, default=6e-4)
+    p.add_argument("--lang-vocab", type=int, default=1024, help="tokens the synthetic language uses")
+    p.add_argument("--copy-periods", default="8,256", help="MIN,MAX period of the language's copy rows")
+    p.add_argument("--lang-kinds", default="copy,skip", help="row kinds of the language, cycled over a batch")
     p.add_argument("--rep", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-range", type=float, default=0.02, help="initializer_range of the random weights")
     p.add_argument("--guard-s", type=int, default=300, help="give up one implementation's step after this long")
-    p.add_argument("--out-dir", default=None, help="default benchmarks/results/hf-model (a temporary folder "
-                   "with --dry-run)")
+    p.add_argument("--out-dir", "--results-dir", dest="out_dir", default=None,
+                   help="default benchmarks/results/hf-model (a temporary folder with --dry-run); $OUT as well when set")
     p.add_argument("--tag", default="", help="appended to the result files' names (another size, say)")
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, fp32, tiny sizes")
     a = p.parse_args(argv)
@@ -72,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         for k, v in dict(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=96, vocab=97,
                          window=7, batch=2, seq=21, gen_batch=2, gen_prompt=11, new_tokens=6, fp32_steps=2,
-                         rep=1).items():
+                         rep=1, train_steps=min(a.train_steps, 30), lang_vocab=24, copy_periods="3,5").items():
             setattr(a, k, v)
         a.impls = ",".join(x for x in a.impls.split(",") if x != "flex_attention")
     if a.out_dir is None:
@@ -173,12 +192,23 @@ def time_prefill(model: Any, ids: Any, rep: int) -> dict[str, Any]:
         t2 = time.perf_counter()
         host.append((t1 - t0) * 1e3)
         ms.append((t2 - t0) * 1e3)
-    return {"ms": statistics.median(ms), "ms_min": min(ms), "host_ms": statistics.median(host),
-            "top_kernels": top_kernels(lambda: forward(model, ids, use_cache=False))}
+    kernels = kernel_times(lambda: forward(model, ids, use_cache=False))
+    out = {"ms": statistics.median(ms), "ms_min": min(ms), "host_ms": statistics.median(host),
+           "top_kernels": dict(list(kernels.items())[:8])}
+    if kernels and not any(k.startswith("profiler failed") for k in kernels):
+        attn = sum(v for k, v in kernels.items() if ATTENTION_KERNEL.search(k))
+        out.update(attention_gpu_ms=attn, other_gpu_ms=sum(kernels.values()) - attn,
+                   attention_kernels=sorted(k[:60] for k in kernels if ATTENTION_KERNEL.search(k)))
+    return out
 
 
-def top_kernels(fn: Any, n: int = 8) -> dict[str, float]:
-    """GPU ms by kernel name for one call (empty without a GPU or a working profiler)."""
+ATTENTION_KERNEL = re.compile(r"attn|attention|sdpa|fmha|flash|decode_partial|decode_combine", re.IGNORECASE)
+"""Names of attention kernels: einfuse (attn_fwd, decode_*), cuDNN / flash / memory-efficient sdpa,
+flex attention. Mask construction and RoPE run in other kernels and count as "other"."""
+
+
+def kernel_times(fn: Any) -> dict[str, float]:
+    """GPU ms by kernel name for one call, largest first (empty without a GPU or a working profiler)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -195,7 +225,7 @@ def top_kernels(fn: Any, n: int = 8) -> dict[str, float]:
             t = t if t is not None else getattr(e, "self_cuda_time_total", 0)
             if t:
                 rows[e.key] = rows.get(e.key, 0.0) + t / 1e3
-        return dict(sorted(rows.items(), key=lambda kv: -kv[1])[:n])
+        return dict(sorted(rows.items(), key=lambda kv: -kv[1]))
     except Exception as exc:  # noqa: BLE001 - a diagnostic, not a result
         return {f"profiler failed: {type(exc).__name__}: {exc}"[:120]: 0.0}
 
@@ -242,19 +272,47 @@ def agreement(run: dict[str, Any], ref: dict[str, Any], forced: dict[str, Any] |
         rel = ((fl - rl).norm(dim=-1) / rl.norm(dim=-1)).flatten()
         top2 = rl.topk(2, dim=-1).values
         gap = (top2[..., 0] - top2[..., 1])
+        dev = (fl - rl).abs().amax(-1)  # the largest logit change at each step
         out.update({"same_tokens_teacher_forced": float(tf_same.float().mean()),
                     "teacher_forced_flips": int((~tf_same).sum()),
                     "logit_rel_err_median": float(rel.median()), "logit_rel_err_max": float(rel.max()),
-                    "sdpa_gap_median": float(gap.median()),
+                    "logit_dev_median": float(dev.median()), "logit_dev_max": float(dev.max()),
+                    # a step can flip only where the top-2 gap is below twice the largest logit change
+                    "steps_at_risk": float((gap <= 2 * dev).float().mean()),
+                    **margins(rl),
                     "sdpa_gap_at_flips_median": float(gap[~tf_same].median()) if (~tf_same).any() else None})
     return out
 
 
-def generation(model: Any, impls: list[str], a: argparse.Namespace, device: str) -> dict[str, Any]:
+def margins(logits: Any) -> dict[str, float]:
+    """The reference's top-1 minus top-2 logit per step: median, 5th percentile and minimum."""
     import torch
 
-    g = torch.Generator().manual_seed(a.seed + 1)
-    prompt = torch.randint(0, a.vocab, (a.gen_batch, a.gen_prompt), generator=g).to(device)
+    top2 = logits.float().topk(2, dim=-1).values
+    gap = (top2[..., 0] - top2[..., 1]).flatten()
+    return {"sdpa_gap_median": float(gap.median()), "sdpa_gap_p5": float(torch.quantile(gap, 0.05)),
+            "sdpa_gap_min": float(gap.min())}
+
+
+def language_prompts(lang: Any, a: argparse.Namespace, seed: int) -> tuple[Any, Any, list[str]]:
+    """Held-out rows of the synthetic language: ``gen_prompt`` tokens of prompt, the true
+    ``new_tokens`` continuation (CPU), and each row's kind."""
+    import torch
+
+    rows, _, kinds = lang.sample(a.gen_batch, a.gen_prompt + a.new_tokens, torch.Generator().manual_seed(seed))
+    return rows[:, :a.gen_prompt], rows[:, a.gen_prompt:], kinds
+
+
+def by_kind(same: Any, kinds: list[str]) -> dict[str, float]:
+    """The fraction of equal tokens of (B, steps) ``same`` for each kind of row."""
+    return {k: float(same[[i for i, x in enumerate(kinds) if x == k]].float().mean()) for k in sorted(set(kinds))}
+
+
+def generation(model: Any, impls: list[str], a: argparse.Namespace, device: str, lang: Any) -> dict[str, Any]:
+    import torch
+
+    prompt, truth, kinds = language_prompts(lang, a, a.seed + 1)
+    prompt = prompt.to(device)
     res: dict[str, Any] = {}
     ref, ref_impl = None, None
     for impl in impls:
@@ -273,9 +331,15 @@ def generation(model: Any, impls: list[str], a: argparse.Namespace, device: str)
                         forced = greedy(model, prompt, a.new_tokens, force=ref["tokens"])
             r = {"prefill_ms": run["prefill_ms"], "step_ms_median": statistics.median(run["times"]),
                  "step_ms_mean": statistics.fmean(run["times"]),
-                 "tokens_per_s": a.gen_batch * len(run["times"]) / (sum(run["times"]) / 1e3)}
+                 "tokens_per_s": a.gen_batch * len(run["times"]) / (sum(run["times"]) / 1e3),
+                 # how well the model learnt the language: its free-running tokens against the truth
+                 "truth_accuracy": float((run["tokens"].cpu() == truth).float().mean()),
+                 "truth_accuracy_by_kind": by_kind(run["tokens"].cpu() == truth, kinds)}
             if run is not ref:
-                r.update(agreement(run, ref, forced), reference=ref_impl)
+                r.update(agreement(run, ref, forced), reference=ref_impl,
+                         same_tokens_free_running_by_kind=by_kind(run["tokens"] == ref["tokens"], kinds))
+            else:
+                r.update(margins(run["logits"]))
             res[impl] = r
             print(f"  generate {impl:16s} step {r['step_ms_median']:.3f} ms  "
                   + " ".join(f"{k}={v:.4g}" for k, v in r.items() if isinstance(v, float) and "same" in k), flush=True)
@@ -285,21 +349,24 @@ def generation(model: Any, impls: list[str], a: argparse.Namespace, device: str)
     return res
 
 
-def fp32_control(family: str, a: argparse.Namespace, device: str) -> dict[str, Any]:
-    """einfuse vs sdpa in float32, teacher-forced: token flips here would be bugs, not bf16 ties."""
+def fp32_control(model: Any, a: argparse.Namespace, device: str, lang: Any) -> dict[str, Any]:
+    """einfuse vs sdpa in float32 (the model's fp32 weights, trained when training ran), teacher-forced:
+    token flips or logit errors above 1e-4 here would be bugs, not bf16 rounding. Step 0's logits are
+    the prefill's; the others are decode steps over the KV cache."""
     import torch
 
-    model = build(family, a, device, torch.float32)
-    g = torch.Generator().manual_seed(a.seed + 2)
-    prompt = torch.randint(0, a.vocab, (a.gen_batch, a.gen_prompt), generator=g).to(device)
+    prompt = language_prompts(lang, a, a.seed + 2)[0].to(device)
     with torch.no_grad():
         use(model, "sdpa")
         ref = greedy(model, prompt, a.fp32_steps)
         use(model, "einfuse")
         forced = greedy(model, prompt, a.fp32_steps, force=ref["tokens"])
     r = agreement(forced, ref, forced)
-    del model
-    return {k: v for k, v in r.items() if k.startswith(("same_tokens_teacher", "teacher", "logit"))}
+    rl, fl = ref["logits"], forced["logits"]
+    rel = (fl - rl).norm(dim=-1) / rl.norm(dim=-1)  # (B, steps)
+    r["prefill_logit_rel_err_max"] = float(rel[:, 0].max())
+    r["decode_logit_rel_err_max"] = float(rel[:, 1:].max()) if rel.shape[1] > 1 else None
+    return {k: v for k, v in r.items() if k.startswith(("same_tokens_teacher", "teacher", "logit", "prefill", "decode"))}
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -332,6 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # transformers >= 5.2x renames past_key_values to cache; the old name is what every 5.x takes
     warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
     from hf_model_report import markdown, targets
+    from hf_synthetic import Language, train
 
     device = "cpu" if a.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -340,14 +408,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"env": env_info(device), "models": {}, "setup": {
         k: getattr(a, k) for k in ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
                                    "window", "batch", "seq", "gen_batch", "gen_prompt", "new_tokens", "rep",
-                                   "seed", "init_range", "fp32_steps")} | {"dtype": str(dtype).replace("torch.", "")}}
+                                   "seed", "init_range", "fp32_steps", "train_steps", "train_batch", "train_seconds",
+                                   "train_lr", "lang_vocab", "copy_periods", "lang_kinds")} | {"dtype": str(dtype).replace("torch.", "")}}
     print(json.dumps(results["env"]), flush=True)
+    t_start = time.perf_counter()
     g = torch.Generator().manual_seed(a.seed)
     ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g).to(device)
+    lo, hi = (int(x) for x in a.copy_periods.split(","))
+    lang = Language.make(a.vocab, a.lang_vocab, lo, hi, a.seed + 3, tuple(a.lang_kinds.split(",")))
     for family in a.models.split(","):
         print(f"{family}:", flush=True)
-        model = build(family, a, device, dtype)
-        res: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters()), "prefill": {}}
+        # fp32 weights: training's master copy, then the fp32 control; the timed model is a copy in dtype
+        master = build(family, a, device, torch.float32)
+        res: dict[str, Any] = {"parameters": sum(p.numel() for p in master.parameters()), "prefill": {}}
+        if a.train_steps:
+            use(master, "sdpa")
+            res["training"] = train(master, lang, steps=a.train_steps, batch=a.train_batch,
+                                    length=a.gen_prompt + a.new_tokens, lr=a.train_lr, seconds=a.train_seconds,
+                                    seed=a.seed + 4, device=device)
+            print(f"  trained {res['training']['steps']} steps in {res['training']['seconds']} s "
+                  f"({res['training']['stopped']}): accuracy {res['training']['final_accuracy']}", flush=True)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        model = master if dtype == torch.float32 else copy.deepcopy(master).to(dtype).eval()
         for impl in a.impls.split(","):
             try:
                 with guard(a.guard_s), torch.no_grad():
@@ -358,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - recorded as the row's error
                 res["prefill"][impl] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"  prefill {impl}: {res['prefill'][impl]['error']}\n{traceback.format_exc(limit=3)}", flush=True)
-        res["generation"] = generation(model, a.gen_impls.split(","), a, device)
+        res["generation"] = generation(model, a.gen_impls.split(","), a, device, lang)
         if "einfuse.integrations.transformers" in sys.modules:  # the kernels einfuse compiled for this model
             res["einfuse_variants"] = [str(k) for k in sys.modules["einfuse.integrations.transformers"]._KERNELS]
         del model
@@ -366,19 +449,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.cuda.empty_cache()
         if a.fp32_steps:
             try:
-                res["fp32_control"] = fp32_control(family, a, device)
+                res["fp32_control"] = fp32_control(master, a, device, lang)
                 print(f"  fp32 control {res['fp32_control']}", flush=True)
             except Exception as exc:  # noqa: BLE001
                 res["fp32_control"] = {"error": f"{type(exc).__name__}: {exc}"}
-            if device == "cuda":
-                torch.cuda.empty_cache()
+                print(f"  fp32 control: {res['fp32_control']['error']}\n{traceback.format_exc(limit=3)}", flush=True)
+        del master
+        if device == "cuda":
+            torch.cuda.empty_cache()
         res["targets"] = targets(res)
         results["models"][family] = res
-    write(results, a, markdown(results))
+        print(f"  ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
+        results["wall_s"] = round(time.perf_counter() - t_start, 1)
+        write(results, a, markdown(results), show=False)  # after each model: a run cut short keeps what it did
+    print(markdown(results), flush=True)
     return results
 
 
-def write(results: dict[str, Any], a: argparse.Namespace, md: str) -> None:
+def write(results: dict[str, Any], a: argparse.Namespace, md: str, show: bool = True) -> None:
     stem = ("dry-run" if a.dry_run else slug(results["env"]["device"])) + (f"-{a.tag}" if a.tag else "")
     dirs = [a.out_dir] + ([os.environ["OUT"]] if os.environ.get("OUT") else [])
     for d in dirs:
@@ -387,7 +475,8 @@ def write(results: dict[str, Any], a: argparse.Namespace, md: str) -> None:
             json.dump(results, fh, indent=1, default=str)
         with open(os.path.join(d, f"hf-model-{stem}.md"), "w", encoding="utf-8") as fh:
             fh.write(md)
-    print(md, flush=True)
+    if show:
+        print(md, flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Targets: whole-model prefill time of einfuse <= sdpa's in the same run, and bf16
 whose tokens equal sdpa's at >= 95 % of steps. Both agreement measures are reported: free-running
 (the issue's wording: each model generates from its own tokens, so one flip changes every later
 context) and teacher-forced (each step predicted on sdpa's sequence, so steps are independent);
-eager attention, the same math as sdpa in other kernels, is the noise floor of bf16 ties.
+eager attention, the same math as sdpa in other kernels, is the noise floor of bf16 ties. With
+training on the synthetic language (benchmarks/hf_synthetic.py) the model is sure of its tokens, so
+the floor is near 100 % and a flip points at attention. The fp32 control holds einfuse to sdpa's
+logits within 1e-4 (relative), prefill and decode steps, where precision is not the question.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 SAME_TOKENS_TARGET = 0.95
+FP32_REL_ERR = 1e-4
 
 
 def targets(model: dict[str, Any]) -> dict[str, Any]:
@@ -28,6 +32,17 @@ def targets(model: dict[str, Any]) -> dict[str, Any]:
         out[f"same_tokens_{kind}"] = {
             "fraction": frac, "needed": SAME_TOKENS_TARGET,
             "status": "unknown" if frac is None else ("met" if frac >= SAME_TOKENS_TARGET else "missed")}
+        floor = model.get("generation", {}).get("eager", {}).get(f"same_tokens_{kind}")
+        if floor is not None:  # eager vs sdpa: what bf16 rounding alone gives
+            out[f"same_tokens_{kind}"]["eager_floor"] = floor
+        learnt = model.get("generation", {}).get("sdpa", {}).get("truth_accuracy")
+        if learnt is not None:  # agreement means something only where the model is sure: did it learn?
+            out[f"same_tokens_{kind}"]["sdpa_tokens_equal_truth"] = learnt
+    if "fp32_control" in model:
+        err = model["fp32_control"].get("logit_rel_err_max")
+        out["fp32_logits_within_1e-4"] = {
+            "rel_err_max": err, "needed": FP32_REL_ERR,
+            "status": "unknown" if err is None else ("met" if err < FP32_REL_ERR else "missed")}
     return out
 
 
@@ -59,33 +74,50 @@ def markdown(results: dict[str, Any]) -> str:
     if env["device"].startswith("cpu"):
         lines += ["**Dry run** (Triton interpreter on the CPU, fp32): the times say nothing about speed.", ""]
     for name, model in results["models"].items():
-        lines += [f"## {name}", "", "| prefill | ms (median) | min | host ms | vs sdpa | top GPU kernels (ms) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"## {name}", ""]
+        tr = model.get("training")
+        if tr:
+            lines += [f"Trained {tr['steps']} steps ({tr['seconds']} s, stopped: {tr['stopped']}; B{tr['batch']} x "
+                      f"{tr['length']}, lr {tr['lr']}): final loss {_f(tr['final_loss'])}, accuracy on predictable "
+                      f"tokens {_pct(tr['final_accuracy'])}.", ""]
+        lines += ["| prefill | ms (median) | min | host ms | vs sdpa | attention GPU ms | other GPU ms | "
+                  "top GPU kernels (ms) |", "|---|---|---|---|---|---|---|---|"]
         sdpa = model.get("prefill", {}).get("sdpa", {}).get("ms")
         for impl, r in model.get("prefill", {}).items():
             if "error" in r:
-                lines.append(f"| {impl} | error: {r['error'][:150]} | | | | |")
+                lines.append(f"| {impl} | error: {r['error'][:150]} | | | | | | |")
                 continue
             top = ", ".join(f"{k[:40]} {v:.2f}" for k, v in list(r.get("top_kernels", {}).items())[:4])
             ratio = f"{sdpa / r['ms']:.2f}x" if sdpa else "-"
-            lines.append(f"| {impl} | {_f(r['ms'])} | {_f(r['ms_min'])} | {_f(r['host_ms'])} | {ratio} | {top} |")
-        lines += ["", "| generation | prefill ms | step ms (median) | step ms (mean) | same tokens as sdpa: free | "
-                      "first flip | teacher-forced | logit rel err (median / max) | sdpa top-2 gap: all / at flips |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+            lines.append(f"| {impl} | {_f(r['ms'])} | {_f(r['ms_min'])} | {_f(r['host_ms'])} | {ratio} | "
+                         f"{_f(r.get('attention_gpu_ms'))} | {_f(r.get('other_gpu_ms'))} | {top} |")
+        lines += ["", "| generation | prefill ms | step ms (median) | step ms (mean) | tokens = truth | "
+                      "same tokens as sdpa: free | first flip | teacher-forced | logit rel err (median / max) | "
+                      "max logit change (median / max) | sdpa top-2 gap: median / p5 / min / at flips | "
+                      "steps at risk |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for impl, r in model.get("generation", {}).items():
             if "error" in r:
-                lines.append(f"| {impl} | error: {r['error'][:150]} | | | | | | | |")
+                lines.append(f"| {impl} | error: {r['error'][:150]} | | | | | | | | | | |")
                 continue
             lines.append(f"| {impl} | {_f(r['prefill_ms'])} | {_f(r['step_ms_median'])} | {_f(r['step_ms_mean'])} | "
-                         f"{_pct(r.get('same_tokens_free_running'))} | {_f(r.get('first_flip_step'))} | "
-                         f"{_pct(r.get('same_tokens_teacher_forced'))} | {_f(r.get('logit_rel_err_median'))} / "
-                         f"{_f(r.get('logit_rel_err_max'))} | {_f(r.get('sdpa_gap_median'))} / "
-                         f"{_f(r.get('sdpa_gap_at_flips_median'))} |")
+                         f"{_pct(r.get('truth_accuracy'))} | {_pct(r.get('same_tokens_free_running'))} | "
+                         f"{_f(r.get('first_flip_step'))} | {_pct(r.get('same_tokens_teacher_forced'))} | "
+                         f"{_f(r.get('logit_rel_err_median'))} / {_f(r.get('logit_rel_err_max'))} | "
+                         f"{_f(r.get('logit_dev_median'))} / {_f(r.get('logit_dev_max'))} | "
+                         f"{_f(r.get('sdpa_gap_median'))} / {_f(r.get('sdpa_gap_p5'))} / {_f(r.get('sdpa_gap_min'))} / "
+                         f"{_f(r.get('sdpa_gap_at_flips_median'))} | {_pct(r.get('steps_at_risk'))} |")
+        kinds = {impl: r["same_tokens_free_running_by_kind"] for impl, r in model.get("generation", {}).items()
+                 if "same_tokens_free_running_by_kind" in r}
+        if kinds:
+            lines += ["", "Free-running agreement with sdpa by row kind: " + "; ".join(
+                f"{impl} " + ", ".join(f"{k} {_pct(v)}" for k, v in d.items()) for impl, d in kinds.items())]
         if "fp32_control" in model:
             c = model["fp32_control"]
             lines += ["", "fp32 control (einfuse vs sdpa, teacher-forced): " + (
                 c["error"] if "error" in c else f"same tokens {_pct(c.get('same_tokens_teacher_forced'))}, logit rel "
-                f"err median {_f(c.get('logit_rel_err_median'))}, max {_f(c.get('logit_rel_err_max'))}")]
+                f"err median {_f(c.get('logit_rel_err_median'))}, max {_f(c.get('logit_rel_err_max'))} (prefill "
+                f"{_f(c.get('prefill_logit_rel_err_max'))}, decode steps {_f(c.get('decode_logit_rel_err_max'))})")]
         lines += ["", "Targets:", ""]
         for key, t in model.get("targets", {}).items():
             detail = {k: v for k, v in t.items() if k != "status"}
@@ -95,6 +127,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["Free-running: each implementation continues from its own tokens, so after a first flip the contexts "
               "differ and later steps rarely agree. Teacher-forced: each step predicted on sdpa's sequence. The "
               "top-2 gap is sdpa's own top-1 minus top-2 logit: flips at gaps far below the typical gap are ties "
-              "at bf16 precision; eager attention (sdpa's math in other kernels) shows how often bf16 alone flips.",
+              "at bf16 precision; eager attention (sdpa's math in other kernels) shows how often bf16 alone flips. "
+              "Max logit change: the largest |logit - sdpa's logit| of a teacher-forced step; a step is at risk "
+              "when its top-2 gap is at most twice that change (only there can rounding flip the token). Tokens = "
+              "truth: free-running tokens equal to the synthetic language's continuation (how well training went). "
+              "Attention GPU ms: the prefill's attention kernels in one profiled call (names matching "
+              "attn/attention/sdpa/fmha/flash); other: every other kernel (projections, MLP, norms, RoPE, masks).",
               ""]
+    if results.get("wall_s") is not None:
+        lines += [f"Wall time of the run up to this model: {results['wall_s']} s.", ""]
     return "\n".join(lines)

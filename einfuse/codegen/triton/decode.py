@@ -76,6 +76,14 @@ def _sm_count(device: Any) -> int:
     return _SMS[key]
 
 
+def dot_precision(dtype: Any) -> str:
+    """fp32 inputs multiply exactly ('ieee'), as the prefill kernel and PyTorch's attention do; Triton's
+    default would be TF32 (~1e-3 relative error); 16-bit inputs ignore the setting."""
+    import torch
+
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 @dataclass(frozen=True)
 class _Launch:
     """Everything a call's signature decides, computed once per signature (launches stay cheap)."""
@@ -211,6 +219,7 @@ class DecodeKernel:
             NQ, NK, H, Hkv, D, DV, plan.split_len, n_splits, plan.scale, *plan.size_args, *cap_args,
             ROWS=plan.rows, BLOCK_N=plan.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
             PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=has_lens,
+            DOT_PRECISION=dot_precision(q.dtype),
             num_warps=self.options.num_warps, num_stages=plan.num_stages)
         lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else ws
         self.module.decode_combine[(B * H * NQ,)](
@@ -248,7 +257,7 @@ class DecodeKernel:
             (n, unused, unused, *q.stride(), *k.stride(), *v.stride(), 0, 0, NQ, NK, H, Hkv, D, DV,
              plan.split_len, plan.n_splits, plan.scale, *plan.size_args),
             dict(ROWS=plan.rows, BLOCK_N=plan.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
-                 PAGED=False, PAGE_SIZE=1, HAS_LENS=False),
+                 PAGED=False, PAGE_SIZE=1, HAS_LENS=False, DOT_PRECISION=dot_precision(q.dtype)),
             self.options.num_warps, plan.num_stages)
         # combine's first four arguments (WS, R, O, LSE) come per call; the output is contiguous
         combine = BoundLaunch(

@@ -79,7 +79,7 @@ def decode_partial(Q, K, V, WS, R, PT, LENS, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h,
                    sv_b, sv_h, sv_n, sv_d, spt_b, spt_n, NQ, NK, H, HKV, D, DV, SPLIT_LEN, N_SPLITS, scale{sz},
                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                    UPCAST: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                   HAS_LENS: tl.constexpr):
+                   HAS_LENS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # K, V: (B, HKV, N, D) with strides sk_b.. (PAGED=False), or pages (num_pages, PAGE_SIZE, HKV, D)
     # with sk_b the page stride and sk_n the slot stride, read through PT[b, m // PAGE_SIZE].
     # WS: the float32 workspace, R partial maxima, then R sums, then R x DV partial outputs
@@ -140,7 +140,7 @@ def decode_partial(Q, K, V, WS, R, PT, LENS, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h,
         if UPCAST:
             kt = kt.to(tl.float32)
         # {plan.score}[m,p] = Q[p,e] * K[m,e] * scale
-        qk = tl.dot(q, kt) * scale
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * scale
         s = logit(qk, i[:, None], m[None, :], h[:, None], b{sz})
         s = tl.where({keep}, s, float("-inf"))
         # online softmax over this split's keys: running max, rescaled running sum and output
@@ -153,7 +153,7 @@ def decode_partial(Q, K, V, WS, R, PT, LENS, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h,
                     mask=m_ok[:, None] & f_ok[None, :], other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 {split.comment("partial_norm")}    po = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     ws = ((b * H + h).to(tl.int64) * NQ + i) * N_SPLITS + split

@@ -355,8 +355,11 @@ def {KERNEL_NAME}(
     STORE_LSE: tl.constexpr,
 ):
     """One program per (query tile, batch x head): walk FULL then PARTIAL key tiles, then store
-    (and, with STORE_LSE, the row log-sum-exp in log2 units, (B, H, N_Q) fp32, for the backward)."""
-    t = tl.program_id(0)
+    (and, with STORE_LSE, the row log-sum-exp in log2 units, (B, H, N_Q) fp32, for the backward).
+    Query tiles run last-first: the GPU starts programs in launch order, so under a causal mask the
+    heaviest tiles (the most keys) start early and the last programs to start are the light ones,
+    instead of a final wave of the heaviest tiles on a few SMs."""
+    t = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
