@@ -245,3 +245,32 @@ def test_paged_calls_are_prepared_once_and_read_new_pages_and_lengths() -> None:
         _check(dec(q.to(DEVICE), kc.to(DEVICE), vc.to(DEVICE), page_table=table.to(DEVICE), seq_lens=_lens(lens),
                    splits=2), _reference("decode", q, k, v, lens))
     assert len(dec._prepared) == 1
+
+
+@pytest.mark.parametrize("spec,H,Hkv,NQ,lens,paged,splits,rows", [
+    ("decode", 8, 1, 1, [37, 0, 70, 16], True, 3, 64),            # GQA 8:1, an empty sequence
+    ("decode", 8, 2, 1, [23, 41, 1], False, 5, 64),              # GQA 4:1, contiguous with lengths
+    ("decode:causal=true", 8, 1, 3, [50, 2, 0, 97], True, 4, 16),  # 24 rows: two row blocks per KV head
+    ("decode", 4, 2, 1, [350, 140], True, 22, 64),               # many splits, past some sequences' end
+])
+def test_fused_combine_matches_reference(spec: str, H: int, Hkv: int, NQ: int, lens: list[int], paged: bool,
+                                         splits: int, rows: int) -> None:
+    """The last split program of each (batch, KV head, row block) merges the splits (ticket counter):
+    each call must see the counters at zero again, so the same prepared call runs twice on new data."""
+    fn = build_decode(einfuse.load_spec(spec), block_n=16, block_rows=rows, fuse_combine=True)
+    for seed in (1, 2):
+        q, k, v = _data(len(lens), H, Hkv, NQ, max(lens), 16, 24, seed=seed)
+        if paged:
+            kc, vc, table = _pages(k, v, lens, 16, seed=seed)
+            kw = {"page_table": table.to(DEVICE)}
+        else:
+            kc, vc, kw = k, v, {}
+        out, lse = fn(q.to(DEVICE), kc.to(DEVICE), vc.to(DEVICE), seq_lens=_lens(lens), splits=splits,
+                      return_lse=True, **kw)
+        _check(out, _reference(spec, q, k, v, lens))
+        ref, ref_lse = build_decode(einfuse.load_spec(spec), block_n=16)(
+            q.to(DEVICE), kc.to(DEVICE), vc.to(DEVICE), seq_lens=_lens(lens), splits=splits, return_lse=True, **kw)
+        torch.testing.assert_close(lse, ref_lse)
+    prepared = next(iter(fn._prepared.values()))
+    assert prepared.combine is None and len(fn._prepared) == 1
+    assert all(int(c.abs().sum()) == 0 for c in prepared.counters.by_stream.values())  # left at zero

@@ -45,7 +45,9 @@ class DecodeOptions:
     multiprocessor count (about ``programs_per_sm`` programs per multiprocessor, at most
     ``max_splits``: FlashAttention-2's cap, beyond which the combine costs more than the extra
     programs bring); ``block_n``: keys per loop step; ``block_rows``: most query rows (group heads
-    x queries) per program."""
+    x queries) per program; ``fuse_combine``: the last split program of each (batch, KV head, row
+    block) to finish, found with an atomic ticket counter, merges the splits itself (one launch
+    instead of two; see :class:`PreparedDecode` for the counters)."""
 
     splits: int = 0
     programs_per_sm: int = 8
@@ -54,6 +56,7 @@ class DecodeOptions:
     block_rows: int = 64
     num_warps: int = 4
     num_stages: int = 3
+    fuse_combine: bool = False
 
     @staticmethod
     def of(options: dict[str, Any]) -> DecodeOptions:
@@ -216,9 +219,9 @@ class DecodeKernel:
         ws = torch.empty((R * (DV + 2),), device=q.device, dtype=torch.float32)
         o = torch.empty((B, H, NQ, DV), device=q.device, dtype=q.dtype)
         lse = torch.empty((B, H, NQ), device=q.device, dtype=torch.float32) if return_lse else ws
-        args, constexprs = self._partial_launch(q, k, v, cache, plan)
+        args, constexprs = self._partial_launch(q, k, v, cache, plan, fused=False, return_lse=return_lse)
         self.module.decode_partial[(B * Hkv, plan.n_splits, plan.row_blocks)](
-            q, k, v, ws, R, page_table if cache.paged else ws, seq_lens if seq_lens is not None else ws,
+            q, k, v, ws, R, page_table if cache.paged else ws, seq_lens if seq_lens is not None else ws, ws, o, lse,
             *args, *cap_args, **constexprs, num_warps=self.options.num_warps, num_stages=plan.num_stages)
         args, constexprs = self._combine_launch(o, plan, NQ, H, DV, seq_lens is not None, return_lse)
         self.module.decode_combine[(B * H * NQ,)](ws, R, o, lse, seq_lens if seq_lens is not None else ws,
@@ -230,9 +233,10 @@ class DecodeKernel:
         if unknown:
             raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
 
-    def _partial_launch(self, q: Any, k: Any, v: Any, cache: KVCache, plan: _Launch) -> tuple[tuple, dict]:
-        """``decode_partial``'s arguments after its seven per-call ones (Q, K, V, WS, R, PT, LENS)
-        and before the captured tensors', and its constexprs."""
+    def _partial_launch(self, q: Any, k: Any, v: Any, cache: KVCache, plan: _Launch, fused: bool,
+                        return_lse: bool) -> tuple[tuple, dict]:
+        """``decode_partial``'s arguments after its ten per-call ones (Q, K, V, WS, R, PT, LENS, CNT,
+        O, LSE) and before the captured tensors', and its constexprs; the output is contiguous."""
         import torch
 
         if cache.paged:  # (num_pages, page_size, H_kv, D): page, slot, head, dim strides
@@ -245,10 +249,11 @@ class DecodeKernel:
         DV = v.shape[-1]
         # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see decode_kernels)
         upcast = q.device.type != "cuda" and q.dtype == torch.bfloat16
-        args = (*q.stride(), *k_strides, *v_strides, *pt_strides, NQ, cache.max_len, H, cache.heads, D, DV,
-                plan.split_len, plan.n_splits, plan.scale, *plan.size_args)
+        args = (*q.stride(), *k_strides, *v_strides, *pt_strides, *_contiguous_strides((B, H, NQ, DV)), NQ,
+                cache.max_len, H, cache.heads, D, DV, plan.split_len, plan.n_splits, plan.scale, *plan.size_args)
         constexprs = dict(ROWS=plan.rows, BLOCK_N=plan.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
-                          PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=cache.seq_lens is not None)
+                          PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=cache.seq_lens is not None,
+                          FUSED=fused, BS=pow2(plan.n_splits, 2), WRITE_LSE=fused and return_lse)
         return args, constexprs
 
     def _combine_launch(self, o: Any, plan: _Launch, NQ: int, H: int, DV: int, has_lens: bool,
@@ -281,21 +286,25 @@ class DecodeKernel:
         dev = q.device
         plan = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes, k.element_size())
         n = B * H * NQ * plan.n_splits
-        args, constexprs = self._partial_launch(q, k, v, cache, plan)
-        partial = BoundLaunch(self.module.decode_partial, (B * Hkv, plan.n_splits, plan.row_blocks), 7, args,
+        fused = self.options.fuse_combine
+        args, constexprs = self._partial_launch(q, k, v, cache, plan, fused, return_lse)
+        partial = BoundLaunch(self.module.decode_partial, (B * Hkv, plan.n_splits, plan.row_blocks), 10, args,
                               constexprs, self.options.num_warps, plan.num_stages)
-        out_strides = _contiguous_strides((B, H, NQ, DV))
-        c_args, c_constexprs = self._combine_launch(_Strided(out_strides), plan, NQ, H, DV, seq_lens is not None,
-                                                    return_lse)
-        combine = BoundLaunch(self.module.decode_combine, (B * H * NQ,), 5, c_args, c_constexprs, 4, 3)
+        combine = None
+        if not fused:
+            out_strides = _contiguous_strides((B, H, NQ, DV))
+            c_args, c_constexprs = self._combine_launch(_Strided(out_strides), plan, NQ, H, DV, seq_lens is not None,
+                                                        return_lse)
+            combine = BoundLaunch(self.module.decode_combine, (B * H * NQ,), 5, c_args, c_constexprs, 4, 3)
         check = None
         if dev.type == "cpu" and seq_lens is not None:  # values are checked on CPU tensors only (kv_cache)
             name, pages, psize = self.plan.name, k.shape[0], cache.page_size
 
             def check(page_table: Any, seq_lens: Any) -> None:
                 check_values(name, pages, psize, NK, page_table, seq_lens)
+        counters = _Counters(B * Hkv * plan.row_blocks, dev) if fused else None
         return PreparedDecode(n, DV, (B, H, NQ, DV), q.dtype, dev, partial, combine, cache.paged,
-                              seq_lens is not None, return_lse, check)
+                              seq_lens is not None, return_lse, check, counters)
 
     def _capture_args(self, runtime: dict[str, Any], q: Any) -> list[Any]:
         """Launch arguments of the captured tensors the logit or mask reads (einfuse.ir.captures)."""
@@ -311,20 +320,21 @@ class DecodeKernel:
 
 class PreparedDecode:
     """A prepared decode call: allocate the split workspace and the output (and log-sum-exp), launch
-    both kernels (by address once both have launched through Triton). The page table and lengths,
+    the kernels (by address once they have launched through Triton). The page table and lengths,
     when the signature has them, are this call's tensors; otherwise the workspace stands in for
-    them (the kernels do not read it there)."""
+    them (the kernels do not read it there). With a fused combine (``counters`` given) there is one
+    launch, whose programs take tickets from the counters of the current stream."""
 
     __slots__ = ("n", "dv", "shape", "dtype", "device", "partial", "combine", "paged", "has_lens", "lse",
-                 "check", "_empty", "_f32")
+                 "check", "counters", "_empty", "_f32")
 
     def __init__(self, n: int, dv: int, shape: tuple[int, ...], dtype: Any, device: Any, partial: Any,
                  combine: Any, paged: bool = False, has_lens: bool = False, lse: bool = False,
-                 check: Any = None) -> None:
+                 check: Any = None, counters: _Counters | None = None) -> None:
         import torch
 
         self.n, self.dv, self.shape, self.dtype, self.device = n, dv, shape, dtype, device
-        self.partial, self.combine = partial, combine
+        self.partial, self.combine, self.counters = partial, combine, counters
         self.paged, self.has_lens, self.lse, self.check = paged, has_lens, lse, check
         self._empty, self._f32 = torch.empty, torch.float32
 
@@ -337,20 +347,62 @@ class PreparedDecode:
         lse = self._empty(self.shape[:3], device=self.device, dtype=self._f32) if self.lse else ws
         pt = page_table if self.paged else ws
         lens = seq_lens if self.has_lens else ws
+        cnt = ws if self.counters is None else self.counters.get()
         partial, combine = self.partial, self.combine
         if partial.compiled is not None:
             w, ln = ws.data_ptr(), lens.data_ptr()
-            partial.direct(q.data_ptr(), k.data_ptr(), v.data_ptr(), w, n, pt.data_ptr(), ln)
+            partial.direct(q.data_ptr(), k.data_ptr(), v.data_ptr(), w, n, pt.data_ptr(), ln, cnt.data_ptr(),
+                           o.data_ptr(), lse.data_ptr())
         else:
-            partial.first(q, k, v, ws, n, pt, lens)
+            partial.first(q, k, v, ws, n, pt, lens, cnt, o, lse)
             w = ln = None
-        if combine.compiled is not None:
+        if combine is None:
+            pass
+        elif combine.compiled is not None:
             if w is None:
                 w, ln = ws.data_ptr(), lens.data_ptr()
             combine.direct(w, n, o.data_ptr(), lse.data_ptr(), ln)
         else:
             combine.first(ws, n, o, lse, lens)
         return (o, lse) if self.lse else o
+
+
+class _Counters:
+    """The fused combine's ticket counters (int32, one per (batch, KV head, row block)), one array
+    per stream: the kernel leaves them zero, so calls in order on one stream share an array, while
+    calls on concurrent streams each get their own. An array made while a CUDA graph is being
+    captured comes from the graph's memory (zeroed by a node of the graph at each replay); it is
+    kept alive here, never reused outside that graph."""
+
+    __slots__ = ("size", "device", "by_stream", "captured", "_stream", "_index")
+
+    def __init__(self, size: int, device: Any) -> None:
+        self.size, self.device = size, device
+        self.by_stream: dict[int, Any] = {}
+        self.captured: list[Any] = []
+        if getattr(device, "type", None) == "cuda":
+            from torch._C import _cuda_getCurrentRawStream
+
+            self._stream, self._index = _cuda_getCurrentRawStream, device.index if device.index is not None else 0
+            if device.index is None:
+                import torch
+
+                self._index = torch.cuda.current_device()
+        else:
+            self._stream, self._index = (lambda i: 0), 0
+
+    def get(self) -> Any:
+        stream = self._stream(self._index)
+        cnt = self.by_stream.get(stream)
+        if cnt is None:
+            import torch
+
+            cnt = torch.zeros(self.size, dtype=torch.int32, device=self.device)
+            if _capturing(self.device):
+                self.captured.append(cnt)
+            else:
+                self.by_stream[stream] = cnt
+        return cnt
 
 
 def _empty_result(q: Any, dv: int, return_lse: bool) -> Any:
