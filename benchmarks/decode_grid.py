@@ -4,6 +4,8 @@
     python benchmarks/decode_grid.py --tune          # also sweep split counts and tiles per point
     python benchmarks/decode_grid.py --batches 1 --contexts 1024 --sets grid
     python benchmarks/decode_grid.py --dry-run       # CPU (Triton interpreter): tiny points, the code path only
+    python benchmarks/decode_grid.py --decode-options '{"fuse_combine": true}' --name h200-fused
+    python benchmarks/decode_grid.py --sets '' --host-calls 0 --tune --gqa 8 --tune-fuse 0,1 --rep 20
 
 Points (bf16, one query per sequence, 32 query heads, D 128): batch {1, 8, 64} x context {1K, 8K,
 32K, 128K} x GQA {8:1, 4:1} ("grid": every sequence at the context length), and the same with each
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import itertools
 import json
 import os
 import platform
@@ -222,11 +225,14 @@ def host_time(attn, gqa: int, dev: str, calls: int) -> dict[str, Any]:
     return out
 
 
-_TUNE_KERNELS: dict[tuple[int, int, int], Any] = {}
+_TUNE_KERNELS: dict[tuple, Any] = {}
+TUNE_AXES = {"block_n": (64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4), "fuse_combine": (False,)}
+"""What --tune sweeps (--tune-block-n, --tune-warps, --tune-stages, --tune-fuse narrow or widen it)."""
 
 
 def tune_point(gqa: int, B: int, N: int, dev: str, bench, sms: int) -> list[dict[str, Any]]:
-    """Every (block_n, num_warps, num_stages) x split count on the contiguous and paged caches."""
+    """Every (block_n, num_warps, num_stages, fuse_combine) of TUNE_AXES x split count on the
+    contiguous and paged caches."""
     from einfuse.codegen.triton.decode import build_decode
 
     Hkv = H // gqa
@@ -235,31 +241,32 @@ def tune_point(gqa: int, B: int, N: int, dev: str, bench, sms: int) -> list[dict
     perm = torch.randperm(B * (N // PAGE)).to(dev)
     kc, vc = paginate(k, PAGE, perm), paginate(v, PAGE, perm)
     table, lens = perm.view(B, -1).to(torch.int32), torch.full((B,), N, dtype=torch.int32, device=dev)
-    cascade = einfuse.load_spec(SPEC)
+    cascade = einfuse.load_spec(SPEC if D == 128 else "decode")  # dry run: D 32, the spec's default scale
+    ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     rows = []
-    for bn in (64, 128):
-        for warps in (4, 8):
-            for stages in (2, 3, 4):
-                if (bn, warps, stages) not in _TUNE_KERNELS:  # built once per run, reused at every point
-                    _TUNE_KERNELS[bn, warps, stages] = build_decode(cascade, block_n=bn, num_warps=warps,
-                                                                    num_stages=stages)
-                fn = _TUNE_KERNELS[bn, warps, stages]
-                cap = -(-N // bn)
-                for splits in sorted({s for s in (1, 2, 4, 8, 16, 32, 64, 128, 256)
-                                      if s <= cap and B * Hkv * s <= 16 * sms} | {0}):
-                    for layout, call in (("contiguous", lambda s: fn(q, k, v, splits=s or None)),
-                                         ("paged", lambda s: fn(q, kc, vc, page_table=table, seq_lens=lens,
-                                                                splits=s or None))):
-                        try:
-                            ms = bench(lambda: call(splits))
-                        except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
-                            ms, err = None, f"{type(exc).__name__}: {str(exc)[:80]}"
-                        else:
-                            err = None
-                        used = fn.split_plan(B, Hkv, 1, N, q.device, splits or None)[0]
-                        rows.append({"gqa": f"{gqa}:1", "B": B, "context": N, "layout": layout, "block_n": bn,
-                                     "num_warps": warps, "num_stages": stages, "splits_asked": splits,
-                                     "splits": used, "ms": ms, "error": err})
+    for bn, warps, stages, fuse in itertools.product(*TUNE_AXES.values()):
+        if (bn, warps, stages, fuse) not in _TUNE_KERNELS:  # built once per run, reused at every point
+            _TUNE_KERNELS[bn, warps, stages, fuse] = build_decode(cascade, block_n=bn, num_warps=warps,
+                                                                  num_stages=stages, fuse_combine=fuse)
+        fn = _TUNE_KERNELS[bn, warps, stages, fuse]
+        cap = -(-N // bn)
+        for splits in sorted({s for s in (1, 2, 4, 8, 16, 32, 64, 128, 256)
+                              if s <= cap and B * Hkv * s <= 16 * sms} | {0}):
+            for layout, call in (("contiguous", lambda s: fn(q, k, v, splits=s or None)),
+                                 ("paged", lambda s: fn(q, kc, vc, page_table=table, seq_lens=lens,
+                                                        splits=s or None))):
+                err = None
+                try:
+                    rel = rel_err(call(splits), ref)  # every configuration is checked, not only timed
+                    if rel > REL_TOL:
+                        raise RuntimeError(f"output differs from SDPA: rel_err {rel:.2e}")
+                    ms = bench(lambda: call(splits))
+                except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
+                    ms, err = None, f"{type(exc).__name__}: {str(exc)[:80]}"
+                used = fn.split_plan(B, Hkv, 1, N, q.device, splits or None)[0]
+                rows.append({"gqa": f"{gqa}:1", "B": B, "context": N, "layout": layout, "block_n": bn,
+                             "num_warps": warps, "num_stages": stages, "fuse_combine": fuse,
+                             "splits_asked": splits, "splits": used, "ms": ms, "error": err})
     return rows
 
 
@@ -326,7 +333,7 @@ def markdown(info: dict[str, Any], rows: list[dict], host: list[dict], tune: lis
                        f"{h['einfuse-paged_over_sdpa']:.2f}x{'' if h['einfuse-paged_target_met'] else ' **MISSED**'} |")
     if tune:
         out += ["", "## Sweep (--tune): best configuration per point vs the default heuristic", "",
-                "| GQA | B | context | layout | default ms (splits) | best ms | best block_n/warps/stages/splits |",
+                "| GQA | B | context | layout | default ms (splits) | best ms | best block_n/warps/stages/splits/fused |",
                 "|---|---|---|---|---|---|---|"]
         keys = sorted({(t["gqa"], t["B"], t["context"], t["layout"]) for t in tune})
         for key in keys:
@@ -335,10 +342,11 @@ def markdown(info: dict[str, Any], rows: list[dict], host: list[dict], tune: lis
                 continue
             best = min(pts, key=lambda t: t["ms"])
             dflt = [t for t in pts if t["splits_asked"] == 0 and t["block_n"] == 128 and t["num_warps"] == 4
-                    and t["num_stages"] == 3]
+                    and t["num_stages"] == 3 and not t.get("fuse_combine")]
             d = f"{dflt[0]['ms']:.4f} ({dflt[0]['splits']})" if dflt else "-"
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {d} | {best['ms']:.4f} | "
-                       f"{best['block_n']}/{best['num_warps']}/{best['num_stages']}/{best['splits']} |")
+                       f"{best['block_n']}/{best['num_warps']}/{best['num_stages']}/{best['splits']}/"
+                       f"{'yes' if best.get('fuse_combine') else 'no'} |")
     return "\n".join(out) + "\n"
 
 
@@ -353,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ragged-batches", default="8,64")
     ap.add_argument("--host-calls", type=int, default=1000, help="0: skip the whole-call timing")
     ap.add_argument("--tune", action="store_true", help="sweep splits x block_n x warps x stages per grid point")
+    ap.add_argument("--tune-block-n", default="64,128")
+    ap.add_argument("--tune-warps", default="4,8")
+    ap.add_argument("--tune-stages", default="2,3,4")
+    ap.add_argument("--tune-fuse", default="0", help="fuse_combine values swept: 0, 1 or 0,1")
+    ap.add_argument("--decode-options", default="{}", help="JSON decode_options of the compiled variant, "
+                    'e.g. \'{"fuse_combine": true}\'')
     ap.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")
     ap.add_argument("--warmup", type=int, default=25)
     ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes: checks the code path")
@@ -361,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     DTYPE = torch.bfloat16
     dev = "cuda"
+    ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    TUNE_AXES.update(block_n=ints(args.tune_block_n), num_warps=ints(args.tune_warps),
+                     num_stages=ints(args.tune_stages), fuse_combine=tuple(bool(x) for x in ints(args.tune_fuse)))
+    decode_options = json.loads(args.decode_options)
     batches, contexts = [int(x) for x in args.batches.split(",")], [int(x) for x in args.contexts.split(",")]
     ragged_batches = [int(x) for x in args.ragged_batches.split(",")]
     if args.dry_run:  # the code path on tiny sizes (kernels in the interpreter); no speed is measured
@@ -389,8 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     log = open(os.path.join(dirs[-1], f"{stem}.log"), "a")  # noqa: SIM115 - one log for the whole run
     print(json.dumps(info), file=log, flush=True)
     bench = timer(dev, args.warmup, args.rep)
-    attn = einfuse.compile(SPEC if not args.dry_run else "decode", decode_options={"block_n": 16} if args.dry_run
-                           else None)
+    attn = einfuse.compile(SPEC if not args.dry_run else "decode",
+                           decode_options={**decode_options, "block_n": 16} if args.dry_run else decode_options)
+    info["decode_options"] = decode_options
     rows: list[dict] = []
     host: list[dict] = []
     tune: list[dict] = []

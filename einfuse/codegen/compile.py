@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 DECODE_MAX_QUERIES = 16
 _UNCACHED = frozenset({"return_lse", "page_table", "seq_lens"})
-"""Runtime keywords whose calls are prepared every time (their outputs or caches differ per call)."""
+"""Runtime keywords whose calls skip the plain prepared-call cache (the paged/ragged ones have their own)."""
+_KV_CACHE = frozenset({"page_table", "seq_lens"})
 TARGETS = ("triton", "cutlass", "auto")
 
 
@@ -83,16 +84,22 @@ class CompiledAttention:
                 and isinstance(kernel, AttentionKernel))
 
     def __call__(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
-        if not _compiling() and plain_call(q, k, v) and self._cacheable(runtime):
-            # eager calls without gradients: the prepared launch of this signature (checks, plan,
-            # tables and the bound kernel were worked out on its first call)
-            key = signature_key(q, k, v, runtime)
-            prepared = self._calls.get(key)
-            if prepared is None:
-                if key is not None:
-                    refuse_during_capture(self.name, q.device)
-                prepared = self._calls.remember(key, self.prepare(q, k, v, **runtime))
-            return prepared(q, k, v)
+        if not _compiling() and plain_call(q, k, v):
+            if self._cacheable(runtime):
+                # eager calls without gradients: the prepared launch of this signature (checks, plan,
+                # tables and the bound kernel were worked out on its first call)
+                key = signature_key(q, k, v, runtime)
+                prepared = self._calls.get(key)
+                if prepared is None:
+                    if key is not None:
+                        refuse_during_capture(self.name, q.device)
+                    prepared = self._calls.remember(key, self.prepare(q, k, v, **runtime))
+                return prepared(q, k, v)
+            if runtime.keys() & _KV_CACHE and not self.cascade.captures:
+                page_table, seq_lens = runtime.get("page_table"), runtime.get("seq_lens")
+                prepared = self._kv_prepared(q, k, v, page_table, seq_lens, runtime)  # paged/ragged: cached too
+                if prepared is not None:
+                    return prepared(q, k, v, page_table, seq_lens)
         from einfuse.codegen import autograd
         from einfuse.codegen.call_extras import broadcast_kv
 
@@ -194,9 +201,37 @@ class CompiledAttention:
 
         return varlen_call(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **runtime)
 
+    def _kv_prepared(self, q: Any, k: Any, v: Any, page_table: Any, seq_lens: Any, runtime: dict[str, Any]) -> Any:
+        """The prepared decode call of this paged/ragged signature (decode.call_key), made on a miss
+        after the checks the full path runs; None for calls the full path must take (unaligned or
+        other tensors, batch-1 K/V to broadcast)."""
+        from einfuse.codegen.triton.decode import call_key
+
+        key = call_key(q, k, v, page_table, seq_lens, runtime)
+        if key is None:
+            return None
+        prepared = self._calls.get(key)
+        if prepared is None:
+            if q.dim() == 4 and k.dim() == 4 and q.shape[0] > 1 and k.shape[0] == 1 and "page_table" not in runtime:
+                return None  # batch-1 K/V broadcast over the batch: the full path expands them
+            refuse_during_capture(self.name, q.device)
+            check_tensors(self.name, {"q": q, "k": k, "v": v})
+            runtime = dict(runtime)
+            q_offset = runtime.pop("q_offset", None)
+            dec = self._kv_decoder(q)
+            prepared = self._calls.remember(key, dec.prepare(q, k, v, **runtime,
+                                                             **({} if q_offset is None else {Q_OFFSET: q_offset})))
+        return prepared
+
     def _run_kv_cache(self, q: Any, k: Any, v: Any, **runtime: Any) -> Any:
         """A decode step over a paged cache or per-sequence lengths: only the split-KV decode kernel
         reads those, so anything it cannot run is an error rather than a silent fallback."""
+        dec = self._kv_decoder(q)
+        q_offset = runtime.pop("q_offset", None)
+        return dec(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
+
+    def _kv_decoder(self, q: Any) -> Any:
+        """The split-KV decode kernel for a paged/ragged call, or a CodegenError saying why not."""
         why = None
         if self.family != "softmax" or not self.decode:
             why = f"is not used for {self.family} variants" if self.family != "softmax" else "is off (decode=False)"
@@ -206,8 +241,7 @@ class CompiledAttention:
         if dec is None:
             raise CodegenError(f"{self.name}: page_table=/seq_lens= are read by the split-KV decode kernel, "
                                f"which {why or 'cannot run this variant: ' + str(self.decode_fallback)}")
-        q_offset = runtime.pop("q_offset", None)
-        return dec(q, k, v, **runtime, **({} if q_offset is None else {Q_OFFSET: q_offset}))
+        return dec
 
     def decode_kernel(self) -> Any:
         if self._decode_kernel is None and self.decode_fallback is None:

@@ -180,7 +180,8 @@ def test_bad_cache_arguments_name_what_to_change() -> None:
         fn(q[:, :3].contiguous(), kc, vc, page_table=table, seq_lens=_lens(lens))
     with pytest.raises(CodegenError, match="batch sizes differ"):
         fn(q, kc, vc, seq_lens=_lens(lens))   # pages without a page table
-    if DEVICE == "cpu":  # values are checked where reading them costs no synchronisation
+    fn(q, kc, vc, page_table=table, seq_lens=_lens(lens))  # this signature's prepared call now exists
+    if DEVICE == "cpu":  # values are checked where reading them costs no synchronisation (every call)
         with pytest.raises(CodegenError, match=r"seq_lens\[1\] = 33 is outside 0..32"):
             fn(q, kc, vc, page_table=table, seq_lens=_lens([20, 33]))
         bad = table.clone()
@@ -218,3 +219,58 @@ def test_vllm_views_of_one_kv_tensor_and_token_major_queries() -> None:
     fn = build_decode(einfuse.load_spec("decode:causal=true"), block_n=16)
     out = fn(q_view, kv_cache[0], kv_cache[1], page_table=table.to(DEVICE), seq_lens=_lens(lens))
     _check(out, _reference("decode:causal=true", q, k, v, lens))
+
+
+def test_paged_calls_are_prepared_once_and_read_new_pages_and_lengths() -> None:
+    """A serving loop calls with the same shapes and new contents: one prepared call (checks, plan,
+    bound kernels) serves them all, and each call reads its own page table and lengths."""
+    fn = einfuse.compile("decode:causal=true", decode_options={"block_n": 16})
+    for lens, seed in (([30, 7], 3), ([12, 31], 4)):  # 6 pages, 2 per sequence at most, both times
+        q, k, v = _data(2, 4, 2, 2, 32, 16, 16, seed=seed)
+        kc, vc, table = _pages(k, v, lens, 16, seed=seed)
+        args = (q.to(DEVICE), kc.to(DEVICE), vc.to(DEVICE))
+        out = fn(*args, page_table=table.to(DEVICE), seq_lens=_lens(lens))
+        _check(out, _reference("decode:causal=true", q, k, v, lens))
+    assert len(fn._calls) == 1 and type(next(iter(fn._calls.values()))).__name__ == "PreparedDecode"
+    shifted = _lens([0, *lens])[1:]  # 4 bytes past an allocation: Triton specialises on alignment
+    assert shifted.data_ptr() % 16
+    _check(fn(*args, page_table=table.to(DEVICE), seq_lens=shifted), _reference("decode:causal=true", q, k, v, lens))
+    assert len(fn._calls) == 1  # not cached: such calls take the full path every time
+    out, lse = fn(*args, page_table=table.to(DEVICE), seq_lens=_lens(lens), return_lse=True)
+    _check(out, _reference("decode:causal=true", q, k, v, lens))
+    assert lse.shape == (2, 4, 2) and len(fn._calls) == 2
+    dec = build_decode(einfuse.load_spec("decode"), block_n=16)  # direct kernel calls are prepared too
+    for lens in ([30, 7], [16, 17]):  # 3 pages each
+        kc, vc, table = _pages(k, v, lens, 16, seed=sum(lens))
+        _check(dec(q.to(DEVICE), kc.to(DEVICE), vc.to(DEVICE), page_table=table.to(DEVICE), seq_lens=_lens(lens),
+                   splits=2), _reference("decode", q, k, v, lens))
+    assert len(dec._prepared) == 1
+
+
+@pytest.mark.parametrize("spec,H,Hkv,NQ,lens,paged,splits,rows", [
+    ("decode", 8, 1, 1, [37, 0, 70, 16], True, 3, 64),            # GQA 8:1, an empty sequence
+    ("decode", 8, 2, 1, [23, 41, 1], False, 5, 64),              # GQA 4:1, contiguous with lengths
+    ("decode:causal=true", 8, 1, 3, [50, 2, 0, 97], True, 4, 16),  # 24 rows: two row blocks per KV head
+    ("decode", 4, 2, 1, [350, 140], True, 22, 64),               # many splits, past some sequences' end
+])
+def test_fused_combine_matches_reference(spec: str, H: int, Hkv: int, NQ: int, lens: list[int], paged: bool,
+                                         splits: int, rows: int) -> None:
+    """The last split program of each (batch, KV head, row block) merges the splits (ticket counter):
+    each call must see the counters at zero again, so the same prepared call runs twice on new data."""
+    fn = build_decode(einfuse.load_spec(spec), block_n=16, block_rows=rows, fuse_combine=True)
+    for seed in (1, 2):
+        q, k, v = _data(len(lens), H, Hkv, NQ, max(lens), 16, 24, seed=seed)
+        if paged:
+            kc, vc, table = _pages(k, v, lens, 16, seed=seed)
+            kw = {"page_table": table.to(DEVICE)}
+        else:
+            kc, vc, kw = k, v, {}
+        out, lse = fn(q.to(DEVICE), kc.to(DEVICE), vc.to(DEVICE), seq_lens=_lens(lens), splits=splits,
+                      return_lse=True, **kw)
+        _check(out, _reference(spec, q, k, v, lens))
+        ref, ref_lse = build_decode(einfuse.load_spec(spec), block_n=16)(
+            q.to(DEVICE), kc.to(DEVICE), vc.to(DEVICE), seq_lens=_lens(lens), splits=splits, return_lse=True, **kw)
+        torch.testing.assert_close(lse, ref_lse)
+    prepared = next(iter(fn._prepared.values()))
+    assert prepared.combine is None and len(fn._prepared) == 1
+    assert all(int(c.abs().sum()) == 0 for c in prepared.counters.by_stream.values())  # left at zero

@@ -89,3 +89,50 @@ def test_paged_decode_replays_in_a_cuda_graph_with_new_lengths_and_pages() -> No
     torch.cuda.synchronize()
     want = fn(q, kc, vc, page_table=table, seq_lens=lens)
     assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("Hkv,N,splits", [(4, 8192, None), (8, 32768, 128), (4, 1008, 7)])
+def test_fused_combine_agrees_with_the_two_kernel_path_every_call(Hkv: int, N: int, splits: int | None) -> None:
+    """fuse_combine=True: the last split program (atomic ticket) merges. A race (a partial read
+    before it is written, a counter not back at zero) would show as a call that differs: 50 calls
+    back to back, contiguous and paged, on two streams, and replayed from a CUDA graph."""
+    lens = [N, 0, N // 3, 17, N - 5, 1, N // 2, 200]
+    B, H, D, ps = len(lens), 32, 128, 16
+    g = torch.Generator(device="cuda").manual_seed(N)
+    q = torch.randn(B, H, 1, D, device="cuda", generator=g, dtype=torch.bfloat16)
+    k = torch.randn(B, Hkv, N, D, device="cuda", generator=g, dtype=torch.bfloat16)
+    v = torch.randn(B, Hkv, N, D, device="cuda", generator=g, dtype=torch.bfloat16)
+    pages = B * -(-N // ps)
+    perm = torch.randperm(pages, device="cuda")
+    kc = k.view(B, Hkv, -1, ps, D).permute(0, 2, 3, 1, 4).reshape(pages, ps, Hkv, D)[perm.argsort()].contiguous()
+    vc = v.view(B, Hkv, -1, ps, D).permute(0, 2, 3, 1, 4).reshape(pages, ps, Hkv, D)[perm.argsort()].contiguous()
+    table = perm.view(B, -1).to(torch.int32)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    fused = einfuse.compile("decode:head_dim=128", decode_options={"fuse_combine": True})
+    plain = einfuse.compile("decode:head_dim=128")
+    kw = {} if splits is None else {"splits": splits}
+    for args in ((q, k, v, None), (q, kc, vc, table)):
+        extra = {"seq_lens": seq_lens, **kw, **({} if args[3] is None else {"page_table": args[3]})}
+        want = plain(*args[:3], **extra)
+        torch.testing.assert_close(want.float(), _reference(q, k, v, lens, False), atol=2e-2, rtol=2e-2)
+        outs = [fused(*args[:3], **extra) for _ in range(50)]
+        for out in outs:
+            assert torch.equal(out, outs[0])
+        torch.testing.assert_close(outs[0].float(), want.float(), atol=1e-2, rtol=1e-2)
+        streams = [torch.cuda.Stream() for _ in range(2)]
+        results = []
+        for s in streams:  # concurrent streams: each gets its own counters
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                results += [fused(*args[:3], **extra) for _ in range(10)]
+        for s in streams:
+            torch.cuda.current_stream().wait_stream(s)
+        for out in results:
+            assert torch.equal(out, outs[0])
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = fused(*args[:3], **extra)
+        for _ in range(5):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(captured, outs[0])

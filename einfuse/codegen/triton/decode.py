@@ -23,11 +23,13 @@ its end exit at once. ``benchmarks/decode_grid.py --tune`` times the alternative
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import ModuleType
 from typing import Any
 
 from einfuse.codegen.triton.decode_kernels import decode_source
-from einfuse.codegen.triton.kv_cache import describe
+from einfuse.codegen.triton.kv_cache import KVCache, check_values, describe
+from einfuse.codegen.triton.launch import CallCache
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.options import cdiv, parse_options, pow2
 from einfuse.errors import CodegenError
@@ -43,7 +45,9 @@ class DecodeOptions:
     multiprocessor count (about ``programs_per_sm`` programs per multiprocessor, at most
     ``max_splits``: FlashAttention-2's cap, beyond which the combine costs more than the extra
     programs bring); ``block_n``: keys per loop step; ``block_rows``: most query rows (group heads
-    x queries) per program."""
+    x queries) per program; ``fuse_combine``: the last split program of each (batch, KV head, row
+    block) to finish, found with an atomic ticket counter, merges the splits itself (one launch
+    instead of two; see :class:`PreparedDecode` for the counters)."""
 
     splits: int = 0
     programs_per_sm: int = 8
@@ -52,6 +56,7 @@ class DecodeOptions:
     block_rows: int = 64
     num_warps: int = 4
     num_stages: int = 3
+    fuse_combine: bool = False
 
     @staticmethod
     def of(options: dict[str, Any]) -> DecodeOptions:
@@ -126,7 +131,6 @@ class DecodeKernel:
     cascade: Cascade | None = field(default=None, repr=False)  # the split-KV cascade it follows
     lowering: str = ""
     captures: dict = field(default_factory=dict, repr=False)  # the variant's declared captures (values)
-    _launches: dict = field(default_factory=dict, repr=False, compare=False)
 
     def split_plan(self, B: int, Hkv: int, row_blocks: int, NK: int, device: Any,
                    splits: int | None = None, block_n: int | None = None) -> tuple[int, int]:
@@ -179,92 +183,137 @@ class DecodeKernel:
 
         ``k``, ``v``: ``(B, H_kv, N, D)``, or pages ``(num_pages, page_size, H_kv, D)`` with
         ``page_table`` ``(B, max_pages)`` int32; ``seq_lens`` ``(B,)`` int32 gives each sequence its
-        own length (required with pages). See :mod:`einfuse.codegen.triton.kv_cache`."""
+        own length (required with pages). See :mod:`einfuse.codegen.triton.kv_cache`.
+
+        A call whose signature (:func:`call_key`) was seen before reuses its prepared launch
+        (:meth:`prepare`): checks, plan and bound kernels are worked out once per signature."""
+        if self._plan_captures:  # captured tensors: their pointers and extents are read every call
+            return self._call_with_captures(q, k, v, splits, return_lse, page_table, seq_lens, sizes)
+        key = call_key(q, k, v, page_table, seq_lens, {"splits": splits, "return_lse": return_lse, **sizes})
+        prepared = self._prepared.get(key) if key is not None else None
+        if prepared is None:
+            prepared = self.prepare(q, k, v, splits, page_table=page_table, seq_lens=seq_lens,
+                                    return_lse=return_lse, **sizes)
+            if key is not None and not _capturing(q.device):  # no entry made of capture-time memory
+                self._prepared.remember(key, prepared)
+        return prepared(q, k, v, page_table, seq_lens)
+
+    @cached_property
+    def _plan_captures(self) -> tuple:
+        from einfuse.codegen import capture_args
+
+        return tuple(capture_args.plan_captures(self.plan.logit, self.plan.mask))
+
+    @cached_property
+    def _prepared(self) -> CallCache:
+        """Prepared calls of direct ``DecodeKernel`` calls, by :func:`call_key`."""
+        return CallCache()
+
+    def _call_with_captures(self, q: Any, k: Any, v: Any, splits: int | None, return_lse: bool,
+                            page_table: Any, seq_lens: Any, sizes: dict[str, Any]) -> Any:
+        """The unprepared call of a variant whose score or mask reads captured tensors: their
+        launch arguments sit between the sizes and the constexprs, so they are bound every call."""
         import torch
 
         cache = describe(self.plan.name, q, k, v, page_table, seq_lens)
         B, H, NQ, D = q.shape
         Hkv, NK, DV = cache.heads, cache.max_len, v.shape[-1]
         cap_args = self._capture_args(sizes, q)  # pops captured tensors given by keyword
+        self._check_sizes(sizes)
+        if NK == 0:
+            return _empty_result(q, DV, return_lse)
+        plan = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, q.device, splits, sizes, k.element_size())
+        R = B * H * NQ * plan.n_splits
+        ws = torch.empty((R * (DV + 2),), device=q.device, dtype=torch.float32)
+        o = torch.empty((B, H, NQ, DV), device=q.device, dtype=q.dtype)
+        lse = torch.empty((B, H, NQ), device=q.device, dtype=torch.float32) if return_lse else ws
+        args, constexprs = self._partial_launch(q, k, v, cache, plan, fused=False, return_lse=return_lse)
+        self.module.decode_partial[(B * Hkv, plan.n_splits, plan.row_blocks)](
+            q, k, v, ws, R, page_table if cache.paged else ws, seq_lens if seq_lens is not None else ws, ws, o, lse,
+            *args, *cap_args, **constexprs, num_warps=self.options.num_warps, num_stages=plan.num_stages)
+        args, constexprs = self._combine_launch(o, plan, NQ, H, DV, seq_lens is not None, return_lse)
+        self.module.decode_combine[(B * H * NQ,)](ws, R, o, lse, seq_lens if seq_lens is not None else ws,
+                                                  *args, **constexprs, num_warps=4)
+        return (o, lse) if return_lse else o
+
+    def _check_sizes(self, sizes: dict[str, Any]) -> None:
         unknown = set(sizes) - set(self.plan.sizes) - set(self.plan.params)
         if unknown:
             raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
-        dev = q.device
-        o = torch.empty((B, H, NQ, DV), device=dev, dtype=q.dtype)
-        if NK == 0:  # no key anywhere: every row is empty (output 0, log-sum-exp -inf)
-            o.zero_()
-            lse = torch.full((B, H, NQ), float("-inf"), device=dev, dtype=torch.float32)
-            return (o, lse) if return_lse else o
-        has_lens = seq_lens is not None
-        key = (B, H, NQ, D, DV, Hkv, NK, has_lens, splits, str(dev), tuple(sizes.items()), k.element_size())
-        plan = self._launches.get(key)
-        if plan is None:
-            plan = self._launches[key] = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes,
-                                                           k.element_size())
-        n_splits = plan.n_splits
-        R = B * H * NQ * n_splits  # workspace: partial maxima, sums (R each), outputs (R x DV), float32
-        ws = torch.empty((R * (DV + 2),), device=dev, dtype=torch.float32)
-        pt = page_table if cache.paged else ws  # unused pointers when not paged / no lengths
-        lens = seq_lens if has_lens else ws
+
+    def _partial_launch(self, q: Any, k: Any, v: Any, cache: KVCache, plan: _Launch, fused: bool,
+                        return_lse: bool) -> tuple[tuple, dict]:
+        """``decode_partial``'s arguments after its ten per-call ones (Q, K, V, WS, R, PT, LENS, CNT,
+        O, LSE) and before the captured tensors', and its constexprs; the output is contiguous."""
+        import torch
+
         if cache.paged:  # (num_pages, page_size, H_kv, D): page, slot, head, dim strides
             k_strides = (k.stride(0), k.stride(2), k.stride(1), k.stride(3))
             v_strides = (v.stride(0), v.stride(2), v.stride(1), v.stride(3))
-            pt_strides = (page_table.stride(0), page_table.stride(1))
+            pt_strides = (cache.page_table.stride(0), cache.page_table.stride(1))
         else:
             k_strides, v_strides, pt_strides = k.stride(), v.stride(), (0, 0)
+        B, H, NQ, D = q.shape
+        DV = v.shape[-1]
         # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see decode_kernels)
-        upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
-        self.module.decode_partial[(B * Hkv, n_splits, plan.row_blocks)](
-            q, k, v, ws, R, pt, lens, *q.stride(), *k_strides, *v_strides, *pt_strides,
-            NQ, NK, H, Hkv, D, DV, plan.split_len, n_splits, plan.scale, *plan.size_args, *cap_args,
-            ROWS=plan.rows, BLOCK_N=plan.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
-            PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=has_lens,
-            DOT_PRECISION=dot_precision(q.dtype),
-            num_warps=self.options.num_warps, num_stages=plan.num_stages)
-        lse = torch.empty((B, H, NQ), device=dev, dtype=torch.float32) if return_lse else ws
-        self.module.decode_combine[(B * H * NQ,)](
-            ws, R, o, lse, lens, *o.stride(), H, NQ, DV, n_splits,
-            BS=pow2(n_splits, 2), CHUNK=min(pow2(n_splits, 2), 16), BDV=pow2(DV), WRITE_LSE=return_lse,
-            HAS_LENS=has_lens, BLOCK_N=plan.block_n, num_warps=4)
-        return (o, lse) if return_lse else o
+        upcast = q.device.type != "cuda" and q.dtype == torch.bfloat16
+        args = (*q.stride(), *k_strides, *v_strides, *pt_strides, *_contiguous_strides((B, H, NQ, DV)), NQ,
+                cache.max_len, H, cache.heads, D, DV, plan.split_len, plan.n_splits, plan.scale, *plan.size_args)
+        constexprs = dict(ROWS=plan.rows, BLOCK_N=plan.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
+                          PAGED=cache.paged, PAGE_SIZE=max(cache.page_size, 1), HAS_LENS=cache.seq_lens is not None,
+                          FUSED=fused, BS=pow2(plan.n_splits, 2), WRITE_LSE=fused and return_lse,
+                          DOT_PRECISION=dot_precision(q.dtype))
+        return args, constexprs
 
+    def _combine_launch(self, o: Any, plan: _Launch, NQ: int, H: int, DV: int, has_lens: bool,
+                        return_lse: bool) -> tuple[tuple, dict]:
+        """``decode_combine``'s arguments after its five per-call ones (WS, R, O, LSE, LENS)."""
+        bs = pow2(plan.n_splits, 2)
+        return ((*o.stride(), H, NQ, DV, plan.n_splits),
+                dict(BS=bs, CHUNK=min(bs, 16), BDV=pow2(DV), WRITE_LSE=return_lse, HAS_LENS=has_lens,
+                     BLOCK_N=plan.block_n))
 
-    def prepare(self, q: Any, k: Any, v: Any, splits: int | None = None, **sizes: Any) -> Any:
-        """A prepared call for a contiguous cache (no page table, lengths, captured tensors or
-        log-sum-exp): both kernels bound once with their grids and arguments
-        (:class:`~einfuse.codegen.triton.launch.BoundLaunch`), launched directly after the first
-        call. Other calls get ``self(...)`` with these options."""
-        import torch
-
-        from einfuse.codegen import capture_args
+    def prepare(self, q: Any, k: Any, v: Any, splits: int | None = None, *, page_table: Any = None,
+                seq_lens: Any = None, return_lse: bool = False, **sizes: Any) -> Any:
+        """A prepared call for this signature (shapes, strides, dtypes, device, layout, options):
+        the inputs are checked and both kernels bound once with their grids and arguments
+        (:class:`~einfuse.codegen.triton.launch.BoundLaunch`), launched directly after their first
+        launch. Called as ``prepared(q, k, v, page_table=None, seq_lens=None)`` with tensors of the
+        same signature; the page table and lengths are read on the device (no host synchronisation,
+        so a CUDA graph can capture the call and replay it on new lengths and pages)."""
         from einfuse.codegen.triton.launch import BoundLaunch
 
-        describe(self.plan.name, q, k, v, None, None)
+        if self._plan_captures:
+            return lambda q, k, v, page_table=page_table, seq_lens=seq_lens: self._call_with_captures(
+                q, k, v, splits, return_lse, page_table, seq_lens, dict(sizes))
+        cache = describe(self.plan.name, q, k, v, page_table, seq_lens)
+        self._check_sizes(sizes)
         B, H, NQ, D = q.shape
-        Hkv, NK, DV = k.shape[1], k.shape[2], v.shape[-1]
-        if NK == 0 or capture_args.plan_captures(self.plan.logit, self.plan.mask):
-            return lambda q, k, v: self(q, k, v, splits=splits, **sizes)
-        unknown = set(sizes) - set(self.plan.sizes) - set(self.plan.params)
-        if unknown:
-            raise CodegenError(f"{self.plan.name}: unknown runtime argument(s) {', '.join(sorted(unknown))}")
+        Hkv, NK, DV = cache.heads, cache.max_len, v.shape[-1]
+        if NK == 0:  # no key anywhere: every row is empty (output 0, log-sum-exp -inf)
+            return lambda q, k, v, page_table=None, seq_lens=None: _empty_result(q, DV, return_lse)
         dev = q.device
         plan = self._plan_launch(B, H, NQ, D, DV, Hkv, NK, dev, splits, sizes, k.element_size())
         n = B * H * NQ * plan.n_splits
-        unused = torch.zeros(1, dtype=torch.int32, device=dev)  # page table and lengths: not read
-        upcast = dev.type != "cuda" and q.dtype == torch.bfloat16
-        partial = BoundLaunch(
-            self.module.decode_partial, (B * Hkv, plan.n_splits, plan.row_blocks), 4,
-            (n, unused, unused, *q.stride(), *k.stride(), *v.stride(), 0, 0, NQ, NK, H, Hkv, D, DV,
-             plan.split_len, plan.n_splits, plan.scale, *plan.size_args),
-            dict(ROWS=plan.rows, BLOCK_N=plan.block_n, BD=pow2(D), BDV=pow2(DV), UPCAST=upcast,
-                 PAGED=False, PAGE_SIZE=1, HAS_LENS=False, DOT_PRECISION=dot_precision(q.dtype)),
-            self.options.num_warps, plan.num_stages)
-        # combine's first four arguments (WS, R, O, LSE) come per call; the output is contiguous
-        combine = BoundLaunch(
-            self.module.decode_combine, (B * H * NQ,), 4, (unused, H * NQ * DV, NQ * DV, DV, 1, H, NQ, DV, plan.n_splits),
-            dict(BS=pow2(plan.n_splits, 2), CHUNK=min(pow2(plan.n_splits, 2), 16), BDV=pow2(DV), WRITE_LSE=False,
-                 HAS_LENS=False, BLOCK_N=plan.block_n), 4, 3)
-        return PreparedDecode(n, DV, (B, H, NQ, DV), q.dtype, dev, partial, combine, unused)
+        fused = self.options.fuse_combine
+        args, constexprs = self._partial_launch(q, k, v, cache, plan, fused, return_lse)
+        partial = BoundLaunch(self.module.decode_partial, (B * Hkv, plan.n_splits, plan.row_blocks), 10, args,
+                              constexprs, self.options.num_warps, plan.num_stages)
+        combine = None
+        if not fused:
+            out_strides = _contiguous_strides((B, H, NQ, DV))
+            c_args, c_constexprs = self._combine_launch(_Strided(out_strides), plan, NQ, H, DV, seq_lens is not None,
+                                                        return_lse)
+            combine = BoundLaunch(self.module.decode_combine, (B * H * NQ,), 5, c_args, c_constexprs, 4, 3)
+        check = None
+        if dev.type == "cpu" and seq_lens is not None:  # values are checked on CPU tensors only (kv_cache)
+            name, pages, psize = self.plan.name, k.shape[0], cache.page_size
+
+            def check(page_table: Any, seq_lens: Any) -> None:
+                check_values(name, pages, psize, NK, page_table, seq_lens)
+        counters = _Counters(B * Hkv * plan.row_blocks, dev) if fused else None
+        return PreparedDecode(n, DV, (B, H, NQ, DV), q.dtype, dev, partial, combine, cache.paged,
+                              seq_lens is not None, return_lse, check, counters)
 
     def _capture_args(self, runtime: dict[str, Any], q: Any) -> list[Any]:
         """Launch arguments of the captured tensors the logit or mask reads (einfuse.ir.captures)."""
@@ -279,34 +328,158 @@ class DecodeKernel:
 
 
 class PreparedDecode:
-    """A prepared decode call: allocate the split workspace and the output, launch both kernels
-    (by address once both have launched through Triton)."""
+    """A prepared decode call: allocate the split workspace and the output (and log-sum-exp), launch
+    the kernels (by address once they have launched through Triton). The page table and lengths,
+    when the signature has them, are this call's tensors; otherwise the workspace stands in for
+    them (the kernels do not read it there). With a fused combine (``counters`` given) there is one
+    launch, whose programs take tickets from the counters of the current stream."""
 
-    __slots__ = ("n", "dv", "shape", "dtype", "device", "partial", "combine", "unused", "_empty", "_f32")
+    __slots__ = ("n", "dv", "shape", "dtype", "device", "partial", "combine", "paged", "has_lens", "lse",
+                 "check", "counters", "_empty", "_f32")
 
     def __init__(self, n: int, dv: int, shape: tuple[int, ...], dtype: Any, device: Any, partial: Any,
-                 combine: Any, unused: Any) -> None:
+                 combine: Any, paged: bool = False, has_lens: bool = False, lse: bool = False,
+                 check: Any = None, counters: _Counters | None = None) -> None:
         import torch
 
         self.n, self.dv, self.shape, self.dtype, self.device = n, dv, shape, dtype, device
-        self.partial, self.combine, self.unused = partial, combine, unused
+        self.partial, self.combine, self.counters = partial, combine, counters
+        self.paged, self.has_lens, self.lse, self.check = paged, has_lens, lse, check
         self._empty, self._f32 = torch.empty, torch.float32
 
-    def __call__(self, q: Any, k: Any, v: Any) -> Any:
+    def __call__(self, q: Any, k: Any, v: Any, page_table: Any = None, seq_lens: Any = None) -> Any:
         n = self.n
+        if self.check is not None:
+            self.check(page_table, seq_lens)
         ws = self._empty((n * (self.dv + 2),), device=self.device, dtype=self._f32)
         o = self._empty(self.shape, device=self.device, dtype=self.dtype)
+        lse = self._empty(self.shape[:3], device=self.device, dtype=self._f32) if self.lse else ws
+        pt = page_table if self.paged else ws
+        lens = seq_lens if self.has_lens else ws
+        cnt = ws if self.counters is None else self.counters.get()
         partial, combine = self.partial, self.combine
         if partial.compiled is not None:
-            partial.direct(q.data_ptr(), k.data_ptr(), v.data_ptr(), ws.data_ptr())
+            w, ln = ws.data_ptr(), lens.data_ptr()
+            partial.direct(q.data_ptr(), k.data_ptr(), v.data_ptr(), w, n, pt.data_ptr(), ln, cnt.data_ptr(),
+                           o.data_ptr(), lse.data_ptr())
         else:
-            partial.first(q, k, v, ws)
-        if combine.compiled is not None:  # its second argument is the workspace row count R
-            w = ws.data_ptr()
-            combine.direct(w, n, o.data_ptr(), w)
+            partial.first(q, k, v, ws, n, pt, lens, cnt, o, lse)
+            w = ln = None
+        if combine is None:
+            pass
+        elif combine.compiled is not None:
+            if w is None:
+                w, ln = ws.data_ptr(), lens.data_ptr()
+            combine.direct(w, n, o.data_ptr(), lse.data_ptr(), ln)
         else:
-            combine.first(ws, n, o, ws)
+            combine.first(ws, n, o, lse, lens)
+        return (o, lse) if self.lse else o
+
+
+class _Counters:
+    """The fused combine's ticket counters (int32, one per (batch, KV head, row block)), one array
+    per stream: the kernel leaves them zero, so calls in order on one stream share an array, while
+    calls on concurrent streams each get their own. An array made while a CUDA graph is being
+    captured comes from the graph's memory (zeroed by a node of the graph at each replay); it is
+    kept alive here, never reused outside that graph."""
+
+    __slots__ = ("size", "device", "by_stream", "captured", "_stream", "_index")
+
+    def __init__(self, size: int, device: Any) -> None:
+        self.size, self.device = size, device
+        self.by_stream: dict[int, Any] = {}
+        self.captured: list[Any] = []
+        if getattr(device, "type", None) == "cuda":
+            from torch._C import _cuda_getCurrentRawStream
+
+            self._stream, self._index = _cuda_getCurrentRawStream, device.index if device.index is not None else 0
+            if device.index is None:
+                import torch
+
+                self._index = torch.cuda.current_device()
+        else:
+            self._stream, self._index = (lambda i: 0), 0
+
+    def get(self) -> Any:
+        stream = self._stream(self._index)
+        cnt = self.by_stream.get(stream)
+        if cnt is None:
+            import torch
+
+            cnt = torch.zeros(self.size, dtype=torch.int32, device=self.device)
+            if _capturing(self.device):
+                self.captured.append(cnt)
+            else:
+                self.by_stream[stream] = cnt
+        return cnt
+
+
+def _empty_result(q: Any, dv: int, return_lse: bool) -> Any:
+    """The result of a call with no key anywhere: output 0, log-sum-exp -inf."""
+    import torch
+
+    B, H, NQ, _ = q.shape
+    o = torch.zeros((B, H, NQ, dv), device=q.device, dtype=q.dtype)
+    if not return_lse:
         return o
+    return o, torch.full((B, H, NQ), float("-inf"), device=q.device, dtype=torch.float32)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= s
+    return tuple(reversed(out))
+
+
+@dataclass(frozen=True)
+class _Strided:
+    """Stands for the output tensor when binding the combine (only its strides are read)."""
+
+    strides: tuple[int, ...]
+
+    def stride(self) -> tuple[int, ...]:
+        return self.strides
+
+
+_KV_TENSORS = frozenset({"page_table", "seq_lens"})
+
+
+def call_key(q: Any, k: Any, v: Any, page_table: Any, seq_lens: Any, options: dict[str, Any]) -> tuple | None:
+    """The cache key of a decode call: :func:`~einfuse.codegen.triton.launch.signature_key` of ``q,
+    k, v``, the page table's and lengths' shapes, strides, dtypes and devices (their contents are
+    read on the device every call), and the other keyword options' values (``splits``,
+    ``return_lse``, sizes; ``page_table``/``seq_lens`` among them are skipped). None (the call is
+    prepared every time) when a data pointer is not 16-byte aligned (Triton specialises on it), or
+    an option is a tensor or unhashable."""
+    from einfuse.codegen.triton.launch import signature_key
+
+    key = signature_key(q, k, v)
+    if key is None:
+        return None
+    try:
+        tables = tuple(None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() & 15)
+                       for t in (page_table, seq_lens))
+        rest = tuple(item for item in options.items() if item[0] not in _KV_TENSORS)
+        if rest:
+            if any(hasattr(x, "data_ptr") for _, x in rest):
+                return None
+            hash(rest)
+    except (AttributeError, TypeError):
+        return None
+    if (tables[0] is not None and tables[0][4]) or (tables[1] is not None and tables[1][4]):
+        return None
+    return ("kv-cache", key, tables, rest)
+
+
+def _capturing(device: Any) -> bool:
+    """Whether ``device``'s current stream is capturing a CUDA graph (asked on a cache miss only)."""
+    if getattr(device, "type", None) != "cuda":
+        return False
+    import torch
+
+    return torch.cuda.is_current_stream_capturing()
 
 
 def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
@@ -327,4 +500,4 @@ def build_decode(plan: KernelPlan | Cascade, **options: Any) -> DecodeKernel:
     return DecodeKernel(dec, opts, source, module, plan.cascade, plan.lowering, declared)
 
 
-__all__ = ["DecodeKernel", "DecodeOptions", "PreparedDecode", "build_decode"]
+__all__ = ["DecodeKernel", "DecodeOptions", "PreparedDecode", "build_decode", "call_key"]

@@ -75,11 +75,13 @@ def _partial_kernel(plan: DecodePlan, split: SplitKV) -> str:
         if "M" in plan.sizes else ""
     return f'''
 @triton.jit
-def decode_partial(Q, K, V, WS, R, PT, LENS, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d,
-                   sv_b, sv_h, sv_n, sv_d, spt_b, spt_n, NQ, NK, H, HKV, D, DV, SPLIT_LEN, N_SPLITS, scale{sz},
+def decode_partial(Q, K, V, WS, R, PT, LENS, CNT, O, LSE, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_n, sk_d,
+                   sv_b, sv_h, sv_n, sv_d, spt_b, spt_n, so_b, so_h, so_n, so_d, NQ, NK, H, HKV, D, DV, SPLIT_LEN,
+                   N_SPLITS, scale{sz},
                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                    UPCAST: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                   HAS_LENS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   HAS_LENS: tl.constexpr, FUSED: tl.constexpr, BS: tl.constexpr, WRITE_LSE: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr):
     # K, V: (B, HKV, N, D) with strides sk_b.. (PAGED=False), or pages (num_pages, PAGE_SIZE, HKV, D)
     # with sk_b the page stride and sk_n the slot stride, read through PT[b, m // PAGE_SIZE].
     # WS: the float32 workspace, R partial maxima, then R sums, then R x DV partial outputs
@@ -163,6 +165,39 @@ def decode_partial(Q, K, V, WS, R, PT, LENS, sq_b, sq_h, sq_n, sq_d, sk_b, sk_h,
     tl.store(Mws + ws, m_i, mask=keep)
     tl.store(Lws + ws, l_i, mask=keep)
     tl.store(Ows + ws[:, None] * DV + offs_f[None, :], po, mask=keep[:, None] & f_ok[None, :])
+    if FUSED:  # the last of this (batch, KV head, row block)'s N_SPLITS programs to finish merges them
+        tl.debug_barrier()  # every thread's partial stores come before the ticket that releases them
+        cnt = CNT + pid * tl.num_programs(2) + rb
+        ticket = tl.atomic_add(cnt, 1, sem="acq_rel")
+        if ticket == N_SPLITS - 1:
+            tl.store(cnt, 0)  # all N_SPLITS tickets are taken: zero again for the next call
+            tl.debug_barrier()
+            if HAS_LENS:  # only the splits that held keys of this sequence
+                n_used = tl.cdiv(n_kv, tl.maximum(split_len, 1))
+            else:
+                n_used = N_SPLITS
+            base = ((b * H + h).to(tl.int64) * NQ + i) * N_SPLITS
+            offs_s = tl.arange(0, BS)
+            # partials of other programs: read from L2 (.cg), never from this SM's L1
+            m_s = tl.load(Mws + base[:, None] + offs_s[None, :], mask=row_ok[:, None] & (offs_s < n_used)[None, :],
+                          other=float("-inf"), cache_modifier=".cg")
+{split.comment("global_max", 12)}            m = tl.max(m_s, 1)
+            m_safe = tl.where(m == float("-inf"), 0.0, m)
+            l = tl.zeros([ROWS], dtype=tl.float32)
+            snv = tl.zeros([ROWS, BDV], dtype=tl.float32)
+            for s in range(0, n_used):
+                w = tl.load(Lws + base + s, mask=row_ok, other=0.0, cache_modifier=".cg") * \
+                    tl.exp(tl.load(Mws + base + s, mask=row_ok, other=float("-inf"), cache_modifier=".cg") - m_safe)
+{split.comment("weight", 16)}{split.comment("denominator", 16)}                l += w
+                po = tl.load(Ows + (base + s)[:, None] * DV + offs_f[None, :], mask=row_ok[:, None] & f_ok[None, :],
+                             other=0.0, cache_modifier=".cg")
+{split.comment("weighted", 16)}                snv += po * w[:, None]
+{split.comment("output", 12)}            o = snv / tl.where(l > 0, l, 1.0)[:, None]
+            tl.store(O + b.to(tl.int64) * so_b + h[:, None] * so_h + i[:, None] * so_n + offs_f[None, :] * so_d,
+                     o.to(O.dtype.element_ty), mask=row_ok[:, None] & f_ok[None, :])
+            if WRITE_LSE:
+                tl.store(LSE + (b * H + h) * NQ + i, tl.where(l > 0, m + tl.log(tl.where(l > 0, l, 1.0)),
+                                                              float("-inf")), mask=row_ok)
 '''
 
 

@@ -100,7 +100,7 @@ def describe(name: str, q: Any, k: Any, v: Any, page_table: Any = None, seq_lens
         if seq_lens.shape[0] != B:
             raise CodegenError(f"{name}: seq_lens has {seq_lens.shape[0]} entries for a batch of {B}")
         if q.device.type == "cpu":
-            _check_values(name, k.shape[0], page_size, max_len, page_table, seq_lens)
+            check_values(name, k.shape[0], page_size, max_len, page_table, seq_lens)
     return KVCache(page_table is not None, page_size, max_len, hkv, page_table, seq_lens)
 
 
@@ -115,7 +115,7 @@ def _index_tensor(name: str, what: str, t: Any, dims: int, device: Any) -> None:
         raise CodegenError(f"{name}: {what} is on {t.device}, q on {device}; put them on one device")
 
 
-def _check_values(name: str, num_pages: int, page_size: int, max_len: int, page_table: Any,
+def check_values(name: str, num_pages: int, page_size: int, max_len: int, page_table: Any,
                   seq_lens: Any) -> None:
     """Lengths within the cache, and every page a sequence reads within the cache (CPU only)."""
     lens = seq_lens.tolist()
@@ -131,4 +131,4 @@ def _check_values(name: str, num_pages: int, page_size: int, max_len: int, page_
                                    f"cache's 0..{num_pages - 1}")
 
 
-__all__ = ["KVCache", "describe"]
+__all__ = ["KVCache", "check_values", "describe"]
