@@ -65,10 +65,20 @@ class FastForward:
         return (self.slot % (len(self.window_keys) or 1), self.rows % self.row_buffers, self.blocks % 2)
 
     def _mods(self) -> dict[str, int]:
-        return {"s": len(self.window_keys) or 1, "r": self.row_buffers, "b": 2}
+        m = self.__dict__.get("_mods_cache")
+        if m is None:
+            m = self._mods_cache = {"s": len(self.window_keys) or 1, "r": self.row_buffers, "b": 2}
+        return m
+
+    def _canon_table(self, ph: tuple[int, int, int]) -> dict[int, int]:
+        """Canonical ids of actual key ids at phase ``ph`` (filled by :meth:`_canon_id`)."""
+        table = self._canon.get(ph)
+        if table is None:
+            table = self._canon[ph] = {}
+        return table
 
     def _canon_id(self, kid: int, ph: tuple[int, int, int]) -> int:
-        table = self._canon.setdefault(ph, {})
+        table = self._canon_table(ph)
         c = table.get(kid)
         if c is None:
             name = self.keys.names[kid]
@@ -105,11 +115,16 @@ class FastForward:
         f = self._floor()
         ph = self.phase()
         cid = self._canon_id
+        tab = self._canon_table(ph)
+
+        def canon(d: dict[int, int], shift: int) -> tuple:
+            return tuple(sorted([(tab[k] if k in tab else cid(k, ph), v - shift) for k, v in d.items()]))
+
         cal = tuple((max(self.tail[u], f) - r, tuple((g[0] - r, g[1] - r, g[2]) for g in self.gaps[u]))
                     for u in range(3))
-        rd = tuple(sorted((cid(k, ph), v - r) for k, v in self.ready.items()))
-        sd = tuple(sorted((cid(k, ph), v - r) for k, v in self.sready.items()))
-        wh = tuple(sorted((cid(k, ph), v) for k, v in self.who.items()))
+        rd = canon(self.ready, r)
+        sd = canon(self.sready, r)
+        wh = canon(self.who, 0)
         pipe = tuple((self._seg_canon(x[0], ph), x[1], x[2]) for x in self.pipe)
         return (cal, rd, sd, wh, pipe)
 
