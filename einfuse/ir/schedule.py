@@ -14,6 +14,7 @@ import sympy
 
 from einfuse.errors import ValidationError
 from einfuse.ir.cascade import Cascade
+from einfuse.ir.symzero import is_zero
 
 
 @dataclass(frozen=True)
@@ -24,17 +25,6 @@ class Group:
     loop_var: sympy.Symbol | None = None
 
 
-def _is_zero(d: sympy.Expr) -> bool:
-    """``sympy.simplify(d) == 0`` without simplify where it cannot differ: structurally zero, or a
-    polynomial (whose expanded form is canonical). ``simplify`` costs milliseconds a call and its
-    first call imports ``sympy.physics`` (0.15-0.4 s), on every simulate and compile."""
-    if d == 0:
-        return True
-    if d.is_polynomial():
-        return sympy.expand(d) == 0
-    return sympy.simplify(d) == 0
-
-
 def _writes_shifted(c: Cascade, i: int) -> sympy.Symbol | None:
     """The iteration variable v when Einsum i writes an iterative rank at v+1."""
     e = c.einsums[i]
@@ -43,7 +33,7 @@ def _writes_shifted(c: Cascade, i: int) -> sympy.Symbol | None:
     for idx, rank in zip(e.output.indices, t.ranks):
         if rank in t.iterative:
             own = [s for s in idx.free_symbols if s in ivars and ivars[s].name == rank]
-            if len(own) == 1 and _is_zero(idx - own[0] - 1):
+            if len(own) == 1 and is_zero(idx - own[0] - 1):
                 return own[0]
     return None
 
@@ -56,7 +46,7 @@ def _is_carried(c: Cascade, producer: int, consumer: int, tensor: str) -> bool:
     pos = [k for k, r in enumerate(t.ranks) if r in t.iterative and c.index_vars().get(v) is not None
            and c.index_vars()[v].name == r]
     for a in c.einsums[consumer].operands():
-        if a.tensor == tensor and pos and not _is_zero(a.indices[pos[0]] - v):
+        if a.tensor == tensor and pos and not is_zero(a.indices[pos[0]] - v):
             return False
     return bool(pos)
 

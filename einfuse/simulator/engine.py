@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from einfuse.simulator.fastforward import FastForward
+from einfuse.simulator.fastforward import FastForward, PhaseKeys
 
 UNITS = ("2d", "1d", "dram")
 MAX_GAPS = 16
@@ -158,10 +158,10 @@ class Engine(FastForward):
         # Canonical ids, phase rotations and compiled leaves are functions of the key names, the
         # phase moduli and the compiler: engines that share all three share them (exact).
         shared = self.keys.shared.setdefault((len(window_keys), row_buffers, compile_leaf), {})
-        self.canon_keys: Keys = shared.setdefault("canon_keys", Keys())
-        self._canon: dict[tuple, dict[int, int]] = shared.setdefault("canon", {})
-        self._rotations: dict[tuple, dict[int, int]] = shared.setdefault("rotations", {})
+        mods = (len(window_keys) or 1, row_buffers, 2)
+        self.phase_keys: PhaseKeys = shared.setdefault("phase_keys", PhaseKeys(self.keys, mods))
         self._templates: dict[tuple, Segment] = shared.setdefault("leaves", {})
+        self._template_keys: dict[int, tuple] = shared.setdefault("leaf_keys", {})   # id(template) -> keys
         self.segments: list[Segment] = []
         self.window_keys = tuple(window_keys)
         self.gate_keys = tuple(window_keys) + tuple(gate_keys)
@@ -342,23 +342,31 @@ class Engine(FastForward):
         return seg
 
     def _rotated(self, seg: Segment, ph: tuple[int, int, int]) -> Segment:
-        zero = (0, 0, 0)
-        cache = self._rotations.setdefault(ph, {})
-        canon, actual = self._canon_id, self._actual_id
-
-        def m(k: int) -> int:
-            v = cache.get(k)
-            if v is None:
-                v = cache[k] = actual(canon(k, zero), ph) if k >= 0 else k
-            return v
+        cache, m = self.phase_keys.rotation(ph)
+        used = self._template_keys.get(id(seg))
+        if used is None:
+            used = {-1}
+            for e in seg.entries:
+                for ops in e.stages:
+                    for o in ops:
+                        if type(o) is Task:
+                            used.update(o.deps, o.chain, (o.out,))
+                        elif type(o) is MaxInto:
+                            used.update(o.srcs, (o.dst,))
+                        else:
+                            used.update((o.dst, o.src))
+            self._template_keys[id(seg)] = used = tuple(used)
+        for k in used:
+            if k not in cache:
+                m(k)
 
         def op(o: object) -> object:
             if type(o) is Task:
-                return Task(o.unit, o.occ, o.fill, tuple([m(k) for k in o.deps]),
-                            tuple([m(k) for k in o.chain]) if o.chain else (), m(o.out), o.cause)
+                return Task(o.unit, o.occ, o.fill, tuple([cache[k] for k in o.deps]),
+                            tuple([cache[k] for k in o.chain]) if o.chain else (), cache[o.out], o.cause)
             if type(o) is MaxInto:
-                return MaxInto(m(o.dst), tuple([m(k) for k in o.srcs]))
-            return Reset(m(o.dst), m(o.src))
+                return MaxInto(cache[o.dst], tuple([cache[k] for k in o.srcs]))
+            return Reset(cache[o.dst], cache[o.src])
 
         entries = [Entry([[op(o) for o in ops] for ops in e.stages], e.step) for e in seg.entries]
         return Segment(entries, seg.counters, seg.iterations, seg.rows, drain=seg.drain)
