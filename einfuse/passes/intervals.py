@@ -116,6 +116,13 @@ class IntervalEvaluator:
                 iv = self.value(scaled[0])
                 q = scaled[1]
                 return _widen((iv[0] / q, iv[1] / q))
+            if len(e.args) == 2 and e.args[0].is_Integer and e.args[0] != 0:
+                # c * x: the two products _mul would pick (its NaN guard only matters for NaN bounds)
+                c = float(e.args[0])
+                lo, hi = self.value(e.args[1])
+                if not (np.isnan(lo).any() or np.isnan(hi).any()):
+                    return (c * lo, c * hi) if c > 0 else (c * hi, c * lo)
+                return _mul(_mul(_const(1), _const(c)), (lo, hi))
             out = _const(1)
             for a in e.args:
                 out = _mul(out, self.value(a))

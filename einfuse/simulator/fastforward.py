@@ -175,8 +175,10 @@ class FastForward:
         cid = self.phase_keys.canon
         tab = self.phase_keys.canon_table(ph)
 
-        def canon(d: dict[int, int], shift: int) -> tuple:
-            return tuple(sorted([(tab[k] if k in tab else cid(k, ph), v - shift) for k, v in d.items()]))
+        def canon(d: dict[int, int], shift: int) -> frozenset:
+            # a set of (canonical key, value) pairs: keys are unique, so equal sets are equal
+            # states, as sorted tuples would be, without the sort
+            return frozenset([(tab[k] if k in tab else cid(k, ph), v - shift) for k, v in d.items()])
 
         cal = tuple((max(self.tail[u], f) - r, tuple((g[0] - r, g[1] - r, g[2]) for g in self.gaps[u]))
                     for u in range(3))
