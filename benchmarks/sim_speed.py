@@ -14,7 +14,7 @@ so the CPU seconds and the load average are recorded next to wall time: on a bus
 is several times the CPU time. Results go to ``benchmarks/results/sim-speed/`` as ``<cpu>.json`` and
 ``<cpu>.md`` (the CPU named from /proc/cpuinfo).
 
-    python3 benchmarks/sim_speed.py                 # 3 repeats of every case, ~1 minute idle
+    python3 benchmarks/sim_speed.py                 # 3 repeats of every case, a few minutes
     python3 benchmarks/sim_speed.py --repeat 1 --no-cli
 """
 
@@ -28,6 +28,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -72,24 +73,34 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _env() -> dict[str, str]:
+PYC = os.path.join(tempfile.gettempdir(), "einfuse-sim-speed-pyc")
+
+
+def _env(cached: bool = True) -> dict[str, str]:
+    """The children's environment. ``cached``: Python may write and read byte-code (in a temporary
+    PYTHONPYCACHEPREFIX, filled by a warm-up run), as in any normal install; otherwise the caller's
+    environment as it is (a PYTHONDONTWRITEBYTECODE there makes every einfuse module compile from
+    source in every process, and lazily imported ones inside the timed simulation)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    if cached:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = PYC
     return env
 
 
-def run_case(spec: str, seq: int) -> dict:
+def run_case(spec: str, seq: int, cached: bool = True) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, spec, str(seq)], capture_output=True, text=True,
-                         cwd=ROOT, env=_env(), check=True)
+                         cwd=ROOT, env=_env(cached), check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_cli(spec: str, seq: str) -> dict:
+def run_cli(spec: str, seq: str, cached: bool = True) -> dict:
     cmd = [sys.executable, "-m", "einfuse.cli", "simulate", spec, "--arch", "fusemax", "--model", "bert-base",
            "--seq", seq, "--no-progress", "--json"]
     before = os.times()
     t0 = time.perf_counter()
-    subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(), check=True)
+    subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(cached), check=True)
     wall = time.perf_counter() - t0
     after = os.times()
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
@@ -109,6 +120,8 @@ def main() -> None:
     args = ap.parse_args()
 
     load0 = os.getloadavg()
+    for _, spec, seq in CASES:      # warm-up: fills the byte-code cache (lazily imported modules too)
+        run_case(spec, seq)
     cases = []
     for label, spec, seq in CASES:
         runs = [run_case(spec, seq) for _ in range(args.repeat)]
@@ -124,18 +137,22 @@ def main() -> None:
         print(f"{label}: {cases[-1]['wall_s']['min']:.2f} s wall, {cases[-1]['cpu_s']['min']:.2f} s CPU (min)",
               file=sys.stderr)
     cli = []
+    as_env = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
     if not args.no_cli:
-        for label, spec, seq in CLI_CASES:
-            runs = [run_cli(spec, seq) for _ in range(args.repeat)]
-            cli.append({"case": label, "command": f"einfuse simulate {spec} --arch fusemax --model bert-base "
-                        f"--seq {seq} --no-progress --json",
-                        "wall_s": _stats([r["wall_s"] for r in runs]), "cpu_s": _stats([r["cpu_s"] for r in runs])})
-            print(f"CLI {label}: {cli[-1]['wall_s']['min']:.2f} s wall (min)", file=sys.stderr)
+        for cached in (True, False) if as_env else (True,):
+            for label, spec, seq in CLI_CASES:
+                runs = [run_cli(spec, seq, cached) for _ in range(args.repeat)]
+                cli.append({"case": label, "command": f"einfuse simulate {spec} --arch fusemax --model bert-base "
+                            f"--seq {seq} --no-progress --json", "bytecode_cached": cached,
+                            "wall_s": _stats([r["wall_s"] for r in runs]),
+                            "cpu_s": _stats([r["cpu_s"] for r in runs])})
+                print(f"CLI {label} (byte-code {'cached' if cached else 'compiled each run'}): "
+                      f"{cli[-1]['wall_s']['min']:.2f} s wall (min)", file=sys.stderr)
     light = {c["seq"]: c["cycles"] for c in cases if c["spec"] == "lightning"}
     base = min(light)
     linear = {str(n): (light[n] / light[base]) / (n / base) for n in sorted(light)}
     result = {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
-              "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
+              "pythondontwritebytecode_in_caller": as_env,
               "repeat": args.repeat, "load_average_1min_before": load0[0],
               "load_average_1min_after": os.getloadavg()[0], "cases": cases, "cli": cli,
               "lightning_cycles_per_token_relative_to_1K": linear, "target_s": TARGET_S}
@@ -154,8 +171,8 @@ def markdown(r: dict) -> str:
              f"FuseMax, batch 64, one layer. Load average (1 min) {r['load_average_1min_before']:.1f} before, "
              f"{r['load_average_1min_after']:.1f} after: the machine was shared, so wall time can be several "
              "times the CPU time; the CPU seconds are what an idle machine's wall time would be.", "",
-             "In-process: `load_spec` + `sweep` in a fresh process (imports timed apart). Target: < "
-             f"{r['target_s']:g} s for the 1M causal and na2d layers.", "",
+             "In-process: `load_spec` + `sweep` in a fresh process (imports timed apart, byte-code cached as "
+             f"in a normal install). Target: < {r['target_s']:g} s for the 1M causal and na2d layers.", "",
              "| case | cycles | energy (pJ) | wall min / median (s) | CPU min / median (s) | imports wall min (s) |",
              "|---|---:|---:|---:|---:|---:|"]
     for c in r["cases"]:
@@ -163,12 +180,13 @@ def markdown(r: dict) -> str:
                      f"{c['wall_s']['median']:.2f} | {c['cpu_s']['min']:.2f} / {c['cpu_s']['median']:.2f} | "
                      f"{c['import_wall_s']['min']:.2f} |")
     if r["cli"]:
-        lines += ["", "CLI, whole process (Python start-up, imports, simulation, JSON output)"
-                  + (", with PYTHONDONTWRITEBYTECODE set (einfuse's modules compiled from source each run)"
-                     if r["pythondontwritebytecode"] else "") + ":", "",
-                  "| command | wall min / median (s) | CPU min / median (s) |", "|---|---:|---:|"]
+        lines += ["", "CLI, whole process (Python start-up, imports, simulation, JSON output); byte-code "
+                  "cached (a normal install) or compiled from source in every process (PYTHONDONTWRITEBYTECODE, "
+                  "as the caller's environment had it):", "",
+                  "| command | byte-code | wall min / median (s) | CPU min / median (s) |", "|---|---|---:|---:|"]
         for c in r["cli"]:
-            lines.append(f"| `{c['command']}` | {c['wall_s']['min']:.2f} / {c['wall_s']['median']:.2f} | "
+            lines.append(f"| `{c['command']}` | {'cached' if c['bytecode_cached'] else 'compiled'} | "
+                         f"{c['wall_s']['min']:.2f} / {c['wall_s']['median']:.2f} | "
                          f"{c['cpu_s']['min']:.2f} / {c['cpu_s']['median']:.2f} |")
     lin = r["lightning_cycles_per_token_relative_to_1K"]
     lines += ["", "Lightning (linear attention, kernel plan's intra/inter split): cycles per token relative to "
