@@ -47,9 +47,11 @@ class Tiles:
         nonempty = self.kinds != EMPTY                     # (heads, sub-blocks, key tiles)
         h, n_sub, n_stream = nonempty.shape
         blocks = -(-n_sub // p1)
-        pad = np.zeros((h, blocks * p1, n_stream), bool)
-        pad[:, :n_sub] = nonempty
-        counts = pad.reshape(h, blocks, p1, n_stream).sum(axis=2)
+        pad = nonempty
+        if blocks * p1 != n_sub:
+            pad = np.zeros((h, blocks * p1, n_stream), bool)
+            pad[:, :n_sub] = nonempty
+        counts = pad.reshape(h, blocks, p1, n_stream).sum(axis=2, dtype=np.int32)
         counts = counts[counts > 0]
         return int(counts.min()) if counts.size else p1
 
