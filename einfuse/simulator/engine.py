@@ -360,13 +360,15 @@ class Engine(FastForward):
             if k not in cache:
                 m(k)
 
+        get = cache.__getitem__
+
         def op(o: object) -> object:
             if type(o) is Task:
-                return Task(o.unit, o.occ, o.fill, tuple([cache[k] for k in o.deps]),
-                            tuple([cache[k] for k in o.chain]) if o.chain else (), cache[o.out], o.cause)
+                return Task(o.unit, o.occ, o.fill, tuple(map(get, o.deps)),
+                            tuple(map(get, o.chain)) if o.chain else (), get(o.out), o.cause)
             if type(o) is MaxInto:
-                return MaxInto(cache[o.dst], tuple([cache[k] for k in o.srcs]))
-            return Reset(cache[o.dst], cache[o.src])
+                return MaxInto(get(o.dst), tuple(map(get, o.srcs)))
+            return Reset(get(o.dst), get(o.src))
 
         entries = [Entry([[op(o) for o in ops] for ops in e.stages], e.step) for e in seg.entries]
         return Segment(entries, seg.counters, seg.iterations, seg.rows, drain=seg.drain)
