@@ -14,6 +14,7 @@ import sympy
 
 from einfuse.errors import ValidationError
 from einfuse.ir.cascade import Cascade
+from einfuse.ir.symzero import is_zero
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def _writes_shifted(c: Cascade, i: int) -> sympy.Symbol | None:
     for idx, rank in zip(e.output.indices, t.ranks):
         if rank in t.iterative:
             own = [s for s in idx.free_symbols if s in ivars and ivars[s].name == rank]
-            if len(own) == 1 and sympy.simplify(idx - own[0] - 1) == 0:
+            if len(own) == 1 and is_zero(idx - own[0] - 1):
                 return own[0]
     return None
 
@@ -45,7 +46,7 @@ def _is_carried(c: Cascade, producer: int, consumer: int, tensor: str) -> bool:
     pos = [k for k, r in enumerate(t.ranks) if r in t.iterative and c.index_vars().get(v) is not None
            and c.index_vars()[v].name == r]
     for a in c.einsums[consumer].operands():
-        if a.tensor == tensor and pos and sympy.simplify(a.indices[pos[0]] - v) != 0:
+        if a.tensor == tensor and pos and not is_zero(a.indices[pos[0]] - v):
             return False
     return bool(pos)
 

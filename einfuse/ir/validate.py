@@ -11,6 +11,7 @@ from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import Access
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX
+from einfuse.ir.symzero import is_zero
 
 
 def _suggest(name: str, options: list[str]) -> str:
@@ -80,14 +81,14 @@ def _check_access(c: Cascade, e: Einsum, a: Access, ivars: dict, is_output: bool
 def _compatible_rank(c: Cascade, used: str, declared: str) -> bool:
     """Two ranks are interchangeable in an index when they have the same extent (e.g. M and P in
     self-attention tensors indexed by either); otherwise the index must name the declared rank."""
-    return sympy.simplify(c.ranks[used].extent - c.ranks[declared].extent) == 0
+    return is_zero(c.ranks[used].extent - c.ranks[declared].extent)
 
 
 def _is_iterative_write(idx: sympy.Expr, ivars: dict, rank: str) -> bool:
     if not idx.free_symbols & set(ivars):
         return True  # initialisation at a constant
     own = [s for s in idx.free_symbols if s in ivars and ivars[s].name == rank]
-    return len(own) == 1 and sympy.simplify(idx - own[0] - 1) == 0
+    return len(own) == 1 and is_zero(idx - own[0] - 1)
 
 
 def _check_einsum(c: Cascade, e: Einsum, ivars: dict) -> None:

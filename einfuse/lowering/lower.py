@@ -108,9 +108,10 @@ def _classes(mask) -> str:
 
 def _one_pass(c: Cascade, family: str, key_tile: int | None, check: bool) -> KernelPlan:
     from einfuse.lowering.onepass import analyze
-    from einfuse.lowering.plan_check import check_plan
 
-    if check:
+    if check:  # (plan_check imports the reference executor: only when asked, not for the simulator)
+        from einfuse.lowering.plan_check import check_plan
+
         check_plan(c, analyze(c))  # the kernel must compute this cascade, not a part of it
     if family == "softmax":
         lowered, how = one_pass_cascade(c, key_tile or DEFAULT_KEY_TILE)

@@ -39,6 +39,7 @@ from einfuse.ir.expr import (
     walk,
 )
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, KEY_INDEX, QUERY_INDEX, index_symbol, size_symbol
+from einfuse.ir.symzero import is_zero
 
 DOT = "__dot__"
 """Leaf tensor name standing for ``sum_e Q[p,e] * K[m,e]`` in a score expression."""
@@ -335,7 +336,7 @@ def _unpartition(c: Cascade, targets: dict[sympy.Expr, sympy.Symbol]) -> dict:
             continue
         for part in c.partitions:
             tile = c.ranks[part.inner].extent
-            if sympy.simplify(idx - part.index_map(tile)) == 0:
+            if is_zero(idx - part.index_map(tile)):
                 folding[index_symbol(part.inner)] = logical - index_symbol(part.outer) * tile
                 break
         else:

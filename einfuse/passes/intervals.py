@@ -16,6 +16,7 @@ wrong. Predicates are decided in three-valued logic as a pair of boolean arrays
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -57,12 +58,32 @@ def _mul(a: Interval, b: Interval) -> Interval:
     return lo, hi
 
 
+@functools.lru_cache(maxsize=4096)
 def _int_fraction(e: sympy.Expr) -> tuple[sympy.Expr, int] | None:
-    """``e = num / den`` with ``num`` built from integers only and ``den`` a positive integer."""
+    """``e = num / den`` with ``num`` built from integers only and ``den`` a positive integer.
+    (Cached, like :func:`_difference` and :func:`_scaled`: the evaluator meets the same
+    expressions once per subdivision level, and sympy's rewriting costs more than the arrays.)"""
     num, den = sympy.sympify(e).as_numer_denom()
     if not den.is_Integer or den <= 0 or any(a.is_Float for a in sympy.preorder_traversal(num)):
         return None
     return num, int(den)
+
+
+@functools.lru_cache(maxsize=4096)
+def _difference(r: Relational) -> sympy.Expr:
+    """What :meth:`IntervalEvaluator._relation` bounds: ``lhs - rhs``, or its integer numerator."""
+    d = r.lhs - r.rhs
+    frac = _int_fraction(d)
+    return frac[0] if frac is not None else d
+
+
+@functools.lru_cache(maxsize=4096)
+def _scaled(e: sympy.Mul) -> tuple[sympy.Expr, float] | None:
+    """A product with a non-integer rational coefficient ``p/q`` as ``(p * rest, q)``."""
+    coeff, rest = e.as_coeff_Mul()
+    if coeff.is_Rational and not coeff.is_Integer:
+        return coeff.p * rest, float(coeff.q)
+    return None
 
 
 class IntervalEvaluator:
@@ -73,7 +94,8 @@ class IntervalEvaluator:
 
     # ---- values ----------------------------------------------------------------------------
     def value(self, e: sympy.Basic) -> Interval:
-        e = sympy.sympify(e)
+        if not isinstance(e, sympy.Basic):
+            e = sympy.sympify(e)
         if isinstance(e, sympy.Symbol):
             return self.boxes[e] if e in self.boxes else _unknown()
         if e.is_Integer:
@@ -89,11 +111,18 @@ class IntervalEvaluator:
                 lo, hi = lo + alo, hi + ahi
             return lo, hi
         if isinstance(e, sympy.Mul):
-            coeff, rest = e.as_coeff_Mul()
-            if coeff.is_Rational and not coeff.is_Integer:
-                iv = self.value(coeff.p * rest)
-                q = float(coeff.q)
+            scaled = _scaled(e)
+            if scaled is not None:
+                iv = self.value(scaled[0])
+                q = scaled[1]
                 return _widen((iv[0] / q, iv[1] / q))
+            if len(e.args) == 2 and e.args[0].is_Integer and e.args[0] != 0:
+                # c * x: the two products _mul would pick (its NaN guard only matters for NaN bounds)
+                c = float(e.args[0])
+                lo, hi = self.value(e.args[1])
+                if not (np.isnan(lo).any() or np.isnan(hi).any()):
+                    return (c * lo, c * hi) if c > 0 else (c * hi, c * lo)
+                return _mul(_mul(_const(1), _const(c)), (lo, hi))
             out = _const(1)
             for a in e.args:
                 out = _mul(out, self.value(a))
@@ -189,9 +218,7 @@ class IntervalEvaluator:
         return np.asarray(False), np.asarray(False)
 
     def _relation(self, r: Relational) -> tuple[np.ndarray, np.ndarray]:
-        d = r.lhs - r.rhs
-        frac = _int_fraction(d)
-        lo, hi = self.value(frac[0]) if frac is not None else self.value(d)
+        lo, hi = self.value(_difference(r))
         if isinstance(r, sympy.StrictLessThan):
             return hi < 0, lo >= 0
         if isinstance(r, sympy.LessThan):

@@ -26,6 +26,7 @@ from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import Access
 from einfuse.ir.printer import format_expr
 from einfuse.ir.ranks import index_symbol
+from einfuse.ir.symzero import is_zero
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def is_carried(c: Cascade, a: Access) -> bool:
         if a.indices[pos] != v:
             continue
         for i in c.producers(a.tensor):
-            if sympy.simplify(c.einsums[i].output.indices[pos] - v - 1) == 0:
+            if is_zero(c.einsums[i].output.indices[pos] - v - 1):
                 return True
     return False
 

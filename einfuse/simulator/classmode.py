@@ -83,12 +83,14 @@ def distinct_column_tiles(comp: Compiler) -> int:
             continue
         h, n_sub, n_stream = tiles.kinds.shape
         blocks = -(-n_sub // g.p1)
-        k = np.zeros((h, blocks * g.p1, n_stream), np.int8)
-        k[:, :n_sub] = tiles.kinds
+        k = tiles.kinds
+        if blocks * g.p1 != n_sub:
+            k = np.zeros((h, blocks * g.p1, n_stream), np.int8)
+            k[:, :n_sub] = tiles.kinds
         k = k.reshape(h, blocks, g.p1, n_stream)
         change = np.ones((h, blocks, n_stream), bool)
         change[..., 1:] = (k[..., 1:] != k[..., :-1]).any(axis=2)
-        total += int(((k != EMPTY).sum(axis=2) * change).sum())
+        total += int(((k != EMPTY).sum(axis=2, dtype=np.int64) * change).sum())
     return total
 
 

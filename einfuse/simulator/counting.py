@@ -145,11 +145,28 @@ def _groups(pred, p, m, h, plo, phi, mlo, mhi):
     return out
 
 
+def xreplace_shared(e: sympy.Basic, rule: dict, memo: dict | None = None) -> sympy.Basic:
+    """``e.xreplace(rule)``, rebuilding each distinct sub-expression once: a mask repeats its clamps
+    (``Min(.., Max(.., Mod(p, X) - 3))`` on both sides of a window), and rebuilding a ``Min``/``Max``
+    of symbols queries sympy's assumptions (milliseconds each). Same rule, same constructors, same
+    result as sympy's own ``xreplace``."""
+    memo = {} if memo is None else memo
+    hit = memo.get(e)
+    if hit is None:
+        if e in rule:
+            hit = rule[e]
+        else:
+            args = tuple(xreplace_shared(a, rule, memo) if isinstance(a, sympy.Basic) else a for a in e.args)
+            hit = e.func(*args) if any(x is not y for x, y in zip(args, e.args)) else e
+        memo[e] = hit
+    return hit
+
+
 @functools.lru_cache(maxsize=512)
 def _resolve(pred: sympy.Basic, nodes: tuple, choice: tuple[int, ...]) -> sympy.Basic:
     mapping = {node: node.args[c] for node, c in zip(nodes, choice) if c >= 0}
     for _ in range(len(mapping) + 1):        # nested clamps: resolve until nothing changes
-        new = pred.xreplace(mapping)
+        new = xreplace_shared(pred, mapping)
         if new == pred:
             break
         pred = new
@@ -194,7 +211,7 @@ def _atom_invariant(rel: sympy.Basic, p: sympy.Symbol, m: sympy.Symbol, t: int) 
     relational constructor queries assumptions and is slow)."""
     e = rel.lhs - rel.rhs
     shifted = e.xreplace({p: p + t, m: m + t})
-    return sympy.expand(shifted - e) == 0
+    return shifted == e or sympy.expand(shifted - e) == 0     # (equal: zero without expanding)
 
 
 def count_each(pred, p, m, h, plo, phi, mlo, mhi) -> np.ndarray:
@@ -237,4 +254,4 @@ def _evaluate_leaves(pred, p, m, h, plo, phi, mlo, mhi) -> np.ndarray:
     return v.sum(axis=(1, 2)).astype(np.int64)
 
 
-__all__ = ["count_each", "count_tiles", "partial_points", "period_of", "shift_invariant"]
+__all__ = ["count_each", "count_tiles", "partial_points", "period_of", "shift_invariant", "xreplace_shared"]

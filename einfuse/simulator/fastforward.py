@@ -27,6 +27,88 @@ HISTORY = 17         # states kept to find periods of up to 16 iterations
 LOOSE_MIN_TASKS = 20_000   # a memoised sequence this long is reused from a different entry state
 
 
+PHASE_TAGS = ("s", "r", "b")
+
+
+class PhaseKeys:
+    """The phase structure of interned keys, shared by every engine of one compiler.
+
+    A key whose name ends in a phase tag and index (``("QK", "s", 3)``) belongs to a *family* (the
+    name without its index); its canonical id at phase ``ph`` is ``family * stride + (index -
+    offset) mod modulus`` (the offset is the engine's phase for that tag), other keys' canonical id
+    is ``family * stride``. So equal canonical ids mean equal names up to the phase, as comparing
+    rewritten names would, at the cost of integer arithmetic once per key and phase."""
+
+    def __init__(self, keys, mods: tuple[int, int, int]) -> None:
+        self.keys = keys
+        self.mods = mods
+        self.stride = max(mods)
+        self.families: dict[tuple, int] = {}
+        self.family_names: list[tuple[tuple, int]] = []     # family -> (name prefix, tag index or -1)
+        self.split: list[tuple[int, int, int]] = []         # key id -> (family * stride, tag index, index)
+        self.tables: dict[tuple[int, int, int], dict[int, int]] = {}
+        self.rotations: dict[tuple[int, int, int], dict[int, int]] = {}
+
+    def _split(self, kid: int) -> tuple[int, int, int]:
+        names, split = self.keys.names, self.split
+        while len(split) <= kid:
+            name = names[len(split)]
+            if isinstance(name, tuple) and len(name) >= 2 and name[-2] in PHASE_TAGS:
+                prefix, ti, idx = name[:-2], PHASE_TAGS.index(name[-2]), name[-1]
+            else:
+                prefix, ti, idx = name, -1, 0
+            fam = self.families.get((prefix, ti))
+            if fam is None:
+                fam = self.families[(prefix, ti)] = len(self.family_names)
+                self.family_names.append((prefix, ti))
+            split.append((fam * self.stride, ti, idx))
+        return split[kid]
+
+    def canon_table(self, ph: tuple[int, int, int]) -> dict[int, int]:
+        table = self.tables.get(ph)
+        if table is None:
+            table = self.tables[ph] = {}
+        return table
+
+    def canon(self, kid: int, ph: tuple[int, int, int]) -> int:
+        table = self.canon_table(ph)
+        c = table.get(kid)
+        if c is None:
+            base, ti, idx = self.split[kid] if kid < len(self.split) else self._split(kid)
+            c = table[kid] = base if ti < 0 else base + (idx - ph[ti]) % self.mods[ti]
+        return c
+
+    def actual(self, cid: int, ph: tuple[int, int, int]) -> int:
+        fam, cidx = divmod(cid, self.stride)
+        prefix, ti = self.family_names[fam]
+        if ti < 0:
+            return self.keys(prefix)
+        return self.keys(prefix + (PHASE_TAGS[ti], (cidx + ph[ti]) % self.mods[ti]))
+
+    def rotation(self, ph: tuple[int, int, int]):
+        """``(cache, m)``: ``m(k)`` is key ``k`` rotated from phase 0 to ``ph``, remembered in ``cache``."""
+        cache = self.rotations.get(ph)
+        if cache is None:
+            cache = self.rotations[ph] = {}
+        split, keys, mods = self.split, self.keys, self.mods
+
+        def m(k: int) -> int:
+            v = cache.get(k)
+            if v is None:
+                if k < 0:
+                    v = k
+                else:
+                    _, ti, idx = split[k] if k < len(split) else self._split(k)
+                    if ti < 0:
+                        v = k
+                    else:
+                        prefix = self.family_names[split[k][0] // self.stride][0]
+                        v = keys(prefix + (PHASE_TAGS[ti], (idx + ph[ti]) % mods[ti]))
+                cache[k] = v
+            return v
+        return cache, m
+
+
 class FastForward:
     """Mixin of :class:`einfuse.simulator.engine.Engine` (its state lives there)."""
 
@@ -68,24 +150,10 @@ class FastForward:
         return {"s": len(self.window_keys) or 1, "r": self.row_buffers, "b": 2}
 
     def _canon_id(self, kid: int, ph: tuple[int, int, int]) -> int:
-        table = self._canon.setdefault(ph, {})
-        c = table.get(kid)
-        if c is None:
-            name = self.keys.names[kid]
-            if isinstance(name, tuple) and len(name) >= 2 and name[-2] in ("s", "r", "b"):
-                tag, idx = name[-2], name[-1]
-                off = ph["srb".index(tag)]
-                name = name[:-2] + (tag, (idx - off) % self._mods()[tag])
-            c = table[kid] = self.canon_keys(name)
-        return c
+        return self.phase_keys.canon(kid, ph)
 
     def _actual_id(self, cid: int, ph: tuple[int, int, int]) -> int:
-        name = self.canon_keys.names[cid]
-        if isinstance(name, tuple) and len(name) >= 2 and name[-2] in ("s", "r", "b"):
-            tag, idx = name[-2], name[-1]
-            off = ph["srb".index(tag)]
-            name = name[:-2] + (tag, (idx + off) % self._mods()[tag])
-        return self.keys(name)
+        return self.phase_keys.actual(cid, ph)
 
     def _seg_canon(self, uid: int, ph: tuple[int, int, int]) -> tuple:
         sig, off, par, bpar = self.leaf_of[uid]
@@ -104,12 +172,19 @@ class FastForward:
         r = self.ref()
         f = self._floor()
         ph = self.phase()
-        cid = self._canon_id
+        cid = self.phase_keys.canon
+        tab = self.phase_keys.canon_table(ph)
+
+        def canon(d: dict[int, int], shift: int) -> frozenset:
+            # a set of (canonical key, value) pairs: keys are unique, so equal sets are equal
+            # states, as sorted tuples would be, without the sort
+            return frozenset([(tab[k] if k in tab else cid(k, ph), v - shift) for k, v in d.items()])
+
         cal = tuple((max(self.tail[u], f) - r, tuple((g[0] - r, g[1] - r, g[2]) for g in self.gaps[u]))
                     for u in range(3))
-        rd = tuple(sorted((cid(k, ph), v - r) for k, v in self.ready.items()))
-        sd = tuple(sorted((cid(k, ph), v - r) for k, v in self.sready.items()))
-        wh = tuple(sorted((cid(k, ph), v) for k, v in self.who.items()))
+        rd = canon(self.ready, r)
+        sd = canon(self.sready, r)
+        wh = canon(self.who, 0)
         pipe = tuple((self._seg_canon(x[0], ph), x[1], x[2]) for x in self.pipe)
         return (cal, rd, sd, wh, pipe)
 

@@ -61,6 +61,8 @@ class Compiler:
         self._n_stages: int | None = None
         self._bp = 0
         self._persist: dict[tuple, bool] = {}
+        self._rules: dict[tuple, tuple] = {}       # key-forming rules per (group, Einsum, operand)
+        self._deltas: dict[tuple, tuple] = {}      # counter updates per (Einsum, tile shape)
 
     # ---- shapes ---------------------------------------------------------------------------------
     def elems(self, vars_, rows_n: int, cols_n: int) -> int:
@@ -84,20 +86,25 @@ class Compiler:
 
     # ---- counters -------------------------------------------------------------------------------
     def _add_compute(self, vec: np.ndarray, p: Placed, tc: TaskCost, partial: bool) -> None:
-        ix = self.counters.index
-        n = p.name
-        vec[ix[(n, "busy")]] += tc.occ
-        vec[ix[(n, "points")]] += tc.points
-        if partial and self.roles.rows in p.work.ivars and self.roles.cols in p.work.ivars:
-            vec[ix[(n, "partial_points")]] += tc.points
-        vec[ix[(n, "macs")]] += tc.macs
-        vec[ix[(n, "pe_cycles")]] += tc.pe_cycles
-        vec[ix[(n, "gb_rd")]] += tc.gb_rd
-        vec[ix[(n, "gb_wr")]] += tc.gb_wr
-        vec[ix[(n, "rf_bytes")]] += tc.rf_bytes
-        for a, x in tc.actions.items():
-            vec[ix[(n, "act", a)]] += x
-        vec[ix[("unit", p.unit)]] += tc.occ
+        partial = partial and self.roles.rows in p.work.ivars and self.roles.cols in p.work.ivars
+        ck = (id(tc), p.name, partial)
+        hit = self._deltas.get(ck)
+        if hit is None:
+            ix = self.counters.index
+            n = p.name
+            pairs = [(ix[(n, "busy")], tc.occ), (ix[(n, "points")], tc.points)]
+            if partial:
+                pairs.append((ix[(n, "partial_points")], tc.points))
+            pairs += [(ix[(n, "macs")], tc.macs), (ix[(n, "pe_cycles")], tc.pe_cycles),
+                      (ix[(n, "gb_rd")], tc.gb_rd), (ix[(n, "gb_wr")], tc.gb_wr), (ix[(n, "rf_bytes")], tc.rf_bytes)]
+            pairs += [(ix[(n, "act", a)], x) for a, x in tc.actions.items()]
+            pairs.append((ix[("unit", p.unit)], tc.occ))
+            idx = np.array([i for i, _ in pairs], np.intp)
+            if len(set(idx.tolist())) != len(idx):
+                raise AssertionError(f"{n}: counter fields overlap")
+            # one addition per field, as the scalar updates were: the same float64 sums
+            hit = self._deltas[ck] = (idx, np.array([float(x) for _, x in pairs]), tc)   # tc kept alive
+        vec[hit[0]] += hit[1]
 
     def _dram(self, ops: list, vec: np.ndarray, owner: str, tensor: str, nbytes: int, deps: tuple,
               out: int, store: bool) -> None:
@@ -149,51 +156,88 @@ class Compiler:
     def _operand_key(self, g: Group, p: Placed, o, q: int, slot: int | None, parity: int) -> tuple[int, bool]:
         """Key a task waits on for operand ``o`` (``slot``: the iteration's window slot, None
         outside pass bodies); True when it is a chain edge (data resident in the 2-D array)."""
+        return self._key(self._operand_rule(g, p, o, slot is None), q, slot, parity)
+
+    def _key(self, rule: tuple, q: int, slot: int | None, parity: int) -> tuple[int, bool]:
+        """The key of a rule of :meth:`_operand_rule` for sub-block ``q``, window slot, parity."""
+        how, prefix, flag = rule
+        if how == "k":                    # per sub-block (flag: the tensor varies with q) and row block
+            return self.k(prefix + (q if flag else None,)), False
+        if how == "r":                    # per key-tile buffer half
+            return self.keys(prefix + ("r", parity)), False
+        return self.sk(prefix, slot), flag   # per window slot (flag: a chain edge)
+
+    def _operand_rule(self, g: Group, p: Placed, o, outside: bool) -> tuple:
+        """How the key of operand ``o`` of ``p`` is formed (cached: the same for every tile): one
+        of ``("k", prefix, per_q)``, ``("r", prefix, False)``, ``("s", prefix, chain)``."""
+        ck = (id(g), p.name, id(o), outside)
+        hit = self._rules.get(ck)
+        if hit is not None:
+            return hit[0]
         roles = self.roles
         t = o.tensor
         tv = self.plan.tensor_vars[t]
         keyed = any(roles.keyed(v) for v in tv)
-        qk = q if roles.cols in tv else None
+        per_q = roles.cols in tv
+        rule: tuple
         if t in g.external:
             if not keyed:
-                return self.k(("ld", t, qk)), False
-            if roles.cols not in tv:
-                return self.keys(("ld", t, p.stage, "r", parity)), False
-            if g.fiber.get(t) and p.stage != self._first_stage(g, t):
-                return self.k(("ld", t, q)), False
-            return self.sk(("ld", t), slot), False
-        if g.spill.get(t, 0.0) > 0 and g.producer_stage.get(t, p.stage) < p.stage:
-            return self.sk(("ld", t), slot), False
-        prod = next((x for x in g.einsums if x.name == t), None)
-        if prod is not None and roles.cols not in prod.work.ivars and prod.stage % 2 == 1:
-            return self.keys((t, "row", "r", parity)), False
-        same_iteration = slot is not None and not o.carried and not o.final and \
-            g.producer_stage.get(t) == p.stage
-        if same_iteration:
-            chain = p.unit == "2d" and t in g.resident_2d
-            return self.sk((t,), slot), chain
-        return self.k((t, qk)), False
+                rule = ("k", ("ld", t), per_q)
+            elif roles.cols not in tv:
+                rule = ("r", ("ld", t, p.stage), False)
+            elif g.fiber.get(t) and p.stage != self._first_stage(g, t):
+                rule = ("k", ("ld", t), True)
+            else:
+                rule = ("s", ("ld", t), False)
+        elif g.spill.get(t, 0.0) > 0 and g.producer_stage.get(t, p.stage) < p.stage:
+            rule = ("s", ("ld", t), False)
+        else:
+            prod = next((x for x in g.einsums if x.name == t), None)
+            if prod is not None and roles.cols not in prod.work.ivars and prod.stage % 2 == 1:
+                rule = ("r", (t, "row"), False)
+            elif not outside and not o.carried and not o.final and g.producer_stage.get(t) == p.stage:
+                rule = ("s", (t,), p.unit == "2d" and t in g.resident_2d)
+            else:
+                rule = ("k", (t,), per_q)
+        self._rules[ck] = (rule, o)      # o kept alive: its id() stays unique
+        return rule
 
     def _compute(self, ops: list, vec: np.ndarray, g: Group, p: Placed, q: int, rows_n: int,
                  cols_n: int, gate: int, partial: bool, slot: int | None = None, parity: int = 0) -> int:
         tc = self.cost(g, p, rows_n, cols_n)
+        rules, per_q, reset, unit, cause = self._compute_rule(g, p, slot is None)
         deps, chain = [gate], []
-        for o in p.work.operands:
-            key, is_chain = self._operand_key(g, p, o, q, slot, parity)
+        for rule in rules:
+            key, is_chain = self._key(rule, q, slot, parity)
             (chain if is_chain else deps).append(key)
-        qk = q if self.roles.cols in p.work.out_vars or self.roles.cols in p.work.ivars else None
+        qk = q if per_q else None
         if slot is None:
             out = self.k((p.name, qk))
-        elif self.roles.cols not in p.work.ivars:
+        elif not reset[0]:
             out = self.keys((p.name, "row", "r", parity))
         else:
             out = self.sk((p.name,), slot)
-        ops.append(Task(U2D if p.unit == "2d" else U1D, tc.occ, tc.fill, tuple(dict.fromkeys(deps)),
-                        tuple(dict.fromkeys(chain)), out, self.causes(f"{p.name} on the {p.unit} array")))
-        if slot is not None and self.roles.cols in p.work.ivars and self.persisted(g, p.name):
+        ops.append(Task(unit, tc.occ, tc.fill, tuple(dict.fromkeys(deps)), tuple(dict.fromkeys(chain)), out,
+                        cause))
+        if slot is not None and reset[1]:
             ops.append(Reset(self.k((p.name, qk)), out))
         self._add_compute(vec, p, tc, partial)
         return out
+
+    def _compute_rule(self, g: Group, p: Placed, outside: bool) -> tuple:
+        """What :meth:`_compute` needs of ``p`` beyond the tile's position (cached): its operands'
+        key rules, whether its output varies with the sub-block, (whether it runs per sub-block,
+        whether a later step reads its per-sub-block copy), unit and stall cause."""
+        ck = (id(g), p.name, outside)
+        hit = self._rules.get(ck)
+        if hit is None:
+            cols = self.roles.cols
+            per_sub = cols in p.work.ivars
+            hit = ((tuple(self._operand_rule(g, p, o, outside) for o in p.work.operands),
+                    cols in p.work.out_vars or per_sub, (per_sub, per_sub and self.persisted(g, p.name)),
+                    U2D if p.unit == "2d" else U1D, self.causes(f"{p.name} on the {p.unit} array")), g)
+            self._rules[ck] = hit       # g kept alive: its id() stays unique
+        return hit[0]
 
     @staticmethod
     def _first_stage(g: Group, t: str) -> int:

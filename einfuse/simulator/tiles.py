@@ -47,9 +47,11 @@ class Tiles:
         nonempty = self.kinds != EMPTY                     # (heads, sub-blocks, key tiles)
         h, n_sub, n_stream = nonempty.shape
         blocks = -(-n_sub // p1)
-        pad = np.zeros((h, blocks * p1, n_stream), bool)
-        pad[:, :n_sub] = nonempty
-        counts = pad.reshape(h, blocks, p1, n_stream).sum(axis=2)
+        pad = nonempty
+        if blocks * p1 != n_sub:
+            pad = np.zeros((h, blocks * p1, n_stream), bool)
+            pad[:, :n_sub] = nonempty
+        counts = pad.reshape(h, blocks, p1, n_stream).sum(axis=2, dtype=np.int32)
         counts = counts[counts > 0]
         return int(counts.min()) if counts.size else p1
 
@@ -110,15 +112,14 @@ def classify(c: Cascade, roles: Roles, sizes: dict[str, int], heads: int,
 def _from_tilemap(c: Cascade, sizes: dict[str, int], roles: Roles, heads: int):
     """Exact tile table of the flat constraint (:mod:`einfuse.simulator.tilemap`), or None when the
     constraint cannot be flattened onto the query and key ranks."""
-    from einfuse.passes.block_sparsity import _bind
     from einfuse.passes.block_sparsity import score_constraint as flat_constraint
-    from einfuse.simulator.tilemap import tile_table
+    from einfuse.simulator.tilemap import bind_sizes, tile_table
 
     try:
         pred = flat_constraint(c)
         env = tuple(sorted({**{k: float(v) for k, v in c.params.items()},
                             **{k: float(v) for k, v in sizes.items()}}.items()))
-        bound, P, M, hs = _bind(pred, c.ranks["P"].extent, c.ranks["M"].extent, env, "P", "M")
+        bound, P, M, hs = bind_sizes(pred, c.ranks["P"].extent, c.ranks["M"].extent, env)
     except (EinfuseError, KeyError, TypeError, ValueError):
         return None
     table = tile_table(bound, index_symbol("P"), index_symbol("M"), P, M, roles.cols_tile, roles.rows_tile,

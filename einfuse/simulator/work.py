@@ -27,6 +27,7 @@ from einfuse.ir.cascade import Cascade
 from einfuse.ir.einsum import Einsum
 from einfuse.ir.expr import Access, Binary, Const, Empty, Expr, IndexValue, Select, Unary, walk
 from einfuse.ir.ranks import BATCH_INDEX, HEAD_INDEX, size_symbol
+from einfuse.ir.symzero import is_zero
 
 _REDUCE_OP = {"sum": "add", "max": "max", "min": "min"}
 
@@ -164,7 +165,7 @@ def _same_recurrence(c: Cascade, a: Access) -> bool:
     for j in c.producers(a.tensor):
         out = c.einsums[j].output
         for wi, ri in zip(out.indices, a.indices):
-            if sympy.simplify(wi - ri - 1) == 0:
+            if is_zero(wi - ri - 1):
                 return True
     return False
 
