@@ -11,6 +11,7 @@ the order changes speed, never results.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -196,8 +197,11 @@ def grid_of(cascade_attrs: dict, params: dict[str, float]) -> tuple[int, ...] | 
     return tuple(int(params.get(n, s)) for n, s in zip(names, shape))
 
 
+@functools.lru_cache(maxsize=4096)
 def box_for(grid: tuple[int, ...], block: int) -> tuple[int, ...]:
-    """A near-cubic box of ``block`` tokens (powers of two), grown from the innermost axis."""
+    """A near-cubic box of ``block`` tokens (powers of two), grown from the innermost axis.
+
+    Cached: launches ask for the boxes of their tiles on every call (a backward call ~9 times)."""
     dims = [1] * len(grid)
     while math.prod(dims) < block:
         growable = [a for a in range(len(grid)) if dims[a] * 2 <= grid[a]]
