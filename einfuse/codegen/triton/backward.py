@@ -14,7 +14,7 @@ from typing import Any
 from einfuse.codegen.autotune import KernelConfig
 from einfuse.codegen.capture_args import KEEP_TABLES
 from einfuse.codegen.triton.backward_emit import DKDV, DQ, PREPROCESS, emit_backward_module
-from einfuse.codegen.triton.launch import CallCache
+from einfuse.codegen.triton.launch import CallCache, plain_call, refuse_during_capture, tensors_key
 from einfuse.codegen.triton.loader import load_module
 from einfuse.codegen.triton.options import pow2
 from einfuse.codegen.triton.runtime import AttentionKernel, LaunchOptions, Layout, _non_default
@@ -49,6 +49,7 @@ class BackwardKernel:
     """Backward call signatures prepared so far (tests check that a repeated signature is not)."""
     _calls: CallCache = field(default_factory=CallCache, repr=False)
     _capture_calls: CallCache = field(default_factory=lambda: CallCache(KEEP_TABLES), repr=False)
+    _reads_captures: bool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.dq_layout not in ("separate", "atomic"):
@@ -111,11 +112,12 @@ class BackwardKernel:
         before reuses its :class:`PreparedBackward` (tables, grids and arguments bound once, the
         kernels launched directly, :mod:`einfuse.codegen.triton.launch`); other calls (tensor
         subclasses, unaligned pointers) prepare and launch through Triton's own path every time."""
-        from einfuse.codegen.triton.launch import plain_call, refuse_during_capture, tensors_key
-
         fwd = self.forward
         options = dict(options)
-        caps = fwd.call_captures(options, q)  # captured tensors (bias tables, ids) the score/mask read
+        if self._reads_captures is None:  # asked once: the plan does not change
+            self._reads_captures = fwd._reads_captures()
+        # captured tensors (bias tables, ids) the score/mask read, checked, and their versions
+        caps = fwd.call_captures(options, q) if self._reads_captures else None
         q, k, v, out, dout = (t.contiguous() for t in (q, k, v, out, dout))
         if not (plain_call(q, k, v) and plain_call(out, lse, dout)):
             return self.launch_specs(q, k, v, out, lse, dout, q_offset, caps, options).run_unprepared(
