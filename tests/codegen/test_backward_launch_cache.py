@@ -144,3 +144,25 @@ def test_fast_launch_switch_and_cache_limit(monkeypatch):
         kern(q, k, v, out, lse, do)
     assert len(kern._calls) == 2 and kern.prepare_count == 3
     assert all(not b._direct_ok for p in kern._calls.values() for b in p.launches if b is not None)
+
+
+@pytest.mark.parametrize("spec", ["lightning", "linear:normalize=true"])
+def test_linear_backward_is_prepared_once_and_equals_the_unprepared_one(spec):
+    from _torch_reference import linear_plan_attention
+
+    f = einfuse.compile(spec, chunk=16, block_k=16, block_v=16)
+    bwd = backward_kernel(f)
+    for seed in (0, 10, 20):  # the third call has new shapes: prepared again
+        n = 45 if seed < 20 else 33
+        q, k, v, do = inputs(1, 4, 2, n, n, 24, seed)
+        q, k, v = q * 0.5, k * 0.5, v
+        do = do[..., :24]
+        out, saved = bwd.forward(q, k, v)
+        got = bwd(q, k, v, out, saved, do)
+        if not bwd.plan.forward.normalize:  # the unnormalised kernels alone, bit for bit
+            same(bwd.launch(q, k, v, do), bwd.launch_unprepared(q, k, v, do))
+        q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+        want = torch.autograd.grad(linear_plan_attention(f.plan, q64, k64, v64), (q64, k64, v64), do.double())
+        for g, w in zip(got, want):
+            assert rel_err(g, w) < 1e-5, spec
+    assert bwd.prepare_count == 2 and len(bwd._calls) == 2
