@@ -166,3 +166,31 @@ def test_linear_backward_is_prepared_once_and_equals_the_unprepared_one(spec):
         for g, w in zip(got, want):
             assert rel_err(g, w) < 1e-5, spec
     assert bwd.prepare_count == 2 and len(bwd._calls) == 2
+
+
+def test_score_bias_updated_in_place_keeps_its_prepared_call_and_is_read_anew():
+    bias = torch.randn(40, dtype=torch.float32)
+    c = einfuse.attention("biased", score_mod=lambda s, b, h, q, kv: s + bias[kv],
+                          mask_mod=lambda b, h, q, kv: kv <= q, head_dim=16)
+    f = einfuse.compile(c, decode=False)
+    plan = backward_kernel(f).plan
+    kern = BackwardKernel(f.kernel, plan, block_m=16, block_n=16)
+    q, k, v, do = inputs(1, 2, 1, 40, 40, 16, 7)
+    results = []
+    for step in range(3):  # an optimizer step: new values, same tensor
+        out, lse = forward(f, plan, q, k, v)
+        got = kern(q, k, v, out, lse, do)
+        same(got, kern.call_unprepared(q, k, v, out, lse, do))
+        results.append(got)
+        bias.add_(0.5 + torch.arange(40.0) * 0.1)
+    assert kern.prepare_count == 1
+    assert not torch.equal(results[0][0], results[2][0])
+    ids = torch.arange(40)  # int64 read as float: converted, so keyed by version
+    c2 = einfuse.attention("pos", score_mod=lambda s, b, h, q, kv: s + 0.01 * ids[kv], head_dim=16)
+    f2 = einfuse.compile(c2, decode=False)
+    kern2 = BackwardKernel(f2.kernel, backward_kernel(f2).plan, block_m=16, block_n=16)
+    for step in range(2):
+        out, lse = forward(f2, kern2.plan, q, k, v)
+        same(kern2(q, k, v, out, lse, do), kern2.call_unprepared(q, k, v, out, lse, do))
+        ids.mul_(3)
+    assert kern2.prepare_count == 2

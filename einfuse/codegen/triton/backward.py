@@ -50,6 +50,7 @@ class BackwardKernel:
     _calls: CallCache = field(default_factory=CallCache, repr=False)
     _capture_calls: CallCache = field(default_factory=lambda: CallCache(KEEP_TABLES), repr=False)
     _reads_captures: bool | None = field(default=None, repr=False)
+    _mask_captures: frozenset | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.dq_layout not in ("separate", "atomic"):
@@ -127,7 +128,7 @@ class BackwardKernel:
         if key is None:
             return self.launch_specs(q, k, v, out, lse, dout, q_offset, caps, options).run_unprepared(
                 q, k, v, out, lse, dout)
-        key = (key, q_off) if caps is None else (key, q_off, caps[1])
+        key = (key, q_off) if caps is None else (key, q_off, self._captures_key(caps))
         # calls keyed on captured values (a new doc-ids tensor per batch) get a small cache of their own
         cache = self._calls if caps is None else self._capture_calls
         prepared = cache.get(key)
@@ -138,6 +139,25 @@ class BackwardKernel:
                                                              options).bind())
         self.last_config, self.last_dq_config = prepared.config, prepared.dq_config
         return prepared(q, k, v, out, lse, dout)
+
+    def _captures_key(self, caps: tuple[dict[str, Any], tuple]) -> tuple:
+        """The part of a prepared call's key from its captured tensors. The mask's captures and any
+        converted one (int64 ids read as int32: a new copy when the values change) by version (their
+        tables or copies follow the values); tensors the score reads as given only by address,
+        shape, strides and dtype: the kernel reads their values at launch, so a learned bias updated
+        in place each step keeps its prepared call (which holds the tensor, so the address is not reused)."""
+        if self._mask_captures is None:
+            from einfuse.codegen.capture_args import plan_captures
+
+            self._mask_captures = frozenset(c.name for c in plan_captures(self.forward.plan.mask))
+        tensors, out = caps[0], []
+        for item in caps[1]:  # (name, token, data_ptr, version, shape, strides, dtype)
+            name = item[0]
+            if name in self._mask_captures or tensors[name].data_ptr() != item[2]:
+                out.append(item)
+            else:
+                out.append((name, *item[4:], item[2]))
+        return tuple(out)
 
     def call_unprepared(self, q: Any, k: Any, v: Any, out: Any, lse: Any, dout: Any, q_offset: int | None = None,
                         **options: Any) -> tuple[Any, Any, Any]:
