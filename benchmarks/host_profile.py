@@ -116,6 +116,36 @@ def _parts(f: Any, q: Any, k: Any, v: Any, calls: int) -> dict[str, float]:
     return {name: per_call_us(fn, calls) for name, fn in steps.items()}
 
 
+def _backward_cases(calls: int, profile: bool) -> dict[str, float]:
+    """Host cost of one backward call of na2d 96x96 k13 (B4 H8 D64, bf16): the prepared call (after
+    its first), and the unprepared path (configs, tables, arguments worked out, Triton's launch)."""
+    import torch
+
+    import einfuse
+    from einfuse.codegen.autograd import backward_kernel
+
+    case = next(c for c in CASES if c.name.startswith("na2d"))
+    f = einfuse.compile(case.spec)
+    bwd = backward_kernel(f)
+    q, do = (torch.randn(case.B, case.H, case.NQ, case.D, dtype=torch.bfloat16) for _ in range(2))
+    k, v = (torch.randn(case.B, case.Hkv, case.NK, case.D, dtype=torch.bfloat16) for _ in range(2))
+    lse = torch.zeros(case.B, case.H, case.NQ)
+    out = torch.randn_like(q)
+    bwd(q, k, v, out, lse, do)  # prepares: not timed
+    res = {"prepared": per_call_us(lambda: bwd(q, k, v, out, lse, do), max(calls // 4, 50)),
+           "unprepared": per_call_us(lambda: bwd.call_unprepared(q, k, v, out, lse, do), max(calls // 10, 20))}
+    for name, us in res.items():
+        print(f"{'na2d 96x96 k13 backward, ' + name:32s} {us:8.2f} us per call (no launch)", flush=True)
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(max(calls // 4, 50)):
+            bwd(q, k, v, out, lse, do)
+        prof.disable()
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(15)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=2000)
@@ -124,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--parts", action="store_true",
                     help="also time each step of a cached call on its own (where the time goes)")
+    ap.add_argument("--backward", action="store_true",
+                    help="also time the backward of the na2d case (BackwardKernel call: prepared and unprepared)")
     ap.add_argument("--no-alloc", action="store_true",
                     help="torch.empty hands back one cached tensor per shape (CPU malloc of large outputs "
                          "costs far more than CUDA's caching allocator)")
@@ -166,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 f(q, k, v)
             prof.disable()
             pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(15)
+    if args.backward:
+        results["backward"] = _backward_cases(args.calls, args.profile)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

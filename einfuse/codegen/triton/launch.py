@@ -69,12 +69,34 @@ def signature_key(q: Any, k: Any, v: Any, options: dict[str, Any] | None = None)
         return None
 
 
+def tensors_key(tensors: Sequence[Any], options: dict[str, Any] | None = None) -> tuple | None:
+    """:func:`signature_key` of any number of tensors (the backward's q, k, v, out, lse, dout)."""
+    try:
+        ptrs = 0
+        for t in tensors:
+            ptrs |= t.data_ptr()
+        if ptrs & 15:
+            return None
+        key = tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+        if options:
+            key = (*key, *options.items())
+            hash(key)
+        return key
+    except (AttributeError, TypeError):
+        return None
+
+
 class CallCache(dict):
-    """Prepared calls by :func:`signature_key`, at most :data:`CACHE_LIMIT` (oldest dropped first)."""
+    """Prepared calls by :func:`signature_key`, at most ``limit`` (default :data:`CACHE_LIMIT`;
+    oldest dropped first)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        super().__init__()
+        self.limit = limit
 
     def remember(self, key: tuple | None, prepared: Any) -> Any:
         if key is not None:
-            if len(self) >= CACHE_LIMIT:
+            if len(self) >= (self.limit or CACHE_LIMIT):
                 del self[next(iter(self))]
             self[key] = prepared
         return prepared

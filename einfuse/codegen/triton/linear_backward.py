@@ -16,6 +16,7 @@ from typing import Any
 
 import sympy
 
+from einfuse.codegen.triton.launch import CallCache, plain_call, refuse_during_capture, tensors_key
 from einfuse.codegen.triton.linear import LinearKernel, float_type
 from einfuse.codegen.triton.linear_backward_kernels import linear_backward_source
 from einfuse.codegen.triton.linear_emit import load_module
@@ -61,6 +62,9 @@ class LinearBackwardKernel:
     _modules: dict = field(default_factory=dict, repr=False)
     """chunk -> (backward plan, loaded module)"""
     _numerator: Any = field(default=None, repr=False)
+    _calls: CallCache = field(default_factory=CallCache, repr=False)
+    prepare_count: int = 0
+    """Backward call signatures prepared so far (tests check that a repeated signature is not)."""
 
     @property
     def plan(self) -> LinearBackwardPlan:
@@ -140,10 +144,31 @@ class LinearBackwardKernel:
         return dq.to(q.dtype), dk.to(k.dtype), dv[..., :-1].to(v.dtype).contiguous()
 
     def launch(self, q: Any, k: Any, v: Any, dout: Any) -> tuple[Any, Any, Any]:
-        """The four kernels on unnormalised attention."""
+        """The four kernels on unnormalised attention; a signature (shapes, strides, dtypes, device,
+        alignment of the contiguous q, k, v, dout) seen before launches its bound kernels directly
+        (:mod:`einfuse.codegen.triton.launch`), others are worked out and launched through Triton."""
+        q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
+        key = tensors_key((q, k, v, dout)) if plain_call(q, k, v) and plain_call(dout, dout, dout) else None
+        if key is None:
+            return self.specs(q, k, v, dout).run_unprepared(q, k, v, dout)
+        prepared = self._calls.get(key)
+        if prepared is None:
+            refuse_during_capture(f"{self.plan.name} (backward)", q.device)
+            self.prepare_count += 1
+            prepared = self._calls.remember(key, self.specs(q, k, v, dout).bind())
+        return prepared(q, k, v, dout)
+
+    def launch_unprepared(self, q: Any, k: Any, v: Any, dout: Any) -> tuple[Any, Any, Any]:
+        """:meth:`launch` with nothing cached and Triton's launch path (tests compare the two)."""
+        q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
+        return self.specs(q, k, v, dout).run_unprepared(q, k, v, dout)
+
+    def specs(self, q: Any, k: Any, v: Any, dout: Any) -> LinearBackwardSpecs:
+        """Checks, chunk, blocks and every launch argument but the tensors, for contiguous inputs."""
         import torch
 
-        q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
+        from einfuse.codegen.triton.backward import LaunchSpec
+
         B, H, N, D = q.shape
         Hkv, DV = k.shape[1], v.shape[3]
         if dout.shape != (B, H, N, DV):
@@ -160,24 +185,68 @@ class LinearBackwardKernel:
             torch.float64 if q.dtype == torch.float64 else torch.float32
         bk, bv = min(opt.block_k, pow2(D)), min(opt.block_v, pow2(DV))
         scale = float(bp.forward.scale)
-        states = torch.empty((B * H, nt, D, DV), dtype=sdt, device=q.device)
-        dstates = torch.empty_like(states)
         grid_s = (cdiv(D, bk) * cdiv(DV, bv), B * H)
-        sw = dict(num_warps=opt.num_warps_states, num_stages=opt.num_stages_states)
-        mod.linear_states[grid_s](k, v, states, states, *k.stride(), *v.stride(), H, Hkv, N, nt, D, DV,
-                                  CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft, **sw)
-        mod.linear_dstates[grid_s](q, dout, dstates, *q.stride(), *dout.stride(), H, N, nt, D, DV, scale,
-                                   CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft, **sw)
-        strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
-        shapes = (H, Hkv, N, nt, D, DV, scale)
+        sw = (opt.num_warps_states, opt.num_stages_states)
+        smeta = dict(CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft)
+        states = LaunchSpec(mod.linear_states, grid_s, 4, (*k.stride(), *v.stride(), H, Hkv, N, nt, D, DV), smeta,
+                            *sw)
+        dstates = LaunchSpec(mod.linear_dstates, grid_s, 3, (*q.stride(), *dout.stride(), H, N, nt, D, DV, scale),
+                             smeta, *sw)
+        rest = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), H, Hkv, N, nt, D, DV, scale)
         warps = opt.num_warps or (4 if max(D, DV) <= 64 else 8)
-        meta = dict(CHUNK=chunk, BD=pow2(D), BV=pow2(DV), UPCAST=upcast, FT=ft, num_warps=warps,
-                    num_stages=opt.num_stages)
-        dq = torch.empty_like(q)
-        mod.linear_dq[(cdiv(N, chunk), B * H)](q, k, v, dout, states, dq, *strides, *shapes, **meta)
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
-        mod.linear_dkdv[(cdiv(N, chunk), B * Hkv)](q, k, v, dout, dstates, dk, dv, *strides, *shapes, **meta)
-        return dq, dk, dv
+        meta = dict(CHUNK=chunk, BD=pow2(D), BV=pow2(DV), UPCAST=upcast, FT=ft)
+        dq = LaunchSpec(mod.linear_dq, (cdiv(N, chunk), B * H), 6, rest, meta, warps, opt.num_stages)
+        dkdv = LaunchSpec(mod.linear_dkdv, (cdiv(N, chunk), B * Hkv), 7, rest, meta, warps, opt.num_stages)
+        return LinearBackwardSpecs(states, dstates, dq, dkdv, (B * H, nt, D, DV), sdt, q.device)
+
+
+@dataclass
+class LinearBackwardSpecs:
+    """The four launches of one linear backward signature, runnable unprepared or bound once."""
+
+    states: Any
+    dstates: Any
+    dq: Any
+    dkdv: Any
+    states_shape: tuple[int, ...]
+    states_dtype: Any
+    device: Any
+
+    def run_unprepared(self, q: Any, k: Any, v: Any, dout: Any) -> tuple[Any, Any, Any]:
+        return _run_linear(self, (self.states.launch, self.dstates.launch, self.dq.launch, self.dkdv.launch),
+                           q, k, v, dout)
+
+    def bind(self) -> PreparedLinearBackward:
+        return PreparedLinearBackward(self, tuple(s.bind() for s in (self.states, self.dstates, self.dq, self.dkdv)))
+
+
+class PreparedLinearBackward:
+    """A prepared linear backward call: allocate states and gradients, launch the bound kernels."""
+
+    __slots__ = ("specs", "launches")
+
+    def __init__(self, specs: LinearBackwardSpecs, launches: tuple[Any, ...]) -> None:
+        self.specs, self.launches = specs, launches
+
+    def __call__(self, q: Any, k: Any, v: Any, dout: Any) -> tuple[Any, Any, Any]:
+        return _run_linear(self.specs, self.launches, q, k, v, dout)
+
+
+def _run_linear(s: LinearBackwardSpecs, launches: tuple[Any, ...], q: Any, k: Any, v: Any,
+                dout: Any) -> tuple[Any, Any, Any]:
+    """States, reverse states, dQ, dK/dV; one body for the prepared and the unprepared path."""
+    import torch
+
+    states_l, dstates_l, dq_l, dkdv_l = launches
+    states = torch.empty(s.states_shape, dtype=s.states_dtype, device=s.device)
+    dstates = torch.empty_like(states)
+    states_l(k, v, states, states)
+    dstates_l(q, dout, dstates)
+    dq = torch.empty_like(q)
+    dq_l(q, k, v, dout, states, dq)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dkdv_l(q, k, v, dout, dstates, dk, dv)
+    return dq, dk, dv
 
 
 def build_linear_backward(forward: LinearKernel, plan: KernelPlan, **options: Any) -> LinearBackwardKernel:
