@@ -16,6 +16,7 @@ from typing import Any
 
 import sympy
 
+from einfuse.codegen.triton.decode import dot_precision
 from einfuse.codegen.triton.linear import LinearKernel, float_type
 from einfuse.codegen.triton.linear_backward_kernels import linear_backward_source
 from einfuse.codegen.triton.linear_emit import load_module
@@ -155,6 +156,9 @@ class LinearBackwardKernel:
         causal = bp.forward.causal
         nt = cdiv(N, chunk) if causal else 1
         ft = float_type(q.dtype)
+        # fp32 inputs (and the normalised path's widened ones) multiply exactly: Triton's default TF32
+        # (10-bit mantissa) costs ~1e-3 per product, amplified by the normalised path's cancellation
+        prec = dot_precision(q.dtype)
         upcast = interp and q.dtype == torch.bfloat16
         sdt = q.dtype if opt.state_dtype == "input" and q.dtype in (torch.bfloat16, torch.float16) else \
             torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -165,14 +169,14 @@ class LinearBackwardKernel:
         grid_s = (cdiv(D, bk) * cdiv(DV, bv), B * H)
         sw = dict(num_warps=opt.num_warps_states, num_stages=opt.num_stages_states)
         mod.linear_states[grid_s](k, v, states, states, *k.stride(), *v.stride(), H, Hkv, N, nt, D, DV,
-                                  CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft, **sw)
+                                  CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft, DOT_PRECISION=prec, **sw)
         mod.linear_dstates[grid_s](q, dout, dstates, *q.stride(), *dout.stride(), H, N, nt, D, DV, scale,
-                                   CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft, **sw)
+                                   CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft, DOT_PRECISION=prec, **sw)
         strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
         shapes = (H, Hkv, N, nt, D, DV, scale)
         warps = opt.num_warps or (4 if max(D, DV) <= 64 else 8)
-        meta = dict(CHUNK=chunk, BD=pow2(D), BV=pow2(DV), UPCAST=upcast, FT=ft, num_warps=warps,
-                    num_stages=opt.num_stages)
+        meta = dict(CHUNK=chunk, BD=pow2(D), BV=pow2(DV), UPCAST=upcast, FT=ft, DOT_PRECISION=prec,
+                    num_warps=warps, num_stages=opt.num_stages)
         dq = torch.empty_like(q)
         mod.linear_dq[(cdiv(N, chunk), B * H)](q, k, v, dout, states, dq, *strides, *shapes, **meta)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
