@@ -29,6 +29,12 @@ from einfuse.lowering.plan import KernelPlan
 INTERPRETER_CHUNK = 16
 """The CPU interpreter's default chunk: small test sizes still span several chunks."""
 
+NORMALIZED_CHUNK = 32
+"""The GPU's default chunk of a normalised plan: its kernels run on float32 inputs with V widened by the
+normaliser column (head dim 64 -> value tile 128), so at chunk 64 the dK/dV kernel asks for more
+shared memory than an H100/H200 has (233472 > 232448 bytes at D96/DV64 with Triton 3.6, compiled
+offline for sm_90); chunk 32 needs 155648 (value width <= 127; wider ones also drop to one stage)."""
+
 
 @dataclass(frozen=True)
 class LinearBackwardOptions:
@@ -141,7 +147,20 @@ class LinearBackwardKernel:
         return dq.to(q.dtype), dk.to(k.dtype), dv[..., :-1].to(v.dtype).contiguous()
 
     def launch(self, q: Any, k: Any, v: Any, dout: Any) -> tuple[Any, Any, Any]:
-        """The four kernels on unnormalised attention."""
+        """The four kernels on unnormalised attention (a GPU that lacks the shared memory for a
+        configuration raises a :class:`CodegenError` naming the options to lower)."""
+        try:
+            return self._launch(q, k, v, dout)
+        except Exception as e:  # triton.runtime.errors.OutOfResources, without importing triton here
+            if type(e).__name__ != "OutOfResources":
+                raise
+            raise CodegenError(
+                f"{self.plan.name}: the backward kernels at head dims {q.shape[3]}/{v.shape[3]}, {q.dtype} "
+                f"({'float32-widened, normalised' if self.plan.forward.normalize else 'inputs'}) do not fit "
+                f"this GPU: {e}; lower backward option chunk (now {self.options.chunk or 'default'}) or "
+                f"num_stages (now {self.options.num_stages})") from e
+
+    def _launch(self, q: Any, k: Any, v: Any, dout: Any) -> tuple[Any, Any, Any]:
         import torch
 
         q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
@@ -151,7 +170,8 @@ class LinearBackwardKernel:
             raise CodegenError(f"{self.plan.name}: dout has shape {tuple(dout.shape)}, expected {(B, H, N, DV)}")
         opt = self.options
         interp = q.device.type != "cuda"
-        chunk = opt.chunk or (INTERPRETER_CHUNK if interp else DEFAULT_CHUNK)
+        wide = self.plan.forward.normalize and q.dtype == torch.float32
+        chunk = opt.chunk or (INTERPRETER_CHUNK if interp else NORMALIZED_CHUNK if wide else DEFAULT_CHUNK)
         bp, mod = self.at(chunk)
         causal = bp.forward.causal
         nt = cdiv(N, chunk) if causal else 1
@@ -176,7 +196,7 @@ class LinearBackwardKernel:
         shapes = (H, Hkv, N, nt, D, DV, scale)
         warps = opt.num_warps or (4 if max(D, DV) <= 64 else 8)
         meta = dict(CHUNK=chunk, BD=pow2(D), BV=pow2(DV), UPCAST=upcast, FT=ft, DOT_PRECISION=prec,
-                    num_warps=warps, num_stages=opt.num_stages)
+                    num_warps=warps, num_stages=1 if wide and pow2(DV) > 128 else opt.num_stages)
         dq = torch.empty_like(q)
         mod.linear_dq[(cdiv(N, chunk), B * H)](q, k, v, dout, states, dq, *strides, *shapes, **meta)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
