@@ -161,3 +161,23 @@ def test_opcheck_of_the_training_op_and_gradcheck_through_it():
                                       "test_aot_dispatch_dynamic"))
     traced = torch.compile(lambda a, b, c: f(a, b, c), backend="aot_eager", fullgraph=True)
     assert torch.autograd.gradcheck(traced, (q, k, v), fast_mode=True)
+
+
+def test_out_of_shared_memory_is_a_codegen_error_naming_the_options(monkeypatch):
+    """A configuration the GPU cannot hold (Triton's OutOfResources at launch: the normalised path's
+    float32, value-widened tiles at chunk 64 needed 233472 > 232448 bytes on an H200) is reported as
+    a CodegenError that names the options to lower, not as Triton's bare error."""
+    from triton.runtime.errors import OutOfResources
+
+    from einfuse.codegen.autograd import backward_kernel
+    from einfuse.codegen.triton.linear_backward import LinearBackwardKernel
+
+    f = einfuse.compile("linear:normalize=true", chunk=16, block_k=16, block_v=16)
+
+    def too_big(self, *args):
+        raise OutOfResources(233472, 232448, "shared memory")
+
+    monkeypatch.setattr(LinearBackwardKernel, "_launch", too_big)
+    q = rand(1, 1, 16, 8)
+    with pytest.raises(CodegenError, match="lower backward option chunk .* num_stages"):
+        backward_kernel(f)(q, q, q, q.detach(), torch.zeros(1, 1, 16), q.detach())

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from einfuse.codegen.triton.decode import dot_precision
 from einfuse.codegen.triton.launch import BoundLaunch, CallCache, cached_call
 from einfuse.codegen.triton.linear_emit import load_module
 from einfuse.codegen.triton.linear_kernels import linear_source
@@ -106,18 +107,21 @@ class LinearKernel:
         # the interpreter's bf16 tl.dot is wrong: multiply in fp32 there (see linear_kernels)
         upcast = q.device.type != "cuda" and q.dtype == torch.bfloat16
         ft = float_type(q.dtype)
+        prec = dot_precision(q.dtype)  # fp32 exact, not TF32: the normalised backward recomputes O with it
         bk = min(opt.block_k, pow2(D))
         bv = min(opt.block_v, pow2(DV))
         states = BoundLaunch(
             self.module.linear_states, (cdiv(D, bk) * cdiv(DV, bv), B * H), 4,
             (*k.stride(), *v.stride(), H, Hkv, N, nt, D, DV),
-            dict(CHUNK=schunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft), opt.num_warps_states, opt.num_stages_states)
+            dict(CHUNK=schunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft, DOT_PRECISION=prec), opt.num_warps_states,
+            opt.num_stages_states)
         bo = pow2(DV) if opt.block_o == 0 else min(opt.block_o, pow2(DV))
         output = BoundLaunch(
             self.module.linear_output, (cdiv(N, chunk), cdiv(DV, bo), B * H), 6,
             (*q.stride(), *k.stride(), *v.stride(), H * N * DV, N * DV, DV, 1,  # o: contiguous
              H, Hkv, N, nt, D, DV, float(self.plan.scale)),
-            dict(CHUNK=chunk, SCHUNK=schunk, BD=pow2(D), BV=bo, UPCAST=upcast, FT=ft), opt.num_warps_output,
+            dict(CHUNK=chunk, SCHUNK=schunk, BD=pow2(D), BV=bo, UPCAST=upcast, FT=ft,
+                 DOT_PRECISION=prec), opt.num_warps_output,
             opt.num_stages_output)
         return PreparedLinear((B, H, N, DV), q.dtype, (B * H, nt, D, DV), sdt,
                               (B * H, nt, D) if self.plan.normalize else None, q.device, states, output)

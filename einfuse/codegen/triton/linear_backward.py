@@ -16,6 +16,7 @@ from typing import Any
 
 import sympy
 
+from einfuse.codegen.triton.decode import dot_precision
 from einfuse.codegen.triton.launch import CallCache, plain_call, refuse_during_capture, tensors_key
 from einfuse.codegen.triton.linear import LinearKernel, float_type
 from einfuse.codegen.triton.linear_backward_kernels import linear_backward_source
@@ -28,6 +29,12 @@ from einfuse.lowering.plan import KernelPlan
 
 INTERPRETER_CHUNK = 16
 """The CPU interpreter's default chunk: small test sizes still span several chunks."""
+
+NORMALIZED_CHUNK = 32
+"""The GPU's default chunk of a normalised plan: its kernels run on float32 inputs with V widened by the
+normaliser column (head dim 64 -> value tile 128), so at chunk 64 the dK/dV kernel asks for more
+shared memory than an H100/H200 has (233472 > 232448 bytes at D96/DV64 with Triton 3.6, compiled
+offline for sm_90); chunk 32 needs 155648 (value width <= 127; wider ones also drop to one stage)."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,21 @@ class LinearBackwardKernel:
     def launch(self, q: Any, k: Any, v: Any, dout: Any) -> tuple[Any, Any, Any]:
         """The four kernels on unnormalised attention; a signature (shapes, strides, dtypes, device,
         alignment of the contiguous q, k, v, dout) seen before launches its bound kernels directly
-        (:mod:`einfuse.codegen.triton.launch`), others are worked out and launched through Triton."""
+        (:mod:`einfuse.codegen.triton.launch`), others are worked out and launched through Triton. A GPU
+        that lacks the shared memory for a configuration raises a :class:`CodegenError` naming the
+        options to lower."""
+        try:
+            return self._launch(q, k, v, dout)
+        except Exception as e:  # triton.runtime.errors.OutOfResources, without importing triton here
+            if type(e).__name__ != "OutOfResources":
+                raise
+            raise CodegenError(
+                f"{self.plan.name}: the backward kernels at head dims {q.shape[3]}/{v.shape[3]}, {q.dtype} "
+                f"({'float32-widened, normalised' if self.plan.forward.normalize else 'inputs'}) do not fit "
+                f"this GPU: {e}; lower backward option chunk (now {self.options.chunk or 'default'}) or "
+                f"num_stages (now {self.options.num_stages})") from e
+
+    def _launch(self, q: Any, k: Any, v: Any, dout: Any) -> tuple[Any, Any, Any]:
         q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
         key = tensors_key((q, k, v, dout)) if plain_call(q, k, v) and plain_call(dout, dout, dout) else None
         if key is None:
@@ -175,11 +196,15 @@ class LinearBackwardKernel:
             raise CodegenError(f"{self.plan.name}: dout has shape {tuple(dout.shape)}, expected {(B, H, N, DV)}")
         opt = self.options
         interp = q.device.type != "cuda"
-        chunk = opt.chunk or (INTERPRETER_CHUNK if interp else DEFAULT_CHUNK)
+        wide = self.plan.forward.normalize and q.dtype == torch.float32
+        chunk = opt.chunk or (INTERPRETER_CHUNK if interp else NORMALIZED_CHUNK if wide else DEFAULT_CHUNK)
         bp, mod = self.at(chunk)
         causal = bp.forward.causal
         nt = cdiv(N, chunk) if causal else 1
         ft = float_type(q.dtype)
+        # fp32 inputs (and the normalised path's widened ones) multiply exactly: Triton's default TF32
+        # (10-bit mantissa) costs ~1e-3 per product, amplified by the normalised path's cancellation
+        prec = dot_precision(q.dtype)
         upcast = interp and q.dtype == torch.bfloat16
         sdt = q.dtype if opt.state_dtype == "input" and q.dtype in (torch.bfloat16, torch.float16) else \
             torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -187,16 +212,17 @@ class LinearBackwardKernel:
         scale = float(bp.forward.scale)
         grid_s = (cdiv(D, bk) * cdiv(DV, bv), B * H)
         sw = (opt.num_warps_states, opt.num_stages_states)
-        smeta = dict(CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft)
+        smeta = dict(CHUNK=chunk, BK=bk, BV=bv, UPCAST=upcast, FT=ft, DOT_PRECISION=prec)
         states = LaunchSpec(mod.linear_states, grid_s, 4, (*k.stride(), *v.stride(), H, Hkv, N, nt, D, DV), smeta,
                             *sw)
         dstates = LaunchSpec(mod.linear_dstates, grid_s, 3, (*q.stride(), *dout.stride(), H, N, nt, D, DV, scale),
                              smeta, *sw)
         rest = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), H, Hkv, N, nt, D, DV, scale)
         warps = opt.num_warps or (4 if max(D, DV) <= 64 else 8)
-        meta = dict(CHUNK=chunk, BD=pow2(D), BV=pow2(DV), UPCAST=upcast, FT=ft)
-        dq = LaunchSpec(mod.linear_dq, (cdiv(N, chunk), B * H), 6, rest, meta, warps, opt.num_stages)
-        dkdv = LaunchSpec(mod.linear_dkdv, (cdiv(N, chunk), B * Hkv), 7, rest, meta, warps, opt.num_stages)
+        meta = dict(CHUNK=chunk, BD=pow2(D), BV=pow2(DV), UPCAST=upcast, FT=ft, DOT_PRECISION=prec)
+        stages = 1 if wide and pow2(DV) > 128 else opt.num_stages
+        dq = LaunchSpec(mod.linear_dq, (cdiv(N, chunk), B * H), 6, rest, meta, warps, stages)
+        dkdv = LaunchSpec(mod.linear_dkdv, (cdiv(N, chunk), B * Hkv), 7, rest, meta, warps, stages)
         return LinearBackwardSpecs(states, dstates, dq, dkdv, (B * H, nt, D, DV), sdt, q.device)
 
 

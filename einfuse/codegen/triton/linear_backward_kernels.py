@@ -65,7 +65,7 @@ def _dstates_kernel(bp: LinearBackwardPlan) -> str:
         "@triton.jit",
         "def linear_dstates(Q, DO, DS, sq_b, sq_h, sq_n, sq_d, sd_b, sd_h, sd_n, sd_d, H, N, NT, D, DV, scale,",
         "                   CHUNK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, UPCAST: tl.constexpr,",
-        "                   FT: tl.constexpr):",
+        "                   FT: tl.constexpr, DOT_PRECISION: tl.constexpr):",
         "    # reverse running state dS[e,f] = sum_p query(p0) fq[p,e] dO[p,f] of the queries after each chunk",
         "    pid = tl.program_id(0)",
         "    bh = tl.program_id(1)",
@@ -105,7 +105,7 @@ def _dstates_kernel(bp: LinearBackwardPlan) -> str:
         "             mask=p_ok[:, None] & (offs_f[None, :] < DV), other=0.0)",
         "if UPCAST:",
         "    do = do.to(tl.float32)",
-        "dstate += tl.dot(qt.to(do.dtype), do).to(FT)",
+        "dstate += tl.dot(qt.to(do.dtype), do, input_precision=DOT_PRECISION).to(FT)",
     ]
     lines.append(indent("\n".join(body), 8))
     if not plan.causal:
@@ -134,7 +134,7 @@ def _dq_kernel(bp: LinearBackwardPlan) -> str:
         "@triton.jit",
         f"def linear_dq(Q, K, V, DO, S, DQ, {_STRIDES},",
         "              H, HKV, N, NT, D, DV, scale, CHUNK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,",
-        "              UPCAST: tl.constexpr, FT: tl.constexpr):",
+        "              UPCAST: tl.constexpr, FT: tl.constexpr, DOT_PRECISION: tl.constexpr):",
         "    # dfq[p,e] = sum_m dA[m,p] fk[m,e] (intra, this chunk) + query(p0) sum_f dO[p,f] S[c][e,f] (inter)",
         "    c = tl.program_id(0)",
         "    bh = tl.program_id(1)",
@@ -157,13 +157,13 @@ def _dq_kernel(bp: LinearBackwardPlan) -> str:
             *_load("k", "K", "hkv", "m", "offs_e", "m_ok", "D"),
             *_load("v", "V", "hkv", "m", "offs_f", "m_ok", "DV"),
             "fk = tl.where(m_ok[:, None] & e_ok[None, :], phi_k(k.to(FT)), 0.0).to(dt)",
-            "da = tl.dot(do, tl.trans(v)).to(FT)",
+            "da = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION).to(FT)",
         ]
         if dec:
             body.append("da = da * intra_decay(offs_c[:, None], tl.minimum(offs_c[None, :], offs_c[:, None]), h, H, CHUNK)")
         body += [
             "da = tl.where(visible(p[:, None], m[None, :]) & m_ok[None, :], da, 0.0)",
-            "dfq = tl.dot(da.to(dt), fk).to(FT)",
+            "dfq = tl.dot(da.to(dt), fk, input_precision=DOT_PRECISION).to(FT)",
             "# inter part: the forward's state S[c] of the keys before this chunk",
             "s_base = S + (bh.to(tl.int64) * NT + c) * D * DV",
         ]
@@ -173,7 +173,7 @@ def _dq_kernel(bp: LinearBackwardPlan) -> str:
                  "s_base = S + bh.to(tl.int64) * D * DV"]
     body += [
         "s = tl.load(s_base + offs_e[:, None] * DV + offs_f[None, :], mask=e_ok[:, None] & f_ok[None, :], other=0.0)",
-        "inter = tl.dot(do, tl.trans(s.to(dt))).to(FT)",
+        "inter = tl.dot(do, tl.trans(s.to(dt)), input_precision=DOT_PRECISION).to(FT)",
     ]
     if dec:
         body.append("inter = inter * query_decay(offs_c, h, H, CHUNK)[:, None]")
@@ -193,7 +193,7 @@ def _dkdv_kernel(bp: LinearBackwardPlan) -> str:
         "@triton.jit",
         f"def linear_dkdv(Q, K, V, DO, DS, DK, DVAL, {_STRIDES},",
         "                H, HKV, N, NT, D, DV, scale, CHUNK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,",
-        "                UPCAST: tl.constexpr, FT: tl.constexpr):",
+        "                UPCAST: tl.constexpr, FT: tl.constexpr, DOT_PRECISION: tl.constexpr):",
         "    # dV[m,f] = sum_p A[m,p] dO[p,f], dfk[m,e] = sum_p dA[m,p] fq[p,e]: this chunk's queries directly,",
         "    # later ones through dS[c], summed over the query heads of the K/V head's group",
         "    c = tl.program_id(0)",
@@ -224,8 +224,8 @@ def _dkdv_kernel(bp: LinearBackwardPlan) -> str:
             *_load("q", "Q", "h", "p", "offs_e", "p_ok", "D"),
             *_load("do", "DO", "h", "p", "offs_f", "p_ok", "DV"),
             "fq = (tl.where(p_ok[:, None] & e_ok[None, :], phi_q(q.to(FT)), 0.0) * scale).to(dt)",
-            "at = tl.dot(fk, tl.trans(fq)).to(FT)",
-            "dat = tl.dot(v, tl.trans(do)).to(FT)",
+            "at = tl.dot(fk, tl.trans(fq), input_precision=DOT_PRECISION).to(FT)",
+            "dat = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION).to(FT)",
         ]
         if dec:
             loop += ["w = intra_decay(offs_c[None, :], tl.minimum(offs_c[:, None], offs_c[None, :]), h, H, CHUNK)",
@@ -234,8 +234,8 @@ def _dkdv_kernel(bp: LinearBackwardPlan) -> str:
             "keep = visible(p[None, :], m[:, None]) & p_ok[None, :]",
             "at = tl.where(keep, at, 0.0)",
             "dat = tl.where(keep, dat, 0.0)",
-            "dv += tl.dot(at.to(dt), do).to(FT)",
-            "dfk += tl.dot(dat.to(dt), fq).to(FT)",
+            "dv += tl.dot(at.to(dt), do, input_precision=DOT_PRECISION).to(FT)",
+            "dfk += tl.dot(dat.to(dt), fq, input_precision=DOT_PRECISION).to(FT)",
             "# inter part: dS[c] of the queries after this chunk",
             "ds_base = DS + (bh.to(tl.int64) * NT + c) * D * DV",
         ]
@@ -244,8 +244,8 @@ def _dkdv_kernel(bp: LinearBackwardPlan) -> str:
     loop += [
         "ds = tl.load(ds_base + offs_e[:, None] * DV + offs_f[None, :], mask=e_ok[:, None] & f_ok[None, :],",
         "             other=0.0).to(dt)",
-        "dv_in = tl.dot(fk, ds).to(FT)",
-        "dk_in = tl.dot(v, tl.trans(ds)).to(FT)",
+        "dv_in = tl.dot(fk, ds, input_precision=DOT_PRECISION).to(FT)",
+        "dk_in = tl.dot(v, tl.trans(ds), input_precision=DOT_PRECISION).to(FT)",
     ]
     if dec:
         loop += ["kd = key_decay(offs_c, h, H, CHUNK)[:, None]", "dv_in = dv_in * kd", "dk_in = dk_in * kd"]

@@ -88,7 +88,8 @@ def _states_kernel(plan: LinearPlan) -> str:
         "@triton.jit",
         "def linear_states(K, V, S, Z, sk_b, sk_h, sk_n, sk_d, sv_b, sv_h, sv_n, sv_d,",
         "                  H, HKV, N, NT, D, DV,",
-        "                  CHUNK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, UPCAST: tl.constexpr, FT: tl.constexpr):",
+        "                  CHUNK: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, UPCAST: tl.constexpr, FT: tl.constexpr,",
+        "                  DOT_PRECISION: tl.constexpr):",
         "    # running state S[e,f] of the chunks before each chunk: inter-chunk part of",
         "    #   O[p,f] = sum_m A[m,p] * V[m,f]   for m in earlier chunks",
         "    pid = tl.program_id(0)",
@@ -143,7 +144,7 @@ def _states_kernel(plan: LinearPlan) -> str:
     ]
     if dec:
         body.append("state = state * chunk_decay")
-    body.append("state += tl.dot(kt.to(v.dtype), v)")
+    body.append("state += tl.dot(kt.to(v.dtype), v, input_precision=DOT_PRECISION)")
     if norm:
         body.append("zsum = zsum * chunk_decay + tl.sum(kt, 1)" if dec else "zsum += tl.sum(kt, 1)")
     lines.append(indent("\n".join(body), 8))
@@ -167,7 +168,7 @@ def _output_kernel(plan: LinearPlan) -> str:
         "                  sv_b, sv_h, sv_n, sv_d, so_b, so_h, so_n, so_d,",
         "                  H, HKV, N, NT, D, DV, scale,",
         "                  CHUNK: tl.constexpr, SCHUNK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,",
-        "                  UPCAST: tl.constexpr, FT: tl.constexpr):",
+        "                  UPCAST: tl.constexpr, FT: tl.constexpr, DOT_PRECISION: tl.constexpr):",
         "    # queries of block c (CHUNK positions); states are stored every SCHUNK positions",
         "    c = tl.program_id(0)",
         "    vb = tl.program_id(1)",
@@ -194,7 +195,7 @@ def _output_kernel(plan: LinearPlan) -> str:
             "k = tl.load(K + b.to(tl.int64) * sk_b + hkv * sk_h + m[:, None] * sk_n + offs_e[None, :] * sk_d,",
             "            mask=m_ok[:, None] & e_ok[None, :], other=0.0)",
             "fk = tl.where(m_ok[:, None] & e_ok[None, :], phi_k(k.to(FT)), 0.0)",
-            "qk = tl.dot(fq.to(dt), tl.trans(fk.to(dt)))",
+            "qk = tl.dot(fq.to(dt), tl.trans(fk.to(dt)), input_precision=DOT_PRECISION)",
         ]
         if dec:
             load_kv += ["# A[m,p] = QK[m,p] * decay(p, m)  (masked lanes: clamped to m = p)",
@@ -217,7 +218,8 @@ def _output_kernel(plan: LinearPlan) -> str:
             "        m = m0 + offs_c",
             "        m_ok = m < N",
         ]
-        lines += [indent(x, 8) for x in load_kv + ["a = qk"] + load_v + ["acc += tl.dot(a.to(v.dtype), v)"]]
+        pv = "acc += tl.dot(a.to(v.dtype), v, input_precision=DOT_PRECISION)"
+        lines += [indent(x, 8) for x in load_kv + ["a = qk"] + load_v + [pv]]
         if norm:
             lines.append("        den += tl.sum(a, 1)")
         lines += [
@@ -228,7 +230,7 @@ def _output_kernel(plan: LinearPlan) -> str:
         lines += [indent(x, 4) for x in load_kv]
         lines += ["    a = tl.where(visible(p[:, None], m[None, :]) & m_ok[None, :], qk, 0.0)"]
         lines += [indent(x, 4) for x in load_v]
-        lines.append("    acc += tl.dot(a.to(v.dtype), v)")
+        lines.append("    acc += tl.dot(a.to(v.dtype), v, input_precision=DOT_PRECISION)")
         if norm:
             lines.append("    den += tl.sum(a, 1)")
         lines += [
@@ -249,7 +251,7 @@ def _output_kernel(plan: LinearPlan) -> str:
             "    # decay(p, m) = query_decay(p - c0) * (decay of m to c0, already in the state)",
             "    fq = fq * query_decay(p - c0, h, H, SCHUNK)[:, None]",
         ]
-    inter = "tl.dot(fq.to(dt), state.to(dt))"
+    inter = "tl.dot(fq.to(dt), state.to(dt), input_precision=DOT_PRECISION)"
     lines.append(f"    acc += {inter}" if plan.causal else f"    acc = {inter}")
     if norm:
         zoff = "(bh.to(tl.int64) * NT + sc) * D" if plan.causal else "bh.to(tl.int64) * D"
