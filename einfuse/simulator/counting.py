@@ -162,11 +162,36 @@ def xreplace_shared(e: sympy.Basic, rule: dict, memo: dict | None = None) -> sym
     return hit
 
 
+_UNEVALUATED = (sympy.Min, sympy.Max, sympy.core.relational.Relational, sympy.And, sympy.Or)
+
+
+def _rebuild_plain(e: sympy.Basic, rule: dict, memo: dict) -> sympy.Basic:
+    """:func:`xreplace_shared`, except that clamps, relations and And/Or are rebuilt unevaluated.
+    Evaluating them queries sympy's assumptions (``is_ge`` per pair of clamp arguments, a few
+    milliseconds each, most of :func:`_resolve`'s time); what evaluation could do (drop a dominated
+    clamp argument, decide a relation) only changes how the group's predicate is written, and the
+    count is exact for any form (intervals decide what they prove, leaves are evaluated)."""
+    hit = memo.get(e)
+    if hit is None:
+        if e in rule:
+            hit = rule[e]
+        else:
+            args = tuple(_rebuild_plain(a, rule, memo) if isinstance(a, sympy.Basic) else a for a in e.args)
+            if not any(x is not y for x, y in zip(args, e.args)):
+                hit = e
+            elif isinstance(e, _UNEVALUATED):
+                hit = e.func(*args, evaluate=False)
+            else:
+                hit = e.func(*args)
+        memo[e] = hit
+    return hit
+
+
 @functools.lru_cache(maxsize=512)
 def _resolve(pred: sympy.Basic, nodes: tuple, choice: tuple[int, ...]) -> sympy.Basic:
     mapping = {node: node.args[c] for node, c in zip(nodes, choice) if c >= 0}
     for _ in range(len(mapping) + 1):        # nested clamps: resolve until nothing changes
-        new = xreplace_shared(pred, mapping)
+        new = _rebuild_plain(pred, mapping, {})
         if new == pred:
             break
         pred = new
