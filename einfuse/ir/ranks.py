@@ -8,6 +8,7 @@ are simply absent, which is how ragged last tiles are expressed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sympy
@@ -22,11 +23,14 @@ KEY_INDEX = sympy.Symbol("m", integer=True, nonnegative=True)
 """The key position ``m`` (``K[M,E]``, ``V[M,F]``)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def index_symbol(rank_name: str) -> sympy.Symbol:
-    """The index variable of a rank: ``M1`` -> ``m1``."""
+    """The index variable of a rank: ``M1`` -> ``m1``. (Cached: sympy sanitises the assumptions
+    before its own symbol cache, ~100 us a call, and the simulator's compiler asks thousands of times.)"""
     return sympy.Symbol(rank_name.lower(), integer=True, nonnegative=True)
 
 
+@functools.lru_cache(maxsize=4096)
 def size_symbol(name: str) -> sympy.Symbol:
     """A size symbol (a rank extent or a parameter such as a window or tile size)."""
     return sympy.Symbol(name, integer=True, positive=True)

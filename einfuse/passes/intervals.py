@@ -91,11 +91,21 @@ class IntervalEvaluator:
 
     def __init__(self, boxes: Mapping[sympy.Symbol, Interval]) -> None:
         self.boxes = boxes
+        # bounds per sub-expression, for these boxes: a mask repeats its clamps (a window's lower
+        # and upper edge share ``Min(.., Max(.., Mod(p, X) - 3))``) and the bounds of an
+        # expression are a function of the boxes alone; callers never modify the arrays returned
+        self._memo: dict[sympy.Basic, Interval] = {}
 
     # ---- values ----------------------------------------------------------------------------
     def value(self, e: sympy.Basic) -> Interval:
         if not isinstance(e, sympy.Basic):
             e = sympy.sympify(e)
+        hit = self._memo.get(e)
+        if hit is None:
+            hit = self._memo[e] = self._value(e)
+        return hit
+
+    def _value(self, e: sympy.Basic) -> Interval:
         if isinstance(e, sympy.Symbol):
             return self.boxes[e] if e in self.boxes else _unknown()
         if e.is_Integer:

@@ -41,7 +41,7 @@ import numpy as np
 
 from einfuse.simulator.engine import UNITS, Engine, Leaf, Rep, Seq
 from einfuse.simulator.program import Compiler
-from einfuse.simulator.tiles import EMPTY, FULL, PARTIAL
+from einfuse.simulator.tiles import EMPTY, FULL, PARTIAL, count_true
 
 TOLERANCE = 0.03        # relative cycle difference to the exact engine that the tests accept
 CAL_REPS = 1 << 20      # a long Rep: the engine finds its period and skips the rest
@@ -90,7 +90,7 @@ def distinct_column_tiles(comp: Compiler) -> int:
         k = k.reshape(h, blocks, g.p1, n_stream)
         change = np.ones((h, blocks, n_stream), bool)
         change[..., 1:] = (k[..., 1:] != k[..., :-1]).any(axis=2)
-        total += int(((k != EMPTY).sum(axis=2, dtype=np.int64) * change).sum())
+        total += int((count_true(k != EMPTY, axis=2) * change).sum())
     return total
 
 
@@ -202,14 +202,17 @@ class ClassModel:
                 nonempty = kinds != EMPTY
                 if roles.n_sub != n_rb * g.p1:
                     nonempty = np.concatenate([nonempty, np.zeros((n_rb * g.p1 - roles.n_sub, n_stream), bool)])
-                J = nonempty.reshape(n_rb, g.p1, n_stream).sum(axis=1, dtype=np.int64)   # tiles per column
+                J = count_true(nonempty.reshape(n_rb, g.p1, n_stream), axis=1)   # tiles per column
                 # tiles per (sub-block, tile height, kind): heights differ only in a ragged last column
                 per_q: dict[tuple[int, int], np.ndarray] = {}
                 spans = [(int(rows[0]), slice(0, n_stream))] if (rows == rows[0]).all() else \
                     [(int(rows[0]), slice(0, n_stream - 1)), (int(rows[-1]), slice(n_stream - 1, n_stream))]
                 for rn, sl in spans:
                     for kind in (FULL, PARTIAL):
-                        per_q[(rn, kind)] = np.count_nonzero(kinds[:, sl] == kind, axis=1)
+                        is_kind = kinds[:, sl] == kind
+                        # none of a kind (a neighbourhood has no FULL tile): skip the 16.7 M-tile row count
+                        per_q[(rn, kind)] = np.count_nonzero(is_kind, axis=1) if is_kind.any() else \
+                            np.zeros(len(kinds), np.intp)
                 mid = n_rb // 2
                 q0, q1 = mid * g.p1, min((mid + 1) * g.p1, roles.n_sub)
                 mq = tuple(comp.cols_n(q) for q in range(q0, q1))

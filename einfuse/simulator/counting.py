@@ -162,11 +162,37 @@ def xreplace_shared(e: sympy.Basic, rule: dict, memo: dict | None = None) -> sym
     return hit
 
 
+_UNEVALUATED = (sympy.Min, sympy.Max, sympy.core.relational.Relational, sympy.And, sympy.Or)
+
+
+def xreplace_plain(e: sympy.Basic, rule: dict, memo: dict | None = None) -> sympy.Basic:
+    """:func:`xreplace_shared`, except that clamps, relations and And/Or are rebuilt unevaluated.
+    Evaluating them queries sympy's assumptions (``is_ge`` per pair of clamp arguments, a few
+    milliseconds each, most of :func:`_resolve`'s time); what evaluation could do (drop a dominated
+    clamp argument, decide a relation) only changes how the group's predicate is written, and the
+    count is exact for any form (intervals decide what they prove, leaves are evaluated)."""
+    memo = {} if memo is None else memo
+    hit = memo.get(e)
+    if hit is None:
+        if e in rule:
+            hit = rule[e]
+        else:
+            args = tuple(xreplace_plain(a, rule, memo) if isinstance(a, sympy.Basic) else a for a in e.args)
+            if not any(x is not y for x, y in zip(args, e.args)):
+                hit = e
+            elif isinstance(e, _UNEVALUATED):
+                hit = e.func(*args, evaluate=False)
+            else:
+                hit = e.func(*args)
+        memo[e] = hit
+    return hit
+
+
 @functools.lru_cache(maxsize=512)
 def _resolve(pred: sympy.Basic, nodes: tuple, choice: tuple[int, ...]) -> sympy.Basic:
     mapping = {node: node.args[c] for node, c in zip(nodes, choice) if c >= 0}
     for _ in range(len(mapping) + 1):        # nested clamps: resolve until nothing changes
-        new = xreplace_shared(pred, mapping)
+        new = xreplace_plain(pred, mapping, {})
         if new == pred:
             break
         pred = new
@@ -210,7 +236,7 @@ def _atom_invariant(rel: sympy.Basic, p: sympy.Symbol, m: sympy.Symbol, t: int) 
     """``lhs - rhs`` of the relation is unchanged by the shift (no relation is rebuilt: sympy's
     relational constructor queries assumptions and is slow)."""
     e = rel.lhs - rel.rhs
-    shifted = e.xreplace({p: p + t, m: m + t})
+    shifted = xreplace_plain(e, {p: p + t, m: m + t})     # any form of e(p + t, m + t) proves as well
     return shifted == e or sympy.expand(shifted - e) == 0     # (equal: zero without expanding)
 
 
@@ -254,4 +280,5 @@ def _evaluate_leaves(pred, p, m, h, plo, phi, mlo, mhi) -> np.ndarray:
     return v.sum(axis=(1, 2)).astype(np.int64)
 
 
-__all__ = ["count_each", "count_tiles", "partial_points", "period_of", "shift_invariant", "xreplace_shared"]
+__all__ = ["count_each", "count_tiles", "partial_points", "period_of", "shift_invariant", "xreplace_plain",
+           "xreplace_shared"]

@@ -22,7 +22,7 @@ import sympy
 
 from einfuse.ir.ranks import HEAD_INDEX, size_symbol
 from einfuse.passes.intervals import IntervalEvaluator
-from einfuse.simulator.counting import count_tiles, xreplace_shared
+from einfuse.simulator.counting import count_tiles, xreplace_plain
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
@@ -31,14 +31,15 @@ def bind_sizes(pred: sympy.Basic, q_ext: sympy.Expr, k_ext: sympy.Expr,
                env: tuple[tuple[str, float], ...]) -> tuple[sympy.Basic, int, int, int]:
     """``(predicate, P, M, heads)`` with the sizes of ``env`` substituted: the block-sparsity pass's
     ``_bind`` (same checks and errors) by ``xreplace`` instead of ``subs``, each repeated clamp
-    rebuilt once (:func:`.counting.xreplace_shared`): a quarter of the sympy time on an N-D
-    neighbourhood. The form may differ from ``subs`` only in how an equal predicate is written,
-    and :func:`tile_table` is exact for any form (undecided tiles are counted)."""
+    rebuilt once and clamps, relations and And/Or left unevaluated (:func:`.counting.xreplace_plain`:
+    evaluating them queries sympy's assumptions, most of the time on an N-D neighbourhood). The form
+    may differ from ``subs`` only in how an equal predicate is written, and :func:`tile_table` is
+    exact for any form (undecided tiles are counted)."""
     from einfuse.passes.block_sparsity import _bind
 
     values = {size_symbol(k): sympy.Integer(int(v)) if float(v).is_integer() else sympy.Rational(str(v))
               for k, v in env}
-    bound = xreplace_shared(pred, values)
+    bound = xreplace_plain(pred, values)
     if bound.free_symbols & set(values):      # not every occurrence replaced: the pass's way
         return _bind(pred, q_ext, k_ext, env, "P", "M")
     _, P, M, heads = _bind(sympy.true, q_ext, k_ext, env, "P", "M")     # extents, with its checks
