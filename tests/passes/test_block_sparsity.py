@@ -1,7 +1,6 @@
 """Block sparsity: tile classes from the constraint equal those of the dense mask, exactly, for
 built-in masks and random predicates (hypothesis), on the analytic and the exact path."""
 
-import time
 
 import numpy as np
 import pytest
@@ -140,11 +139,10 @@ def test_results_are_cached_and_read_only():
         a.kinds[0, 0, 0] = 2
 
 
-def test_exact_path_is_fast_at_16k_tokens():
+def test_exact_and_analytic_paths_agree_at_16k_tokens():
+    # speed lives in benchmarks (benchmarks/sim_speed.py times tile classes at 1M tokens), not here
     c = einfuse.load_spec("na2d:shape=128x128,kernel=13,dilation=2")
-    t0 = time.perf_counter()
     tm = classify_tiles(c, {"P": 16384, "M": 16384}, 128, 128, method="exact")
-    assert time.perf_counter() - t0 < 10.0
     assert tm.exact_tiles == 128 * 128
     analytic = classify_tiles(c, {"P": 16384, "M": 16384}, 128, 128)
     np.testing.assert_array_equal(analytic.kinds, tm.kinds)
