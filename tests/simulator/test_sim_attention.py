@@ -2,7 +2,6 @@
 and the unfused baseline fall, for reasons the stall accounting names; 1M tokens simulate fast;
 every kind of DSL variant simulates."""
 
-import time
 
 import pytest
 
@@ -61,14 +60,12 @@ def test_fusemax_row_block_follows_the_artifact():
         assert r.buffer_bytes <= 16 * 2**20
 
 
-def test_one_million_tokens_simulate_fast():
-    """Fast-forward: cost grows with tile classes, not sequence length (budget has slack for CI)."""
+def test_one_million_tokens_simulate_only_a_few_rows():
+    """Fast-forward: the work done (tasks placed) grows with tile classes, not sequence length; wall
+    time lives in benchmarks/sim_speed.py, not in a unit test."""
     a = load_arch("fusemax")
     c = prepare(einfuse.load_spec("softmax"), a)
-    t0 = time.perf_counter()
     r = simulate(c, a, workload("bert-base", 1 << 20))
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 5.0
     assert r.sim["tasks_placed"] < 100_000
     n_tiles = 64 * 12 * ((1 << 20) // 256) ** 2
     assert r.sim["tile_iterations"] == n_tiles        # every (key tile, query sub-block) accounted
