@@ -106,7 +106,7 @@ def _dscore(qk, qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr, HEAD_
 def _keep(qi, ki, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN: tl.constexpr):
     """The forward's mask predicate; evaluated on partial tiles only."""
     return {mask_code}
-''', _BWD_TILE.replace("{weights}", _SOFTMAX_WEIGHTS if softmax else _SIGMOID_WEIGHTS).replace("{dx_line}", dx_line), _KERNELS.replace("{TABLE_ROW}", TABLE_ROW).replace("{QUERY_ROW}", QUERY_ROW)]
+''', _BWD_TILE.replace("{weights}", _SOFTMAX_WEIGHTS if softmax else _SIGMOID_WEIGHTS).replace("{dx_line}", dx_line), _KERNELS.replace("{TABLE_ROW}", TABLE_ROW).replace("{QUERY_ROW}", QUERY_ROW).replace("{KEY_TILE}", KEY_TILE)]
     # captured tensors the score or mask reads: their pointers, extents and strides follow H
     return capture_args.add_params("\n".join(parts), capture_args.plan_captures(fwd.score, fwd.mask),
                                    capture_args.BACKWARD_SITES)
@@ -118,6 +118,21 @@ def _short(e: Expr) -> str:
 
     return format_expr(e).replace(f"{DOT}[m,p]", "x").replace('"', "'")
 
+
+KEY_TILE = '''    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    kpos, kvalid = _k_tile(j, offs_n, N_KV, BLOCK_N, BK0, BK1, BK2)
+    k = tl.load(K_head + kpos[:, None] * stride_kn + offs_d[None, :],
+                mask=kvalid[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
+    v = tl.load(V_head + kpos[:, None] * stride_vn + offs_dv[None, :],
+                mask=kvalid[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+'''
+"""Key tile ``j``'s positions, K and V rows (upcast in the interpreter): the dQ step's lines, shared
+with the captured-tensor gradient kernel."""
 
 QUERY_ROW = '''    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + qpos[:, None] * stride_qn
                 + offs_d[None, :], mask=qvalid[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
@@ -317,18 +332,7 @@ def _dq_tile(dq, q, do, lse, delta, qi, K_head, V_head, j, h, b, stride_kn, stri
              BK2: tl.constexpr, FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr,
              UPCAST: tl.constexpr, EVEN_KV: tl.constexpr):
     """Key tile j's contribution to one query tile's dQ."""
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    kpos, kvalid = _k_tile(j, offs_n, N_KV, BLOCK_N, BK0, BK1, BK2)
-    k = tl.load(K_head + kpos[:, None] * stride_kn + offs_d[None, :],
-                mask=kvalid[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
-    v = tl.load(V_head + kpos[:, None] * stride_vn + offs_dv[None, :],
-                mask=kvalid[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    p, dx = _bwd_tile(q, k, v, do, lse, delta, qi, kpos[None, :], kvalid, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, HEAD_D, HEAD_DV,
+{KEY_TILE}    p, dx = _bwd_tile(q, k, v, do, lse, delta, qi, kpos[None, :], kvalid, h, b, N_Q, N_KV, H, Q_OFF, SAME_LEN, HEAD_D, HEAD_DV,
                       MASKED, EVEN_KV, FAST_MATH, DOT_PRECISION)
     # dQ[p,e] += sum_m dX[m,p] K[m,e]
     return tl.dot(dx.to(k.dtype), k, dq, input_precision=DOT_PRECISION)

@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from einfuse.codegen import capture_args
-from einfuse.codegen.triton.backward_emit import QUERY_ROW
+from einfuse.codegen.triton.backward_emit import KEY_TILE, QUERY_ROW
 from einfuse.codegen.triton.emit import (
     TABLE_ROW,
     _bind_params,
@@ -105,19 +105,8 @@ def _capture_grad_tile(q, do, lse, delta, qpos, qvalid, K_head, V_head, j, h, b,
                        FAST_MATH: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """Key tile j's contribution to the captured tensors' gradients; MASKED (PARTIAL) tiles
     evaluate the mask, FULL tiles keep every pair."""
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    kpos, kvalid = _k_tile(j, offs_n, N_KV, BLOCK_N, BK0, BK1, BK2)
-    qi = qpos[:, None]
+{KEY_TILE}    qi = qpos[:, None]
     ki = kpos[None, :]
-    k = tl.load(K_head + kpos[:, None] * stride_kn + offs_d[None, :],
-                mask=kvalid[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
-    v = tl.load(V_head + kpos[:, None] * stride_vn + offs_dv[None, :],
-                mask=kvalid[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     s = {print_score(score, idx, constexprs=hd)}
     keep = qvalid[:, None] & kvalid[None, :]
